@@ -1,0 +1,231 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/containerd/console"
+	"github.com/docker/go-units"
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+
+	"github.com/berth-runtime/berth/internal/config"
+	"github.com/berth-runtime/berth/internal/oci"
+	"github.com/berth-runtime/berth/internal/qemu"
+	"github.com/berth-runtime/berth/internal/sandbox"
+)
+
+// exitVMFailure is berth run's exit code when the sandbox itself failed
+// (the VM died, the agent did not answer), as opposed to the program's own
+// exit code. Docker uses 125 for the same purpose.
+const exitVMFailure = 125
+
+type runFlags struct {
+	memory  string
+	cpus    int
+	tty     bool
+	rootfs  string
+	env     []string
+	workdir string
+}
+
+func newRunCmd() *cobra.Command {
+	var f runFlags
+	cmd := &cobra.Command{
+		Use:   "run --rootfs DIR [flags] -- CMD [ARGS...]",
+		Short: "Run a command in a container inside a new VM",
+		Long: `Boot a sandbox VM, run CMD in a container whose root file system is DIR,
+relay stdin, stdout and stderr, and exit with CMD's exit code (128+signal when
+a signal killed it). SIGINT, SIGTERM and SIGHUP are forwarded to CMD. The VM
+and everything it used on the host are removed when CMD ends.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error { return runRun(cmd.Context(), f, args) },
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.memory, "memory", "", "VM memory, e.g. 512M or 1G (default: hypervisor.default_memory)")
+	fl.IntVar(&f.cpus, "cpus", 0, "number of vCPUs (default: hypervisor.default_vcpus)")
+	fl.BoolVarP(&f.tty, "tty", "t", false, "give CMD a terminal")
+	fl.StringVar(&f.rootfs, "rootfs", "", "host directory holding the container's root file system (required)")
+	fl.StringArrayVarP(&f.env, "env", "e", nil, "set an environment variable (KEY=VALUE), repeatable")
+	fl.StringVarP(&f.workdir, "workdir", "w", "/", "working directory inside the container")
+	cmd.MarkFlagRequired("rootfs")
+	return cmd
+}
+
+// parseMemoryMiB turns a --memory value into MiB, with errors that name
+// the flag.
+func parseMemoryMiB(v string) (int, error) {
+	if v == "" {
+		return 0, nil
+	}
+	b, err := units.RAMInBytes(v)
+	if err != nil {
+		return 0, fmt.Errorf("--memory %q: %v (use a size like 512M or 2G)", v, err)
+	}
+	mib := b >> 20
+	if b%(2<<20) != 0 || mib < 128 {
+		return 0, fmt.Errorf("--memory %q: must be at least 128M and a multiple of 2M", v)
+	}
+	return int(mib), nil
+}
+
+func runRun(ctx context.Context, f runFlags, args []string) error {
+	cfg, err := loadConfig()
+	if err != nil {
+		return err
+	}
+	memMiB, err := parseMemoryMiB(f.memory)
+	if err != nil {
+		return err
+	}
+	if f.cpus < 0 || f.cpus > 255 {
+		return fmt.Errorf("--cpus %d: use a number from 1 to 255", f.cpus)
+	}
+	rootfs, err := filepath.Abs(f.rootfs)
+	if err != nil {
+		return err
+	}
+	if st, err := os.Stat(rootfs); err != nil || !st.IsDir() {
+		return fmt.Errorf("--rootfs %s: not a directory (give the path of an unpacked container root file system)", f.rootfs)
+	}
+	for _, p := range []string{cfg.Guest.Kernel, cfg.Guest.Initrd} {
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("guest image %s not found: run `berth guest build` (or set guest.kernel / guest.initrd)", p)
+		}
+	}
+	if n := sandbox.CleanupStale(cfg.RunDir); n > 0 {
+		logrus.Infof("removed %d stale sandbox(es) left by killed berth processes", n)
+	}
+	accel, err := resolveAccel(ctx, cfg)
+	if err != nil {
+		return err
+	}
+
+	// Signals: during boot they cancel the boot (and Create cleans up);
+	// once the program runs they are forwarded to it.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	bootCtx, cancelBoot := context.WithCancel(ctx)
+	defer cancelBoot()
+	booted := make(chan struct{})
+	go func() {
+		select {
+		case <-sigs:
+			cancelBoot()
+		case <-booted:
+		}
+	}()
+
+	id := "run-" + randomHex(6)
+	sb, err := sandbox.Create(bootCtx, cfg, sandbox.Options{ID: id, VCPUs: f.cpus, MemoryMiB: memMiB, Accel: accel})
+	close(booted)
+	if err != nil {
+		return vmFailure(err)
+	}
+	defer sb.Destroy(context.Background())
+
+	spec := oci.DefaultSpec(oci.GuestRootfs(id), oci.ProcessOptions{Args: args, Env: f.env, Cwd: f.workdir, Terminal: f.tty})
+	stdio := sandbox.IO{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Terminal: f.tty}
+	var con console.Console
+	if f.tty {
+		if con, err = console.ConsoleFromFile(os.Stdin); err != nil {
+			return fmt.Errorf("--tty needs a terminal on stdin: %w", err)
+		}
+		if err := con.SetRaw(); err != nil {
+			return fmt.Errorf("set terminal to raw mode: %w", err)
+		}
+		defer con.Reset()
+	}
+	proc, err := sb.CreateContainer(ctx, "main", spec, rootfs, stdio)
+	if err != nil {
+		return vmFailure(err)
+	}
+	if con != nil {
+		resizeFromConsole(ctx, con, proc)
+		winch := make(chan os.Signal, 1)
+		signal.Notify(winch, syscall.SIGWINCH)
+		defer signal.Stop(winch)
+		go func() {
+			for range winch {
+				resizeFromConsole(ctx, con, proc)
+			}
+		}()
+	}
+	if err := proc.Start(ctx); err != nil {
+		sb.DeleteContainer(ctx, "main")
+		return vmFailure(err)
+	}
+	go func() {
+		for sig := range sigs {
+			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			if err := proc.Signal(sctx, sig.(syscall.Signal)); err != nil {
+				logrus.WithError(err).Warn("forward signal")
+			}
+			cancel()
+		}
+	}()
+	status, err := proc.Wait(ctx)
+	if con != nil {
+		con.Reset()
+	}
+	if err != nil {
+		return vmFailure(err)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := sb.DeleteContainer(dctx, "main"); err != nil {
+		logrus.WithError(err).Warn("delete container")
+	}
+	if err := sb.Destroy(dctx); err != nil {
+		fmt.Fprintln(os.Stderr, "berth: cleanup:", err)
+	}
+	if status.Code != 0 {
+		return exitError{code: int(status.Code)}
+	}
+	return nil
+}
+
+func resizeFromConsole(ctx context.Context, con console.Console, proc *sandbox.Process) {
+	if ws, err := con.Size(); err == nil {
+		proc.Resize(ctx, uint32(ws.Width), uint32(ws.Height))
+	}
+}
+
+// vmFailure prints err and exits with exitVMFailure.
+func vmFailure(err error) error {
+	fmt.Fprintln(os.Stderr, "berth:", err)
+	return exitError{code: exitVMFailure}
+}
+
+// resolveAccel turns hypervisor.accel into the accelerator to use. "auto"
+// tries KVM for real (once per boot of the host, cached in run_dir).
+func resolveAccel(ctx context.Context, cfg *config.Config) (qemu.Accel, error) {
+	switch cfg.Hypervisor.Accel {
+	case "kvm":
+		return qemu.KVM, nil
+	case "tcg":
+		return qemu.TCG, nil
+	}
+	accel, reason, err := qemu.CachedAccel(ctx, qemu.AccelProbe{
+		Binary: cfg.Hypervisor.Path, Kernel: cfg.Guest.Kernel, Timeout: 5 * time.Second,
+	}, filepath.Join(cfg.RunDir, "accel.json"))
+	if err != nil {
+		return "", fmt.Errorf("probe accelerator: %w", err)
+	}
+	logrus.Infof("accelerator: %s (%s)", accel, reason)
+	return accel, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}

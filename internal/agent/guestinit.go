@@ -1,0 +1,265 @@
+package agent
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/berth-runtime/berth/internal/agent/kmod"
+)
+
+// ModulesList is the file `berth guest build` writes: modules to load, in
+// dependency order.
+const ModulesList = "/etc/berth/modules.load"
+
+// RunInit is PID 1 of the guest. It prepares the system and then only
+// reaps: the agent service runs in a child process (`berth-agent serve`).
+//
+// Why two processes: libcontainer waits for the processes it starts, while
+// PID 1 must reap every orphan in the guest. If one process did both, a
+// wait4(-1) reaper would steal exit statuses from libcontainer. With the
+// service in a child, containers are the service's children (libcontainer
+// reaps them) and orphans are re-parented to PID 1 (reaped here).
+//
+// RunInit never returns: when the service exits, the VM powers off.
+func RunInit() {
+	if err := earlyMounts(); err != nil {
+		fatal("early mounts: %v", err)
+	}
+	onRootfs, err := rootIsInitramfs()
+	if err != nil {
+		fatal("inspect root mount: %v", err)
+	}
+	if onRootfs {
+		// runc's pivot_root cannot leave the initramfs (rootfs can never
+		// be unmounted), so move the system onto a tmpfs and start again.
+		if err := switchRoot("/newroot"); err != nil {
+			fatal("switch root: %v", err)
+		}
+	}
+	if err := lateMounts(); err != nil {
+		fatal("mounts: %v", err)
+	}
+	cmdline, _ := os.ReadFile("/proc/cmdline")
+	var uts unix.Utsname
+	unix.Uname(&uts)
+	modDir := filepath.Join("/lib/modules", unix.ByteSliceToString(uts.Release[:]))
+	if err := kmod.LoadList(ModulesList, modDir, string(cmdline)); err != nil {
+		// Keep going: the service reports what is missing when it is used.
+		fmt.Fprintf(os.Stderr, "berth-agent: load modules: %v\n", err)
+	}
+
+	child := exec.Command("/proc/self/exe", "serve")
+	child.Stdout, child.Stderr = os.Stdout, os.Stderr
+	if err := child.Start(); err != nil {
+		fatal("start agent service: %v", err)
+	}
+	reapUntil(child.Process.Pid)
+	powerOff()
+}
+
+// reapUntil reaps every child until servicePid exits.
+func reapUntil(servicePid int) {
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, 0, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "berth-agent: wait: %v\n", err)
+			time.Sleep(time.Second)
+			continue
+		}
+		if pid == servicePid {
+			fmt.Fprintf(os.Stderr, "berth-agent: service exited (%v); powering off\n", describeWait(ws))
+			return
+		}
+	}
+}
+
+func describeWait(ws unix.WaitStatus) string {
+	if ws.Signaled() {
+		return "signal " + ws.Signal().String()
+	}
+	return fmt.Sprintf("status %d", ws.ExitStatus())
+}
+
+func powerOff() {
+	unix.Sync()
+	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	// Reboot only returns on failure; PID 1 must not exit.
+	for {
+		time.Sleep(time.Hour)
+	}
+}
+
+func fatal(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "berth-agent: "+format+"\n", args...)
+	powerOff()
+}
+
+type mountSpec struct {
+	source, target, fstype string
+	flags                  uintptr
+	data                   string
+}
+
+func mountAll(ms []mountSpec) error {
+	for _, m := range ms {
+		if err := os.MkdirAll(m.target, 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mount(m.source, m.target, m.fstype, m.flags, m.data); err != nil && err != unix.EBUSY {
+			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.target, err)
+		}
+	}
+	return nil
+}
+
+const nosuidNodevNoexec = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
+
+func earlyMounts() error {
+	return mountAll([]mountSpec{
+		{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
+		{"proc", "/proc", "proc", nosuidNodevNoexec, ""},
+		{"sysfs", "/sys", "sysfs", nosuidNodevNoexec, ""},
+	})
+}
+
+func lateMounts() error {
+	return mountAll([]mountSpec{
+		{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "gid=5,mode=0620,ptmxmode=0666"},
+		{"shm", "/dev/shm", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+		{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
+		{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+		{"cgroup2", "/sys/fs/cgroup", "cgroup2", nosuidNodevNoexec, ""},
+	})
+}
+
+// rootIsInitramfs reports whether / is the kernel's rootfs.
+func rootIsInitramfs() (bool, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	return parseRootFstype(f) == "rootfs", nil
+}
+
+// parseRootFstype returns the file system type mounted at / in a
+// mountinfo listing (the last such line wins, as later mounts cover
+// earlier ones).
+func parseRootFstype(r io.Reader) string {
+	fstype := ""
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 10 || fields[4] != "/" {
+			continue
+		}
+		for i := 6; i < len(fields); i++ {
+			if fields[i] == "-" && i+1 < len(fields) {
+				fstype = fields[i+1]
+				break
+			}
+		}
+	}
+	return fstype
+}
+
+// switchRoot copies the initramfs onto a tmpfs at newRoot, frees the old
+// copy, makes the tmpfs the root and re-executes /init (the same steps as
+// busybox's switch_root).
+func switchRoot(newRoot string) error {
+	if err := mountAll([]mountSpec{{"tmpfs", newRoot, "tmpfs", 0, "mode=0755"}}); err != nil {
+		return err
+	}
+	skip := map[string]bool{"/proc": true, "/sys": true, "/dev": true, newRoot: true}
+	err := filepath.WalkDir("/", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if skip[path] {
+			os.MkdirAll(filepath.Join(newRoot, path), 0o755)
+			return fs.SkipDir
+		}
+		if path == "/" {
+			return nil
+		}
+		return copyEntry(path, filepath.Join(newRoot, path), d)
+	})
+	if err != nil {
+		return fmt.Errorf("copy initramfs: %w", err)
+	}
+	// Free the initramfs: its pages are not reclaimable otherwise.
+	entries, _ := os.ReadDir("/")
+	for _, e := range entries {
+		if p := "/" + e.Name(); !skip[p] {
+			os.RemoveAll(p)
+		}
+	}
+	for _, m := range []string{"/dev", "/proc", "/sys"} {
+		if err := unix.Mount(m, filepath.Join(newRoot, m), "", unix.MS_MOVE, ""); err != nil {
+			return fmt.Errorf("move %s: %w", m, err)
+		}
+	}
+	if err := unix.Chdir(newRoot); err != nil {
+		return err
+	}
+	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("move new root: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return err
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return err
+	}
+	return syscall.Exec("/init", os.Args, os.Environ())
+}
+
+func copyEntry(src, dst string, d fs.DirEntry) error {
+	info, err := d.Info()
+	if err != nil {
+		return err
+	}
+	switch {
+	case d.IsDir():
+		return os.MkdirAll(dst, info.Mode().Perm())
+	case info.Mode()&fs.ModeSymlink != 0:
+		target, err := os.Readlink(src)
+		if err != nil {
+			return err
+		}
+		return os.Symlink(target, dst)
+	case info.Mode().IsRegular():
+		in, err := os.Open(src)
+		if err != nil {
+			return err
+		}
+		defer in.Close()
+		out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, info.Mode().Perm())
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(out, in); err != nil {
+			out.Close()
+			return err
+		}
+		return out.Close()
+	default:
+		// Device nodes and sockets come from devtmpfs; nothing else in
+		// the initramfs needs copying.
+		return nil
+	}
+}

@@ -1,0 +1,129 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/ttrpc"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	api "github.com/berth-runtime/berth/api/agent/v1"
+	"github.com/berth-runtime/berth/internal/oci"
+	"github.com/berth-runtime/berth/internal/transport"
+)
+
+// CmdlineTransport is the kernel command line parameter by which the host
+// tells the agent which transport it wired up.
+const CmdlineTransport = "berth.transport"
+
+// Serve runs the agent service until its listeners fail. It is the body of
+// `berth-agent serve`, started by RunInit.
+func Serve(ctx context.Context) error {
+	logrus.SetOutput(os.Stderr)
+	logrus.SetFormatter(&logrus.TextFormatter{DisableTimestamp: true})
+	cmdline, _ := os.ReadFile("/proc/cmdline")
+	kind := transport.Kind(cmdlineValue(string(cmdline), CmdlineTransport))
+	if kind == "" {
+		kind = transport.VirtioSerial
+	}
+	agentL, stdioL, err := listen(ctx, kind)
+	if err != nil {
+		return err
+	}
+	svc := New(Options{
+		StateRoot:     "/run/berth/libcontainer",
+		PrepareRootfs: (&sharedFS{}).ensure,
+		PowerOff:      powerOff,
+	})
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		return err
+	}
+	api.RegisterAgentService(srv, svc)
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(ctx, agentL) }()
+	go func() { errc <- svc.ServeStdio(ctx, stdioL) }()
+	logrus.Infof("berth-agent %s serving over %s", Version, kind)
+	return <-errc
+}
+
+func listen(ctx context.Context, kind transport.Kind) (agentL, stdioL net.Listener, err error) {
+	switch kind {
+	case transport.Vsock:
+		if agentL, err = transport.ListenVsock(transport.AgentPort); err != nil {
+			return nil, nil, err
+		}
+		if stdioL, err = transport.ListenVsock(transport.StdioPort); err != nil {
+			agentL.Close()
+			return nil, nil, err
+		}
+		return agentL, stdioL, nil
+	case transport.VirtioSerial:
+		// The port appears once virtio_console has probed it; modules are
+		// loaded before we start, but probing can still be in flight.
+		var dev string
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			dev, err = transport.FindSerialPort("/", transport.SerialPortName)
+			if err == nil || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		mux := transport.NewSerialMux(dev)
+		if agentL, err = mux.Listen(transport.AgentPort); err != nil {
+			return nil, nil, err
+		}
+		if stdioL, err = mux.Listen(transport.StdioPort); err != nil {
+			return nil, nil, err
+		}
+		return agentL, stdioL, nil
+	default:
+		return nil, nil, fmt.Errorf("%s=%q: unknown transport", CmdlineTransport, kind)
+	}
+}
+
+// cmdlineValue returns the value of key=value on a kernel command line.
+func cmdlineValue(cmdline, key string) string {
+	for _, f := range strings.Fields(cmdline) {
+		if k, v, ok := strings.Cut(f, "="); ok && k == key {
+			return v
+		}
+	}
+	return ""
+}
+
+// sharedFS mounts the sandbox's virtio-fs share on first use. The share is
+// where the host places every container's root file system.
+type sharedFS struct {
+	mu      sync.Mutex
+	mounted bool
+}
+
+func (s *sharedFS) ensure(ctx context.Context, rootPath string) error {
+	if !strings.HasPrefix(rootPath, oci.GuestSharedDir+"/") {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mounted {
+		return nil
+	}
+	if err := os.MkdirAll(oci.GuestSharedDir, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount(oci.SharedFSTag, oci.GuestSharedDir, "virtiofs", 0, ""); err != nil {
+		return fmt.Errorf("mount virtio-fs share %q on %s: %w (is the virtiofs module loaded and virtiofsd running?)", oci.SharedFSTag, oci.GuestSharedDir, err)
+	}
+	s.mounted = true
+	return nil
+}

@@ -1,0 +1,562 @@
+// Package agent is berth-agent's service inside the guest: it creates
+// containers from OCI specs with runc's libcontainer, runs exec'd
+// processes, relays their stdio over transport streams and reports exits.
+//
+// It runs in the guest only and imports no host package: its contract with
+// the host is api/agent/v1 and the stdio stream header defined there.
+//
+// Lifecycle of a container, as the host drives it (it mirrors containerd's
+// task API, so the shim maps calls one to one):
+//
+//	Create   libcontainer runs runc's init up to the point where it waits
+//	         to exec the user's program (like `runc create`)
+//	attach   the host opens stdio streams; output produced later waits in
+//	         the pipes until the host reads it
+//	Start    the init execs the user's program (`runc start`)
+//	Wait     returns the exit status once libcontainer has reaped it
+//	Delete   destroys the container (cgroup, state) and frees the stdio
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/opencontainers/runc/libcontainer"
+	"github.com/opencontainers/runc/libcontainer/configs"
+	"github.com/opencontainers/runc/libcontainer/specconv"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/encoding/protodelim"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	api "github.com/berth-runtime/berth/api/agent/v1"
+)
+
+// Version is the agent's version, reported by Info.
+const Version = "0.1.0"
+
+// APIVersion is the version of api/agent this agent serves.
+const APIVersion = 1
+
+// Options configure the service.
+type Options struct {
+	// StateRoot is libcontainer's state directory (on a tmpfs).
+	StateRoot string
+	// PrepareRootfs makes sure the container's root file system is
+	// reachable before libcontainer uses it (mounts the virtio-fs share on
+	// first use). It may be nil.
+	PrepareRootfs func(ctx context.Context, rootPath string) error
+	// PowerOff ends the VM; called by Shutdown after it has replied.
+	PowerOff func()
+}
+
+// Service implements api.AgentService.
+type Service struct {
+	opts Options
+
+	mu         sync.Mutex
+	containers map[string]*container
+}
+
+type container struct {
+	id    string
+	lc    *libcontainer.Container
+	init  *process
+	execs map[string]*process
+}
+
+// New returns the agent service.
+func New(opts Options) *Service {
+	return &Service{opts: opts, containers: map[string]*container{}}
+}
+
+var _ api.AgentService = (*Service)(nil)
+
+// toGRPC is the one place where classified errors become RPC errors.
+func toGRPC(err error) error {
+	if err == nil {
+		return nil
+	}
+	return errgrpc.ToGRPC(err)
+}
+
+func (s *Service) get(id string) (*container, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.containers[id]
+	if !ok {
+		return nil, fmt.Errorf("container %q: %w", id, errdefs.ErrNotFound)
+	}
+	return c, nil
+}
+
+func (s *Service) getProcess(containerID, execID string) (*container, *process, error) {
+	c, err := s.get(containerID)
+	if err != nil {
+		return nil, nil, err
+	}
+	if execID == "" {
+		return c, c.init, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := c.execs[execID]
+	if !ok {
+		return nil, nil, fmt.Errorf("exec %q in container %q: %w", execID, containerID, errdefs.ErrNotFound)
+	}
+	return c, p, nil
+}
+
+// Info reports the guest.
+func (s *Service) Info(ctx context.Context, _ *api.InfoRequest) (*api.InfoResponse, error) {
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err != nil {
+		return nil, toGRPC(err)
+	}
+	bootID, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	var si unix.Sysinfo_t
+	unix.Sysinfo(&si)
+	return &api.InfoResponse{
+		AgentVersion:  Version,
+		ApiVersion:    APIVersion,
+		KernelRelease: unix.ByteSliceToString(uts.Release[:]),
+		BootId:        strings.TrimSpace(string(bootID)),
+		MemTotalBytes: si.Totalram * uint64(si.Unit),
+		OnlineCpus:    uint32(onlineCPUs()),
+	}, nil
+}
+
+func onlineCPUs() int {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		return 0
+	}
+	return set.Count()
+}
+
+// Create builds the container and its init process, stopped before exec.
+func (s *Service) Create(ctx context.Context, req *api.CreateRequest) (*api.CreateResponse, error) {
+	pid, err := s.create(ctx, req)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	return &api.CreateResponse{Pid: uint32(pid)}, nil
+}
+
+func (s *Service) create(ctx context.Context, req *api.CreateRequest) (int, error) {
+	id := req.ContainerId
+	if id == "" || strings.ContainsAny(id, "/\x00") || id == "." || id == ".." {
+		return 0, fmt.Errorf("container id %q is not valid: %w", id, errdefs.ErrInvalidArgument)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(req.Spec, &spec); err != nil {
+		return 0, fmt.Errorf("decode OCI spec: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	if spec.Process == nil || spec.Root == nil || spec.Linux == nil {
+		return 0, fmt.Errorf("OCI spec needs process, root and linux: %w", errdefs.ErrInvalidArgument)
+	}
+	if req.Stdio.GetTerminal() != spec.Process.Terminal {
+		return 0, fmt.Errorf("stdio.terminal (%v) disagrees with process.terminal (%v): %w", req.Stdio.GetTerminal(), spec.Process.Terminal, errdefs.ErrInvalidArgument)
+	}
+
+	s.mu.Lock()
+	if _, ok := s.containers[id]; ok {
+		s.mu.Unlock()
+		return 0, fmt.Errorf("container %q: %w", id, errdefs.ErrAlreadyExists)
+	}
+	// Reserve the id while the slow work happens without the lock.
+	s.containers[id] = nil
+	s.mu.Unlock()
+	ok := false
+	defer func() {
+		if !ok {
+			s.mu.Lock()
+			delete(s.containers, id)
+			s.mu.Unlock()
+		}
+	}()
+
+	if s.opts.PrepareRootfs != nil {
+		if err := s.opts.PrepareRootfs(ctx, spec.Root.Path); err != nil {
+			return 0, err
+		}
+	}
+	if _, err := os.Stat(spec.Root.Path); err != nil {
+		return 0, fmt.Errorf("container root %s: %w", spec.Root.Path, errdefs.ErrNotFound)
+	}
+	if spec.Linux.Seccomp != nil {
+		// The agent is built without libseccomp; the VM is the isolation
+		// boundary (as in Kata, whose guest seccomp is off by default).
+		log(ctx).WithField("container", id).Info("seccomp profile not applied inside the guest")
+		spec.Linux.Seccomp = nil
+	}
+	if spec.Linux.CgroupsPath == "" {
+		spec.Linux.CgroupsPath = "/berth/" + id
+	}
+	lcConfig, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{
+		CgroupName: id,
+		Spec:       &spec,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("convert OCI spec: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	lc, err := libcontainer.Create(s.opts.StateRoot, id, lcConfig)
+	if err != nil {
+		return 0, fmt.Errorf("create container %q: %w", id, err)
+	}
+	lp, err := newLibcontainerProcess(spec.Process)
+	if err != nil {
+		lc.Destroy()
+		return 0, err
+	}
+	lp.Init = true
+	p := newProcess("", req.Stdio, lp)
+	err = p.setupIO()
+	if err == nil {
+		err = lc.Start(lp)
+	}
+	if err == nil {
+		err = p.afterStart()
+	}
+	if err != nil {
+		p.release()
+		lc.Destroy()
+		return 0, fmt.Errorf("start init of container %q: %w", id, err)
+	}
+	c := &container{id: id, lc: lc, init: p, execs: map[string]*process{}}
+	if err := p.markStarted(nil); err != nil {
+		p.release()
+		lc.Destroy()
+		return 0, err
+	}
+	s.mu.Lock()
+	s.containers[id] = c
+	s.mu.Unlock()
+	ok = true
+	return p.pid, nil
+}
+
+// newLibcontainerProcess converts an OCI process (what runc's newProcess
+// does for `runc run`/`runc exec`).
+func newLibcontainerProcess(p *specs.Process) (*libcontainer.Process, error) {
+	if len(p.Args) == 0 {
+		return nil, fmt.Errorf("process.args is empty: %w", errdefs.ErrInvalidArgument)
+	}
+	nnp := p.NoNewPrivileges
+	lp := &libcontainer.Process{
+		Args:            p.Args,
+		Env:             p.Env,
+		UID:             int(p.User.UID),
+		GID:             int(p.User.GID),
+		Cwd:             p.Cwd,
+		NoNewPrivileges: &nnp,
+		Scheduler:       p.Scheduler,
+		IOPriority:      p.IOPriority,
+	}
+	if p.ConsoleSize != nil {
+		lp.ConsoleWidth, lp.ConsoleHeight = uint16(p.ConsoleSize.Width), uint16(p.ConsoleSize.Height)
+	}
+	if c := p.Capabilities; c != nil {
+		lp.Capabilities = &configs.Capabilities{
+			Bounding: c.Bounding, Effective: c.Effective, Inheritable: c.Inheritable,
+			Permitted: c.Permitted, Ambient: c.Ambient,
+		}
+	}
+	for _, g := range p.User.AdditionalGids {
+		lp.AdditionalGroups = append(lp.AdditionalGroups, int(g))
+	}
+	for _, r := range p.Rlimits {
+		t, ok := rlimitTypes[r.Type]
+		if !ok {
+			return nil, fmt.Errorf("process.rlimits: unknown type %q: %w", r.Type, errdefs.ErrInvalidArgument)
+		}
+		lp.Rlimits = append(lp.Rlimits, configs.Rlimit{Type: t, Hard: r.Hard, Soft: r.Soft})
+	}
+	return lp, nil
+}
+
+var rlimitTypes = map[string]int{
+	"RLIMIT_CPU": unix.RLIMIT_CPU, "RLIMIT_FSIZE": unix.RLIMIT_FSIZE, "RLIMIT_DATA": unix.RLIMIT_DATA,
+	"RLIMIT_STACK": unix.RLIMIT_STACK, "RLIMIT_CORE": unix.RLIMIT_CORE, "RLIMIT_RSS": unix.RLIMIT_RSS,
+	"RLIMIT_NPROC": unix.RLIMIT_NPROC, "RLIMIT_NOFILE": unix.RLIMIT_NOFILE, "RLIMIT_MEMLOCK": unix.RLIMIT_MEMLOCK,
+	"RLIMIT_AS": unix.RLIMIT_AS, "RLIMIT_LOCKS": unix.RLIMIT_LOCKS, "RLIMIT_SIGPENDING": unix.RLIMIT_SIGPENDING,
+	"RLIMIT_MSGQUEUE": unix.RLIMIT_MSGQUEUE, "RLIMIT_NICE": unix.RLIMIT_NICE, "RLIMIT_RTPRIO": unix.RLIMIT_RTPRIO,
+	"RLIMIT_RTTIME": unix.RLIMIT_RTTIME,
+}
+
+// Start runs the init's program, or an exec'd process.
+func (s *Service) Start(ctx context.Context, req *api.StartRequest) (*api.StartResponse, error) {
+	c, p, err := s.getProcess(req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	if req.ExecId == "" {
+		if err := c.lc.Exec(); err != nil {
+			return nil, toGRPC(fmt.Errorf("start container %q: %w", c.id, err))
+		}
+		return &api.StartResponse{Pid: uint32(p.pid)}, nil
+	}
+	if p.isStarted() {
+		return nil, toGRPC(fmt.Errorf("exec %q already started: %w", p.id, errdefs.ErrFailedPrecondition))
+	}
+	err = c.lc.Run(p.lp)
+	if err == nil {
+		err = p.afterStart()
+	}
+	if err == nil {
+		err = p.markStarted(nil)
+	}
+	if err != nil {
+		p.release()
+		// A failed exec counts as exited so Wait does not block forever.
+		p.mu.Lock()
+		p.status, p.exitedAt = 255, time.Now()
+		p.mu.Unlock()
+		if !p.hasExited() {
+			close(p.exited)
+		}
+		return nil, toGRPC(fmt.Errorf("start exec %q in container %q: %w", p.id, c.id, err))
+	}
+	return &api.StartResponse{Pid: uint32(p.pid)}, nil
+}
+
+// Exec registers a process to run in a container; Start runs it, after
+// the host has attached its stdio.
+func (s *Service) Exec(ctx context.Context, req *api.ExecRequest) (*emptypb.Empty, error) {
+	c, err := s.get(req.ContainerId)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	if req.ExecId == "" {
+		return nil, toGRPC(fmt.Errorf("exec id is empty: %w", errdefs.ErrInvalidArgument))
+	}
+	var sp specs.Process
+	if err := json.Unmarshal(req.Process, &sp); err != nil {
+		return nil, toGRPC(fmt.Errorf("decode OCI process: %v: %w", err, errdefs.ErrInvalidArgument))
+	}
+	if req.Stdio.GetTerminal() != sp.Terminal {
+		return nil, toGRPC(fmt.Errorf("stdio.terminal disagrees with process.terminal: %w", errdefs.ErrInvalidArgument))
+	}
+	lp, err := newLibcontainerProcess(&sp)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := c.execs[req.ExecId]; ok {
+		return nil, toGRPC(fmt.Errorf("exec %q: %w", req.ExecId, errdefs.ErrAlreadyExists))
+	}
+	p := newProcess(req.ExecId, req.Stdio, lp)
+	// Pipes exist from now on, so the host can attach before Start.
+	if err := p.setupIO(); err != nil {
+		p.release()
+		return nil, toGRPC(fmt.Errorf("exec %q stdio: %w", req.ExecId, err))
+	}
+	c.execs[req.ExecId] = p
+	return &emptypb.Empty{}, nil
+}
+
+// Kill signals a process. Signalling a process that has already exited
+// succeeds, as containerd expects.
+func (s *Service) Kill(ctx context.Context, req *api.KillRequest) (*emptypb.Empty, error) {
+	c, p, err := s.getProcess(req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	sig := unix.Signal(req.Signal)
+	if p.hasExited() && !req.All {
+		return &emptypb.Empty{}, nil
+	}
+	switch {
+	case req.All:
+		pids, _ := c.lc.Processes()
+		for _, pid := range pids {
+			unix.Kill(pid, sig)
+		}
+	case req.ExecId == "":
+		if err := c.lc.Signal(sig); err != nil && !p.hasExited() {
+			return nil, toGRPC(fmt.Errorf("signal container %q: %w", c.id, err))
+		}
+	default:
+		if !p.isStarted() {
+			return nil, toGRPC(fmt.Errorf("exec %q not started: %w", p.id, errdefs.ErrFailedPrecondition))
+		}
+		if err := p.lp.Signal(sig); err != nil && !p.hasExited() {
+			return nil, toGRPC(fmt.Errorf("signal exec %q: %w", p.id, err))
+		}
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// Wait blocks until the process exits.
+func (s *Service) Wait(ctx context.Context, req *api.WaitRequest) (*api.WaitResponse, error) {
+	_, p, err := s.getProcess(req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	select {
+	case <-p.exited:
+	case <-ctx.Done():
+		return nil, toGRPC(ctx.Err())
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return &api.WaitResponse{ExitStatus: p.status, ExitedAt: timestamppb.New(p.exitedAt)}, nil
+}
+
+// Pids lists the container's processes.
+func (s *Service) Pids(ctx context.Context, req *api.PidsRequest) (*api.PidsResponse, error) {
+	c, err := s.get(req.ContainerId)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	pids, err := c.lc.Processes()
+	if err != nil {
+		return nil, toGRPC(fmt.Errorf("list processes of %q: %w", c.id, err))
+	}
+	resp := &api.PidsResponse{}
+	for _, pid := range pids {
+		resp.Pids = append(resp.Pids, uint32(pid))
+	}
+	return resp, nil
+}
+
+// ResizePty resizes a process's terminal.
+func (s *Service) ResizePty(ctx context.Context, req *api.ResizePtyRequest) (*emptypb.Empty, error) {
+	_, p, err := s.getProcess(req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	if err := p.resize(req.Width, req.Height); err != nil {
+		return nil, toGRPC(err)
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// CloseIO closes a process's stdin.
+func (s *Service) CloseIO(ctx context.Context, req *api.CloseIORequest) (*emptypb.Empty, error) {
+	_, p, err := s.getProcess(req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	p.closeStdin()
+	return &emptypb.Empty{}, nil
+}
+
+// Delete removes an exited exec, or a container whose init has exited.
+func (s *Service) Delete(ctx context.Context, req *api.DeleteRequest) (*api.DeleteResponse, error) {
+	c, p, err := s.getProcess(req.ContainerId, req.ExecId)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	if p.isStarted() && !p.hasExited() {
+		return nil, toGRPC(fmt.Errorf("process %q of container %q is still running: %w", p.id, c.id, errdefs.ErrFailedPrecondition))
+	}
+	s.mu.Lock()
+	if req.ExecId != "" {
+		delete(c.execs, req.ExecId)
+	} else {
+		delete(s.containers, c.id)
+	}
+	s.mu.Unlock()
+	if req.ExecId == "" {
+		for _, e := range c.execs {
+			e.release()
+		}
+		if err := c.lc.Destroy(); err != nil {
+			log(ctx).WithError(err).WithField("container", c.id).Warn("destroy container")
+		}
+	}
+	p.release()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return &api.DeleteResponse{ExitStatus: p.status, ExitedAt: timestamppb.New(p.exitedAt)}, nil
+}
+
+// Shutdown kills every container and powers the VM off after replying.
+func (s *Service) Shutdown(ctx context.Context, _ *emptypb.Empty) (*emptypb.Empty, error) {
+	s.mu.Lock()
+	for _, c := range s.containers {
+		if c != nil {
+			c.lc.Signal(unix.SIGKILL)
+		}
+	}
+	s.mu.Unlock()
+	if s.opts.PowerOff != nil {
+		go func() {
+			// Let the reply reach the host first.
+			time.Sleep(50 * time.Millisecond)
+			s.opts.PowerOff()
+		}()
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// ServeStdio accepts stdio streams: each starts with an api.StreamHeader
+// naming the process and the stream.
+func (s *Service) ServeStdio(ctx context.Context, l net.Listener) error {
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			if err := s.attachStream(ctx, conn); err != nil {
+				log(ctx).WithError(err).Warn("attach stdio stream")
+				conn.Close()
+			}
+		}()
+	}
+}
+
+func (s *Service) attachStream(ctx context.Context, conn net.Conn) error {
+	var hdr api.StreamHeader
+	if err := protodelim.UnmarshalFrom(byteReader{conn}, &hdr); err != nil {
+		return fmt.Errorf("read stream header: %w", err)
+	}
+	_, p, err := s.getProcess(hdr.ContainerId, hdr.ExecId)
+	if err != nil {
+		return err
+	}
+	// An exec's pty exists only once Start has run it, and the host
+	// attaches before Start: wait for it.
+	select {
+	case <-p.ioReady:
+	case <-p.exited:
+		return fmt.Errorf("process %q exited before its stdio was attached: %w", hdr.ExecId, errdefs.ErrFailedPrecondition)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return p.attach(hdr.Kind, conn)
+}
+
+// byteReader reads one byte at a time, so that decoding the header never
+// consumes payload bytes that follow it.
+type byteReader struct{ c net.Conn }
+
+func (r byteReader) Read(b []byte) (int, error) { return r.c.Read(b) }
+
+func (r byteReader) ReadByte() (byte, error) {
+	var b [1]byte
+	n, err := r.c.Read(b[:])
+	if n == 1 {
+		return b[0], nil
+	}
+	if err == nil {
+		err = syscall.EIO
+	}
+	return 0, err
+}
+
+func log(ctx context.Context) *logrus.Entry { return logrus.NewEntry(logrus.StandardLogger()) }

@@ -1,0 +1,201 @@
+// Package config owns Berth's configuration: the TOML schema, the documented
+// defaults, and Load, which parses a file and validates it exactly once.
+//
+// Why one package and one pass: in Kata the same settings were checked in
+// three places and a bad arm64 pflash list was only noticed when the VM was
+// built, which surfaced to users as a pod crash loop. Here every value is
+// checked when the file is loaded, and every error names the TOML key and
+// the fix. Code that receives a *Config may assume it is valid.
+//
+// config does not probe the host. Host facts (does KVM work, which cgroup
+// layout is mounted) are gathered by internal/hostcheck and passed in where
+// a combination depends on them.
+//
+// Adding a key: add the field with its toml tag, give it a default in
+// Default, validate it in Validate with an error built by keyError, document
+// it in docs/configuration.md, and add a row to the validation table test.
+// Load rejects keys that have no field, so a key nobody wired up cannot be
+// silently ignored.
+//
+// Guest artefact paths: guest.kernel and guest.initrd default to "" in the
+// file, meaning "under state_dir". Load fills them in (after applying
+// Overrides, so --state-dir moves them) and the effective paths are what
+// Marshal prints and what every caller reads. ResolvedKernel and
+// ResolvedInitrd give the same answer for a Config that did not come from
+// Load (for example Default() in a test).
+package config
+
+import (
+	"path/filepath"
+	"time"
+)
+
+// DefaultPath is where Load looks when no path is given.
+const DefaultPath = "/etc/berth/config.toml"
+
+// Allowed values of the enum-like keys. They are plain strings in Config so
+// the file reads naturally; Validate rejects anything not listed here.
+const (
+	MachineQ35     = "q35"
+	MachineMicroVM = "microvm"
+
+	AccelAuto = "auto"
+	AccelKVM  = "kvm"
+	AccelTCG  = "tcg"
+
+	VirtiofsCacheAuto   = "auto"
+	VirtiofsCacheAlways = "always"
+	VirtiofsCacheNone   = "none"
+
+	TransportAuto         = "auto"
+	TransportVsock        = "vsock"
+	TransportVirtioSerial = "virtio-serial"
+)
+
+// Limits checked by Validate.
+const (
+	// MaxVCPUs is the most vCPUs a sandbox may boot with: 255 is the
+	// ceiling of q35 without an interrupt-remapping IOMMU (x2APIC IDs
+	// above 254 need one).
+	MaxVCPUs = 255
+	// MinMemoryMiB is the smallest default_memory that boots the stock
+	// Debian cloud kernel with the Berth initramfs unpacked in RAM.
+	MinMemoryMiB = 128
+)
+
+// Default guest artefact file names under StateDir/guest.
+const (
+	guestDir        = "guest"
+	guestKernelName = "vmlinuz"
+	guestInitrdName = "initramfs.img"
+)
+
+// Default returns the documented defaults (docs/configuration.md). It is a
+// valid configuration: Default().Validate() returns nil. Guest.Kernel and
+// Guest.Initrd are empty, meaning "under StateDir"; see ResolvedKernel.
+func Default() *Config {
+	return &Config{
+		StateDir: "/var/lib/berth",
+		RunDir:   "/run/berth",
+		Hypervisor: Hypervisor{
+			Path:             "/usr/bin/qemu-system-x86_64",
+			Machine:          MachineQ35,
+			Accel:            AccelAuto,
+			DefaultVCPUs:     1,
+			DefaultMemoryMiB: 256,
+			KernelParams:     "",
+			VirtiofsdPath:    "/usr/lib/qemu/virtiofsd",
+			VirtiofsCache:    VirtiofsCacheAuto,
+			// Generous because under TCG (no KVM) a Debian kernel
+			// takes tens of seconds to reach the agent.
+			BootTimeout: Duration{60 * time.Second},
+		},
+		Agent: Agent{
+			Transport:   TransportAuto,
+			DialTimeout: Duration{5 * time.Second},
+		},
+		Guest: Guest{
+			KernelPackage: "linux-image-cloud-amd64",
+		},
+	}
+}
+
+// Source is the file this configuration was read from, or "" when it is
+// the built-in defaults (no file at the default path).
+func (c *Config) Source() string { return c.source }
+
+// ResolvedKernel is the guest kernel path: Guest.Kernel if set, otherwise
+// StateDir/guest/vmlinuz. After Load it equals Guest.Kernel.
+func (c *Config) ResolvedKernel() string {
+	if c.Guest.Kernel != "" {
+		return c.Guest.Kernel
+	}
+	return filepath.Join(c.StateDir, guestDir, guestKernelName)
+}
+
+// ResolvedInitrd is the initramfs path: Guest.Initrd if set, otherwise
+// StateDir/guest/initramfs.img. After Load it equals Guest.Initrd.
+func (c *Config) ResolvedInitrd() string {
+	if c.Guest.Initrd != "" {
+		return c.Guest.Initrd
+	}
+	return filepath.Join(c.StateDir, guestDir, guestInitrdName)
+}
+
+// Config is the whole of Berth's configuration.
+type Config struct {
+	// StateDir holds persistent artefacts: the guest kernel and initramfs
+	// (StateDir/guest) and downloaded packages.
+	StateDir string `toml:"state_dir"`
+	// RunDir holds per-sandbox runtime state (sockets, shared dirs, logs);
+	// it should be on a tmpfs so that a host reboot clears it.
+	RunDir string `toml:"run_dir"`
+
+	Hypervisor Hypervisor `toml:"hypervisor"`
+	Agent      Agent      `toml:"agent"`
+	Guest      Guest      `toml:"guest"`
+
+	// source is the file Load read, "" for built-in defaults. It is not a
+	// TOML key (unexported fields are neither decoded nor encoded).
+	source string
+}
+
+// Hypervisor configures the QEMU driver.
+type Hypervisor struct {
+	// Path is the QEMU binary.
+	Path string `toml:"path"`
+	// Machine is the QEMU machine type: "q35" or "microvm".
+	Machine string `toml:"machine"`
+	// Accel is "auto" (try KVM, fall back to TCG), "kvm" or "tcg".
+	Accel string `toml:"accel"`
+	// DefaultVCPUs is the number of vCPUs a sandbox boots with.
+	DefaultVCPUs int `toml:"default_vcpus"`
+	// DefaultMemoryMiB is the memory a sandbox boots with.
+	DefaultMemoryMiB int `toml:"default_memory"`
+	// KernelParams are appended to the guest kernel command line.
+	KernelParams string `toml:"kernel_params"`
+	// VirtiofsdPath is the virtiofsd binary serving container root file systems.
+	VirtiofsdPath string `toml:"virtiofsd_path"`
+	// VirtiofsCache is virtiofsd's cache mode: "auto", "always" or "none".
+	VirtiofsCache string `toml:"virtiofs_cache"`
+	// BootTimeout bounds the time from QEMU start until the agent answers.
+	BootTimeout Duration `toml:"boot_timeout"`
+}
+
+// Agent configures the host-guest channel.
+type Agent struct {
+	// Transport is "auto" (vsock when /dev/vhost-vsock exists, else
+	// virtio-serial), "vsock" or "virtio-serial".
+	Transport string `toml:"transport"`
+	// DialTimeout bounds one attempt to reach the agent once it is up.
+	DialTimeout Duration `toml:"dial_timeout"`
+}
+
+// Guest locates the guest artefacts and says how to build them.
+type Guest struct {
+	// Kernel is the guest kernel image. Default: StateDir/guest/vmlinuz
+	// (filled in by Load; "" in the file means the default).
+	Kernel string `toml:"kernel"`
+	// Initrd is the initramfs holding berth-agent. Default:
+	// StateDir/guest/initramfs.img (filled in by Load).
+	Initrd string `toml:"initrd"`
+	// KernelPackage is the Debian package `berth guest build` downloads,
+	// e.g. "linux-image-cloud-amd64" (a meta package is resolved).
+	KernelPackage string `toml:"kernel_package"`
+}
+
+// Duration is a time.Duration that reads TOML strings like "30s".
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText prints the duration the way it is written in the file.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.String()), nil }

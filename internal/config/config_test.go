@@ -1,0 +1,393 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// writeConfig writes body to a config file in a fresh directory.
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// noDefaultFile points the default path at a file that does not exist, so
+// tests never read the host's /etc/berth.
+func noDefaultFile(t *testing.T) {
+	t.Helper()
+	old := defaultPath
+	defaultPath = filepath.Join(t.TempDir(), "absent.toml")
+	t.Cleanup(func() { defaultPath = old })
+}
+
+func TestDefaultIsValid(t *testing.T) {
+	if err := Default().Validate(); err != nil {
+		t.Fatalf("Default().Validate() = %v", err)
+	}
+}
+
+// TestValidationFail is a table of files, each with one problem, and the
+// key the error must name (in the manner of gVisor's TestValidationFail).
+func TestValidationFail(t *testing.T) {
+	for _, tc := range []struct {
+		name, toml, key, want string
+	}{
+		{"relative state_dir", `state_dir = "var/lib/berth"`, "state_dir", "absolute path"},
+		{"empty state_dir", `state_dir = ""`, "state_dir", "is empty"},
+		{"relative run_dir", `run_dir = "run"`, "run_dir", "absolute path"},
+		{"same dirs", "state_dir = \"/srv/berth\"\nrun_dir = \"/srv/berth/\"", "run_dir", "same directory as state_dir"},
+		{"relative qemu", "[hypervisor]\npath = \"qemu-system-x86_64\"", "hypervisor.path", "absolute path"},
+		{"empty qemu", "[hypervisor]\npath = \"\"", "hypervisor.path", "is empty"},
+		{"machine pc", "[hypervisor]\nmachine = \"pc\"", "hypervisor.machine", `use "q35" or "microvm"`},
+		{"machine virt", "[hypervisor]\nmachine = \"virt\"", "hypervisor.machine", "not supported"},
+		{"accel xen", "[hypervisor]\naccel = \"xen\"", "hypervisor.accel", `use "auto", "kvm" or "tcg"`},
+		{"accel case", "[hypervisor]\naccel = \"KVM\"", "hypervisor.accel", "not supported"},
+		{"zero vcpus", "[hypervisor]\ndefault_vcpus = 0", "hypervisor.default_vcpus", "1 to 255"},
+		{"negative vcpus", "[hypervisor]\ndefault_vcpus = -1", "hypervisor.default_vcpus", "out of range"},
+		{"too many vcpus", "[hypervisor]\ndefault_vcpus = 256", "hypervisor.default_vcpus", "out of range"},
+		{"vcpus as string", "[hypervisor]\ndefault_vcpus = \"2\"", "hypervisor.default_vcpus", "without quotes"},
+		{"vcpus as float", "[hypervisor]\ndefault_vcpus = 1.5", "hypervisor.default_vcpus", "whole number"},
+		{"memory too small", "[hypervisor]\ndefault_memory = 64", "hypervisor.default_memory", "at least 128"},
+		{"memory odd", "[hypervisor]\ndefault_memory = 257", "hypervisor.default_memory", "use 256 or 258"},
+		{"memory in bytes string", "[hypervisor]\ndefault_memory = \"256M\"", "hypervisor.default_memory", "whole number"},
+		{"kernel params newline", "[hypervisor]\nkernel_params = \"quiet\\ndebug\"", "hypervisor.kernel_params", "one line"},
+		{"relative virtiofsd", "[hypervisor]\nvirtiofsd_path = \"virtiofsd\"", "hypervisor.virtiofsd_path", "absolute path"},
+		{"virtiofs cache", "[hypervisor]\nvirtiofs_cache = \"never\"", "hypervisor.virtiofs_cache", `"auto", "always" or "none"`},
+		{"boot timeout zero", "[hypervisor]\nboot_timeout = \"0s\"", "hypervisor.boot_timeout", "not positive"},
+		{"boot timeout negative", "[hypervisor]\nboot_timeout = \"-5s\"", "hypervisor.boot_timeout", "not positive"},
+		{"boot timeout no unit", "[hypervisor]\nboot_timeout = 60", "hypervisor.boot_timeout", "with a unit"},
+		{"boot timeout words", "[hypervisor]\nboot_timeout = \"1 minute\"", "hypervisor.boot_timeout", "not a duration"},
+		{"transport", "[agent]\ntransport = \"tcp\"", "agent.transport", `"auto", "vsock" or "virtio-serial"`},
+		{"dial timeout", "[agent]\ndial_timeout = \"0s\"", "agent.dial_timeout", "not positive"},
+		{"relative kernel", "[guest]\nkernel = \"vmlinuz\"", "guest.kernel", "absolute path"},
+		{"relative initrd", "[guest]\ninitrd = \"./initramfs.img\"", "guest.initrd", "absolute path"},
+		{"empty kernel package", "[guest]\nkernel_package = \"\"", "guest.kernel_package", "Debian package"},
+		{"bad kernel package", "[guest]\nkernel_package = \"Linux Image\"", "guest.kernel_package", "Debian package"},
+		{"unknown top key", "statedir = \"/x\"", "statedir", "did you mean state_dir?"},
+		{"unknown hypervisor key", "[hypervisor]\nvcpus = 2", "hypervisor.vcpus", "did you mean hypervisor.default_vcpus?"},
+		{"unknown memory key", "[hypervisor]\nmemory = 512", "hypervisor.memory", "did you mean hypervisor.default_memory?"},
+		{"misspelt table", "[hypervisr]\nmachine = \"q35\"", "hypervisr", "did you mean hypervisor?"},
+		{"wrong case", "[hypervisor]\nMachine = \"q35\"", "hypervisor.Machine", "did you mean hypervisor.machine?"},
+		{"unrelated key", "colour = \"blue\"", "colour", "remove it"},
+		{"table as value", "hypervisor = 5", "hypervisor", "not a table"},
+		{"string as list", "state_dir = [\"/a\"]", "state_dir", "quoted string"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeConfig(t, tc.toml+"\n")
+			cfg, err := Load(path, Overrides{})
+			if err == nil {
+				t.Fatalf("Load succeeded (%+v); want an error naming %s", cfg, tc.key)
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("errors.Is(%v, ErrInvalid) = false", err)
+			}
+			kes := KeyErrors(err)
+			if len(kes) != 1 {
+				t.Fatalf("got %d key errors, want 1: %v", len(kes), err)
+			}
+			ke := kes[0]
+			if ke.Key != tc.key {
+				t.Errorf("Key = %q, want %q (error: %v)", ke.Key, tc.key, err)
+			}
+			if ke.File != path {
+				t.Errorf("File = %q, want %q", ke.File, path)
+			}
+			msg := err.Error()
+			if strings.Contains(msg, "\n") {
+				t.Errorf("message is not one line: %q", msg)
+			}
+			if !strings.HasPrefix(msg, "config "+path+": "+tc.key) {
+				t.Errorf("message %q does not start with the file and key", msg)
+			}
+			if !strings.Contains(msg, tc.want) {
+				t.Errorf("message %q does not contain %q", msg, tc.want)
+			}
+		})
+	}
+}
+
+func TestValidationOK(t *testing.T) {
+	for _, tc := range []struct{ name, toml string }{
+		{"empty", ""},
+		{"microvm tcg", "[hypervisor]\nmachine = \"microvm\"\naccel = \"tcg\""},
+		{"limits", "[hypervisor]\ndefault_vcpus = 255\ndefault_memory = 128"},
+		{"kvm vsock", "[hypervisor]\naccel = \"kvm\"\n[agent]\ntransport = \"vsock\""},
+		{"virtio-serial", "[agent]\ntransport = \"virtio-serial\"\ndial_timeout = \"500ms\""},
+		{"cache none", "[hypervisor]\nvirtiofs_cache = \"none\"\nboot_timeout = \"2m\""},
+		{"guest paths", "[guest]\nkernel = \"/boot/vmlinuz\"\ninitrd = \"/boot/initrd.img\"\nkernel_package = \"linux-image-6.1.0-30-cloud-amd64\""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := Load(writeConfig(t, tc.toml+"\n"), Overrides{}); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func TestAllProblemsReported(t *testing.T) {
+	path := writeConfig(t, "[hypervisor]\nmachine = \"pc\"\naccel = \"xen\"\ndefault_vcpus = 0\n")
+	_, err := Load(path, Overrides{})
+	var keys []string
+	for _, ke := range KeyErrors(err) {
+		keys = append(keys, ke.Key)
+	}
+	want := []string{"hypervisor.machine", "hypervisor.accel", "hypervisor.default_vcpus"}
+	if !reflect.DeepEqual(keys, want) {
+		t.Fatalf("keys = %v, want %v (error: %v)", keys, want, err)
+	}
+	if n := strings.Count(err.Error(), "\n") + 1; n != 3 {
+		t.Errorf("message has %d lines, want 3:\n%v", n, err)
+	}
+}
+
+func TestUnknownKeyDoesNotHideBadValues(t *testing.T) {
+	path := writeConfig(t, "[hypervisor]\nvcpus = 3\nmachine = \"pc\"\n")
+	_, err := Load(path, Overrides{})
+	var keys []string
+	for _, ke := range KeyErrors(err) {
+		keys = append(keys, ke.Key)
+	}
+	if want := []string{"hypervisor.vcpus", "hypervisor.machine"}; !reflect.DeepEqual(keys, want) {
+		t.Fatalf("keys = %v, want %v (error: %v)", keys, want, err)
+	}
+}
+
+func TestKeyErrorFormat(t *testing.T) {
+	e := &KeyError{File: "/etc/berth/config.toml", Key: "hypervisor.machine", Value: `"pc"`,
+		Problem: "is not supported", Fix: `use "q35" or "microvm"`}
+	want := `config /etc/berth/config.toml: hypervisor.machine = "pc" is not supported; use "q35" or "microvm"`
+	if got := e.Error(); got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+	e.File = ""
+	if got := e.Error(); !strings.HasPrefix(got, "config: hypervisor.machine") {
+		t.Errorf("defaults error = %q", got)
+	}
+}
+
+func TestValidateNamesSource(t *testing.T) {
+	cfg := Default()
+	cfg.Hypervisor.Machine = "pc"
+	err := cfg.Validate()
+	if err == nil || !strings.HasPrefix(err.Error(), "config: hypervisor.machine") {
+		t.Fatalf("Validate() = %v", err)
+	}
+}
+
+func TestMissingDefaultFileMeansDefaults(t *testing.T) {
+	noDefaultFile(t)
+	cfg, err := Load("", Overrides{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Source() != "" {
+		t.Errorf("Source() = %q, want \"\" (defaults)", cfg.Source())
+	}
+	want := Default()
+	want.Guest.Kernel = "/var/lib/berth/guest/vmlinuz"
+	want.Guest.Initrd = "/var/lib/berth/guest/initramfs.img"
+	if !reflect.DeepEqual(cfg, want) {
+		t.Errorf("Load with no file = %+v\nwant %+v", cfg, want)
+	}
+	if cfg.Hypervisor.BootTimeout.Duration != 60*time.Second || cfg.Agent.DialTimeout.Duration != 5*time.Second {
+		t.Errorf("timeouts = %v, %v", cfg.Hypervisor.BootTimeout, cfg.Agent.DialTimeout)
+	}
+}
+
+func TestDefaultPathIsRead(t *testing.T) {
+	p := writeConfig(t, "[hypervisor]\ndefault_vcpus = 2\n")
+	old := defaultPath
+	defaultPath = p
+	t.Cleanup(func() { defaultPath = old })
+	cfg, err := Load("", Overrides{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Hypervisor.DefaultVCPUs != 2 || cfg.Source() != p {
+		t.Errorf("vcpus = %d, source = %q", cfg.Hypervisor.DefaultVCPUs, cfg.Source())
+	}
+	if cfg.Hypervisor.Machine != MachineQ35 {
+		t.Errorf("a key absent from the file lost its default: machine = %q", cfg.Hypervisor.Machine)
+	}
+}
+
+func TestMissingExplicitFileIsError(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "nope.toml")
+	_, err := Load(p, Overrides{})
+	if err == nil {
+		t.Fatal("Load of a missing explicit file succeeded")
+	}
+	if !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), p) {
+		t.Errorf("err = %v; want not-exist naming %s", err, p)
+	}
+}
+
+func TestSyntaxError(t *testing.T) {
+	p := writeConfig(t, "[hypervisor\nmachine = \"q35\"\n")
+	_, err := Load(p, Overrides{})
+	if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "line ") {
+		t.Fatalf("err = %v; want an invalid-TOML error with a line number", err)
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	noDefaultFile(t)
+	for _, tc := range []struct{ name, toml string }{
+		{"defaults", ""},
+		{"everything set", `
+state_dir = "/srv/berth"
+run_dir = "/run/berth-test"
+[hypervisor]
+path = "/opt/qemu/bin/qemu-system-x86_64"
+machine = "microvm"
+accel = "tcg"
+default_vcpus = 4
+default_memory = 2048
+kernel_params = "quiet console=hvc0"
+virtiofsd_path = "/usr/libexec/virtiofsd"
+virtiofs_cache = "none"
+boot_timeout = "1m30s"
+[agent]
+transport = "virtio-serial"
+dial_timeout = "750ms"
+[guest]
+kernel = "/boot/vmlinuz-test"
+initrd = "/boot/initrd-test"
+kernel_package = "linux-image-amd64"
+`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := ""
+			if tc.toml != "" {
+				path = writeConfig(t, tc.toml)
+			}
+			first, err := Load(path, Overrides{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var buf bytes.Buffer
+			if err := first.Marshal(&buf); err != nil {
+				t.Fatal(err)
+			}
+			p2 := writeConfig(t, buf.String())
+			second, err := Load(p2, Overrides{})
+			if err != nil {
+				t.Fatalf("reloading marshalled config: %v\n%s", err, buf.String())
+			}
+			first.source, second.source = "", ""
+			if !reflect.DeepEqual(first, second) {
+				t.Errorf("round trip changed the config:\nfirst  %+v\nsecond %+v\nTOML:\n%s", first, second, buf.String())
+			}
+		})
+	}
+}
+
+func TestStateDirOverrideMovesGuestPaths(t *testing.T) {
+	noDefaultFile(t)
+	cfg, err := Load("", Overrides{StateDir: "/tmp/berth-state"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.StateDir != "/tmp/berth-state" {
+		t.Errorf("StateDir = %q", cfg.StateDir)
+	}
+	if got, want := cfg.Guest.Kernel, "/tmp/berth-state/guest/vmlinuz"; got != want {
+		t.Errorf("Guest.Kernel = %q, want %q", got, want)
+	}
+	if got, want := cfg.Guest.Initrd, "/tmp/berth-state/guest/initramfs.img"; got != want {
+		t.Errorf("Guest.Initrd = %q, want %q", got, want)
+	}
+	if cfg.ResolvedKernel() != cfg.Guest.Kernel || cfg.ResolvedInitrd() != cfg.Guest.Initrd {
+		t.Errorf("Resolved* disagree with the filled fields")
+	}
+
+	// The override beats the file's state_dir; explicit guest paths stay.
+	p := writeConfig(t, "state_dir = \"/srv/berth\"\n[guest]\ninitrd = \"/boot/initrd.img\"\n")
+	cfg, err = Load(p, Overrides{StateDir: "/tmp/other"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Guest.Kernel != "/tmp/other/guest/vmlinuz" || cfg.Guest.Initrd != "/boot/initrd.img" {
+		t.Errorf("kernel = %q, initrd = %q", cfg.Guest.Kernel, cfg.Guest.Initrd)
+	}
+}
+
+func TestBadStateDirOverrideIsValidated(t *testing.T) {
+	noDefaultFile(t)
+	_, err := Load("", Overrides{StateDir: "relative/dir"})
+	kes := KeyErrors(err)
+	if len(kes) != 1 || kes[0].Key != "state_dir" || !strings.Contains(kes[0].File, "--state-dir") {
+		t.Fatalf("err = %v; want one state_dir error attributed to the override", err)
+	}
+}
+
+func TestResolvedPathsOnDefault(t *testing.T) {
+	c := Default()
+	c.StateDir = "/x"
+	if c.ResolvedKernel() != "/x/guest/vmlinuz" || c.ResolvedInitrd() != "/x/guest/initramfs.img" {
+		t.Errorf("ResolvedKernel = %q, ResolvedInitrd = %q", c.ResolvedKernel(), c.ResolvedInitrd())
+	}
+}
+
+func TestClosestKey(t *testing.T) {
+	for in, want := range map[string]string{
+		"hypervisor.machin":     "hypervisor.machine",
+		"hypervisor.vcpus":      "hypervisor.default_vcpus",
+		"hypervisor.virtiofsd":  "hypervisor.virtiofsd_path",
+		"agent.timeout":         "agent.dial_timeout",
+		"rundir":                "run_dir",
+		"guest.kernel_pkg":      "guest.kernel_package",
+		"completely_unrelated!": "",
+	} {
+		if got := closestKey(in); got != want {
+			t.Errorf("closestKey(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestEveryKeyDocumented keeps docs/configuration.md in step with the
+// schema: each key must appear there in backquotes.
+func TestEveryKeyDocumented(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "configuration.md"))
+	if err != nil {
+		t.Skipf("docs not found: %v", err)
+	}
+	for key, typ := range keyTypes() {
+		if typ == "table" {
+			key = "[" + key + "]"
+		}
+		if !bytes.Contains(doc, []byte("`"+key+"`")) {
+			t.Errorf("docs/configuration.md does not document `%s`", key)
+		}
+	}
+}
+
+// TestDocExamplesLoad loads every ```toml block of docs/configuration.md,
+// so the examples there stay valid.
+func TestDocExamplesLoad(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "configuration.md"))
+	if err != nil {
+		t.Skipf("docs not found: %v", err)
+	}
+	blocks := strings.Split(string(doc), "```toml\n")[1:]
+	if len(blocks) == 0 {
+		t.Fatal("no ```toml examples in docs/configuration.md")
+	}
+	for i, b := range blocks {
+		body, _, _ := strings.Cut(b, "```")
+		if _, err := Load(writeConfig(t, body), Overrides{}); err != nil {
+			t.Errorf("example %d does not load: %v\n%s", i+1, err, body)
+		}
+	}
+}

@@ -1,0 +1,125 @@
+package config
+
+import (
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strings"
+)
+
+// Validate checks every value and every combination of values. It returns
+// nil or one KeyError per problem (joined with errors.Join, so the message
+// has one self-contained line per problem). errors.Is(err, ErrInvalid)
+// holds for any error it returns.
+//
+// Validate never looks at the host: whether the QEMU binary exists or KVM
+// works is internal/hostcheck's business.
+func (c *Config) Validate() error {
+	errs := c.problems()
+	for _, e := range errs {
+		e.File = c.source
+	}
+	return joinErrors(errs)
+}
+
+// problems lists what is wrong, without File set.
+func (c *Config) problems() []*KeyError {
+	var errs []*KeyError
+	add := func(e *KeyError) {
+		if e != nil {
+			errs = append(errs, e)
+		}
+	}
+
+	// Directories.
+	add(absPath("state_dir", c.StateDir, true))
+	add(absPath("run_dir", c.RunDir, true))
+	if filepath.IsAbs(c.StateDir) && filepath.IsAbs(c.RunDir) &&
+		filepath.Clean(c.StateDir) == filepath.Clean(c.RunDir) {
+		add(keyError("run_dir", c.RunDir, "is the same directory as state_dir",
+			"use separate directories: state_dir keeps guest images across reboots, run_dir (on a tmpfs such as /run) holds per-sandbox state that must not survive one"))
+	}
+
+	// [hypervisor]
+	h := &c.Hypervisor
+	add(absPath("hypervisor.path", h.Path, true))
+	add(oneOf("hypervisor.machine", h.Machine, MachineQ35, MachineMicroVM))
+	add(oneOf("hypervisor.accel", h.Accel, AccelAuto, AccelKVM, AccelTCG))
+	if h.DefaultVCPUs < 1 || h.DefaultVCPUs > MaxVCPUs {
+		add(keyError("hypervisor.default_vcpus", h.DefaultVCPUs, "is out of range",
+			fmt.Sprintf("use a whole number from 1 to %d", MaxVCPUs)))
+	}
+	switch {
+	case h.DefaultMemoryMiB < MinMemoryMiB:
+		add(keyError("hypervisor.default_memory", h.DefaultMemoryMiB, "is too small",
+			fmt.Sprintf("the value is in MiB; use at least %d (the guest kernel and initramfs need it to boot)", MinMemoryMiB)))
+	case h.DefaultMemoryMiB%2 != 0:
+		add(keyError("hypervisor.default_memory", h.DefaultMemoryMiB, "is not a multiple of 2",
+			fmt.Sprintf("the value is in MiB and memory is added in 2 MiB blocks; use %d or %d", h.DefaultMemoryMiB-1, h.DefaultMemoryMiB+1)))
+	}
+	if strings.ContainsAny(h.KernelParams, "\n\r\x00") {
+		add(keyError("hypervisor.kernel_params", h.KernelParams, "contains a line break or NUL",
+			"write the parameters on one line, separated by spaces"))
+	}
+	add(absPath("hypervisor.virtiofsd_path", h.VirtiofsdPath, true))
+	add(oneOf("hypervisor.virtiofs_cache", h.VirtiofsCache, VirtiofsCacheAuto, VirtiofsCacheAlways, VirtiofsCacheNone))
+	add(positive("hypervisor.boot_timeout", h.BootTimeout, `use a positive duration such as "60s" (TCG boots need tens of seconds)`))
+
+	// [agent]
+	add(oneOf("agent.transport", c.Agent.Transport, TransportAuto, TransportVsock, TransportVirtioSerial))
+	add(positive("agent.dial_timeout", c.Agent.DialTimeout, `use a positive duration such as "5s"`))
+
+	// [guest]: "" means "under state_dir" (Load fills it in).
+	add(absPath("guest.kernel", c.Guest.Kernel, false))
+	add(absPath("guest.initrd", c.Guest.Initrd, false))
+	if !debPackageName.MatchString(c.Guest.KernelPackage) {
+		add(keyError("guest.kernel_package", c.Guest.KernelPackage, "is not a Debian package name",
+			`use a package such as "linux-image-cloud-amd64" (lower case letters, digits and + - .)`))
+	}
+	return errs
+}
+
+// debPackageName is Debian policy §5.6.1: at least two characters, lower
+// case alphanumerics and + - ., starting with an alphanumeric.
+var debPackageName = regexp.MustCompile(`^[a-z0-9][a-z0-9+.-]+$`)
+
+func absPath(key, p string, required bool) *KeyError {
+	switch {
+	case p == "" && !required:
+		return nil
+	case p == "":
+		return keyError(key, p, "is empty", "set it to an absolute path")
+	case !filepath.IsAbs(p):
+		return keyError(key, p, "is not an absolute path",
+			"use an absolute path (Berth runs from containerd's and the shim's working directories, so relative paths would point somewhere else)")
+	}
+	return nil
+}
+
+func oneOf(key, v string, allowed ...string) *KeyError {
+	for _, a := range allowed {
+		if v == a {
+			return nil
+		}
+	}
+	return keyError(key, v, "is not supported", "use "+quotedList(allowed))
+}
+
+func positive(key string, d Duration, fix string) *KeyError {
+	if d.Duration > 0 {
+		return nil
+	}
+	return keyError(key, d, "is not positive", fix)
+}
+
+// quotedList renders ["a" "b" "c"] as `"a", "b" or "c"`.
+func quotedList(vs []string) string {
+	q := make([]string, len(vs))
+	for i, v := range vs {
+		q[i] = fmt.Sprintf("%q", v)
+	}
+	if len(q) == 1 {
+		return q[0]
+	}
+	return strings.Join(q[:len(q)-1], ", ") + " or " + q[len(q)-1]
+}

@@ -1,0 +1,215 @@
+package qemu
+
+import (
+	"bufio"
+	"math"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// IDs of what Berth adds on its own. They start with reservedIDPrefix so
+// they cannot collide with caller-chosen device IDs.
+const (
+	ramID          = "berth-ram"
+	consoleID      = "berth-console"
+	qmpID          = "berth-qmp"
+	serialCtlID    = "berth-vser0"
+	vsockID        = "berth-vsock"
+	chardevPrefix  = "char-" // chardev of the device with the same ID
+	tcgTBSizeMiB   = 256
+	fallbackTSCkHz = 2_000_000
+)
+
+// Args returns QEMU's argv after the binary. The same Machine always gives
+// the same arguments, in the same order.
+func (m Machine) Args() ([]string, error) {
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	var a argv
+	// -nodefaults: no implicit NIC, VGA, serial, parallel, floppy or CD;
+	// every device is one Berth asked for. -no-user-config: ignore
+	// /etc/qemu/*.conf so the host cannot change the VM behind our back.
+	// -no-reboot: a guest reboot or panic (panic=-1) ends QEMU instead of
+	// looping, so a dead guest is a dead process that we notice.
+	a.add("-nodefaults", "-no-user-config", "-display", "none", "-no-reboot")
+	a.add("-machine", m.machineOpts())
+	if m.Type == MicroVM {
+		// QEMU's virtio-mmio transport defaults to the legacy (virtio
+		// 0.9) interface, which libvhost-user refuses: virtiofsd dies
+		// with "virtio legacy devices aren't supported by
+		// libvhost-user". Modern virtio-mmio works with the guest's
+		// virtio_mmio driver and every device type Berth uses.
+		a.add("-global", "virtio-mmio.force-legacy=false")
+	}
+	switch m.Accel {
+	case KVM:
+		a.add("-accel", "kvm", "-cpu", "host")
+	case TCG:
+		// thread=multi runs one host thread per vCPU. tb-size caps the
+		// translated-code cache: QEMU's default is 1 GiB per VM, which
+		// fills slowly but then counts against host memory per pod; a
+		// kernel boot uses a few MiB of it.
+		a.add("-accel", "tcg,thread=multi,tb-size="+strconv.Itoa(tcgTBSizeMiB), "-cpu", "max")
+	}
+	a.add("-smp", strconv.Itoa(m.VCPUs))
+	mem := strconv.Itoa(m.MemoryMiB) + "M"
+	a.add("-m", mem)
+	if m.sharedMemory() {
+		// vhost-user back ends (virtiofsd) map guest RAM from a file
+		// descriptor, so RAM must be a shared memfd. Giving it to the
+		// machine as its RAM backend (rather than "-numa node,memdev=")
+		// works on both q35 and microvm in QEMU 7.2 and does not invent
+		// a NUMA topology for the guest.
+		a.add("-object", "memory-backend-memfd,id="+ramID+",size="+mem+",share=on")
+	}
+
+	a.add("-kernel", m.Kernel)
+	if m.Initrd != "" {
+		a.add("-initrd", m.Initrd)
+	}
+	a.add("-append", m.KernelCmdline())
+
+	// The console is always an ISA 16550 at 0x3f8 (ttyS0), on both
+	// machines, so the guest behaves the same with and without a log.
+	if m.ConsoleLog != "" {
+		a.add("-chardev", "file,id="+consoleID+",path="+opt(m.ConsoleLog))
+		a.add("-serial", "chardev:"+consoleID)
+	} else {
+		a.add("-serial", "null")
+	}
+
+	a.add("-chardev", "socket,id="+qmpID+",path="+opt(m.QMPSocket)+",server=on,wait=off")
+	a.add("-mon", "chardev="+qmpID+",mode=control")
+
+	if len(m.SerialPorts) > 0 {
+		a.add("-device", m.virtioDev("virtio-serial")+",id="+serialCtlID)
+		for _, p := range m.SerialPorts {
+			// wait=off: the guest boots without waiting for the host
+			// side to connect; the agent connection is made later.
+			a.add("-chardev", "socket,id="+chardevPrefix+p.ID+",path="+opt(p.SocketPath)+",server=on,wait=off")
+			a.add("-device", "virtserialport,id="+p.ID+",chardev="+chardevPrefix+p.ID+",bus="+serialCtlID+".0,name="+opt(p.Name))
+		}
+	}
+	for _, fs := range m.FileSystems {
+		q := fs.QueueSize
+		if q == 0 {
+			q = DefaultFSQueueSize
+		}
+		a.add("-chardev", "socket,id="+chardevPrefix+fs.ID+",path="+opt(fs.SocketPath))
+		a.add("-device", m.virtioDev("vhost-user-fs")+",id="+fs.ID+",chardev="+chardevPrefix+fs.ID+
+			",tag="+opt(fs.Tag)+",queue-size="+strconv.Itoa(q))
+	}
+	if m.Vsock != nil {
+		a.add("-device", m.virtioDev("vhost-vsock")+",id="+vsockID+",guest-cid="+strconv.FormatUint(uint64(m.Vsock.GuestCID), 10))
+	}
+	return a, nil
+}
+
+// machineOpts is the -machine value.
+//
+// microvm in QEMU 7.2, verified with the Debian 6.1 cloud kernel under TCG:
+//   - acpi=on: QEMU describes each virtio-mmio device in the DSDT as
+//     LNRO0005 and the guest's virtio_mmio driver binds to them when the
+//     module is loaded, like any ACPI driver. The alternative,
+//     virtio_mmio.device= on the command line (what auto-kernel-cmdline
+//     adds, and only with ACPI off), needs
+//     CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES, which the Debian kernel does
+//     not set, and would only reach a modular driver if the initramfs
+//     passed the parameters to modprobe. With ACPI on, QEMU 7.2 adds
+//     nothing to the command line anyway; auto-kernel-cmdline=off makes
+//     that explicit.
+//   - isa-serial=on: the only console microvm has.
+//   - PIT, PIC and RTC stay at their defaults (on): the kernel falls back
+//     to the PIT to calibrate the TSC when tsc_early_khz is absent.
+func (m Machine) machineOpts() string {
+	var o string
+	switch m.Type {
+	case Q35:
+		o = "q35"
+	case MicroVM:
+		o = "microvm,acpi=on,auto-kernel-cmdline=off,isa-serial=on"
+	}
+	if m.sharedMemory() {
+		o += ",memory-backend=" + ramID
+	}
+	return o
+}
+
+func (m Machine) sharedMemory() bool { return len(m.FileSystems) > 0 }
+
+// virtioDev names the transport variant of a virtio device: PCI on q35,
+// MMIO ("-device" suffix) on microvm.
+func (m Machine) virtioDev(base string) string {
+	if m.Type == MicroVM {
+		return base + "-device"
+	}
+	return base + "-pci"
+}
+
+// KernelCmdline is the guest kernel command line: Berth's base parameters,
+// then KernelParams.
+//
+//   - console=ttyS0: both machines have a 16550 at 0x3f8 and the 8250
+//     driver is built into distribution kernels, so the log starts before
+//     any module loads.
+//   - panic=-1 reboot=t: on panic, reboot at once by triple fault, which
+//     needs no firmware or keyboard controller and works on microvm;
+//     -no-reboot turns the reboot into QEMU exiting.
+//   - loglevel=6: keeps boot chatter (KERN_INFO) off the emulated serial
+//     line, which is slow under TCG, but keeps notices, warnings and the
+//     "Linux version" banner. KernelParams may raise it.
+//   - tsc_early_khz (microvm under TCG only): microvm has no HPET, and
+//     microvm guests under TCG have been seen to hang calibrating the TSC
+//     against the PIT; giving the frequency skips that calibration. TCG's
+//     guest TSC runs at the host TSC rate, so the host's frequency is the
+//     right value.
+func (m Machine) KernelCmdline() string {
+	params := []string{"console=ttyS0", "panic=-1", "reboot=t", "loglevel=6"}
+	if m.Type == MicroVM && m.Accel == TCG {
+		params = append(params, "tsc_early_khz="+strconv.Itoa(hostTSCkHz()))
+	}
+	if p := strings.TrimSpace(m.KernelParams); p != "" {
+		params = append(params, p)
+	}
+	return strings.Join(params, " ")
+}
+
+// hostTSCkHz is a variable so tests can pin it.
+var hostTSCkHz = sync.OnceValue(readHostTSCkHz)
+
+// readHostTSCkHz reads the first "cpu MHz" of /proc/cpuinfo. On hosts
+// with an invariant TSC and no frequency scaling (virtual machines, most
+// servers) it is the TSC rate; where it is off, the guest only starts with
+// a wrong estimate that its later clocksource checks correct.
+func readHostTSCkHz() int {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return fallbackTSCkHz
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		key, val, ok := strings.Cut(sc.Text(), ":")
+		if !ok || strings.TrimSpace(key) != "cpu MHz" {
+			continue
+		}
+		mhz, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
+		if err != nil || mhz <= 0 {
+			break
+		}
+		return int(math.Round(mhz * 1000))
+	}
+	return fallbackTSCkHz
+}
+
+// argv collects arguments.
+type argv []string
+
+func (a *argv) add(s ...string) { *a = append(*a, s...) }
+
+// opt escapes a value for QEMU's option syntax, where ',' separates
+// key=value pairs and ",," stands for a literal comma.
+func opt(s string) string { return strings.ReplaceAll(s, ",", ",,") }

@@ -1,0 +1,348 @@
+package qemu
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func init() {
+	// Args must not depend on the machine running the tests.
+	hostTSCkHz = func() int { return 2596120 }
+}
+
+func baseMachine(t MachineType, a Accel) Machine {
+	return Machine{
+		Binary:     "/usr/bin/qemu-system-x86_64",
+		Type:       t,
+		Accel:      a,
+		VCPUs:      2,
+		MemoryMiB:  512,
+		Kernel:     "/k/vmlinuz",
+		ConsoleLog: "/run/berth/vm1/console.log",
+		QMPSocket:  "/run/berth/vm1/qmp.sock",
+	}
+}
+
+func TestArgsQ35Full(t *testing.T) {
+	m := baseMachine(Q35, KVM)
+	m.Initrd = "/k/initrd.img"
+	m.KernelParams = "rdinit=/sbin/berth-agent"
+	m.SerialPorts = []VirtioSerialPort{{ID: "agent", Name: "berth.agent", SocketPath: "/run/berth/vm1/agent.sock"}}
+	m.FileSystems = []VhostUserFS{{ID: "fs0", Tag: "rootfs", SocketPath: "/run/berth/vm1/fs0.sock"}}
+	m.Vsock = &VsockDevice{GuestCID: 42}
+
+	got, err := m.Args()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-machine", "q35,memory-backend=berth-ram",
+		"-accel", "kvm", "-cpu", "host",
+		"-smp", "2",
+		"-m", "512M",
+		"-object", "memory-backend-memfd,id=berth-ram,size=512M,share=on",
+		"-kernel", "/k/vmlinuz",
+		"-initrd", "/k/initrd.img",
+		"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6 rdinit=/sbin/berth-agent",
+		"-chardev", "file,id=berth-console,path=/run/berth/vm1/console.log",
+		"-serial", "chardev:berth-console",
+		"-chardev", "socket,id=berth-qmp,path=/run/berth/vm1/qmp.sock,server=on,wait=off",
+		"-mon", "chardev=berth-qmp,mode=control",
+		"-device", "virtio-serial-pci,id=berth-vser0",
+		"-chardev", "socket,id=char-agent,path=/run/berth/vm1/agent.sock,server=on,wait=off",
+		"-device", "virtserialport,id=agent,chardev=char-agent,bus=berth-vser0.0,name=berth.agent",
+		"-chardev", "socket,id=char-fs0,path=/run/berth/vm1/fs0.sock",
+		"-device", "vhost-user-fs-pci,id=fs0,chardev=char-fs0,tag=rootfs,queue-size=1024",
+		"-device", "vhost-vsock-pci,id=berth-vsock,guest-cid=42",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("Args mismatch\n got: %q\nwant: %q", got, want)
+	}
+}
+
+func TestArgsMicroVMFull(t *testing.T) {
+	m := baseMachine(MicroVM, TCG)
+	m.SerialPorts = []VirtioSerialPort{
+		{ID: "agent", Name: "berth.agent", SocketPath: "/s/agent.sock"},
+		{ID: "log", Name: "berth.log", SocketPath: "/s/log.sock"},
+	}
+	m.FileSystems = []VhostUserFS{{ID: "fs0", Tag: "rootfs", SocketPath: "/s/fs0.sock", QueueSize: 256}}
+	m.Vsock = &VsockDevice{GuestCID: 3}
+
+	got, err := m.Args()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-machine", "microvm,acpi=on,auto-kernel-cmdline=off,isa-serial=on,memory-backend=berth-ram",
+		"-global", "virtio-mmio.force-legacy=false",
+		"-accel", "tcg,thread=multi,tb-size=256", "-cpu", "max",
+		"-smp", "2",
+		"-m", "512M",
+		"-object", "memory-backend-memfd,id=berth-ram,size=512M,share=on",
+		"-kernel", "/k/vmlinuz",
+		"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6 tsc_early_khz=2596120",
+		"-chardev", "file,id=berth-console,path=/run/berth/vm1/console.log",
+		"-serial", "chardev:berth-console",
+		"-chardev", "socket,id=berth-qmp,path=/run/berth/vm1/qmp.sock,server=on,wait=off",
+		"-mon", "chardev=berth-qmp,mode=control",
+		"-device", "virtio-serial-device,id=berth-vser0",
+		"-chardev", "socket,id=char-agent,path=/s/agent.sock,server=on,wait=off",
+		"-device", "virtserialport,id=agent,chardev=char-agent,bus=berth-vser0.0,name=berth.agent",
+		"-chardev", "socket,id=char-log,path=/s/log.sock,server=on,wait=off",
+		"-device", "virtserialport,id=log,chardev=char-log,bus=berth-vser0.0,name=berth.log",
+		"-chardev", "socket,id=char-fs0,path=/s/fs0.sock",
+		"-device", "vhost-user-fs-device,id=fs0,chardev=char-fs0,tag=rootfs,queue-size=256",
+		"-device", "vhost-vsock-device,id=berth-vsock,guest-cid=3",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("Args mismatch\n got: %q\nwant: %q", got, want)
+	}
+}
+
+// TestArgsParts checks the flags that matter, one concern per row.
+func TestArgsParts(t *testing.T) {
+	tests := []struct {
+		name    string
+		machine func() Machine
+		want    [][]string // each must appear as consecutive arguments
+		absent  []string   // must not appear as an argument
+	}{
+		{
+			name:    "q35 kvm uses host cpu",
+			machine: func() Machine { return baseMachine(Q35, KVM) },
+			want:    [][]string{{"-machine", "q35"}, {"-accel", "kvm", "-cpu", "host"}},
+			absent:  []string{"-global", "-object", "-initrd"},
+		},
+		{
+			name:    "q35 tcg uses max cpu and multithreaded tcg",
+			machine: func() Machine { return baseMachine(Q35, TCG) },
+			want:    [][]string{{"-accel", "tcg,thread=multi,tb-size=256", "-cpu", "max"}},
+		},
+		{
+			name:    "q35 tcg has no tsc_early_khz",
+			machine: func() Machine { return baseMachine(Q35, TCG) },
+			want:    [][]string{{"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6"}},
+		},
+		{
+			name:    "microvm kvm has no tsc_early_khz",
+			machine: func() Machine { return baseMachine(MicroVM, KVM) },
+			want: [][]string{
+				{"-machine", "microvm,acpi=on,auto-kernel-cmdline=off,isa-serial=on"},
+				{"-global", "virtio-mmio.force-legacy=false"},
+				{"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6"},
+			},
+		},
+		{
+			name:    "no file systems means private memory",
+			machine: func() Machine { return baseMachine(MicroVM, TCG) },
+			want:    [][]string{{"-m", "512M", "-kernel"}},
+			absent:  []string{"-object"},
+		},
+		{
+			name:    "no console log still has a serial port",
+			machine: func() Machine { m := baseMachine(Q35, TCG); m.ConsoleLog = ""; return m },
+			want:    [][]string{{"-serial", "null"}},
+		},
+		{
+			name: "commas in paths and names are escaped",
+			machine: func() Machine {
+				m := baseMachine(Q35, TCG)
+				m.QMPSocket = "/run/a,b/qmp.sock"
+				m.SerialPorts = []VirtioSerialPort{{ID: "p", Name: "x,y", SocketPath: "/s/p"}}
+				return m
+			},
+			want: [][]string{
+				{"-chardev", "socket,id=berth-qmp,path=/run/a,,b/qmp.sock,server=on,wait=off"},
+				{"-device", "virtserialport,id=p,chardev=char-p,bus=berth-vser0.0,name=x,,y"},
+			},
+		},
+		{
+			name:    "kernel params go last",
+			machine: func() Machine { m := baseMachine(Q35, TCG); m.KernelParams = "  loglevel=7 quiet "; return m },
+			want:    [][]string{{"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6 loglevel=7 quiet"}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := tt.machine().Args()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, seq := range tt.want {
+				if !containsSeq(got, seq) {
+					t.Errorf("missing %q in\n%q", seq, got)
+				}
+			}
+			for _, a := range tt.absent {
+				if slices.Contains(got, a) {
+					t.Errorf("unexpected %q in\n%q", a, got)
+				}
+			}
+		})
+	}
+}
+
+func containsSeq(args, seq []string) bool {
+	for i := 0; i+len(seq) <= len(args); i++ {
+		if slices.Equal(args[i:i+len(seq)], seq) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestArgsDeterministic(t *testing.T) {
+	m := baseMachine(MicroVM, TCG)
+	for i := 0; i < 5; i++ {
+		m.SerialPorts = append(m.SerialPorts, VirtioSerialPort{ID: "p" + string(rune('a'+i)), Name: "n" + string(rune('a'+i)), SocketPath: "/s"})
+	}
+	first, _ := m.Args()
+	for i := 0; i < 20; i++ {
+		if again, _ := m.Args(); !slices.Equal(first, again) {
+			t.Fatalf("Args changed between calls:\n%q\n%q", first, again)
+		}
+	}
+}
+
+func TestArgsRejectsInvalid(t *testing.T) {
+	m := baseMachine(Q35, TCG)
+	m.VCPUs = 0
+	if _, err := m.Args(); !errors.Is(err, ErrInvalidMachine) {
+		t.Fatalf("Args on an invalid machine: %v", err)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	long := "/" + strings.Repeat("x", 120)
+	tests := []struct {
+		name   string
+		mutate func(*Machine)
+		want   string // substring of the error; names the field
+	}{
+		{"no binary", func(m *Machine) { m.Binary = "" }, "Binary: empty"},
+		{"bad type", func(m *Machine) { m.Type = "pc" }, `Type: "pc" is not a supported machine type`},
+		{"no type", func(m *Machine) { m.Type = "" }, "Type:"},
+		{"bad accel", func(m *Machine) { m.Accel = "hvf" }, `Accel: "hvf"`},
+		{"no vcpus", func(m *Machine) { m.VCPUs = 0 }, "VCPUs: must be at least 1, got 0"},
+		{"tiny memory", func(m *Machine) { m.MemoryMiB = 64 }, "MemoryMiB: must be at least 128, got 64"},
+		{"no kernel", func(m *Machine) { m.Kernel = "" }, "Kernel: empty"},
+		{"newline in params", func(m *Machine) { m.KernelParams = "a\nb" }, "KernelParams: contains a newline"},
+		{"huge params", func(m *Machine) { m.KernelParams = strings.Repeat("x", 2100) }, "KernelParams: the kernel command line would be"},
+		{"no qmp", func(m *Machine) { m.QMPSocket = "" }, "QMPSocket: empty"},
+		{"long qmp path", func(m *Machine) { m.QMPSocket = long }, "QMPSocket: path is 121 bytes; unix socket paths are limited to 107"},
+		{"port without id", func(m *Machine) {
+			m.SerialPorts = []VirtioSerialPort{{Name: "a", SocketPath: "/s"}}
+		}, "SerialPorts[0].ID: empty ID"},
+		{"port id with bad char", func(m *Machine) {
+			m.SerialPorts = []VirtioSerialPort{{ID: "a,b", Name: "a", SocketPath: "/s"}}
+		}, `SerialPorts[0].ID: ID "a,b" may only contain`},
+		{"port id starting with digit", func(m *Machine) {
+			m.SerialPorts = []VirtioSerialPort{{ID: "0a", Name: "a", SocketPath: "/s"}}
+		}, "must start with a letter"},
+		{"reserved id", func(m *Machine) {
+			m.SerialPorts = []VirtioSerialPort{{ID: "berth-qmp", Name: "a", SocketPath: "/s"}}
+		}, "Berth reserves"},
+		{"port without name", func(m *Machine) {
+			m.SerialPorts = []VirtioSerialPort{{ID: "a", SocketPath: "/s"}}
+		}, "SerialPorts[0].Name: empty"},
+		{"duplicate port name", func(m *Machine) {
+			m.SerialPorts = []VirtioSerialPort{{ID: "a", Name: "n", SocketPath: "/s"}, {ID: "b", Name: "n", SocketPath: "/t"}}
+		}, `SerialPorts[1].Name: "n" is also the name of SerialPorts[0]`},
+		{"port without socket", func(m *Machine) {
+			m.SerialPorts = []VirtioSerialPort{{ID: "a", Name: "n"}}
+		}, "SerialPorts[0].SocketPath: empty"},
+		{"too many ports", func(m *Machine) {
+			for i := 0; i < 31; i++ {
+				m.SerialPorts = append(m.SerialPorts, VirtioSerialPort{ID: "p" + strings.Repeat("x", i), Name: strings.Repeat("n", i+1), SocketPath: "/s"})
+			}
+		}, "SerialPorts: 31 ports; at most 30"},
+		{"id shared by port and fs", func(m *Machine) {
+			m.SerialPorts = []VirtioSerialPort{{ID: "dev", Name: "n", SocketPath: "/s"}}
+			m.FileSystems = []VhostUserFS{{ID: "dev", Tag: "t", SocketPath: "/f"}}
+		}, `FileSystems[0].ID: ID "dev" is already used by SerialPorts[0].ID`},
+		{"fs without tag", func(m *Machine) {
+			m.FileSystems = []VhostUserFS{{ID: "f", SocketPath: "/f"}}
+		}, "FileSystems[0].Tag: empty"},
+		{"fs tag too long", func(m *Machine) {
+			m.FileSystems = []VhostUserFS{{ID: "f", Tag: strings.Repeat("t", 37), SocketPath: "/f"}}
+		}, "virtio-fs tags are at most 36"},
+		{"duplicate fs tag", func(m *Machine) {
+			m.FileSystems = []VhostUserFS{{ID: "f", Tag: "t", SocketPath: "/f"}, {ID: "g", Tag: "t", SocketPath: "/g"}}
+		}, `FileSystems[1].Tag: "t" is also the tag of FileSystems[0]`},
+		{"fs queue not power of two", func(m *Machine) {
+			m.FileSystems = []VhostUserFS{{ID: "f", Tag: "t", SocketPath: "/f", QueueSize: 1000}}
+		}, "FileSystems[0].QueueSize: 1000 is not a power of two"},
+		{"fs queue too big", func(m *Machine) {
+			m.FileSystems = []VhostUserFS{{ID: "f", Tag: "t", SocketPath: "/f", QueueSize: 2048}}
+		}, "FileSystems[0].QueueSize: 2048"},
+		{"fs socket too long", func(m *Machine) {
+			m.FileSystems = []VhostUserFS{{ID: "f", Tag: "t", SocketPath: long}}
+		}, "FileSystems[0].SocketPath: path is 121 bytes"},
+		{"vsock host cid", func(m *Machine) { m.Vsock = &VsockDevice{GuestCID: 2} }, "Vsock.GuestCID: 2 is reserved"},
+		{"vsock any cid", func(m *Machine) { m.Vsock = &VsockDevice{GuestCID: ^uint32(0)} }, "Vsock.GuestCID: 4294967295 is reserved"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := baseMachine(Q35, TCG)
+			tt.mutate(&m)
+			err := m.Validate()
+			if err == nil {
+				t.Fatal("Validate accepted an invalid machine")
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %q\ndoes not contain %q", err, tt.want)
+			}
+			if !errors.Is(err, ErrInvalidMachine) {
+				t.Errorf("error does not wrap ErrInvalidMachine")
+			}
+			var fe *FieldError
+			if !errors.As(err, &fe) {
+				t.Errorf("error is not a *FieldError")
+			}
+		})
+	}
+}
+
+func TestValidateReportsEveryProblem(t *testing.T) {
+	err := Machine{}.Validate()
+	for _, field := range []string{"Binary", "Type", "Accel", "VCPUs", "MemoryMiB", "Kernel", "QMPSocket"} {
+		if !strings.Contains(err.Error(), field+":") {
+			t.Errorf("zero Machine: error does not name %s:\n%v", field, err)
+		}
+	}
+}
+
+func TestValidateAcceptsGoodMachines(t *testing.T) {
+	for _, typ := range []MachineType{Q35, MicroVM} {
+		for _, acc := range []Accel{KVM, TCG} {
+			m := baseMachine(typ, acc)
+			m.SerialPorts = []VirtioSerialPort{{ID: "agent", Name: "berth.agent", SocketPath: "/s/a"}}
+			m.FileSystems = []VhostUserFS{{ID: "fs0", Tag: strings.Repeat("t", 36), SocketPath: "/s/f", QueueSize: 1024}}
+			m.Vsock = &VsockDevice{GuestCID: 3}
+			if err := m.Validate(); err != nil {
+				t.Errorf("%s/%s: %v", typ, acc, err)
+			}
+		}
+	}
+}
+
+func TestReadHostTSCkHz(t *testing.T) {
+	if khz := readHostTSCkHz(); khz < 100_000 || khz > 10_000_000 {
+		t.Errorf("host TSC %d kHz is implausible", khz)
+	}
+}
+
+func TestLastLines(t *testing.T) {
+	in := "a\n\nb\r\n  c  \nd\n"
+	if got := lastLines(in, 2, 100); got != "c; d" {
+		t.Errorf("lastLines = %q", got)
+	}
+	if got := lastLines(strings.Repeat("x", 50), 8, 10); got != "..."+strings.Repeat("x", 10) {
+		t.Errorf("lastLines = %q", got)
+	}
+}

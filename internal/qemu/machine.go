@@ -1,0 +1,273 @@
+// Package qemu is Berth's QEMU driver: it turns a typed machine
+// description into a QEMU command line, owns the QEMU process from start
+// to reaping, and probes whether KVM really works. It knows nothing about
+// containers, pods, OCI or cgroups; the QMP wire protocol is in package
+// qmp.
+package qemu
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// MachineType is a QEMU x86 machine model.
+type MachineType string
+
+const (
+	// Q35 is the PCIe machine; devices are virtio-pci.
+	Q35 MachineType = "q35"
+	// MicroVM is QEMU's minimal machine without PCI; devices are
+	// virtio-mmio and the guest finds them through ACPI (see
+	// machineArgs).
+	MicroVM MachineType = "microvm"
+)
+
+// Accel is a QEMU accelerator.
+type Accel string
+
+const (
+	KVM Accel = "kvm"
+	// TCG is QEMU's emulator: slow, but works without (working) KVM.
+	TCG Accel = "tcg"
+)
+
+// VirtioSerialPort is a named host-guest byte stream. QEMU listens on
+// SocketPath (it creates the socket and does not wait for a client before
+// starting the guest); the guest finds the port by Name in
+// /sys/class/virtio-ports/*/name.
+type VirtioSerialPort struct {
+	ID         string // QEMU device ID, also usable over QMP
+	Name       string // name the guest sees
+	SocketPath string
+}
+
+// VhostUserFS is a virtio-fs share served by a virtiofsd that is already
+// listening on SocketPath when QEMU starts. Its presence switches guest RAM
+// to shared memory, because virtiofsd maps guest memory to do DMA.
+type VhostUserFS struct {
+	ID         string
+	Tag        string // mount tag: mount -t virtiofs <Tag> /dir
+	SocketPath string
+	// QueueSize is the request virtqueue size; 0 means
+	// DefaultFSQueueSize.
+	QueueSize int
+}
+
+// VsockDevice is a vhost-vsock device; the host needs /dev/vhost-vsock.
+type VsockDevice struct {
+	GuestCID uint32
+}
+
+// Machine describes one VM. The zero values of the optional fields mean
+// "absent".
+type Machine struct {
+	Binary    string // path to qemu-system-x86_64
+	Type      MachineType
+	Accel     Accel
+	VCPUs     int
+	MemoryMiB int
+
+	Kernel string
+	Initrd string // optional
+	// KernelParams is appended after Berth's base parameters (see
+	// KernelCmdline), so for parameters the kernel reads last-wins (e.g.
+	// loglevel=) it overrides them.
+	KernelParams string
+
+	// ConsoleLog is a file that receives the guest's serial console
+	// (ttyS0); it is truncated at start. Empty discards the console.
+	ConsoleLog string
+
+	// QMPSocket is where QEMU listens for QMP. Berth removes it when the
+	// VM is gone.
+	QMPSocket string
+
+	SerialPorts []VirtioSerialPort
+	FileSystems []VhostUserFS
+	Vsock       *VsockDevice
+}
+
+const (
+	// DefaultFSQueueSize is the virtio-fs queue size when VhostUserFS
+	// leaves it 0. QEMU's own default (128) throttles parallel file I/O;
+	// 1024 is the largest QEMU accepts and what Kata uses.
+	DefaultFSQueueSize = 1024
+	maxFSQueueSize     = 1024
+
+	// MinMemoryMiB is the smallest guest Berth will start. A Debian cloud
+	// kernel with an initramfs does not boot in less.
+	MinMemoryMiB = 128
+
+	// maxFSTagBytes is the size of the tag field in the virtio-fs config
+	// space; QEMU rejects longer tags.
+	maxFSTagBytes = 36
+
+	// maxSerialPorts: one virtio-serial controller has 31 ports by
+	// default, and port 0 is reserved for a console.
+	maxSerialPorts = 30
+
+	// maxUnixPathBytes is sizeof(sun_path) minus the terminating NUL.
+	// QEMU truncates or rejects longer socket paths with an error that
+	// does not say why.
+	maxUnixPathBytes = 107
+
+	// maxCmdlineBytes is COMMAND_LINE_SIZE on x86; the kernel silently
+	// truncates longer command lines.
+	maxCmdlineBytes = 2048
+
+	// reservedIDPrefix marks the IDs of devices and backends Berth adds on
+	// its own (console, QMP monitor, RAM, controllers).
+	reservedIDPrefix = "berth-"
+)
+
+// ErrInvalidMachine is wrapped by every Validate error.
+var ErrInvalidMachine = errors.New("invalid machine")
+
+// FieldError is one problem with one field of a Machine.
+type FieldError struct {
+	Field   string // e.g. "SerialPorts[1].SocketPath"
+	Problem string
+}
+
+func (e *FieldError) Error() string {
+	return fmt.Sprintf("invalid machine: %s: %s", e.Field, e.Problem)
+}
+
+func (e *FieldError) Unwrap() error { return ErrInvalidMachine }
+
+// Validate checks m without looking at the files it names (Start does
+// that), so it can run where the configuration is loaded. It reports every
+// problem, each naming its field.
+func (m Machine) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &FieldError{Field: field, Problem: fmt.Sprintf(format, args...)})
+	}
+
+	if m.Binary == "" {
+		bad("Binary", "empty; set the path to qemu-system-x86_64")
+	}
+	switch m.Type {
+	case Q35, MicroVM:
+	default:
+		bad("Type", "%q is not a supported machine type (want %q or %q)", m.Type, Q35, MicroVM)
+	}
+	switch m.Accel {
+	case KVM, TCG:
+	default:
+		bad("Accel", "%q is not a supported accelerator (want %q or %q)", m.Accel, KVM, TCG)
+	}
+	if m.VCPUs < 1 {
+		bad("VCPUs", "must be at least 1, got %d", m.VCPUs)
+	}
+	if m.MemoryMiB < MinMemoryMiB {
+		bad("MemoryMiB", "must be at least %d, got %d", MinMemoryMiB, m.MemoryMiB)
+	}
+	if m.Kernel == "" {
+		bad("Kernel", "empty; a guest kernel is required")
+	}
+	if strings.ContainsAny(m.KernelParams, "\n\x00") {
+		bad("KernelParams", "contains a newline or NUL byte")
+	} else if n := len(m.KernelCmdline()); n >= maxCmdlineBytes {
+		bad("KernelParams", "the kernel command line would be %d bytes; x86 kernels truncate it at %d", n, maxCmdlineBytes-1)
+	}
+	if m.QMPSocket == "" {
+		bad("QMPSocket", "empty; Berth needs a QMP socket to control the VM")
+	} else if len(m.QMPSocket) > maxUnixPathBytes {
+		bad("QMPSocket", "path is %d bytes; unix socket paths are limited to %d", len(m.QMPSocket), maxUnixPathBytes)
+	}
+
+	ids := map[string]string{} // ID -> field that used it first
+	checkID := func(field, id string) {
+		if err := checkQEMUID(id); err != nil {
+			bad(field, "%v", err)
+			return
+		}
+		if prev, ok := ids[id]; ok {
+			bad(field, "ID %q is already used by %s", id, prev)
+			return
+		}
+		ids[id] = field
+	}
+	checkSocket := func(field, path string) {
+		switch {
+		case path == "":
+			bad(field, "empty")
+		case len(path) > maxUnixPathBytes:
+			bad(field, "path is %d bytes; unix socket paths are limited to %d", len(path), maxUnixPathBytes)
+		}
+	}
+
+	if len(m.SerialPorts) > maxSerialPorts {
+		bad("SerialPorts", "%d ports; at most %d fit on the virtio-serial controller", len(m.SerialPorts), maxSerialPorts)
+	}
+	names := map[string]int{}
+	for i, p := range m.SerialPorts {
+		f := fmt.Sprintf("SerialPorts[%d]", i)
+		checkID(f+".ID", p.ID)
+		switch {
+		case p.Name == "":
+			bad(f+".Name", "empty; the guest finds the port by name")
+		case strings.ContainsAny(p.Name, "/\n\x00"):
+			bad(f+".Name", "%q contains '/', a newline or NUL", p.Name)
+		default:
+			if j, ok := names[p.Name]; ok {
+				bad(f+".Name", "%q is also the name of SerialPorts[%d]", p.Name, j)
+			}
+			names[p.Name] = i
+		}
+		checkSocket(f+".SocketPath", p.SocketPath)
+	}
+
+	tags := map[string]int{}
+	for i, fs := range m.FileSystems {
+		f := fmt.Sprintf("FileSystems[%d]", i)
+		checkID(f+".ID", fs.ID)
+		switch {
+		case fs.Tag == "":
+			bad(f+".Tag", "empty; the guest mounts the share by tag")
+		case len(fs.Tag) > maxFSTagBytes:
+			bad(f+".Tag", "%q is %d bytes; virtio-fs tags are at most %d", fs.Tag, len(fs.Tag), maxFSTagBytes)
+		default:
+			if j, ok := tags[fs.Tag]; ok {
+				bad(f+".Tag", "%q is also the tag of FileSystems[%d]", fs.Tag, j)
+			}
+			tags[fs.Tag] = i
+		}
+		checkSocket(f+".SocketPath", fs.SocketPath)
+		if q := fs.QueueSize; q != 0 && (q < 0 || q > maxFSQueueSize || q&(q-1) != 0) {
+			bad(f+".QueueSize", "%d is not a power of two between 1 and %d (0 means %d)", q, maxFSQueueSize, DefaultFSQueueSize)
+		}
+	}
+
+	if m.Vsock != nil {
+		// CIDs 0-2 are the hypervisor, local and host; U32_MAX is
+		// VMADDR_CID_ANY.
+		if cid := m.Vsock.GuestCID; cid < 3 || cid == ^uint32(0) {
+			bad("Vsock.GuestCID", "%d is reserved; use a value from 3 to %d", cid, ^uint32(0)-1)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checkQEMUID applies QEMU's rule for IDs (id_wellformed: a letter, then
+// letters, digits, '-', '.', '_'), plus Berth's reserved prefix.
+func checkQEMUID(id string) error {
+	if id == "" {
+		return errors.New("empty ID")
+	}
+	for i, r := range id {
+		letter := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z'
+		if i == 0 && !letter {
+			return fmt.Errorf("ID %q must start with a letter", id)
+		}
+		if !letter && !(r >= '0' && r <= '9') && r != '-' && r != '.' && r != '_' {
+			return fmt.Errorf("ID %q may only contain letters, digits, '-', '.' and '_'", id)
+		}
+	}
+	if strings.HasPrefix(id, reservedIDPrefix) {
+		return fmt.Errorf("ID %q uses the prefix %q, which Berth reserves for its own devices", id, reservedIDPrefix)
+	}
+	return nil
+}

@@ -1,0 +1,285 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	api "github.com/berth-runtime/berth/api/agent/v1"
+	"github.com/berth-runtime/berth/internal/oci"
+)
+
+// IO is where a process's standard streams go on the host. A nil field
+// means the stream is not attached.
+type IO struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	Terminal       bool
+}
+
+func (o IO) stdio() *api.Stdio {
+	return &api.Stdio{
+		Stdin:    o.Stdin != nil,
+		Stdout:   o.Stdout != nil,
+		Stderr:   o.Stderr != nil && !o.Terminal,
+		Terminal: o.Terminal,
+	}
+}
+
+// ExitStatus is how a process ended.
+type ExitStatus struct {
+	// Code is the exit code, or 128+signal when a signal killed it.
+	Code     uint32
+	ExitedAt time.Time
+}
+
+// Process is a container's init or an exec'd process in the guest.
+type Process struct {
+	sb          *Sandbox
+	containerID string
+	execID      string
+	pid         uint32
+
+	// outputDone is closed when every attached output stream has ended.
+	outputDone chan struct{}
+	conns      []net.Conn
+}
+
+// Pid returns the process's pid inside the guest.
+func (p *Process) Pid() uint32 { return p.pid }
+
+// CreateContainer places rootfsDir (a host directory) in the shared
+// directory, rewrites spec.root.path to where the guest sees it, creates
+// the container in the guest and attaches its stdio. The program starts
+// with Start.
+func (s *Sandbox) CreateContainer(ctx context.Context, id string, spec *specs.Spec, rootfsDir string, stdio IO) (_ *Process, retErr error) {
+	if err := validateID(id); err != nil {
+		return nil, err
+	}
+	if spec.Process == nil {
+		return nil, fmt.Errorf("spec has no process: %w", errdefs.ErrInvalidArgument)
+	}
+	spec.Process.Terminal = stdio.Terminal
+	mnt := filepath.Join(s.path(sharedDirName), id, "rootfs")
+	s.mu.Lock()
+	if _, ok := s.rootfss[id]; ok {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("container %q: %w", id, errdefs.ErrAlreadyExists)
+	}
+	s.rootfss[id] = mnt
+	s.mu.Unlock()
+	defer func() {
+		if retErr != nil {
+			s.releaseRootfs(id)
+		}
+	}()
+	if err := bindRootfs(rootfsDir, mnt); err != nil {
+		return nil, err
+	}
+	guestSpec := *spec
+	root := *spec.Root
+	root.Path = oci.GuestRootfs(id)
+	guestSpec.Root = &root
+	b, err := json.Marshal(&guestSpec)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := s.agent.Create(ctx, &api.CreateRequest{ContainerId: id, Spec: b, Stdio: stdio.stdio()})
+	if err != nil {
+		return nil, s.rpcError("create container", err)
+	}
+	p := &Process{sb: s, containerID: id, pid: resp.Pid}
+	if err := p.attach(ctx, stdio); err != nil {
+		s.agent.Delete(ctx, &api.DeleteRequest{ContainerId: id})
+		return nil, err
+	}
+	return p, nil
+}
+
+// Exec registers process in a running container and attaches its stdio;
+// the program starts with Start.
+func (s *Sandbox) Exec(ctx context.Context, containerID, execID string, process *specs.Process, stdio IO) (*Process, error) {
+	proc := *process
+	proc.Terminal = stdio.Terminal
+	b, err := json.Marshal(&proc)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.agent.Exec(ctx, &api.ExecRequest{ContainerId: containerID, ExecId: execID, Process: b, Stdio: stdio.stdio()}); err != nil {
+		return nil, s.rpcError("exec", err)
+	}
+	p := &Process{sb: s, containerID: containerID, execID: execID}
+	if err := p.attach(ctx, stdio); err != nil {
+		s.agent.Delete(ctx, &api.DeleteRequest{ContainerId: containerID, ExecId: execID})
+		return nil, err
+	}
+	return p, nil
+}
+
+// DeleteContainer removes a stopped container from the guest and its root
+// file system from the shared directory.
+func (s *Sandbox) DeleteContainer(ctx context.Context, id string) error {
+	_, err := s.agent.Delete(ctx, &api.DeleteRequest{ContainerId: id})
+	if rerr := s.releaseRootfs(id); err == nil {
+		err = rerr
+	}
+	if err != nil {
+		return s.rpcError("delete container", err)
+	}
+	return nil
+}
+
+func (s *Sandbox) releaseRootfs(id string) error {
+	s.mu.Lock()
+	mnt, ok := s.rootfss[id]
+	delete(s.rootfss, id)
+	s.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	return unmount(mnt)
+}
+
+// rpcError turns an agent error into a classified error and, when the VM
+// has died, says so: that, not the broken connection, is the cause a user
+// needs to see.
+func (s *Sandbox) rpcError(op string, err error) error {
+	select {
+	case <-s.vmm.Done():
+		return fmt.Errorf("%s: the VM exited: %v: %w", op, s.VMError(), errdefs.ErrUnavailable)
+	default:
+	}
+	return fmt.Errorf("%s: %w", op, errgrpc.ToNative(err))
+}
+
+// attach opens one stream per requested stdio pipe. Output streams are
+// copied until the guest closes them.
+func (p *Process) attach(ctx context.Context, stdio IO) error {
+	p.outputDone = make(chan struct{})
+	var wg sync.WaitGroup
+	open := func(kind api.StreamKind) (net.Conn, error) {
+		conn, err := p.sb.openStream(ctx, &api.StreamHeader{ContainerId: p.containerID, ExecId: p.execID, Kind: kind})
+		if err != nil {
+			return nil, fmt.Errorf("attach %v: %w", kind, err)
+		}
+		p.conns = append(p.conns, conn)
+		return conn, nil
+	}
+	copyOut := func(kind api.StreamKind, w io.Writer) error {
+		conn, err := open(kind)
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			io.Copy(w, conn)
+		}()
+		return nil
+	}
+	var err error
+	if stdio.Stdout != nil {
+		err = copyOut(api.StreamKind_STREAM_STDOUT, stdio.Stdout)
+	}
+	if err == nil && stdio.Stderr != nil && !stdio.Terminal {
+		err = copyOut(api.StreamKind_STREAM_STDERR, stdio.Stderr)
+	}
+	if err == nil && stdio.Stdin != nil {
+		var conn net.Conn
+		if conn, err = open(api.StreamKind_STREAM_STDIN); err == nil {
+			go func() {
+				io.Copy(conn, stdio.Stdin)
+				// Closing the stream is EOF for the process's stdin.
+				conn.Close()
+			}()
+		}
+	}
+	go func() { wg.Wait(); close(p.outputDone) }()
+	if err != nil {
+		p.closeStreams()
+	}
+	return err
+}
+
+func (p *Process) closeStreams() {
+	for _, c := range p.conns {
+		c.Close()
+	}
+}
+
+// Start runs the process's program.
+func (p *Process) Start(ctx context.Context) error {
+	resp, err := p.sb.agent.Start(ctx, &api.StartRequest{ContainerId: p.containerID, ExecId: p.execID})
+	if err != nil {
+		return p.sb.rpcError("start", err)
+	}
+	p.pid = resp.Pid
+	return nil
+}
+
+// Signal sends sig to the process.
+func (p *Process) Signal(ctx context.Context, sig syscall.Signal) error {
+	if _, err := p.sb.agent.Kill(ctx, &api.KillRequest{ContainerId: p.containerID, ExecId: p.execID, Signal: uint32(sig)}); err != nil {
+		return p.sb.rpcError("signal", err)
+	}
+	return nil
+}
+
+// Resize changes the size of the process's terminal.
+func (p *Process) Resize(ctx context.Context, width, height uint32) error {
+	if _, err := p.sb.agent.ResizePty(ctx, &api.ResizePtyRequest{ContainerId: p.containerID, ExecId: p.execID, Width: width, Height: height}); err != nil {
+		return p.sb.rpcError("resize pty", err)
+	}
+	return nil
+}
+
+// Wait returns the exit status once the process has exited and all of its
+// output has reached the host writers. If the VM dies first, it returns an
+// error saying how the VM ended.
+func (p *Process) Wait(ctx context.Context) (ExitStatus, error) {
+	type result struct {
+		resp *api.WaitResponse
+		err  error
+	}
+	ch := make(chan result, 1)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		resp, err := p.sb.agent.Wait(wctx, &api.WaitRequest{ContainerId: p.containerID, ExecId: p.execID})
+		ch <- result{resp, err}
+	}()
+	var r result
+	select {
+	case r = <-ch:
+	case <-p.sb.vmm.Done():
+		p.closeStreams()
+		return ExitStatus{}, fmt.Errorf("the VM exited while the container was running: %v: %w", p.sb.VMError(), errdefs.ErrUnavailable)
+	}
+	if r.err != nil {
+		p.closeStreams()
+		return ExitStatus{}, p.sb.rpcError("wait", r.err)
+	}
+	// The guest closes the output streams when the pipes reach EOF, which
+	// follows the exit at once unless a background child still holds them.
+	select {
+	case <-p.outputDone:
+	case <-p.sb.vmm.Done():
+	case <-ctx.Done():
+		return ExitStatus{}, ctx.Err()
+	}
+	return ExitStatus{Code: r.resp.ExitStatus, ExitedAt: r.resp.ExitedAt.AsTime()}, nil
+}
+
+// ErrVMExited reports whether err says the VM died.
+func ErrVMExited(err error) bool { return errors.Is(err, errdefs.ErrUnavailable) }

@@ -1,0 +1,354 @@
+// Package sandbox owns one pod's VM on the host: it starts virtiofsd and
+// QEMU, waits for berth-agent, places container root file systems in the
+// shared directory, runs containers and processes through the agent, and
+// tears all of it down exactly once.
+//
+// Everything a sandbox creates on the host lives under one directory,
+// <run_dir>/sandboxes/<id>: sockets, the console log, the virtio-fs shared
+// directory (a mount) and the owner's pid. Destroy removes it; CleanupStale
+// removes what a killed owner left behind. Creation is undone step by step
+// by a cleanup stack if any step fails, so a failed Create leaves nothing.
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/ttrpc"
+	"github.com/sirupsen/logrus"
+
+	api "github.com/berth-runtime/berth/api/agent/v1"
+	"github.com/berth-runtime/berth/internal/config"
+	"github.com/berth-runtime/berth/internal/oci"
+	"github.com/berth-runtime/berth/internal/qemu"
+	"github.com/berth-runtime/berth/internal/transport"
+)
+
+// Options size one sandbox.
+type Options struct {
+	// ID names the sandbox; it must be unique on the host.
+	ID string
+	// VCPUs and MemoryMiB override the configured defaults when non-zero.
+	VCPUs     int
+	MemoryMiB int
+	// Accel is the accelerator to use; the caller resolves "auto" once
+	// (see qemu.CachedAccel) so that every sandbox does not probe again.
+	Accel qemu.Accel
+}
+
+// VMM is what a sandbox needs from a running hypervisor process.
+// *qemu.VM implements it.
+type VMM interface {
+	Pid() int
+	Done() <-chan struct{}
+	ExitError() error
+	Shutdown(ctx context.Context) error
+	Kill() error
+}
+
+// Sandbox is one VM and the host resources that serve it.
+type Sandbox struct {
+	id  string
+	cfg *config.Config
+	dir string
+
+	vmm       VMM
+	virtiofsd *virtiofsd
+	dialer    transport.Dialer
+	rpc       *ttrpc.Client
+	agent     api.AgentService
+	info      *api.InfoResponse
+
+	mu      sync.Mutex
+	rootfss map[string]string // container id -> host mount point
+
+	destroyOnce sync.Once
+	destroyErr  error
+}
+
+// Paths of a sandbox's files inside its directory.
+const (
+	sharedDirName  = "shared"
+	consoleLogName = "console.log"
+	qmpSocketName  = "qmp.sock"
+	agentSockName  = "agent.sock"
+	fsSocketName   = "virtiofsd.sock"
+	ownerFileName  = "owner.pid"
+)
+
+// Dir returns the directory of sandbox id under runDir.
+func Dir(runDir, id string) string { return filepath.Join(runDir, "sandboxes", id) }
+
+// Create boots a sandbox and returns once its agent answers.
+func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, retErr error) {
+	if err := validateID(opts.ID); err != nil {
+		return nil, err
+	}
+	s := &Sandbox{id: opts.ID, cfg: cfg, dir: Dir(cfg.RunDir, opts.ID), rootfss: map[string]string{}}
+	log := logrus.WithField("sandbox", s.id)
+
+	var undo cleanupStack
+	defer func() {
+		if retErr != nil {
+			undo.run()
+		}
+	}()
+
+	if err := os.MkdirAll(filepath.Dir(s.dir), 0o711); err != nil {
+		return nil, fmt.Errorf("create %s: %w (check run_dir in the configuration)", filepath.Dir(s.dir), err)
+	}
+	if err := os.Mkdir(s.dir, 0o700); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("sandbox %q: %w", s.id, errdefs.ErrAlreadyExists)
+		}
+		return nil, fmt.Errorf("create sandbox directory: %w", err)
+	}
+	undo.push(func() { removeDir(s.dir) })
+	if err := os.WriteFile(s.path(ownerFileName), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
+		return nil, err
+	}
+
+	shared := s.path(sharedDirName)
+	if err := makeSharedMount(shared); err != nil {
+		return nil, err
+	}
+	undo.push(func() { unmount(shared) })
+
+	fsd, err := startVirtiofsd(ctx, cfg.Hypervisor.VirtiofsdPath, s.path(fsSocketName), shared, cfg.Hypervisor.VirtiofsCache)
+	if err != nil {
+		return nil, err
+	}
+	s.virtiofsd = fsd
+	undo.push(func() { fsd.stop() })
+
+	m := s.machine(opts)
+	log.WithField("accel", m.Accel).WithField("machine", m.Type).Debug("starting qemu")
+	vm, err := qemu.Start(ctx, m, qemu.StartOptions{DieWithParent: true})
+	if err != nil {
+		return nil, fmt.Errorf("start VM: %w", err)
+	}
+	s.vmm = vm
+	undo.push(func() { vm.Kill() })
+
+	s.dialer = transport.NewSerialDialer(s.path(agentSockName))
+	undo.push(func() { s.dialer.Close() })
+	if err := s.connectAgent(ctx); err != nil {
+		return nil, err
+	}
+	log.WithField("kernel", s.info.KernelRelease).WithField("qemu_pid", vm.Pid()).Debug("sandbox ready")
+	return s, nil
+}
+
+func validateID(id string) error {
+	if id == "" || len(id) > 64 {
+		return fmt.Errorf("sandbox id %q must be 1-64 characters: %w", id, errdefs.ErrInvalidArgument)
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') || id[0] == '.' {
+			return fmt.Errorf("sandbox id %q may only hold letters, digits, '-', '_' and '.': %w", id, errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
+}
+
+func (s *Sandbox) path(name string) string { return filepath.Join(s.dir, name) }
+
+// machine describes the VM from the configuration and options.
+func (s *Sandbox) machine(opts Options) qemu.Machine {
+	h := s.cfg.Hypervisor
+	vcpus, mem := h.DefaultVCPUs, h.DefaultMemoryMiB
+	if opts.VCPUs > 0 {
+		vcpus = opts.VCPUs
+	}
+	if opts.MemoryMiB > 0 {
+		mem = opts.MemoryMiB
+	}
+	accel := opts.Accel
+	if accel == "" {
+		accel = qemu.TCG
+	}
+	params := agentCmdlineTransport + "=" + string(transport.VirtioSerial)
+	if h.KernelParams != "" {
+		params += " " + h.KernelParams
+	}
+	return qemu.Machine{
+		Binary:       h.Path,
+		Type:         qemu.MachineType(h.Machine),
+		Accel:        accel,
+		VCPUs:        vcpus,
+		MemoryMiB:    mem,
+		Kernel:       s.cfg.Guest.Kernel,
+		Initrd:       s.cfg.Guest.Initrd,
+		KernelParams: params,
+		ConsoleLog:   s.path(consoleLogName),
+		QMPSocket:    s.path(qmpSocketName),
+		SerialPorts:  []qemu.VirtioSerialPort{{ID: "agent", Name: transport.SerialPortName, SocketPath: s.path(agentSockName)}},
+		FileSystems:  []qemu.VhostUserFS{{ID: "shared", Tag: oci.SharedFSTag, SocketPath: s.path(fsSocketName)}},
+	}
+}
+
+// agentCmdlineTransport must match agent.CmdlineTransport (the host does
+// not import the guest package).
+const agentCmdlineTransport = "berth.transport"
+
+// connectAgent waits until the agent answers Info, the VM dies, or the
+// boot timeout passes. Over virtio-serial the first request simply waits
+// in the port's buffers until the agent opens the port, so one call
+// suffices; the loop covers transports that refuse connections until the
+// agent listens.
+func (s *Sandbox) connectAgent(ctx context.Context) error {
+	timeout := s.cfg.Hypervisor.BootTimeout.Duration
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	type result struct {
+		info *api.InfoResponse
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		for {
+			conn, err := s.dialer.Dial(ctx, transport.AgentPort)
+			if err == nil {
+				client := ttrpc.NewClient(conn)
+				info, err := api.NewAgentClient(client).Info(ctx, &api.InfoRequest{})
+				if err == nil {
+					s.rpc, s.agent = client, api.NewAgentClient(client)
+					done <- result{info: info}
+					return
+				}
+				client.Close()
+			}
+			if ctx.Err() != nil {
+				done <- result{err: err}
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			if ctx.Err() == context.DeadlineExceeded {
+				return fmt.Errorf("the guest agent did not answer within %s (hypervisor.boot_timeout); last console lines:\n%s", timeout, s.consoleTail())
+			}
+			return fmt.Errorf("connect to guest agent: %w", r.err)
+		}
+		s.info = r.info
+		return nil
+	case <-s.vmm.Done():
+		cancel()
+		return fmt.Errorf("the VM exited during boot: %v; last console lines:\n%s", s.vmm.ExitError(), s.consoleTail())
+	}
+}
+
+// consoleTail returns the last lines of the guest console for errors.
+func (s *Sandbox) consoleTail() string {
+	return tail(s.path(consoleLogName), 15)
+}
+
+// ID returns the sandbox id.
+func (s *Sandbox) ID() string { return s.id }
+
+// Info returns what the agent reported when the sandbox became ready.
+func (s *Sandbox) Info() *api.InfoResponse { return s.info }
+
+// Agent returns the agent client.
+func (s *Sandbox) Agent() api.AgentService { return s.agent }
+
+// VMMPid returns the hypervisor's pid.
+func (s *Sandbox) VMMPid() int { return s.vmm.Pid() }
+
+// Done is closed when the VM has exited.
+func (s *Sandbox) Done() <-chan struct{} { return s.vmm.Done() }
+
+// VMError explains why the VM exited; call it after Done.
+func (s *Sandbox) VMError() error {
+	if err := s.vmm.ExitError(); err != nil {
+		return err
+	}
+	return errors.New("the VM powered off")
+}
+
+// openStream opens a stdio stream to the agent and sends its header.
+func (s *Sandbox) openStream(ctx context.Context, hdr *api.StreamHeader) (net.Conn, error) {
+	conn, err := s.dialer.Dial(ctx, transport.StdioPort)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeStreamHeader(conn, hdr); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return conn, nil
+}
+
+// Destroy stops the VM and removes every host resource of the sandbox. It
+// is idempotent and works whether or not the VM is still alive.
+func (s *Sandbox) Destroy(ctx context.Context) error {
+	s.destroyOnce.Do(func() { s.destroyErr = s.destroy(ctx) })
+	return s.destroyErr
+}
+
+func (s *Sandbox) destroy(ctx context.Context) error {
+	log := logrus.WithField("sandbox", s.id)
+	var errs []error
+	select {
+	case <-s.vmm.Done():
+	default:
+		// Ask the guest to power off; it syncs first. Fall back to QMP
+		// quit and then SIGKILL inside Shutdown.
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if s.agent != nil {
+			s.agent.Shutdown(sctx, nil)
+		}
+		select {
+		case <-s.vmm.Done():
+		case <-sctx.Done():
+		}
+		cancel()
+		sctx, cancel = context.WithTimeout(ctx, 5*time.Second)
+		if err := s.vmm.Shutdown(sctx); err != nil {
+			log.WithError(err).Warn("shutdown VM")
+		}
+		cancel()
+	}
+	if s.rpc != nil {
+		s.rpc.Close()
+	}
+	s.dialer.Close()
+	s.virtiofsd.stop()
+	s.mu.Lock()
+	for id, mnt := range s.rootfss {
+		if err := unmount(mnt); err != nil {
+			errs = append(errs, fmt.Errorf("unmount rootfs of %s: %w", id, err))
+		}
+	}
+	s.rootfss = map[string]string{}
+	s.mu.Unlock()
+	if err := unmount(s.path(sharedDirName)); err != nil {
+		errs = append(errs, err)
+	}
+	if err := removeDir(s.dir); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// cleanupStack undoes a half-finished Create in reverse order.
+type cleanupStack struct{ fns []func() }
+
+func (c *cleanupStack) push(f func()) { c.fns = append(c.fns, f) }
+
+func (c *cleanupStack) run() {
+	for i := len(c.fns) - 1; i >= 0; i-- {
+		c.fns[i]()
+	}
+}

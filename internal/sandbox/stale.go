@@ -1,0 +1,101 @@
+package sandbox
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// CleanupStale removes sandboxes whose owner process is gone: a `berth run`
+// or shim killed with SIGKILL cannot clean up after itself. QEMU and
+// virtiofsd die with their owner (Pdeathsig), so what remains are mounts
+// and the directory. It returns how many sandboxes it removed.
+func CleanupStale(runDir string) int {
+	base := filepath.Join(runDir, "sandboxes")
+	entries, err := os.ReadDir(base)
+	if err != nil {
+		return 0
+	}
+	removed := 0
+	for _, e := range entries {
+		dir := filepath.Join(base, e.Name())
+		b, err := os.ReadFile(filepath.Join(dir, ownerFileName))
+		if err != nil {
+			continue // being created right now, or not ours
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || processAlive(pid) {
+			continue
+		}
+		for _, m := range mountsUnder(dir) {
+			unmount(m)
+		}
+		if removeDir(dir) == nil {
+			removed++
+		}
+	}
+	return removed
+}
+
+func processAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || err == syscall.EPERM
+}
+
+// mountsUnder lists mount points at or below dir, deepest first.
+func mountsUnder(dir string) []string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeMountPath(fields[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			out = append(out, mp)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out
+}
+
+// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMountPath(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// removeDir deletes a sandbox directory, but only once nothing is mounted
+// below it: a container's root file system is bind-mounted there, and a
+// recursive delete through a mount that failed to detach would destroy the
+// user's files.
+func removeDir(dir string) error {
+	if m := mountsUnder(dir); len(m) > 0 {
+		return fmt.Errorf("not removing %s: still mounted: %s", dir, strings.Join(m, ", "))
+	}
+	return os.RemoveAll(dir)
+}

@@ -1,0 +1,201 @@
+package transport
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// FindSerialPort returns the /dev path of the virtio-serial port called
+// name, by reading /sys/class/virtio-ports/*/name (sysRoot is "/" in the
+// guest; tests pass a fake tree).
+func FindSerialPort(sysRoot, name string) (string, error) {
+	dir := filepath.Join(sysRoot, "sys/class/virtio-ports")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return "", fmt.Errorf("list virtio-serial ports: %w", err)
+	}
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "name"))
+		if err != nil {
+			continue
+		}
+		if strings.TrimSpace(string(b)) == name {
+			return filepath.Join("/dev", e.Name()), nil
+		}
+	}
+	return "", fmt.Errorf("no virtio-serial port named %q in %s", name, dir)
+}
+
+// SerialMux is the guest end of the virtio-serial transport. It serves yamux
+// sessions on the port device one after another: when the host side goes
+// away (a shim restarts) the port reads EOF, and the next host connection
+// gets a fresh session. Streams are routed to per-port listeners by the
+// header the host writes.
+type SerialMux struct {
+	open func() (io.ReadWriteCloser, error)
+
+	mu        sync.Mutex
+	listeners map[uint32]*portListener
+	closed    bool
+	done      chan struct{}
+}
+
+// NewSerialMux starts serving the virtio-serial port device at devPath.
+func NewSerialMux(devPath string) *SerialMux {
+	return newSerialMux(func() (io.ReadWriteCloser, error) {
+		return os.OpenFile(devPath, os.O_RDWR, 0)
+	})
+}
+
+// newSerialMux serves sessions on whatever open returns; tests pass one end
+// of a socket pair instead of a device.
+func newSerialMux(open func() (io.ReadWriteCloser, error)) *SerialMux {
+	m := &SerialMux{open: open, listeners: map[uint32]*portListener{}, done: make(chan struct{})}
+	go m.run()
+	return m
+}
+
+// Listen returns a listener for streams the host opens to port.
+func (m *SerialMux) Listen(port uint32) (net.Listener, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, ErrClosed
+	}
+	if _, ok := m.listeners[port]; ok {
+		return nil, fmt.Errorf("port %d: already listening", port)
+	}
+	l := &portListener{mux: m, port: port, conns: make(chan net.Conn, 16), done: make(chan struct{})}
+	m.listeners[port] = l
+	return l, nil
+}
+
+// Close stops serving and closes every listener.
+func (m *SerialMux) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	close(m.done)
+	for _, l := range m.listeners {
+		l.closeLocked()
+	}
+	m.mu.Unlock()
+	return nil
+}
+
+func (m *SerialMux) isClosed() bool {
+	select {
+	case <-m.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// run opens the device and serves one yamux session per host connection.
+func (m *SerialMux) run() {
+	for !m.isClosed() {
+		f, err := m.open()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "berth-agent: open virtio-serial port: %v\n", err)
+			time.Sleep(500 * time.Millisecond)
+			continue
+		}
+		start := time.Now()
+		m.serveSession(f)
+		f.Close()
+		// With no host connected the port reads EOF at once; don't spin.
+		if time.Since(start) < time.Second {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+func (m *SerialMux) serveSession(rw io.ReadWriteCloser) {
+	s, err := yamux.Server(rw, yamuxConfig())
+	if err != nil {
+		return
+	}
+	defer s.Close()
+	go func() {
+		select {
+		case <-m.done:
+			s.Close()
+		case <-s.CloseChan():
+		}
+	}()
+	for {
+		st, err := s.AcceptStream()
+		if err != nil {
+			return
+		}
+		go m.route(st)
+	}
+}
+
+func (m *SerialMux) route(st *yamux.Stream) {
+	port, err := readPort(st)
+	if err != nil {
+		st.Close()
+		return
+	}
+	m.mu.Lock()
+	l := m.listeners[port]
+	m.mu.Unlock()
+	if l == nil {
+		st.Close()
+		return
+	}
+	select {
+	case l.conns <- st:
+	case <-l.done:
+		st.Close()
+	}
+}
+
+type portListener struct {
+	mux   *SerialMux
+	port  uint32
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+}
+
+func (l *portListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, ErrClosed
+	}
+}
+
+func (l *portListener) closeLocked() { l.once.Do(func() { close(l.done) }) }
+
+func (l *portListener) Close() error {
+	l.mux.mu.Lock()
+	defer l.mux.mu.Unlock()
+	if l.mux.listeners[l.port] == l {
+		delete(l.mux.listeners, l.port)
+	}
+	l.closeLocked()
+	return nil
+}
+
+func (l *portListener) Addr() net.Addr { return serialAddr{port: l.port} }
+
+type serialAddr struct{ port uint32 }
+
+func (serialAddr) Network() string  { return "virtio-serial" }
+func (a serialAddr) String() string { return fmt.Sprintf("virtio-serial:%d", a.port) }

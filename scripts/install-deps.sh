@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Berth needs on the host, if missing.
+# Idempotent; needs root. The guest kernel is NOT installed: `berth guest
+# build` downloads and unpacks it into Berth's state directory.
+set -euo pipefail
+pkgs=(qemu-system-x86 qemu-system-common qemu-utils busybox-static cpio kmod iproute2 procps psmisc)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "host packages: all present"
+  exit 0
+fi
+echo "installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "host packages: installed ${missing[*]}"

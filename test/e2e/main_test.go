@@ -1,0 +1,177 @@
+// Package e2e holds Berth's end-to-end tests: they boot real QEMU guests
+// with the real guest image and run real containers. They need root, the
+// Debian packages from scripts/install-deps.sh and a built guest image, so
+// they only run when BERTH_E2E=1 (`make test-e2e` sets it up).
+//
+// Every test ends by asserting that nothing of its sandboxes is left: no
+// QEMU or virtiofsd process, no mount, no socket or directory under the
+// run directory.
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+var env struct {
+	berth    string // path of the berth binary
+	stateDir string // holds the built guest image
+	runDir   string // private run_dir of this test binary
+	config   string // config file pointing at runDir
+	rootfs   string // busybox root file system
+	skip     string // reason to skip, if the environment is not there
+}
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		if os.Getenv("BERTH_E2E") != "1" {
+			env.skip = "end-to-end tests boot VMs: set BERTH_E2E=1 (make test-e2e)"
+			return m.Run()
+		}
+		if os.Geteuid() != 0 {
+			env.skip = "end-to-end tests need root"
+			return m.Run()
+		}
+		if err := setup(); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e setup:", err)
+			return 1
+		}
+		defer os.RemoveAll(filepath.Dir(env.runDir))
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+func repoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+func setup() error {
+	root := repoRoot()
+	env.berth = filepath.Join(root, "bin", "berth")
+	if _, err := os.Stat(env.berth); err != nil {
+		return fmt.Errorf("%s missing: run `make build`", env.berth)
+	}
+	env.stateDir = os.Getenv("BERTH_STATE_DIR")
+	if env.stateDir == "" {
+		env.stateDir = "/var/lib/berth"
+	}
+	if _, err := os.Stat(filepath.Join(env.stateDir, "guest", "initramfs.img")); err != nil {
+		return fmt.Errorf("guest image missing in %s: run `make guest`", env.stateDir)
+	}
+	tmp, err := os.MkdirTemp("", "berth-e2e-")
+	if err != nil {
+		return err
+	}
+	env.runDir = filepath.Join(tmp, "run")
+	env.config = filepath.Join(tmp, "config.toml")
+	cfg := fmt.Sprintf("state_dir = %q\nrun_dir = %q\n", env.stateDir, env.runDir)
+	if err := os.WriteFile(env.config, []byte(cfg), 0o644); err != nil {
+		return err
+	}
+	env.rootfs = filepath.Join(tmp, "rootfs")
+	return makeBusyboxRootfs(env.rootfs)
+}
+
+// makeBusyboxRootfs unpacks Debian's busybox-static into dir, one symlink
+// per applet.
+func makeBusyboxRootfs(dir string) error {
+	out, err := exec.Command(filepath.Join(repoRoot(), "scripts", "busybox-rootfs.sh"), dir).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("busybox rootfs: %v: %s", err, out)
+	}
+	return nil
+}
+
+func requireE2E(t *testing.T) {
+	t.Helper()
+	if env.skip != "" {
+		t.Skip(env.skip)
+	}
+}
+
+// result is what a berth command did.
+type result struct {
+	stdout, stderr string
+	code           int
+	elapsed        time.Duration
+}
+
+// berth runs the berth CLI with the test configuration.
+func berth(t *testing.T, stdin string, args ...string) result {
+	t.Helper()
+	cmd := berthCmd(args...)
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	err := cmd.Run()
+	r := result{stdout: stdout.String(), stderr: stderr.String(), elapsed: time.Since(start)}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run berth %v: %v", args, err)
+	}
+	return r
+}
+
+func berthCmd(args ...string) *exec.Cmd {
+	return exec.Command(env.berth, append([]string{"--config", env.config}, args...)...)
+}
+
+// assertNoLeaks fails the test if anything of a sandbox is left on the
+// host. Teardown of a killed VM is asynchronous for a short moment, so it
+// polls briefly before failing.
+func assertNoLeaks(t *testing.T) {
+	t.Helper()
+	var problems []string
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		problems = leaks()
+		if len(problems) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(problems) > 0 {
+		t.Errorf("leaked after the run:\n  %s", strings.Join(problems, "\n  "))
+	}
+}
+
+func leaks() []string {
+	var out []string
+	// Processes whose command line names our run dir (QEMU's sockets and
+	// virtiofsd's source are all inside it).
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		cmdline := strings.ReplaceAll(string(b), "\x00", " ")
+		if strings.Contains(cmdline, env.runDir) && (strings.Contains(cmdline, "qemu") || strings.Contains(cmdline, "virtiofsd")) {
+			out = append(out, "process "+filepath.Base(filepath.Dir(p))+": "+cmdline)
+		}
+	}
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(mi), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], env.runDir) {
+			out = append(out, "mount "+f[4])
+		}
+	}
+	entries, _ := os.ReadDir(filepath.Join(env.runDir, "sandboxes"))
+	for _, e := range entries {
+		out = append(out, "sandbox dir "+e.Name())
+	}
+	return out
+}
