@@ -43,8 +43,9 @@ func newRunCmd() *cobra.Command {
 		Short: "Run a command in a container inside a new VM",
 		Long: `Boot a sandbox VM, run CMD in a container whose root file system is DIR,
 relay stdin, stdout and stderr, and exit with CMD's exit code (128+signal when
-a signal killed it). SIGINT, SIGTERM and SIGHUP are forwarded to CMD. The VM
-and everything it used on the host are removed when CMD ends.`,
+a signal killed it; 125 when the VM itself failed). SIGINT, SIGTERM and SIGHUP
+are forwarded to CMD; a second one kills it. The VM and everything it used on
+the host are removed when CMD ends.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error { return runRun(cmd.Context(), f, args) },
 	}
@@ -163,15 +164,7 @@ func runRun(ctx context.Context, f runFlags, args []string) error {
 		sb.DeleteContainer(ctx, "main")
 		return vmFailure(err)
 	}
-	go func() {
-		for sig := range sigs {
-			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			if err := proc.Signal(sctx, sig.(syscall.Signal)); err != nil {
-				logrus.WithError(err).Warn("forward signal")
-			}
-			cancel()
-		}
-	}()
+	go forwardSignals(ctx, sigs, proc)
 	status, err := proc.Wait(ctx)
 	if con != nil {
 		con.Reset()
@@ -191,6 +184,28 @@ func runRun(ctx context.Context, f runFlags, args []string) error {
 		return exitError{code: int(status.Code)}
 	}
 	return nil
+}
+
+// forwardSignals relays signals to the container's init. A container's
+// init ignores signals it has no handler for (it is PID 1 of its PID
+// namespace), so `berth run -- sleep 100` would not stop on Ctrl-C; the
+// second signal therefore escalates to SIGKILL, as a user pressing Ctrl-C
+// twice means it.
+func forwardSignals(ctx context.Context, sigs <-chan os.Signal, proc *sandbox.Process) {
+	received := 0
+	for sig := range sigs {
+		received++
+		s := sig.(syscall.Signal)
+		if received > 1 {
+			fmt.Fprintln(os.Stderr, "berth: second signal, killing the container (SIGKILL)")
+			s = syscall.SIGKILL
+		}
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := proc.Signal(sctx, s); err != nil {
+			logrus.WithError(err).Warn("forward signal")
+		}
+		cancel()
+	}
 }
 
 func resizeFromConsole(ctx context.Context, con console.Console, proc *sandbox.Process) {

@@ -14,10 +14,12 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/ttrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	api "github.com/berth-runtime/berth/api/agent/v1"
 	"github.com/berth-runtime/berth/internal/oci"
+	"github.com/berth-runtime/berth/internal/transport"
 )
 
 // IO is where a process's standard streams go on the host. A nil field
@@ -155,10 +157,17 @@ func (s *Sandbox) releaseRootfs(id string) error {
 // has died, says so: that, not the broken connection, is the cause a user
 // needs to see.
 func (s *Sandbox) rpcError(op string, err error) error {
+	// A dying QEMU closes its sockets a moment before the host reaps it:
+	// when the connection broke, give the exit a moment to be noticed.
+	wait := time.Duration(0)
+	if errors.Is(err, ttrpc.ErrClosed) || errors.Is(err, transport.ErrClosed) {
+		wait = 2 * time.Second
+	}
+	grace := time.After(wait)
 	select {
 	case <-s.vmm.Done():
 		return fmt.Errorf("%s: the VM exited: %v: %w", op, s.VMError(), errdefs.ErrUnavailable)
-	default:
+	case <-grace:
 	}
 	return fmt.Errorf("%s: %w", op, errgrpc.ToNative(err))
 }
