@@ -16,10 +16,13 @@ GOFILES := $(shell find . -name '*.go' -not -path './bin/*' 2>/dev/null)
 help: ## list targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-build: $(BIN)/berth $(BIN)/berth-agent ## build the binaries into bin/
+build: $(BIN)/berth $(BIN)/berth-agent $(BIN)/containerd-shim-berth-v2 ## build the binaries into bin/
 
 $(BIN)/berth: $(GOFILES) go.mod
 	$(GO) build -o $@ ./cmd/berth
+
+$(BIN)/containerd-shim-berth-v2: $(GOFILES) go.mod
+	$(GO) build -o $@ ./cmd/containerd-shim-berth-v2
 
 $(BIN)/berth-agent: $(GOFILES) go.mod
 	@mkdir -p $(BIN)

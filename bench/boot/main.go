@@ -1,123 +1,297 @@
 // Command boot measures how long Berth takes to run a container, next to
-// the floor set by the VM itself, in one run:
+// the floor set by the VM itself and, when runc is installed, a plain
+// container without a VM:
 //
+//	runc run /bin/true             the same busybox rootfs, no VM (baseline)
 //	raw QEMU boot to agent ready   QEMU started directly with Berth's guest
 //	                               image; time until the agent answers Info
-//	berth run /bin/true            the whole CLI: config, virtiofsd, QEMU,
-//	                               agent, container create/start/wait,
-//	                               teardown
+//	sandbox create                 sandbox.Create: virtiofsd, QEMU, agent
+//	container /bin/true            CreateContainer, Start, Wait
+//	teardown                       DeleteContainer, Destroy
+//	berth run /bin/true            the whole CLI, end to end
 //
-// It prints the median of -n runs of each and the ratio between them.
-// Usage (root, guest image built): go run ./bench/boot -n 5 -rootfs DIR
+// The three middle rows are the phases of berth run, measured in this
+// process with the same sandbox package the CLI calls, to show where its
+// time goes. Each row is the median (min, max) of -n runs, taken in turns
+// after one untimed warm-up round so that no row alone pays for a cold
+// page cache.
+//
+// Everything runs against a private run_dir in a temporary configuration
+// (the -config file, or the defaults, with -machine applied), so the
+// benchmark neither sees nor cleans up other sandboxes on the host.
+//
+// Usage (root, guest image built):
+//
+//	go run ./bench/boot -n 5 -berth bin/berth -state-dir /var/lib/berth -rootfs bin/rootfs-busybox [-machine microvm]
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"runtime"
 	"sort"
+	"strings"
+	"syscall"
 	"time"
 
-	"github.com/containerd/ttrpc"
+	"github.com/sirupsen/logrus"
 
-	api "github.com/berth-runtime/berth/api/agent/v1"
 	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/qemu"
-	"github.com/berth-runtime/berth/internal/transport"
+	"github.com/berth-runtime/berth/internal/sandbox"
 )
 
+type options struct {
+	n        int
+	rootfs   string
+	berth    string
+	stateDir string
+	config   string
+	machine  string
+	runc     string
+}
+
 func main() {
-	n := flag.Int("n", 5, "runs of each measurement")
-	rootfs := flag.String("rootfs", "bin/rootfs-busybox", "container root file system for berth run")
-	berthBin := flag.String("berth", "bin/berth", "berth binary")
-	stateDir := flag.String("state-dir", "/var/lib/berth", "Berth state directory (guest image)")
+	var o options
+	flag.IntVar(&o.n, "n", 5, "timed runs of each measurement")
+	flag.StringVar(&o.rootfs, "rootfs", "bin/rootfs-busybox", "container root file system (must hold /bin/true)")
+	flag.StringVar(&o.berth, "berth", "bin/berth", "berth binary")
+	flag.StringVar(&o.stateDir, "state-dir", "", "Berth state directory holding the guest image (default: state_dir of the configuration)")
+	flag.StringVar(&o.config, "config", "", "base configuration file (default: "+config.DefaultPath+" if it exists, else the built-in defaults)")
+	flag.StringVar(&o.machine, "machine", "", "QEMU machine type, q35 or microvm (default: hypervisor.machine of the configuration)")
+	flag.StringVar(&o.runc, "runc", "runc", `runc binary for the no-VM baseline row; "" skips it`)
 	flag.Parse()
 
-	cfg, err := config.Load("", config.Overrides{StateDir: *stateDir})
-	if err != nil {
-		fatal(err)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
 	}
-	accel, reason, err := qemu.CachedAccel(context.Background(), qemu.AccelProbe{
+}
+
+// series is one row of the table: a name and its timings.
+type series struct {
+	name string
+	ds   []time.Duration
+}
+
+func run(ctx context.Context, o options) (retErr error) {
+	if o.n < 1 {
+		return fmt.Errorf("-n %d: need at least one run", o.n)
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("needs root: berth run mounts and starts QEMU and virtiofsd")
+	}
+	// The sandbox package logs at debug and info level only; keep the
+	// table readable.
+	logrus.SetLevel(logrus.WarnLevel)
+
+	rootfs, err := filepath.Abs(o.rootfs)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(rootfs, "bin", "true")); err != nil {
+		return fmt.Errorf("-rootfs %s: no /bin/true in it (make rootfs builds one)", o.rootfs)
+	}
+	berthBin, err := exec.LookPath(o.berth)
+	if err != nil {
+		return fmt.Errorf("-berth: %w (make build)", err)
+	}
+
+	tmp, err := os.MkdirTemp("", "berth-bench-")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := removeTemp(tmp); err != nil && retErr == nil {
+			retErr = err
+		}
+	}()
+	cfg, cfgPath, err := benchConfig(o, tmp)
+	if err != nil {
+		return err
+	}
+	for _, p := range []string{cfg.Guest.Kernel, cfg.Guest.Initrd} {
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("guest image %s missing: run `make guest` (or pass -state-dir)", p)
+		}
+	}
+	accel, reason, err := resolveAccel(ctx, cfg)
+	if err != nil {
+		return err
+	}
+
+	var rc *runcBench
+	if o.runc != "" {
+		if rc, err = newRuncBench(ctx, o.runc, rootfs, filepath.Join(tmp, "runc")); err != nil {
+			return fmt.Errorf("runc baseline: %w (pass -runc '' to skip it)", err)
+		}
+	}
+
+	fmt.Printf("host: %d CPUs, %s; accelerator %s (%s)\n", runtime.NumCPU(), kernelRelease(), accel, reason)
+	fmt.Printf("guest: machine %s, %d vCPU, %d MiB; %d timed runs each after 1 warm-up\n\n",
+		cfg.Hypervisor.Machine, cfg.Hypervisor.DefaultVCPUs, cfg.Hypervisor.DefaultMemoryMiB, o.n)
+
+	var (
+		runcRow    = series{name: "runc run /bin/true (no VM)"}
+		rawRow     = series{name: "raw QEMU boot to agent ready"}
+		createRow  = series{name: "  sandbox create (virtiofsd, QEMU, agent)"}
+		contRow    = series{name: "  container /bin/true (create, start, wait)"}
+		teardownRw = series{name: "  teardown (delete, destroy VM)"}
+		berthRow   = series{name: "berth run /bin/true (end to end)"}
+	)
+	for i := 0; i <= o.n; i++ {
+		timed := i > 0
+		if rc != nil {
+			d, err := rc.run(ctx, i)
+			if err != nil {
+				return fmt.Errorf("runc run: %w", err)
+			}
+			if timed {
+				runcRow.ds = append(runcRow.ds, d)
+			}
+		}
+		d, err := rawBoot(ctx, cfg, accel)
+		if err != nil {
+			return fmt.Errorf("raw boot: %w", err)
+		}
+		if timed {
+			rawRow.ds = append(rawRow.ds, d)
+		}
+		ph, err := berthPhases(ctx, cfg, accel, rootfs, i)
+		if err != nil {
+			return fmt.Errorf("berth phases: %w", err)
+		}
+		if timed {
+			createRow.ds = append(createRow.ds, ph.create)
+			contRow.ds = append(contRow.ds, ph.container)
+			teardownRw.ds = append(teardownRw.ds, ph.teardown)
+		}
+		if d, err = berthRun(ctx, berthBin, cfgPath, rootfs); err != nil {
+			return fmt.Errorf("berth run: %w", err)
+		}
+		if timed {
+			berthRow.ds = append(berthRow.ds, d)
+		}
+		if timed {
+			fmt.Fprintf(os.Stderr, "run %d/%d done\n", i, o.n)
+		}
+	}
+
+	rows := []series{rawRow, createRow, contRow, teardownRw, berthRow}
+	if rc != nil {
+		rows = append([]series{runcRow}, rows...)
+	}
+	printTable(rows)
+	mr, mb := median(rawRow.ds), median(berthRow.ds)
+	fmt.Printf("\nberth run / raw boot: %.2fx (berth adds %s to the boot floor)\n", float64(mb)/float64(mr), ms(mb-mr))
+	if rc != nil {
+		fmt.Printf("berth run / runc run: %.0fx\n", float64(mb)/float64(median(runcRow.ds)))
+	}
+	return nil
+}
+
+// benchConfig writes the configuration berth run and this process share:
+// the base file with -state-dir and -machine applied and run_dir moved
+// into tmp. Writing it out and loading it back means both sides read, and
+// validate, exactly the same file.
+func benchConfig(o options, tmp string) (*config.Config, string, error) {
+	cfg, err := config.Load(o.config, config.Overrides{StateDir: o.stateDir})
+	if err != nil {
+		return nil, "", err
+	}
+	cfg.RunDir = filepath.Join(tmp, "run")
+	if o.machine != "" {
+		cfg.Hypervisor.Machine = o.machine
+	}
+	var buf bytes.Buffer
+	if err := cfg.Marshal(&buf); err != nil {
+		return nil, "", err
+	}
+	path := filepath.Join(tmp, "config.toml")
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		return nil, "", err
+	}
+	cfg, err = config.Load(path, config.Overrides{})
+	if err != nil {
+		return nil, "", err
+	}
+	return cfg, path, nil
+}
+
+// resolveAccel picks the accelerator as berth run does (cmd/berth/run.go):
+// "auto" is probed once and cached in run_dir, where the berth runs below
+// find it, so no measured run pays for the probe.
+func resolveAccel(ctx context.Context, cfg *config.Config) (qemu.Accel, string, error) {
+	switch cfg.Hypervisor.Accel {
+	case config.AccelKVM:
+		return qemu.KVM, "hypervisor.accel", nil
+	case config.AccelTCG:
+		return qemu.TCG, "hypervisor.accel", nil
+	}
+	accel, reason, err := qemu.CachedAccel(ctx, qemu.AccelProbe{
 		Binary: cfg.Hypervisor.Path, Kernel: cfg.Guest.Kernel, Timeout: 5 * time.Second,
 	}, filepath.Join(cfg.RunDir, "accel.json"))
 	if err != nil {
-		fatal(err)
+		return "", "", fmt.Errorf("probe accelerator: %w", err)
 	}
-	fmt.Printf("accelerator: %s (%s); machine %s; %d runs each\n\n", accel, reason, cfg.Hypervisor.Machine, *n)
-
-	var raw, run []time.Duration
-	for i := 0; i < *n; i++ {
-		d, err := rawBoot(cfg, accel)
-		if err != nil {
-			fatal(fmt.Errorf("raw boot: %w", err))
-		}
-		raw = append(raw, d)
-		d, err = berthRun(*berthBin, *stateDir, *rootfs)
-		if err != nil {
-			fatal(fmt.Errorf("berth run: %w", err))
-		}
-		run = append(run, d)
-	}
-	mr, mb := median(raw), median(run)
-	fmt.Printf("%-34s %10s %10s %10s\n", "measurement", "median", "min", "max")
-	row := func(name string, ds []time.Duration) {
-		s := sorted(ds)
-		fmt.Printf("%-34s %10s %10s %10s\n", name, ms(median(ds)), ms(s[0]), ms(s[len(s)-1]))
-	}
-	row("raw QEMU boot to agent ready", raw)
-	row("berth run /bin/true (end to end)", run)
-	fmt.Printf("\noverhead ratio (berth run / raw boot): %.2fx; berth's own cost: %s\n", float64(mb)/float64(mr), ms(mb-mr))
+	return accel, reason, nil
 }
 
-// rawBoot starts QEMU with the guest image and a virtio-serial port and
-// measures until the agent answers Info. No virtiofsd, no container.
-func rawBoot(cfg *config.Config, accel qemu.Accel) (time.Duration, error) {
-	dir, err := os.MkdirTemp("", "berth-bench-")
-	if err != nil {
-		return 0, err
+// removeTemp deletes the benchmark's temporary directory, but never while
+// anything is mounted below it: a sandbox left by an interrupted berth run
+// holds the user's rootfs bind-mounted there, and a recursive delete would
+// go through it. Stale sandboxes are cleaned up the way berth run does it
+// first.
+func removeTemp(tmp string) error {
+	sandbox.CleanupStale(filepath.Join(tmp, "run"))
+	if m := mountsUnder(tmp); len(m) > 0 {
+		return fmt.Errorf("left %s in place: still mounted below it: %s", tmp, strings.Join(m, ", "))
 	}
-	defer os.RemoveAll(dir)
-	m := qemu.Machine{
-		Binary: cfg.Hypervisor.Path, Type: qemu.MachineType(cfg.Hypervisor.Machine), Accel: accel,
-		VCPUs: cfg.Hypervisor.DefaultVCPUs, MemoryMiB: cfg.Hypervisor.DefaultMemoryMiB,
-		Kernel: cfg.Guest.Kernel, Initrd: cfg.Guest.Initrd,
-		KernelParams: "berth.transport=virtio-serial",
-		ConsoleLog:   filepath.Join(dir, "console.log"),
-		QMPSocket:    filepath.Join(dir, "qmp.sock"),
-		SerialPorts:  []qemu.VirtioSerialPort{{ID: "agent", Name: transport.SerialPortName, SocketPath: filepath.Join(dir, "agent.sock")}},
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	start := time.Now()
-	vm, err := qemu.Start(ctx, m, qemu.StartOptions{DieWithParent: true})
-	if err != nil {
-		return 0, err
-	}
-	defer vm.Kill()
-	d := transport.NewSerialDialer(filepath.Join(dir, "agent.sock"))
-	defer d.Close()
-	conn, err := d.Dial(ctx, transport.AgentPort)
-	if err != nil {
-		return 0, err
-	}
-	client := ttrpc.NewClient(conn)
-	defer client.Close()
-	if _, err := api.NewAgentClient(client).Info(ctx, &api.InfoRequest{}); err != nil {
-		return 0, err
-	}
-	return time.Since(start), nil
+	return os.RemoveAll(tmp)
 }
 
-func berthRun(bin, stateDir, rootfs string) (time.Duration, error) {
-	start := time.Now()
-	out, err := exec.Command(bin, "--state-dir", stateDir, "run", "--rootfs", rootfs, "--", "/bin/true").CombinedOutput()
+// mountsUnder lists the mount points at or below dir.
+func mountsUnder(dir string) []string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
-		return 0, fmt.Errorf("%v: %s", err, out)
+		// Unknown: report dir itself so nothing is deleted blindly.
+		return []string{dir + " (cannot read mountinfo: " + err.Error() + ")"}
 	}
-	return time.Since(start), nil
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		// Mount points with spaces are octal-escaped; tmp has none, and
+		// a mangled deeper path still starts with dir+"/".
+		if f := strings.Fields(line); len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
+			out = append(out, f[4])
+		}
+	}
+	return out
+}
+
+func kernelRelease() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return "kernel unknown"
+	}
+	return "Linux " + strings.TrimSpace(string(b))
+}
+
+func printTable(rows []series) {
+	fmt.Printf("| %-44s | %8s | %8s | %8s |\n", "measurement", "median", "min", "max")
+	fmt.Printf("|%s|%s:|%s:|%s:|\n", strings.Repeat("-", 46), strings.Repeat("-", 9), strings.Repeat("-", 9), strings.Repeat("-", 9))
+	for _, r := range rows {
+		s := sorted(r.ds)
+		fmt.Printf("| %-44s | %8s | %8s | %8s |\n", r.name, ms(median(r.ds)), ms(s[0]), ms(s[len(s)-1]))
+	}
 }
 
 func sorted(ds []time.Duration) []time.Duration {
@@ -135,8 +309,3 @@ func median(ds []time.Duration) time.Duration {
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d)/float64(time.Millisecond)) }
-
-func fatal(err error) {
-	fmt.Fprintln(os.Stderr, "bench:", err)
-	os.Exit(1)
-}

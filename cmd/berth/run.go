@@ -133,7 +133,7 @@ func runRun(ctx context.Context, f runFlags, args []string) error {
 	}
 	defer sb.Destroy(context.Background())
 
-	spec := oci.DefaultSpec(oci.GuestRootfs(id), oci.ProcessOptions{Args: args, Env: f.env, Cwd: f.workdir, Terminal: f.tty})
+	spec := oci.DefaultSpec(rootfs, oci.ProcessOptions{Args: args, Env: f.env, Cwd: f.workdir, Terminal: f.tty})
 	stdio := sandbox.IO{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Terminal: f.tty}
 	var con console.Console
 	if f.tty {
@@ -145,7 +145,7 @@ func runRun(ctx context.Context, f runFlags, args []string) error {
 		}
 		defer con.Reset()
 	}
-	proc, err := sb.CreateContainer(ctx, "main", spec, rootfs, stdio)
+	proc, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{ID: "main", Spec: spec, RootfsDir: rootfs, IO: stdio})
 	if err != nil {
 		return vmFailure(err)
 	}

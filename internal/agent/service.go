@@ -30,6 +30,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/configs"
 	"github.com/opencontainers/runc/libcontainer/specconv"
@@ -560,3 +561,104 @@ func (r byteReader) ReadByte() (byte, error) {
 }
 
 func log(ctx context.Context) *logrus.Entry { return logrus.NewEntry(logrus.StandardLogger()) }
+
+// Pause freezes a container.
+func (s *Service) Pause(ctx context.Context, req *api.ContainerRequest) (*emptypb.Empty, error) {
+	c, err := s.get(req.ContainerId)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	if err := c.lc.Pause(); err != nil {
+		return nil, toGRPC(fmt.Errorf("pause %q: %w", c.id, err))
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// Resume thaws a paused container.
+func (s *Service) Resume(ctx context.Context, req *api.ContainerRequest) (*emptypb.Empty, error) {
+	c, err := s.get(req.ContainerId)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	if err := c.lc.Resume(); err != nil {
+		return nil, toGRPC(fmt.Errorf("resume %q: %w", c.id, err))
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// Update applies new resource limits to a container's cgroup.
+func (s *Service) Update(ctx context.Context, req *api.UpdateRequest) (*emptypb.Empty, error) {
+	c, err := s.get(req.ContainerId)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	var res specs.LinuxResources
+	if err := json.Unmarshal(req.Resources, &res); err != nil {
+		return nil, toGRPC(fmt.Errorf("decode resources: %v: %w", err, errdefs.ErrInvalidArgument))
+	}
+	config := c.lc.Config()
+	applyResources(config.Cgroups.Resources, &res)
+	if err := c.lc.Set(config); err != nil {
+		return nil, toGRPC(fmt.Errorf("update %q: %w", c.id, err))
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// applyResources copies the limits an update may change (what `runc
+// update` accepts) into libcontainer's resources.
+func applyResources(r *cgroups.Resources, res *specs.LinuxResources) {
+	if m := res.Memory; m != nil {
+		if m.Limit != nil {
+			r.Memory = *m.Limit
+		}
+		if m.Reservation != nil {
+			r.MemoryReservation = *m.Reservation
+		}
+		if m.Swap != nil {
+			r.MemorySwap = *m.Swap
+		}
+	}
+	if c := res.CPU; c != nil {
+		if c.Shares != nil {
+			r.CpuShares = *c.Shares
+			r.CpuWeight = cgroups.ConvertCPUSharesToCgroupV2Value(*c.Shares)
+		}
+		if c.Quota != nil {
+			r.CpuQuota = *c.Quota
+		}
+		if c.Period != nil {
+			r.CpuPeriod = *c.Period
+		}
+		if c.Cpus != "" {
+			r.CpusetCpus = c.Cpus
+		}
+		if c.Mems != "" {
+			r.CpusetMems = c.Mems
+		}
+	}
+	if p := res.Pids; p != nil && p.Limit != nil {
+		limit := *p.Limit
+		r.PidsLimit = &limit
+	}
+}
+
+// Stats reads the container's cgroup.
+func (s *Service) Stats(ctx context.Context, req *api.ContainerRequest) (*api.StatsResponse, error) {
+	c, err := s.get(req.ContainerId)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	st, err := c.lc.State()
+	if err != nil {
+		return nil, toGRPC(fmt.Errorf("state of %q: %w", c.id, err))
+	}
+	dir := st.CgroupPaths[""]
+	if dir == "" {
+		return nil, toGRPC(fmt.Errorf("container %q has no cgroup v2 path: %w", c.id, errdefs.ErrNotImplemented))
+	}
+	r, err := readCgroup2Stats(dir)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	return r, nil
+}

@@ -115,6 +115,10 @@ type probeEvent struct {
 	err    error
 }
 
+// probeDrainGrace bounds how long the probe waits for QEMU's output after
+// QEMU exits.
+const probeDrainGrace = 200 * time.Millisecond
+
 const (
 	probeProgress = iota
 	probeKVMError
@@ -173,13 +177,31 @@ func runKVMProbe(ctx context.Context, bin, kernel string, timeout time.Duration)
 	reaped := make(chan struct{})
 	go func() {
 		defer close(reaped)
-		<-outDone
-		<-errDone
-		events <- probeEvent{kind: probeExited, err: cmd.Wait()}
+		// Stdout and stderr are *os.File, so Wait does not wait for
+		// them: it returns when QEMU exits, even if something QEMU
+		// started still holds the pipes.
+		err := cmd.Wait()
+		// Let the readers see QEMU's last words, so a banner printed
+		// just before exiting counts as progress and the exit reason
+		// is complete.
+		grace, cancel := context.WithTimeout(context.Background(), probeDrainGrace)
+		defer cancel()
+		for _, ch := range []chan struct{}{outDone, errDone} {
+			select {
+			case <-ch:
+			case <-grace.Done():
+			}
+		}
+		events <- probeEvent{kind: probeExited, err: err}
 	}()
 	defer func() {
 		cmd.Process.Kill()
 		<-reaped
+		// Unblock readers still waiting on a pipe that an orphan holds.
+		stdoutR.Close()
+		stderrR.Close()
+		<-outDone
+		<-errDone
 	}()
 
 	timer := time.NewTimer(timeout)
@@ -207,7 +229,7 @@ func runKVMProbe(ctx context.Context, bin, kernel string, timeout time.Duration)
 			if out := stderr.Tail(); out != "" {
 				status += ": " + out
 			}
-			return TCG, fmt.Sprintf("KVM failed: %s before %s printed anything; using TCG", status, what), nil
+			return TCG, fmt.Sprintf("KVM failed: %s printed nothing before %s; using TCG", what, status), nil
 		}
 	case <-timer.C:
 		reason := fmt.Sprintf("KVM failed: %s printed nothing under KVM within %s", what, timeout)

@@ -70,20 +70,20 @@ func TestDetectAccelVerdicts(t *testing.T) {
 	}{
 		{
 			name:   "kernel banner means KVM",
-			script: `echo "Probing EDD (edd=off to disable)... ok"; echo "[    0.000000] Linux version 6.1.0"; sleep 30`,
+			script: `echo "Probing EDD (edd=off to disable)... ok"; echo "[    0.000000] Linux version 6.1.0"; exec sleep 30`,
 			kernel: kernel,
 			want:   KVM,
 			reason: []string{"KVM works", `"Linux version"`},
 		},
 		{
 			name:   "firmware banner means KVM without a kernel",
-			script: `echo "SeaBIOS (version 1.16.2-debian-1.16.2-1)"; sleep 30`,
+			script: `echo "SeaBIOS (version 1.16.2-debian-1.16.2-1)"; exec sleep 30`,
 			want:   KVM,
 			reason: []string{"KVM works: the firmware printed \"SeaBIOS\""},
 		},
 		{
 			name:   "missing kernel falls back to the firmware probe",
-			script: `echo "SeaBIOS (version 1.16.2)"; sleep 30`,
+			script: `echo "SeaBIOS (version 1.16.2)"; exec sleep 30`,
 			kernel: "/nonexistent/vmlinuz",
 			want:   KVM,
 			reason: []string{"firmware"},
@@ -91,7 +91,7 @@ func TestDetectAccelVerdicts(t *testing.T) {
 		{
 			name: "KVM internal error while QEMU stays up",
 			script: `echo "KVM internal error. Suberror: 1" >&2; echo "extra data[0]: 0x0000000000000000" >&2
-				echo "EAX=00000000 EBX=00000000" >&2; sleep 30`,
+				echo "EAX=00000000 EBX=00000000" >&2; exec sleep 30`,
 			kernel:    kernel,
 			want:      TCG,
 			reason:    []string{"KVM failed: KVM internal error. Suberror: 1; using TCG"},
@@ -104,13 +104,13 @@ func TestDetectAccelVerdicts(t *testing.T) {
 				kill -ABRT $$`,
 			kernel: kernel,
 			want:   TCG,
-			reason: []string{"KVM failed: qemu was killed by signal 6 (aborted): qemu-system-x86_64: error: failed to set MSR 0x10a", "before the test kernel printed anything; using TCG"},
+			reason: []string{"KVM failed: the test kernel printed nothing before qemu was killed by signal 6 (aborted): qemu-system-x86_64: error: failed to set MSR 0x10a", "; using TCG"},
 		},
 		{
 			name:   "QEMU exits with an error",
 			script: `echo "qemu-system-x86_64: -accel kvm: Could not access KVM kernel module: Permission denied" >&2; exit 1`,
 			want:   TCG,
-			reason: []string{"KVM failed: qemu exited with status 1: qemu-system-x86_64: -accel kvm: Could not access KVM kernel module"},
+			reason: []string{"KVM failed: the firmware printed nothing before qemu exited with status 1: qemu-system-x86_64: -accel kvm: Could not access KVM kernel module"},
 		},
 		{
 			name:   "banner then exit still counts as progress",
@@ -120,7 +120,7 @@ func TestDetectAccelVerdicts(t *testing.T) {
 		},
 		{
 			name:      "silence means the guest hangs",
-			script:    `echo "Probing EDD (edd=off to disable)... ok"; sleep 30`,
+			script:    `echo "Probing EDD (edd=off to disable)... ok"; exec sleep 30`,
 			kernel:    kernel,
 			want:      TCG,
 			reason:    []string{"KVM failed: the test kernel printed nothing under KVM within 300ms; using TCG"},
@@ -168,7 +168,7 @@ func TestDetectAccelErrors(t *testing.T) {
 	if _, _, err := DetectAccel(context.Background(), AccelProbe{Binary: "/nonexistent/qemu"}); err == nil {
 		t.Error("no error for a missing QEMU binary")
 	}
-	bin, pidFile := fakeQEMU(t, "sleep 30")
+	bin, pidFile := fakeQEMU(t, "exec sleep 30")
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	if _, _, err := DetectAccel(ctx, AccelProbe{Binary: bin, Timeout: 10 * time.Second}); !errors.Is(err, context.DeadlineExceeded) {
@@ -179,7 +179,7 @@ func TestDetectAccelErrors(t *testing.T) {
 
 func TestCachedAccel(t *testing.T) {
 	fakeKVM(t)
-	bin, _ := fakeQEMU(t, `echo "SeaBIOS"; sleep 30`)
+	bin, _ := fakeQEMU(t, `echo "SeaBIOS"; exec sleep 30`)
 	cache := filepath.Join(t.TempDir(), "sub", "accel.json")
 	p := AccelProbe{Binary: bin, Timeout: time.Second}
 	ctx := context.Background()
@@ -206,7 +206,7 @@ func TestCachedAccel(t *testing.T) {
 	kernel := filepath.Join(t.TempDir(), "vmlinuz")
 	os.WriteFile(kernel, nil, 0o644)
 	p.Kernel = kernel
-	os.WriteFile(bin, []byte("#!/bin/sh\necho run >> "+filepath.Join(filepath.Dir(bin), "runs")+"\necho 'Linux version'; sleep 30\n"), 0o755)
+	os.WriteFile(bin, []byte("#!/bin/sh\necho run >> "+filepath.Join(filepath.Dir(bin), "runs")+"\necho 'Linux version'; exec sleep 30\n"), 0o755)
 	os.Chtimes(bin, later, later) // same mtime as the cached key: only the kernel changed
 	if _, reason, _ := CachedAccel(ctx, p, cache); strings.Contains(reason, "cached") {
 		t.Errorf("verdict survived a kernel change: %q", reason)

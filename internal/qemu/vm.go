@@ -74,6 +74,10 @@ func Start(ctx context.Context, m Machine, opts StartOptions) (*VM, error) {
 	out := newTailWriter(opts.Stderr)
 	cmd.Stdout = out
 	cmd.Stderr = out
+	// Wait normally returns once QEMU's output is drained; should a
+	// helper QEMU started keep the pipe open, don't let that keep a dead
+	// VM looking alive.
+	cmd.WaitDelay = time.Second
 	// A process group of its own keeps terminal signals (^C to a shim run
 	// by hand) away from QEMU: its lifetime is ours to decide.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -61,52 +62,103 @@ type Process struct {
 // Pid returns the process's pid inside the guest.
 func (p *Process) Pid() uint32 { return p.pid }
 
-// CreateContainer places rootfsDir (a host directory) in the shared
-// directory, rewrites spec.root.path to where the guest sees it, creates
-// the container in the guest and attaches its stdio. The program starts
-// with Start.
-func (s *Sandbox) CreateContainer(ctx context.Context, id string, spec *specs.Spec, rootfsDir string, stdio IO) (_ *Process, retErr error) {
+// ContainerConfig describes a container to create in the sandbox.
+type ContainerConfig struct {
+	ID string
+	// Spec is the container's OCI spec as the host sees it; it is adapted
+	// for the guest (oci.ForGuest) and not modified.
+	Spec *specs.Spec
+	// RootfsDir is the host directory holding the root file system.
+	RootfsDir string
+	// SandboxInitPid is the guest pid of the pod's sandbox container whose
+	// namespaces CRI app containers join; 0 when there is none.
+	SandboxInitPid uint32
+	IO             IO
+}
+
+// CreateContainer shares the container's root file system and host bind
+// mounts with the guest, creates the container there and attaches its
+// stdio. The program starts with Start.
+func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (_ *Process, retErr error) {
+	id := cc.ID
 	if err := validateID(id); err != nil {
 		return nil, err
 	}
-	if spec.Process == nil {
-		return nil, fmt.Errorf("spec has no process: %w", errdefs.ErrInvalidArgument)
+	if cc.Spec == nil || cc.Spec.Process == nil || cc.Spec.Root == nil {
+		return nil, fmt.Errorf("spec needs process and root: %w", errdefs.ErrInvalidArgument)
 	}
-	spec.Process.Terminal = stdio.Terminal
-	mnt := filepath.Join(s.path(sharedDirName), id, "rootfs")
+	guestSpec, err := oci.ForGuest(cc.Spec, oci.GuestSpecOptions{ContainerID: id, SandboxInitPid: cc.SandboxInitPid})
+	if err != nil {
+		return nil, fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	guestSpec.Process.Terminal = cc.IO.Terminal
 	s.mu.Lock()
-	if _, ok := s.rootfss[id]; ok {
+	if _, ok := s.mounts[id]; ok {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("container %q: %w", id, errdefs.ErrAlreadyExists)
 	}
-	s.rootfss[id] = mnt
+	s.mounts[id] = nil
 	s.mu.Unlock()
 	defer func() {
 		if retErr != nil {
-			s.releaseRootfs(id)
+			s.releaseMounts(id)
 		}
 	}()
-	if err := bindRootfs(rootfsDir, mnt); err != nil {
+	rootMnt := filepath.Join(s.path(sharedDirName), id, "rootfs")
+	if err := bindRootfs(cc.RootfsDir, rootMnt); err != nil {
 		return nil, err
 	}
-	guestSpec := *spec
-	root := *spec.Root
-	root.Path = oci.GuestRootfs(id)
-	guestSpec.Root = &root
-	b, err := json.Marshal(&guestSpec)
+	s.addMount(id, rootMnt)
+	if err := s.shareMounts(id, guestSpec); err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(guestSpec)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := s.agent.Create(ctx, &api.CreateRequest{ContainerId: id, Spec: b, Stdio: stdio.stdio()})
+	resp, err := s.agent.Create(ctx, &api.CreateRequest{ContainerId: id, Spec: b, Stdio: cc.IO.stdio()})
 	if err != nil {
 		return nil, s.rpcError("create container", err)
 	}
 	p := &Process{sb: s, containerID: id, pid: resp.Pid}
-	if err := p.attach(ctx, stdio); err != nil {
+	if err := p.attach(ctx, cc.IO); err != nil {
 		s.agent.Delete(ctx, &api.DeleteRequest{ContainerId: id})
 		return nil, err
 	}
 	return p, nil
+}
+
+// shareMounts makes the spec's bind mounts of host paths reachable in the
+// guest: each source is bind-mounted under the container's directory in
+// the virtio-fs share and the mount's source rewritten to the guest path.
+// Only what the spec names is shared. The pod's /dev/shm (a host tmpfs that
+// CRI binds in) becomes a tmpfs of the guest instead: sharing memory
+// through virtio-fs would be slow and pointless.
+func (s *Sandbox) shareMounts(id string, spec *specs.Spec) error {
+	for i, m := range spec.Mounts {
+		if !oci.IsBindMount(m) {
+			continue
+		}
+		if m.Destination == "/dev/shm" {
+			spec.Mounts[i] = specs.Mount{Destination: "/dev/shm", Type: "tmpfs", Source: "shm",
+				Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}}
+			continue
+		}
+		guestPath := oci.GuestMountPath(id, i, m.Source)
+		hostPath := filepath.Join(s.path(sharedDirName), strings.TrimPrefix(guestPath, oci.GuestSharedDir))
+		if err := bindPath(m.Source, hostPath); err != nil {
+			return fmt.Errorf("share mount %s: %w", m.Destination, err)
+		}
+		s.addMount(id, hostPath)
+		spec.Mounts[i].Source = guestPath
+	}
+	return nil
+}
+
+func (s *Sandbox) addMount(id, mnt string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mounts[id] = append(s.mounts[id], mnt)
 }
 
 // Exec registers process in a running container and attaches its stdio;
@@ -133,7 +185,7 @@ func (s *Sandbox) Exec(ctx context.Context, containerID, execID string, process 
 // file system from the shared directory.
 func (s *Sandbox) DeleteContainer(ctx context.Context, id string) error {
 	_, err := s.agent.Delete(ctx, &api.DeleteRequest{ContainerId: id})
-	if rerr := s.releaseRootfs(id); err == nil {
+	if rerr := s.releaseMounts(id); err == nil {
 		err = rerr
 	}
 	if err != nil {
@@ -142,15 +194,23 @@ func (s *Sandbox) DeleteContainer(ctx context.Context, id string) error {
 	return nil
 }
 
-func (s *Sandbox) releaseRootfs(id string) error {
+// releaseMounts undoes what CreateContainer mounted for a container, last
+// mount first.
+func (s *Sandbox) releaseMounts(id string) error {
 	s.mu.Lock()
-	mnt, ok := s.rootfss[id]
-	delete(s.rootfss, id)
+	mnts := s.mounts[id]
+	delete(s.mounts, id)
 	s.mu.Unlock()
-	if !ok {
-		return nil
+	var errs []error
+	for i := len(mnts) - 1; i >= 0; i-- {
+		if err := unmount(mnts[i]); err != nil {
+			errs = append(errs, err)
+		}
 	}
-	return unmount(mnt)
+	if len(errs) == 0 && mnts != nil {
+		errs = append(errs, removeDir(filepath.Join(s.path(sharedDirName), id)))
+	}
+	return errors.Join(errs...)
 }
 
 // rpcError turns an agent error into a classified error and, when the VM
@@ -237,9 +297,24 @@ func (p *Process) Start(ctx context.Context) error {
 	return nil
 }
 
+// CloseStdin closes the process's stdin in the guest (containerd's
+// CloseIO): the program reads EOF.
+func (p *Process) CloseStdin(ctx context.Context) error {
+	if _, err := p.sb.agent.CloseIO(ctx, &api.CloseIORequest{ContainerId: p.containerID, ExecId: p.execID}); err != nil {
+		return p.sb.rpcError("close stdin", err)
+	}
+	return nil
+}
+
 // Signal sends sig to the process.
 func (p *Process) Signal(ctx context.Context, sig syscall.Signal) error {
-	if _, err := p.sb.agent.Kill(ctx, &api.KillRequest{ContainerId: p.containerID, ExecId: p.execID, Signal: uint32(sig)}); err != nil {
+	return p.Kill(ctx, sig, false)
+}
+
+// Kill sends sig to the process, or with all to every process of its
+// container (containerd's `kill --all`).
+func (p *Process) Kill(ctx context.Context, sig syscall.Signal, all bool) error {
+	if _, err := p.sb.agent.Kill(ctx, &api.KillRequest{ContainerId: p.containerID, ExecId: p.execID, Signal: uint32(sig), All: all}); err != nil {
 		return p.sb.rpcError("signal", err)
 	}
 	return nil

@@ -12,6 +12,8 @@ package sandbox
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -67,8 +69,8 @@ type Sandbox struct {
 	agent     api.AgentService
 	info      *api.InfoResponse
 
-	mu      sync.Mutex
-	rootfss map[string]string // container id -> host mount point
+	mu     sync.Mutex
+	mounts map[string][]string // container id -> host mount points, in mount order
 
 	destroyOnce sync.Once
 	destroyErr  error
@@ -82,17 +84,30 @@ const (
 	agentSockName  = "agent.sock"
 	fsSocketName   = "virtiofsd.sock"
 	ownerFileName  = "owner.pid"
+	vmmPidFileName = "vmm.pid"
 )
 
-// Dir returns the directory of sandbox id under runDir.
-func Dir(runDir, id string) string { return filepath.Join(runDir, "sandboxes", id) }
+// Dir returns the directory of sandbox id under runDir. Long ids (CRI's are
+// 64 hex digits) are shortened to a hash: the directory holds unix sockets,
+// whose paths may not exceed 107 bytes.
+func Dir(runDir, id string) string {
+	name := id
+	if len(id) > 32 {
+		sum := sha256.Sum256([]byte(id))
+		name = hex.EncodeToString(sum[:16])
+	}
+	return filepath.Join(runDir, "sandboxes", name)
+}
+
+// maxSocketPath is the longest unix socket path the kernel accepts.
+const maxSocketPath = 107
 
 // Create boots a sandbox and returns once its agent answers.
 func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, retErr error) {
 	if err := validateID(opts.ID); err != nil {
 		return nil, err
 	}
-	s := &Sandbox{id: opts.ID, cfg: cfg, dir: Dir(cfg.RunDir, opts.ID), rootfss: map[string]string{}}
+	s := &Sandbox{id: opts.ID, cfg: cfg, dir: Dir(cfg.RunDir, opts.ID), mounts: map[string][]string{}}
 	log := logrus.WithField("sandbox", s.id)
 
 	var undo cleanupStack
@@ -102,6 +117,9 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 		}
 	}()
 
+	if longest := s.path(fsSocketName); len(longest) > maxSocketPath {
+		return nil, fmt.Errorf("socket path %s is longer than %d bytes: use a shorter run_dir in the configuration", longest, maxSocketPath)
+	}
 	if err := os.MkdirAll(filepath.Dir(s.dir), 0o711); err != nil {
 		return nil, fmt.Errorf("create %s: %w (check run_dir in the configuration)", filepath.Dir(s.dir), err)
 	}
@@ -137,6 +155,11 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	}
 	s.vmm = vm
 	undo.push(func() { vm.Kill() })
+	// Recorded so that a fresh process (containerd's `shim delete` after a
+	// shim crash) can find and kill a VM whose owner is gone.
+	if err := os.WriteFile(s.path(vmmPidFileName), []byte(strconv.Itoa(vm.Pid())), 0o600); err != nil {
+		return nil, err
+	}
 
 	s.dialer = transport.NewSerialDialer(s.path(agentSockName))
 	undo.push(func() { s.dialer.Close() })
@@ -326,13 +349,16 @@ func (s *Sandbox) destroy(ctx context.Context) error {
 	s.dialer.Close()
 	s.virtiofsd.stop()
 	s.mu.Lock()
-	for id, mnt := range s.rootfss {
-		if err := unmount(mnt); err != nil {
-			errs = append(errs, fmt.Errorf("unmount rootfs of %s: %w", id, err))
+	ids := make([]string, 0, len(s.mounts))
+	for id := range s.mounts {
+		ids = append(ids, id)
+	}
+	s.mu.Unlock()
+	for _, id := range ids {
+		if err := s.releaseMounts(id); err != nil {
+			errs = append(errs, fmt.Errorf("unmount container %s: %w", id, err))
 		}
 	}
-	s.rootfss = map[string]string{}
-	s.mu.Unlock()
 	if err := unmount(s.path(sharedDirName)); err != nil {
 		errs = append(errs, err)
 	}

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // CleanupStale removes sandboxes whose owner process is gone: a `berth run`
@@ -32,14 +34,59 @@ func CleanupStale(runDir string) int {
 		if err != nil || processAlive(pid) {
 			continue
 		}
-		for _, m := range mountsUnder(dir) {
-			unmount(m)
-		}
-		if removeDir(dir) == nil {
+		if removeOrphan(dir) == nil {
 			removed++
 		}
 	}
 	return removed
+}
+
+// RemoveOrphan removes sandbox id if the process that owned it is gone:
+// it kills the VM if it still runs, unmounts and deletes the directory.
+// It returns ErrOwnerAlive, and touches nothing, if the owner still runs.
+func RemoveOrphan(runDir, id string) error {
+	dir := Dir(runDir, id)
+	b, err := os.ReadFile(filepath.Join(dir, ownerFileName))
+	if err != nil {
+		if os.IsNotExist(err) {
+			if _, serr := os.Stat(dir); os.IsNotExist(serr) {
+				return nil
+			}
+		}
+	} else if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && processAlive(pid) {
+		return ErrOwnerAlive
+	}
+	return removeOrphan(dir)
+}
+
+// ErrOwnerAlive says a sandbox still has a live owner.
+var ErrOwnerAlive = errors.New("sandbox owner is still running")
+
+func removeOrphan(dir string) error {
+	if b, err := os.ReadFile(filepath.Join(dir, vmmPidFileName)); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && isVMM(pid, dir) {
+			syscall.Kill(pid, syscall.SIGKILL)
+			waitGone(pid, 5*time.Second)
+		}
+	}
+	for _, m := range mountsUnder(dir) {
+		unmount(m)
+	}
+	return removeDir(dir)
+}
+
+// isVMM checks that pid is still the QEMU of this sandbox (its command
+// line names the sandbox directory), so a recycled pid is never killed.
+func isVMM(pid int, dir string) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return err == nil && strings.Contains(string(b), dir)
+}
+
+func waitGone(pid int, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for processAlive(pid) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func processAlive(pid int) bool {

@@ -91,6 +91,365 @@ func (StreamKind) EnumDescriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{0}
 }
 
+type ContainerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContainerRequest) Reset() {
+	*x = ContainerRequest{}
+	mi := &file_agent_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContainerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContainerRequest) ProtoMessage() {}
+
+func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContainerRequest.ProtoReflect.Descriptor instead.
+func (*ContainerRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ContainerRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+type UpdateRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	// resources is an OCI LinuxResources object as JSON.
+	Resources     []byte `protobuf:"bytes,2,opt,name=resources,proto3" json:"resources,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateRequest) Reset() {
+	*x = UpdateRequest{}
+	mi := &file_agent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateRequest) ProtoMessage() {}
+
+func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
+func (*UpdateRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *UpdateRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *UpdateRequest) GetResources() []byte {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+// StatsResponse carries a container's cgroup readings as the guest kernel
+// reports them; the host turns them into containerd's metrics types.
+type StatsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// cgroup_version is 1 or 2: how the guest mounted cgroups.
+	CgroupVersion uint32 `protobuf:"varint,1,opt,name=cgroup_version,json=cgroupVersion,proto3" json:"cgroup_version,omitempty"`
+	// memory_usage_bytes is memory.current (v2) or memory.usage_in_bytes (v1).
+	MemoryUsageBytes uint64 `protobuf:"varint,2,opt,name=memory_usage_bytes,json=memoryUsageBytes,proto3" json:"memory_usage_bytes,omitempty"`
+	// memory_limit_bytes is memory.max / memory.limit_in_bytes (max = 2^64-1).
+	MemoryLimitBytes    uint64 `protobuf:"varint,3,opt,name=memory_limit_bytes,json=memoryLimitBytes,proto3" json:"memory_limit_bytes,omitempty"`
+	MemoryMaxUsageBytes uint64 `protobuf:"varint,4,opt,name=memory_max_usage_bytes,json=memoryMaxUsageBytes,proto3" json:"memory_max_usage_bytes,omitempty"`
+	// memory_stat holds memory.stat verbatim (keys as the kernel names them).
+	MemoryStat          map[string]uint64 `protobuf:"bytes,5,rep,name=memory_stat,json=memoryStat,proto3" json:"memory_stat,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	MemoryFailcnt       uint64            `protobuf:"varint,6,opt,name=memory_failcnt,json=memoryFailcnt,proto3" json:"memory_failcnt,omitempty"`
+	MemoryOomEvents     uint64            `protobuf:"varint,7,opt,name=memory_oom_events,json=memoryOomEvents,proto3" json:"memory_oom_events,omitempty"`
+	MemoryOomKillEvents uint64            `protobuf:"varint,8,opt,name=memory_oom_kill_events,json=memoryOomKillEvents,proto3" json:"memory_oom_kill_events,omitempty"`
+	CpuUsageUsec        uint64            `protobuf:"varint,9,opt,name=cpu_usage_usec,json=cpuUsageUsec,proto3" json:"cpu_usage_usec,omitempty"`
+	CpuUserUsec         uint64            `protobuf:"varint,10,opt,name=cpu_user_usec,json=cpuUserUsec,proto3" json:"cpu_user_usec,omitempty"`
+	CpuSystemUsec       uint64            `protobuf:"varint,11,opt,name=cpu_system_usec,json=cpuSystemUsec,proto3" json:"cpu_system_usec,omitempty"`
+	CpuNrPeriods        uint64            `protobuf:"varint,12,opt,name=cpu_nr_periods,json=cpuNrPeriods,proto3" json:"cpu_nr_periods,omitempty"`
+	CpuNrThrottled      uint64            `protobuf:"varint,13,opt,name=cpu_nr_throttled,json=cpuNrThrottled,proto3" json:"cpu_nr_throttled,omitempty"`
+	CpuThrottledUsec    uint64            `protobuf:"varint,14,opt,name=cpu_throttled_usec,json=cpuThrottledUsec,proto3" json:"cpu_throttled_usec,omitempty"`
+	PidsCurrent         uint64            `protobuf:"varint,15,opt,name=pids_current,json=pidsCurrent,proto3" json:"pids_current,omitempty"`
+	PidsLimit           uint64            `protobuf:"varint,16,opt,name=pids_limit,json=pidsLimit,proto3" json:"pids_limit,omitempty"`
+	Io                  []*IOEntry        `protobuf:"bytes,17,rep,name=io,proto3" json:"io,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *StatsResponse) Reset() {
+	*x = StatsResponse{}
+	mi := &file_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsResponse) ProtoMessage() {}
+
+func (x *StatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
+func (*StatsResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *StatsResponse) GetCgroupVersion() uint32 {
+	if x != nil {
+		return x.CgroupVersion
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetMemoryUsageBytes() uint64 {
+	if x != nil {
+		return x.MemoryUsageBytes
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetMemoryLimitBytes() uint64 {
+	if x != nil {
+		return x.MemoryLimitBytes
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetMemoryMaxUsageBytes() uint64 {
+	if x != nil {
+		return x.MemoryMaxUsageBytes
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetMemoryStat() map[string]uint64 {
+	if x != nil {
+		return x.MemoryStat
+	}
+	return nil
+}
+
+func (x *StatsResponse) GetMemoryFailcnt() uint64 {
+	if x != nil {
+		return x.MemoryFailcnt
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetMemoryOomEvents() uint64 {
+	if x != nil {
+		return x.MemoryOomEvents
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetMemoryOomKillEvents() uint64 {
+	if x != nil {
+		return x.MemoryOomKillEvents
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetCpuUsageUsec() uint64 {
+	if x != nil {
+		return x.CpuUsageUsec
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetCpuUserUsec() uint64 {
+	if x != nil {
+		return x.CpuUserUsec
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetCpuSystemUsec() uint64 {
+	if x != nil {
+		return x.CpuSystemUsec
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetCpuNrPeriods() uint64 {
+	if x != nil {
+		return x.CpuNrPeriods
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetCpuNrThrottled() uint64 {
+	if x != nil {
+		return x.CpuNrThrottled
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetCpuThrottledUsec() uint64 {
+	if x != nil {
+		return x.CpuThrottledUsec
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetPidsCurrent() uint64 {
+	if x != nil {
+		return x.PidsCurrent
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetPidsLimit() uint64 {
+	if x != nil {
+		return x.PidsLimit
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetIo() []*IOEntry {
+	if x != nil {
+		return x.Io
+	}
+	return nil
+}
+
+type IOEntry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Major         uint64                 `protobuf:"varint,1,opt,name=major,proto3" json:"major,omitempty"`
+	Minor         uint64                 `protobuf:"varint,2,opt,name=minor,proto3" json:"minor,omitempty"`
+	Rbytes        uint64                 `protobuf:"varint,3,opt,name=rbytes,proto3" json:"rbytes,omitempty"`
+	Wbytes        uint64                 `protobuf:"varint,4,opt,name=wbytes,proto3" json:"wbytes,omitempty"`
+	Rios          uint64                 `protobuf:"varint,5,opt,name=rios,proto3" json:"rios,omitempty"`
+	Wios          uint64                 `protobuf:"varint,6,opt,name=wios,proto3" json:"wios,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IOEntry) Reset() {
+	*x = IOEntry{}
+	mi := &file_agent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IOEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IOEntry) ProtoMessage() {}
+
+func (x *IOEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IOEntry.ProtoReflect.Descriptor instead.
+func (*IOEntry) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *IOEntry) GetMajor() uint64 {
+	if x != nil {
+		return x.Major
+	}
+	return 0
+}
+
+func (x *IOEntry) GetMinor() uint64 {
+	if x != nil {
+		return x.Minor
+	}
+	return 0
+}
+
+func (x *IOEntry) GetRbytes() uint64 {
+	if x != nil {
+		return x.Rbytes
+	}
+	return 0
+}
+
+func (x *IOEntry) GetWbytes() uint64 {
+	if x != nil {
+		return x.Wbytes
+	}
+	return 0
+}
+
+func (x *IOEntry) GetRios() uint64 {
+	if x != nil {
+		return x.Rios
+	}
+	return 0
+}
+
+func (x *IOEntry) GetWios() uint64 {
+	if x != nil {
+		return x.Wios
+	}
+	return 0
+}
+
 type InfoRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -99,7 +458,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_agent_proto_msgTypes[0]
+	mi := &file_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -111,7 +470,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[0]
+	mi := &file_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -124,7 +483,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{0}
+	return file_agent_proto_rawDescGZIP(), []int{4}
 }
 
 type InfoResponse struct {
@@ -141,7 +500,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_agent_proto_msgTypes[1]
+	mi := &file_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -153,7 +512,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[1]
+	mi := &file_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -166,7 +525,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{1}
+	return file_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *InfoResponse) GetAgentVersion() string {
@@ -226,7 +585,7 @@ type Stdio struct {
 
 func (x *Stdio) Reset() {
 	*x = Stdio{}
-	mi := &file_agent_proto_msgTypes[2]
+	mi := &file_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -238,7 +597,7 @@ func (x *Stdio) String() string {
 func (*Stdio) ProtoMessage() {}
 
 func (x *Stdio) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[2]
+	mi := &file_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -251,7 +610,7 @@ func (x *Stdio) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stdio.ProtoReflect.Descriptor instead.
 func (*Stdio) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{2}
+	return file_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Stdio) GetStdin() bool {
@@ -295,7 +654,7 @@ type CreateRequest struct {
 
 func (x *CreateRequest) Reset() {
 	*x = CreateRequest{}
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -307,7 +666,7 @@ func (x *CreateRequest) String() string {
 func (*CreateRequest) ProtoMessage() {}
 
 func (x *CreateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -320,7 +679,7 @@ func (x *CreateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRequest.ProtoReflect.Descriptor instead.
 func (*CreateRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{3}
+	return file_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateRequest) GetContainerId() string {
@@ -353,7 +712,7 @@ type CreateResponse struct {
 
 func (x *CreateResponse) Reset() {
 	*x = CreateResponse{}
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -365,7 +724,7 @@ func (x *CreateResponse) String() string {
 func (*CreateResponse) ProtoMessage() {}
 
 func (x *CreateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -378,7 +737,7 @@ func (x *CreateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateResponse.ProtoReflect.Descriptor instead.
 func (*CreateResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{4}
+	return file_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateResponse) GetPid() uint32 {
@@ -398,7 +757,7 @@ type StartRequest struct {
 
 func (x *StartRequest) Reset() {
 	*x = StartRequest{}
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -410,7 +769,7 @@ func (x *StartRequest) String() string {
 func (*StartRequest) ProtoMessage() {}
 
 func (x *StartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -423,7 +782,7 @@ func (x *StartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequest.ProtoReflect.Descriptor instead.
 func (*StartRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StartRequest) GetContainerId() string {
@@ -449,7 +808,7 @@ type StartResponse struct {
 
 func (x *StartResponse) Reset() {
 	*x = StartResponse{}
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +820,7 @@ func (x *StartResponse) String() string {
 func (*StartResponse) ProtoMessage() {}
 
 func (x *StartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +833,7 @@ func (x *StartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartResponse.ProtoReflect.Descriptor instead.
 func (*StartResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StartResponse) GetPid() uint32 {
@@ -497,7 +856,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -509,7 +868,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -522,7 +881,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ExecRequest) GetContainerId() string {
@@ -565,7 +924,7 @@ type KillRequest struct {
 
 func (x *KillRequest) Reset() {
 	*x = KillRequest{}
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -577,7 +936,7 @@ func (x *KillRequest) String() string {
 func (*KillRequest) ProtoMessage() {}
 
 func (x *KillRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -590,7 +949,7 @@ func (x *KillRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillRequest.ProtoReflect.Descriptor instead.
 func (*KillRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *KillRequest) GetContainerId() string {
@@ -631,7 +990,7 @@ type WaitRequest struct {
 
 func (x *WaitRequest) Reset() {
 	*x = WaitRequest{}
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -643,7 +1002,7 @@ func (x *WaitRequest) String() string {
 func (*WaitRequest) ProtoMessage() {}
 
 func (x *WaitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -656,7 +1015,7 @@ func (x *WaitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitRequest.ProtoReflect.Descriptor instead.
 func (*WaitRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WaitRequest) GetContainerId() string {
@@ -685,7 +1044,7 @@ type WaitResponse struct {
 
 func (x *WaitResponse) Reset() {
 	*x = WaitResponse{}
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -697,7 +1056,7 @@ func (x *WaitResponse) String() string {
 func (*WaitResponse) ProtoMessage() {}
 
 func (x *WaitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -710,7 +1069,7 @@ func (x *WaitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitResponse.ProtoReflect.Descriptor instead.
 func (*WaitResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WaitResponse) GetExitStatus() uint32 {
@@ -736,7 +1095,7 @@ type PidsRequest struct {
 
 func (x *PidsRequest) Reset() {
 	*x = PidsRequest{}
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -748,7 +1107,7 @@ func (x *PidsRequest) String() string {
 func (*PidsRequest) ProtoMessage() {}
 
 func (x *PidsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -761,7 +1120,7 @@ func (x *PidsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsRequest.ProtoReflect.Descriptor instead.
 func (*PidsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PidsRequest) GetContainerId() string {
@@ -780,7 +1139,7 @@ type PidsResponse struct {
 
 func (x *PidsResponse) Reset() {
 	*x = PidsResponse{}
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -792,7 +1151,7 @@ func (x *PidsResponse) String() string {
 func (*PidsResponse) ProtoMessage() {}
 
 func (x *PidsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -805,7 +1164,7 @@ func (x *PidsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsResponse.ProtoReflect.Descriptor instead.
 func (*PidsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PidsResponse) GetPids() []uint32 {
@@ -827,7 +1186,7 @@ type ResizePtyRequest struct {
 
 func (x *ResizePtyRequest) Reset() {
 	*x = ResizePtyRequest{}
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -839,7 +1198,7 @@ func (x *ResizePtyRequest) String() string {
 func (*ResizePtyRequest) ProtoMessage() {}
 
 func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -852,7 +1211,7 @@ func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizePtyRequest.ProtoReflect.Descriptor instead.
 func (*ResizePtyRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ResizePtyRequest) GetContainerId() string {
@@ -893,7 +1252,7 @@ type CloseIORequest struct {
 
 func (x *CloseIORequest) Reset() {
 	*x = CloseIORequest{}
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -905,7 +1264,7 @@ func (x *CloseIORequest) String() string {
 func (*CloseIORequest) ProtoMessage() {}
 
 func (x *CloseIORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -918,7 +1277,7 @@ func (x *CloseIORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseIORequest.ProtoReflect.Descriptor instead.
 func (*CloseIORequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CloseIORequest) GetContainerId() string {
@@ -945,7 +1304,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -957,7 +1316,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -970,7 +1329,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DeleteRequest) GetContainerId() string {
@@ -997,7 +1356,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1009,7 +1368,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1022,7 +1381,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DeleteResponse) GetExitStatus() uint32 {
@@ -1054,7 +1413,7 @@ type StreamHeader struct {
 
 func (x *StreamHeader) Reset() {
 	*x = StreamHeader{}
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1066,7 +1425,7 @@ func (x *StreamHeader) String() string {
 func (*StreamHeader) ProtoMessage() {}
 
 func (x *StreamHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1079,7 +1438,7 @@ func (x *StreamHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamHeader.ProtoReflect.Descriptor instead.
 func (*StreamHeader) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StreamHeader) GetContainerId() string {
@@ -1107,7 +1466,43 @@ var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
 	"\n" +
-	"\vagent.proto\x12\x0eberth.agent.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\r\n" +
+	"\vagent.proto\x12\x0eberth.agent.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"5\n" +
+	"\x10ContainerRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"P\n" +
+	"\rUpdateRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x1c\n" +
+	"\tresources\x18\x02 \x01(\fR\tresources\"\xb9\x06\n" +
+	"\rStatsResponse\x12%\n" +
+	"\x0ecgroup_version\x18\x01 \x01(\rR\rcgroupVersion\x12,\n" +
+	"\x12memory_usage_bytes\x18\x02 \x01(\x04R\x10memoryUsageBytes\x12,\n" +
+	"\x12memory_limit_bytes\x18\x03 \x01(\x04R\x10memoryLimitBytes\x123\n" +
+	"\x16memory_max_usage_bytes\x18\x04 \x01(\x04R\x13memoryMaxUsageBytes\x12N\n" +
+	"\vmemory_stat\x18\x05 \x03(\v2-.berth.agent.v1.StatsResponse.MemoryStatEntryR\n" +
+	"memoryStat\x12%\n" +
+	"\x0ememory_failcnt\x18\x06 \x01(\x04R\rmemoryFailcnt\x12*\n" +
+	"\x11memory_oom_events\x18\a \x01(\x04R\x0fmemoryOomEvents\x123\n" +
+	"\x16memory_oom_kill_events\x18\b \x01(\x04R\x13memoryOomKillEvents\x12$\n" +
+	"\x0ecpu_usage_usec\x18\t \x01(\x04R\fcpuUsageUsec\x12\"\n" +
+	"\rcpu_user_usec\x18\n" +
+	" \x01(\x04R\vcpuUserUsec\x12&\n" +
+	"\x0fcpu_system_usec\x18\v \x01(\x04R\rcpuSystemUsec\x12$\n" +
+	"\x0ecpu_nr_periods\x18\f \x01(\x04R\fcpuNrPeriods\x12(\n" +
+	"\x10cpu_nr_throttled\x18\r \x01(\x04R\x0ecpuNrThrottled\x12,\n" +
+	"\x12cpu_throttled_usec\x18\x0e \x01(\x04R\x10cpuThrottledUsec\x12!\n" +
+	"\fpids_current\x18\x0f \x01(\x04R\vpidsCurrent\x12\x1d\n" +
+	"\n" +
+	"pids_limit\x18\x10 \x01(\x04R\tpidsLimit\x12'\n" +
+	"\x02io\x18\x11 \x03(\v2\x17.berth.agent.v1.IOEntryR\x02io\x1a=\n" +
+	"\x0fMemoryStatEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x8d\x01\n" +
+	"\aIOEntry\x12\x14\n" +
+	"\x05major\x18\x01 \x01(\x04R\x05major\x12\x14\n" +
+	"\x05minor\x18\x02 \x01(\x04R\x05minor\x12\x16\n" +
+	"\x06rbytes\x18\x03 \x01(\x04R\x06rbytes\x12\x16\n" +
+	"\x06wbytes\x18\x04 \x01(\x04R\x06wbytes\x12\x12\n" +
+	"\x04rios\x18\x05 \x01(\x04R\x04rios\x12\x12\n" +
+	"\x04wios\x18\x06 \x01(\x04R\x04wios\"\r\n" +
 	"\vInfoRequest\"\xdd\x01\n" +
 	"\fInfoResponse\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12\x1f\n" +
@@ -1179,7 +1574,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x12STREAM_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fSTREAM_STDIN\x10\x01\x12\x11\n" +
 	"\rSTREAM_STDOUT\x10\x02\x12\x11\n" +
-	"\rSTREAM_STDERR\x10\x032\xe8\x05\n" +
+	"\rSTREAM_STDERR\x10\x032\xfa\a\n" +
 	"\x05Agent\x12A\n" +
 	"\x04Info\x12\x1b.berth.agent.v1.InfoRequest\x1a\x1c.berth.agent.v1.InfoResponse\x12G\n" +
 	"\x06Create\x12\x1d.berth.agent.v1.CreateRequest\x1a\x1e.berth.agent.v1.CreateResponse\x12D\n" +
@@ -1191,7 +1586,11 @@ const file_agent_proto_rawDesc = "" +
 	"\tResizePty\x12 .berth.agent.v1.ResizePtyRequest\x1a\x16.google.protobuf.Empty\x12A\n" +
 	"\aCloseIO\x12\x1e.berth.agent.v1.CloseIORequest\x1a\x16.google.protobuf.Empty\x12G\n" +
 	"\x06Delete\x12\x1d.berth.agent.v1.DeleteRequest\x1a\x1e.berth.agent.v1.DeleteResponse\x12:\n" +
-	"\bShutdown\x12\x16.google.protobuf.Empty\x1a\x16.google.protobuf.EmptyB3Z1github.com/berth-runtime/berth/api/agent/v1;agentb\x06proto3"
+	"\bShutdown\x12\x16.google.protobuf.Empty\x1a\x16.google.protobuf.Empty\x12A\n" +
+	"\x05Pause\x12 .berth.agent.v1.ContainerRequest\x1a\x16.google.protobuf.Empty\x12B\n" +
+	"\x06Resume\x12 .berth.agent.v1.ContainerRequest\x1a\x16.google.protobuf.Empty\x12?\n" +
+	"\x06Update\x12\x1d.berth.agent.v1.UpdateRequest\x1a\x16.google.protobuf.Empty\x12H\n" +
+	"\x05Stats\x12 .berth.agent.v1.ContainerRequest\x1a\x1d.berth.agent.v1.StatsResponseB3Z1github.com/berth-runtime/berth/api/agent/v1;agentb\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -1206,63 +1605,78 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_agent_proto_goTypes = []any{
 	(StreamKind)(0),               // 0: berth.agent.v1.StreamKind
-	(*InfoRequest)(nil),           // 1: berth.agent.v1.InfoRequest
-	(*InfoResponse)(nil),          // 2: berth.agent.v1.InfoResponse
-	(*Stdio)(nil),                 // 3: berth.agent.v1.Stdio
-	(*CreateRequest)(nil),         // 4: berth.agent.v1.CreateRequest
-	(*CreateResponse)(nil),        // 5: berth.agent.v1.CreateResponse
-	(*StartRequest)(nil),          // 6: berth.agent.v1.StartRequest
-	(*StartResponse)(nil),         // 7: berth.agent.v1.StartResponse
-	(*ExecRequest)(nil),           // 8: berth.agent.v1.ExecRequest
-	(*KillRequest)(nil),           // 9: berth.agent.v1.KillRequest
-	(*WaitRequest)(nil),           // 10: berth.agent.v1.WaitRequest
-	(*WaitResponse)(nil),          // 11: berth.agent.v1.WaitResponse
-	(*PidsRequest)(nil),           // 12: berth.agent.v1.PidsRequest
-	(*PidsResponse)(nil),          // 13: berth.agent.v1.PidsResponse
-	(*ResizePtyRequest)(nil),      // 14: berth.agent.v1.ResizePtyRequest
-	(*CloseIORequest)(nil),        // 15: berth.agent.v1.CloseIORequest
-	(*DeleteRequest)(nil),         // 16: berth.agent.v1.DeleteRequest
-	(*DeleteResponse)(nil),        // 17: berth.agent.v1.DeleteResponse
-	(*StreamHeader)(nil),          // 18: berth.agent.v1.StreamHeader
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),         // 20: google.protobuf.Empty
+	(*ContainerRequest)(nil),      // 1: berth.agent.v1.ContainerRequest
+	(*UpdateRequest)(nil),         // 2: berth.agent.v1.UpdateRequest
+	(*StatsResponse)(nil),         // 3: berth.agent.v1.StatsResponse
+	(*IOEntry)(nil),               // 4: berth.agent.v1.IOEntry
+	(*InfoRequest)(nil),           // 5: berth.agent.v1.InfoRequest
+	(*InfoResponse)(nil),          // 6: berth.agent.v1.InfoResponse
+	(*Stdio)(nil),                 // 7: berth.agent.v1.Stdio
+	(*CreateRequest)(nil),         // 8: berth.agent.v1.CreateRequest
+	(*CreateResponse)(nil),        // 9: berth.agent.v1.CreateResponse
+	(*StartRequest)(nil),          // 10: berth.agent.v1.StartRequest
+	(*StartResponse)(nil),         // 11: berth.agent.v1.StartResponse
+	(*ExecRequest)(nil),           // 12: berth.agent.v1.ExecRequest
+	(*KillRequest)(nil),           // 13: berth.agent.v1.KillRequest
+	(*WaitRequest)(nil),           // 14: berth.agent.v1.WaitRequest
+	(*WaitResponse)(nil),          // 15: berth.agent.v1.WaitResponse
+	(*PidsRequest)(nil),           // 16: berth.agent.v1.PidsRequest
+	(*PidsResponse)(nil),          // 17: berth.agent.v1.PidsResponse
+	(*ResizePtyRequest)(nil),      // 18: berth.agent.v1.ResizePtyRequest
+	(*CloseIORequest)(nil),        // 19: berth.agent.v1.CloseIORequest
+	(*DeleteRequest)(nil),         // 20: berth.agent.v1.DeleteRequest
+	(*DeleteResponse)(nil),        // 21: berth.agent.v1.DeleteResponse
+	(*StreamHeader)(nil),          // 22: berth.agent.v1.StreamHeader
+	nil,                           // 23: berth.agent.v1.StatsResponse.MemoryStatEntry
+	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),         // 25: google.protobuf.Empty
 }
 var file_agent_proto_depIdxs = []int32{
-	3,  // 0: berth.agent.v1.CreateRequest.stdio:type_name -> berth.agent.v1.Stdio
-	3,  // 1: berth.agent.v1.ExecRequest.stdio:type_name -> berth.agent.v1.Stdio
-	19, // 2: berth.agent.v1.WaitResponse.exited_at:type_name -> google.protobuf.Timestamp
-	19, // 3: berth.agent.v1.DeleteResponse.exited_at:type_name -> google.protobuf.Timestamp
-	0,  // 4: berth.agent.v1.StreamHeader.kind:type_name -> berth.agent.v1.StreamKind
-	1,  // 5: berth.agent.v1.Agent.Info:input_type -> berth.agent.v1.InfoRequest
-	4,  // 6: berth.agent.v1.Agent.Create:input_type -> berth.agent.v1.CreateRequest
-	6,  // 7: berth.agent.v1.Agent.Start:input_type -> berth.agent.v1.StartRequest
-	8,  // 8: berth.agent.v1.Agent.Exec:input_type -> berth.agent.v1.ExecRequest
-	9,  // 9: berth.agent.v1.Agent.Kill:input_type -> berth.agent.v1.KillRequest
-	10, // 10: berth.agent.v1.Agent.Wait:input_type -> berth.agent.v1.WaitRequest
-	12, // 11: berth.agent.v1.Agent.Pids:input_type -> berth.agent.v1.PidsRequest
-	14, // 12: berth.agent.v1.Agent.ResizePty:input_type -> berth.agent.v1.ResizePtyRequest
-	15, // 13: berth.agent.v1.Agent.CloseIO:input_type -> berth.agent.v1.CloseIORequest
-	16, // 14: berth.agent.v1.Agent.Delete:input_type -> berth.agent.v1.DeleteRequest
-	20, // 15: berth.agent.v1.Agent.Shutdown:input_type -> google.protobuf.Empty
-	2,  // 16: berth.agent.v1.Agent.Info:output_type -> berth.agent.v1.InfoResponse
-	5,  // 17: berth.agent.v1.Agent.Create:output_type -> berth.agent.v1.CreateResponse
-	7,  // 18: berth.agent.v1.Agent.Start:output_type -> berth.agent.v1.StartResponse
-	20, // 19: berth.agent.v1.Agent.Exec:output_type -> google.protobuf.Empty
-	20, // 20: berth.agent.v1.Agent.Kill:output_type -> google.protobuf.Empty
-	11, // 21: berth.agent.v1.Agent.Wait:output_type -> berth.agent.v1.WaitResponse
-	13, // 22: berth.agent.v1.Agent.Pids:output_type -> berth.agent.v1.PidsResponse
-	20, // 23: berth.agent.v1.Agent.ResizePty:output_type -> google.protobuf.Empty
-	20, // 24: berth.agent.v1.Agent.CloseIO:output_type -> google.protobuf.Empty
-	17, // 25: berth.agent.v1.Agent.Delete:output_type -> berth.agent.v1.DeleteResponse
-	20, // 26: berth.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
-	16, // [16:27] is the sub-list for method output_type
-	5,  // [5:16] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	23, // 0: berth.agent.v1.StatsResponse.memory_stat:type_name -> berth.agent.v1.StatsResponse.MemoryStatEntry
+	4,  // 1: berth.agent.v1.StatsResponse.io:type_name -> berth.agent.v1.IOEntry
+	7,  // 2: berth.agent.v1.CreateRequest.stdio:type_name -> berth.agent.v1.Stdio
+	7,  // 3: berth.agent.v1.ExecRequest.stdio:type_name -> berth.agent.v1.Stdio
+	24, // 4: berth.agent.v1.WaitResponse.exited_at:type_name -> google.protobuf.Timestamp
+	24, // 5: berth.agent.v1.DeleteResponse.exited_at:type_name -> google.protobuf.Timestamp
+	0,  // 6: berth.agent.v1.StreamHeader.kind:type_name -> berth.agent.v1.StreamKind
+	5,  // 7: berth.agent.v1.Agent.Info:input_type -> berth.agent.v1.InfoRequest
+	8,  // 8: berth.agent.v1.Agent.Create:input_type -> berth.agent.v1.CreateRequest
+	10, // 9: berth.agent.v1.Agent.Start:input_type -> berth.agent.v1.StartRequest
+	12, // 10: berth.agent.v1.Agent.Exec:input_type -> berth.agent.v1.ExecRequest
+	13, // 11: berth.agent.v1.Agent.Kill:input_type -> berth.agent.v1.KillRequest
+	14, // 12: berth.agent.v1.Agent.Wait:input_type -> berth.agent.v1.WaitRequest
+	16, // 13: berth.agent.v1.Agent.Pids:input_type -> berth.agent.v1.PidsRequest
+	18, // 14: berth.agent.v1.Agent.ResizePty:input_type -> berth.agent.v1.ResizePtyRequest
+	19, // 15: berth.agent.v1.Agent.CloseIO:input_type -> berth.agent.v1.CloseIORequest
+	20, // 16: berth.agent.v1.Agent.Delete:input_type -> berth.agent.v1.DeleteRequest
+	25, // 17: berth.agent.v1.Agent.Shutdown:input_type -> google.protobuf.Empty
+	1,  // 18: berth.agent.v1.Agent.Pause:input_type -> berth.agent.v1.ContainerRequest
+	1,  // 19: berth.agent.v1.Agent.Resume:input_type -> berth.agent.v1.ContainerRequest
+	2,  // 20: berth.agent.v1.Agent.Update:input_type -> berth.agent.v1.UpdateRequest
+	1,  // 21: berth.agent.v1.Agent.Stats:input_type -> berth.agent.v1.ContainerRequest
+	6,  // 22: berth.agent.v1.Agent.Info:output_type -> berth.agent.v1.InfoResponse
+	9,  // 23: berth.agent.v1.Agent.Create:output_type -> berth.agent.v1.CreateResponse
+	11, // 24: berth.agent.v1.Agent.Start:output_type -> berth.agent.v1.StartResponse
+	25, // 25: berth.agent.v1.Agent.Exec:output_type -> google.protobuf.Empty
+	25, // 26: berth.agent.v1.Agent.Kill:output_type -> google.protobuf.Empty
+	15, // 27: berth.agent.v1.Agent.Wait:output_type -> berth.agent.v1.WaitResponse
+	17, // 28: berth.agent.v1.Agent.Pids:output_type -> berth.agent.v1.PidsResponse
+	25, // 29: berth.agent.v1.Agent.ResizePty:output_type -> google.protobuf.Empty
+	25, // 30: berth.agent.v1.Agent.CloseIO:output_type -> google.protobuf.Empty
+	21, // 31: berth.agent.v1.Agent.Delete:output_type -> berth.agent.v1.DeleteResponse
+	25, // 32: berth.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
+	25, // 33: berth.agent.v1.Agent.Pause:output_type -> google.protobuf.Empty
+	25, // 34: berth.agent.v1.Agent.Resume:output_type -> google.protobuf.Empty
+	25, // 35: berth.agent.v1.Agent.Update:output_type -> google.protobuf.Empty
+	3,  // 36: berth.agent.v1.Agent.Stats:output_type -> berth.agent.v1.StatsResponse
+	22, // [22:37] is the sub-list for method output_type
+	7,  // [7:22] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -1276,7 +1690,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   18,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

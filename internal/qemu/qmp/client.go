@@ -213,6 +213,10 @@ func (c *Client) Execute(ctx context.Context, command string, args any, result a
 	if err != nil {
 		return fmt.Errorf("qmp %s: %w", command, err)
 	}
+	if err := ctx.Err(); err != nil {
+		// Don't send a command nobody will wait for.
+		return fmt.Errorf("qmp %s: %w", command, err)
+	}
 
 	ch := make(chan reply, 1)
 	c.mu.Lock()

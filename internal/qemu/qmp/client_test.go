@@ -154,9 +154,11 @@ func TestExecute(t *testing.T) {
 		{
 			name:    "struct arguments, result ignored",
 			command: "device_del",
-			args:    struct{ ID string `json:"id"` }{"dimm0"},
-			wire:    `{"execute":"device_del","arguments":{"id":"dimm0"},"id":1}`,
-			reply:   `{"return": {}, "id": 1}`,
+			args: struct {
+				ID string `json:"id"`
+			}{"dimm0"},
+			wire:  `{"execute":"device_del","arguments":{"id":"dimm0"},"id":1}`,
+			reply: `{"return": {}, "id": 1}`,
 		},
 		{
 			name:    "map arguments",

@@ -59,7 +59,7 @@ func TestRealQEMU(t *testing.T) {
 	}
 
 	var ver struct {
-		QEMU struct{ Major, Minor, Micro int }
+		QEMU    struct{ Major, Minor, Micro int }
 		Package string
 	}
 	if err := c.Execute(ctx, "query-version", nil, &ver); err != nil {

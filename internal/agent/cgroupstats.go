@@ -1,0 +1,126 @@
+package agent
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	api "github.com/berth-runtime/berth/api/agent/v1"
+)
+
+// readCgroup2Stats reads a container's cgroup v2 directory into a
+// StatsResponse. Files a kernel does not have (memory.peak before 5.19, a
+// controller not enabled) are skipped, not errors: the host reports what
+// the guest kernel knows.
+func readCgroup2Stats(dir string) (*api.StatsResponse, error) {
+	if _, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("container cgroup %s: %w", dir, err)
+	}
+	r := &api.StatsResponse{CgroupVersion: 2}
+	read := func(name string) (string, bool) {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return "", false
+		}
+		return strings.TrimSpace(string(b)), true
+	}
+	if v, ok := read("memory.current"); ok {
+		r.MemoryUsageBytes = parseCgroupValue(v)
+	}
+	if v, ok := read("memory.max"); ok {
+		r.MemoryLimitBytes = parseCgroupValue(v)
+	}
+	if v, ok := read("memory.peak"); ok {
+		r.MemoryMaxUsageBytes = parseCgroupValue(v)
+	}
+	if v, ok := read("memory.stat"); ok {
+		r.MemoryStat = parseFlatKeyed(strings.NewReader(v))
+	}
+	if v, ok := read("memory.events"); ok {
+		ev := parseFlatKeyed(strings.NewReader(v))
+		r.MemoryOomEvents, r.MemoryOomKillEvents = ev["oom"], ev["oom_kill"]
+		r.MemoryFailcnt = ev["max"]
+	}
+	if v, ok := read("cpu.stat"); ok {
+		cs := parseFlatKeyed(strings.NewReader(v))
+		r.CpuUsageUsec, r.CpuUserUsec, r.CpuSystemUsec = cs["usage_usec"], cs["user_usec"], cs["system_usec"]
+		r.CpuNrPeriods, r.CpuNrThrottled, r.CpuThrottledUsec = cs["nr_periods"], cs["nr_throttled"], cs["throttled_usec"]
+	}
+	if v, ok := read("pids.current"); ok {
+		r.PidsCurrent = parseCgroupValue(v)
+	}
+	if v, ok := read("pids.max"); ok {
+		r.PidsLimit = parseCgroupValue(v)
+	}
+	if v, ok := read("io.stat"); ok {
+		r.Io = parseIOStat(strings.NewReader(v))
+	}
+	return r, nil
+}
+
+// parseCgroupValue parses a single-value cgroup file; "max" is the largest
+// value, as containerd reports an unlimited cgroup.
+func parseCgroupValue(s string) uint64 {
+	if s == "max" {
+		return math.MaxUint64
+	}
+	v, _ := strconv.ParseUint(s, 10, 64)
+	return v
+}
+
+// parseFlatKeyed parses "key value" lines (memory.stat, cpu.stat,
+// memory.events).
+func parseFlatKeyed(r io.Reader) map[string]uint64 {
+	out := map[string]uint64{}
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), " ")
+		if !ok {
+			continue
+		}
+		if n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64); err == nil {
+			out[k] = n
+		}
+	}
+	return out
+}
+
+// parseIOStat parses io.stat: "MAJ:MIN rbytes=N wbytes=N rios=N wios=N ...".
+func parseIOStat(r io.Reader) []*api.IOEntry {
+	var out []*api.IOEntry
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 0 {
+			continue
+		}
+		maj, min, ok := strings.Cut(f[0], ":")
+		if !ok {
+			continue
+		}
+		e := &api.IOEntry{}
+		e.Major, _ = strconv.ParseUint(maj, 10, 64)
+		e.Minor, _ = strconv.ParseUint(min, 10, 64)
+		for _, kv := range f[1:] {
+			k, v, _ := strings.Cut(kv, "=")
+			n, _ := strconv.ParseUint(v, 10, 64)
+			switch k {
+			case "rbytes":
+				e.Rbytes = n
+			case "wbytes":
+				e.Wbytes = n
+			case "rios":
+				e.Rios = n
+			case "wios":
+				e.Wios = n
+			}
+		}
+		out = append(out, e)
+	}
+	return out
+}

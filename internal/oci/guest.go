@@ -1,0 +1,138 @@
+package oci
+
+import (
+	"fmt"
+	"path"
+	"slices"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// GuestSpecOptions say how to adapt a host spec to the guest.
+type GuestSpecOptions struct {
+	// ContainerID names the container.
+	ContainerID string
+	// SandboxInitPid is the guest pid of the pod's sandbox (pause)
+	// container, 0 if there is none yet. Namespaces that a CRI app
+	// container joins by host path (/proc/<pid>/ns/...) are joined by this
+	// pid inside the guest instead.
+	SandboxInitPid uint32
+}
+
+// ForGuest returns a copy of spec adapted to run inside the guest. What
+// refers to the host cannot be honoured inside the VM and is rewritten:
+//
+//   - root.path becomes the container's place in the virtio-fs share;
+//   - namespace paths point at the sandbox container's namespaces in the
+//     guest (or are dropped, giving a new namespace);
+//   - the cgroup path is Berth's own guest cgroup, because host paths (and
+//     systemd slice syntax) mean nothing to the guest's cgroupfs;
+//   - hooks name host binaries and are dropped (they run on the host side
+//     of containerd, not in the guest);
+//   - AppArmor and SELinux labels name host policies the guest does not
+//     load; the VM is the boundary.
+//
+// Bind mounts of host paths are handled by the sandbox, which shares them.
+func ForGuest(spec *specs.Spec, o GuestSpecOptions) (*specs.Spec, error) {
+	if spec.Process == nil || spec.Root == nil {
+		return nil, fmt.Errorf("spec needs process and root")
+	}
+	g := *spec
+	root := *spec.Root
+	root.Path = GuestRootfs(o.ContainerID)
+	g.Root = &root
+	proc := *spec.Process
+	proc.ApparmorProfile = ""
+	proc.SelinuxLabel = ""
+	g.Process = &proc
+	g.Hooks = nil
+	g.Mounts = slices.Clone(spec.Mounts)
+	if spec.Linux != nil {
+		l := *spec.Linux
+		l.CgroupsPath = "/berth/" + o.ContainerID
+		l.MountLabel = ""
+		l.Namespaces = nil
+		for _, ns := range spec.Linux.Namespaces {
+			if ns.Path != "" {
+				if o.SandboxInitPid == 0 {
+					ns.Path = ""
+				} else {
+					ns.Path = fmt.Sprintf("/proc/%d/ns/%s", o.SandboxInitPid, nsFile(ns.Type))
+				}
+			}
+			l.Namespaces = append(l.Namespaces, ns)
+		}
+		g.Linux = &l
+	}
+	return &g, nil
+}
+
+// nsFile maps an OCI namespace type to its /proc/<pid>/ns file name.
+func nsFile(t specs.LinuxNamespaceType) string {
+	switch t {
+	case specs.PIDNamespace:
+		return "pid"
+	case specs.NetworkNamespace:
+		return "net"
+	case specs.MountNamespace:
+		return "mnt"
+	case specs.IPCNamespace:
+		return "ipc"
+	case specs.UTSNamespace:
+		return "uts"
+	case specs.UserNamespace:
+		return "user"
+	case specs.CgroupNamespace:
+		return "cgroup"
+	case specs.TimeNamespace:
+		return "time"
+	}
+	return string(t)
+}
+
+// IsBindMount reports whether m binds a host path.
+func IsBindMount(m specs.Mount) bool {
+	return m.Type == "bind" || slices.Contains(m.Options, "bind") || slices.Contains(m.Options, "rbind")
+}
+
+// GuestMountPath is where the guest sees the i-th shared mount of a
+// container.
+func GuestMountPath(containerID string, i int, source string) string {
+	return path.Join(GuestSharedDir, containerID, "mounts", fmt.Sprintf("%d-%s", i, path.Base(source)))
+}
+
+// SandboxIDAnnotations name the pod a container belongs to, in the order
+// they are consulted: CRI's annotation (containerd), then CRI-O's.
+var SandboxIDAnnotations = []string{
+	"io.kubernetes.cri.sandbox-id",
+	"io.kubernetes.cri-o.SandboxID",
+}
+
+// ContainerTypeAnnotations say whether a container is a pod's sandbox.
+var ContainerTypeAnnotations = []string{
+	"io.kubernetes.cri.container-type",
+	"io.kubernetes.cri-o.ContainerType",
+}
+
+// PodInfo tells, from a spec's annotations, which sandbox a container
+// belongs to and whether it is that sandbox's own (pause) container. A
+// container without CRI annotations is its own sandbox.
+func PodInfo(containerID string, annotations map[string]string) (sandboxID string, isSandbox bool) {
+	sandboxID = containerID
+	for _, k := range SandboxIDAnnotations {
+		if v := annotations[k]; v != "" {
+			sandboxID = v
+			break
+		}
+	}
+	isSandbox = sandboxID == containerID
+	for _, k := range ContainerTypeAnnotations {
+		switch annotations[k] {
+		case "sandbox":
+			isSandbox = true
+		case "container":
+			isSandbox = false
+		}
+	}
+	return sandboxID, isSandbox
+}

@@ -1,0 +1,55 @@
+package oci
+
+import (
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+func TestForGuestRewritesHostReferences(t *testing.T) {
+	spec := DefaultSpec("/host/bundle/rootfs", ProcessOptions{Args: []string{"sh"}})
+	spec.Process.ApparmorProfile = "cri-containerd.apparmor.d"
+	spec.Hooks = &specs.Hooks{}
+	spec.Linux.CgroupsPath = "kubepods-besteffort.slice:cri-containerd:abc"
+	spec.Linux.Namespaces = append(spec.Linux.Namespaces[:0:0],
+		specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: "/proc/4242/ns/net"},
+		specs.LinuxNamespace{Type: specs.PIDNamespace})
+	g, err := ForGuest(spec, GuestSpecOptions{ContainerID: "c1", SandboxInitPid: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Root.Path != "/run/berth/shared/c1/rootfs" || spec.Root.Path != "/host/bundle/rootfs" {
+		t.Errorf("root: guest %q, host spec now %q", g.Root.Path, spec.Root.Path)
+	}
+	if g.Linux.CgroupsPath != "/berth/c1" || g.Hooks != nil || g.Process.ApparmorProfile != "" {
+		t.Errorf("cgroup %q hooks %v apparmor %q", g.Linux.CgroupsPath, g.Hooks, g.Process.ApparmorProfile)
+	}
+	if g.Linux.Namespaces[0].Path != "/proc/7/ns/net" || g.Linux.Namespaces[1].Path != "" {
+		t.Errorf("namespaces %+v", g.Linux.Namespaces)
+	}
+	if spec.Linux.Namespaces[0].Path != "/proc/4242/ns/net" {
+		t.Error("ForGuest modified the host spec")
+	}
+	g, _ = ForGuest(spec, GuestSpecOptions{ContainerID: "c1"})
+	if g.Linux.Namespaces[0].Path != "" {
+		t.Errorf("without a sandbox pid the namespace path should be dropped: %+v", g.Linux.Namespaces[0])
+	}
+}
+
+func TestPodInfo(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		ann         map[string]string
+		wantSandbox string
+		wantIs      bool
+	}{
+		{"plain ctr run", nil, "c1", true},
+		{"cri sandbox", map[string]string{"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.sandbox-id": "c1"}, "c1", true},
+		{"cri app container", map[string]string{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "pod1"}, "pod1", false},
+	} {
+		id, is := PodInfo("c1", tc.ann)
+		if id != tc.wantSandbox || is != tc.wantIs {
+			t.Errorf("%s: got (%q, %v), want (%q, %v)", tc.name, id, is, tc.wantSandbox, tc.wantIs)
+		}
+	}
+}

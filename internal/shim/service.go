@@ -1,0 +1,738 @@
+// Package shim is containerd's runtime v2 shim for Berth
+// (io.containerd.berth.v2): the task service containerd talks to, and the
+// manager that starts one shim process per pod.
+//
+// One shim serves one pod and owns its VM. The pod's sandbox (pause)
+// container boots the VM; CRI app containers, found by the
+// io.kubernetes.cri.sandbox-id annotation, join it; deleting the sandbox
+// container ends the VM, and the shim exits once containerd has deleted
+// every task. A container without CRI annotations (plain `ctr run`) is its
+// own sandbox and gets its own VM.
+//
+// Errors are classified with errdefs inside and turned into gRPC status
+// codes in exactly one place, the RPC methods here (toGRPC). The shim never
+// exits because of bad input or configuration: a configuration error is
+// returned by every Create.
+package shim
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/mount"
+	"github.com/containerd/containerd/namespaces"
+	"github.com/containerd/containerd/pkg/shutdown"
+	"github.com/containerd/containerd/runtime"
+	"github.com/containerd/containerd/runtime/v2/shim"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/log"
+	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/berth-runtime/berth/internal/config"
+	"github.com/berth-runtime/berth/internal/oci"
+	"github.com/berth-runtime/berth/internal/qemu"
+	"github.com/berth-runtime/berth/internal/sandbox"
+	"github.com/berth-runtime/berth/internal/stats"
+)
+
+// exitStatusVMGone is reported for processes whose VM died under them: they
+// were killed, as far as anyone can tell.
+const exitStatusVMGone = 128 + uint32(syscall.SIGKILL)
+
+// service implements containerd's task API for one pod.
+type service struct {
+	ctx       context.Context
+	publisher shim.Publisher
+	shutdown  shutdown.Service
+	events    chan event
+
+	cfg    *config.Config
+	cfgErr error
+
+	mu         sync.Mutex
+	sb         *sandbox.Sandbox
+	sandboxID  string
+	containers map[string]*container
+}
+
+type event struct {
+	topic string
+	value any
+}
+
+// newService builds the task service. The configuration is loaded here
+// once; an invalid one is kept as an error for Create to return.
+func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Service) *service {
+	s := &service{
+		ctx:        ctx,
+		publisher:  publisher,
+		shutdown:   sd,
+		events:     make(chan event, 128),
+		containers: map[string]*container{},
+	}
+	s.cfg, s.cfgErr = loadConfig()
+	go s.forwardEvents()
+	sd.RegisterCallback(func(context.Context) error { close(s.events); return nil })
+	return s
+}
+
+// loadConfig reads Berth's configuration as the CLI does: BERTH_CONFIG (or
+// the default path) and BERTH_STATE_DIR, inherited from containerd's
+// environment.
+func loadConfig() (*config.Config, error) {
+	return config.Load(os.Getenv("BERTH_CONFIG"), config.Overrides{StateDir: os.Getenv("BERTH_STATE_DIR")})
+}
+
+// forwardEvents publishes events in the order they were sent, so that a
+// task's exit is never seen before its start.
+func (s *service) forwardEvents() {
+	ns, _ := namespaces.Namespace(s.ctx)
+	ctx := namespaces.WithNamespace(context.Background(), ns)
+	for e := range s.events {
+		if err := s.publisher.Publish(ctx, e.topic, e.value); err != nil {
+			log.G(ctx).WithError(err).WithField("topic", e.topic).Error("publish event")
+		}
+	}
+	s.publisher.Close()
+}
+
+func (s *service) send(topic string, v any) {
+	defer func() { recover() }() // events closed during shutdown
+	s.events <- event{topic, v}
+}
+
+func toGRPC(err error) error {
+	if err == nil {
+		return nil
+	}
+	return errgrpc.ToGRPC(err)
+}
+
+func (s *service) getContainer(id string) (*container, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.containers[id]
+	if !ok {
+		return nil, fmt.Errorf("container %q: %w", id, errdefs.ErrNotFound)
+	}
+	return c, nil
+}
+
+func (s *service) getProcess(id, execID string) (*container, *process, error) {
+	c, err := s.getContainer(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := c.process(execID)
+	return c, p, err
+}
+
+// vmmPid is what Berth reports as a task's pid: guest pids mean nothing
+// on the host, the VMM's pid does (it is what cgroups and `ps` show).
+func (s *service) vmmPid() uint32 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sb == nil {
+		return 0
+	}
+	return uint32(s.sb.VMMPid())
+}
+
+// Create creates a container; the first one boots the pod's VM.
+func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
+	pid, err := s.create(ctx, r)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	return &taskAPI.CreateTaskResponse{Pid: pid}, nil
+}
+
+func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ uint32, retErr error) {
+	if s.cfgErr != nil {
+		return 0, fmt.Errorf("berth configuration: %v: %w", s.cfgErr, errdefs.ErrFailedPrecondition)
+	}
+	if r.Checkpoint != "" {
+		return 0, fmt.Errorf("checkpoint restore: %w", errdefs.ErrNotImplemented)
+	}
+	spec, err := readSpec(r.Bundle)
+	if err != nil {
+		return 0, err
+	}
+	sandboxID, isSandbox := oci.PodInfo(r.ID, spec.Annotations)
+
+	s.mu.Lock()
+	if _, ok := s.containers[r.ID]; ok {
+		s.mu.Unlock()
+		return 0, fmt.Errorf("container %q: %w", r.ID, errdefs.ErrAlreadyExists)
+	}
+	c := &container{id: r.ID, bundle: r.Bundle, isSandbox: isSandbox, execs: map[string]*process{}}
+	// Reserve the id; slow work happens without the lock.
+	s.containers[r.ID] = c
+	s.mu.Unlock()
+	defer func() {
+		if retErr != nil {
+			s.mu.Lock()
+			delete(s.containers, r.ID)
+			s.mu.Unlock()
+		}
+	}()
+
+	rootfs := spec.Root.Path
+	if !filepath.IsAbs(rootfs) {
+		rootfs = filepath.Join(r.Bundle, rootfs)
+	}
+	if len(r.Rootfs) > 0 {
+		var mounts []mount.Mount
+		for _, m := range r.Rootfs {
+			mounts = append(mounts, mount.Mount{Type: m.Type, Source: m.Source, Target: m.Target, Options: m.Options})
+		}
+		rootfs = filepath.Join(r.Bundle, "rootfs")
+		if err := os.MkdirAll(rootfs, 0o711); err != nil {
+			return 0, err
+		}
+		if err := mount.All(mounts, rootfs); err != nil {
+			return 0, fmt.Errorf("mount rootfs: %w", err)
+		}
+		c.mountedRootfs = rootfs
+		defer func() {
+			if retErr != nil {
+				mount.UnmountAll(rootfs, 0)
+			}
+		}()
+	}
+
+	sb, sandboxPid, err := s.sandboxFor(ctx, sandboxID, isSandbox)
+	if err != nil {
+		return 0, err
+	}
+	ns, _ := namespaces.Namespace(ctx)
+	paths := stdioPaths{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}
+	hio, err := openStdio(ctx, paths, r.ID, ns)
+	if err != nil {
+		s.destroySandboxIfEmpty(ctx, c)
+		return 0, err
+	}
+	sp, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{
+		ID: r.ID, Spec: spec, RootfsDir: rootfs, SandboxInitPid: sandboxPid, IO: hio.IO,
+	})
+	if err != nil {
+		hio.Close()
+		s.destroySandboxIfEmpty(ctx, c)
+		return 0, err
+	}
+	c.init = newProcess(r.ID, "", paths, hio, sp)
+	go s.waitProcess(c, c.init)
+
+	pid := s.vmmPid()
+	s.send(runtime.TaskCreateEventTopic, &eventstypes.TaskCreate{
+		ContainerID: r.ID,
+		Bundle:      r.Bundle,
+		Rootfs:      r.Rootfs,
+		IO:          &eventstypes.TaskIO{Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Terminal: r.Terminal},
+		Checkpoint:  r.Checkpoint,
+		Pid:         pid,
+	})
+	return pid, nil
+}
+
+// sandboxFor returns the pod's VM, booting it for the pod's first
+// container. It also returns the guest pid of the sandbox container, whose
+// namespaces app containers join.
+func (s *service) sandboxFor(ctx context.Context, sandboxID string, isSandbox bool) (*sandbox.Sandbox, uint32, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sb != nil {
+		if sandboxID != s.sandboxID {
+			return nil, 0, fmt.Errorf("this shim serves sandbox %q, not %q: %w", s.sandboxID, sandboxID, errdefs.ErrInvalidArgument)
+		}
+		var pid uint32
+		if sc, ok := s.containers[sandboxID]; ok && sc.init != nil && !isSandbox {
+			pid = sc.init.sp.Pid()
+		}
+		return s.sb, pid, nil
+	}
+	if !isSandbox {
+		return nil, 0, fmt.Errorf("sandbox %q is not running in this shim: %w", sandboxID, errdefs.ErrFailedPrecondition)
+	}
+	accel, err := resolveAccel(ctx, s.cfg)
+	if err != nil {
+		return nil, 0, err
+	}
+	sandbox.CleanupStale(s.cfg.RunDir)
+	sb, err := sandbox.Create(ctx, s.cfg, sandbox.Options{ID: sandboxID, Accel: accel})
+	if err != nil {
+		return nil, 0, fmt.Errorf("start sandbox VM: %w", err)
+	}
+	s.sb, s.sandboxID = sb, sandboxID
+	go s.watchVM(sb)
+	return sb, 0, nil
+}
+
+func resolveAccel(ctx context.Context, cfg *config.Config) (qemu.Accel, error) {
+	switch cfg.Hypervisor.Accel {
+	case config.AccelKVM:
+		return qemu.KVM, nil
+	case config.AccelTCG:
+		return qemu.TCG, nil
+	}
+	accel, reason, err := qemu.CachedAccel(ctx, qemu.AccelProbe{
+		Binary: cfg.Hypervisor.Path, Kernel: cfg.Guest.Kernel, Timeout: 5 * time.Second,
+	}, filepath.Join(cfg.RunDir, "accel.json"))
+	if err != nil {
+		return "", fmt.Errorf("probe accelerator: %w", err)
+	}
+	log.G(ctx).Infof("accelerator %s: %s", accel, reason)
+	return accel, nil
+}
+
+// watchVM notices the VM dying on its own (killed, crashed, powered off):
+// every process that has not exited is reported as killed, so containerd
+// learns of it at once.
+func (s *service) watchVM(sb *sandbox.Sandbox) {
+	<-sb.Done()
+	log.G(s.ctx).WithError(sb.VMError()).Warn("sandbox VM exited")
+	s.mu.Lock()
+	var procs []*process
+	for _, c := range s.containers {
+		if c.init != nil {
+			procs = append(procs, c.init)
+		}
+		for _, e := range c.execs {
+			procs = append(procs, e)
+		}
+	}
+	s.mu.Unlock()
+	for _, p := range procs {
+		s.markExited(p, exitStatusVMGone, time.Now())
+	}
+}
+
+// destroySandboxIfEmpty ends a VM that was booted for a container whose
+// creation then failed.
+func (s *service) destroySandboxIfEmpty(ctx context.Context, failed *container) {
+	s.mu.Lock()
+	sb := s.sb
+	empty := true
+	for id, c := range s.containers {
+		if id != failed.id && c.init != nil {
+			empty = false
+		}
+	}
+	if empty {
+		s.sb = nil
+	}
+	s.mu.Unlock()
+	if empty && sb != nil {
+		sb.Destroy(context.WithoutCancel(ctx))
+	}
+}
+
+// waitProcess waits for a process and records its exit. An init's exit is
+// published only after the exits of its execs (which die with it), the
+// order containerd expects.
+func (s *service) waitProcess(c *container, p *process) {
+	st, err := p.sp.Wait(s.ctx)
+	if err != nil {
+		if sandbox.ErrVMExited(err) {
+			s.markExited(p, exitStatusVMGone, time.Now())
+		}
+		// Otherwise the process was deleted before it ran, or the shim
+		// is shutting down: nothing to report.
+		return
+	}
+	if p.execID == "" {
+		for _, e := range c.execList() {
+			select {
+			case <-e.exited:
+			case <-time.After(2 * time.Second):
+			}
+		}
+	}
+	s.markExited(p, st.Code, st.ExitedAt)
+}
+
+// markExited records an exit once and publishes TaskExit for it.
+func (s *service) markExited(p *process, status uint32, at time.Time) {
+	if !p.setExited(status, at) {
+		return
+	}
+	s.send(runtime.TaskExitEventTopic, &eventstypes.TaskExit{
+		ContainerID: p.containerID,
+		ID:          p.id(),
+		Pid:         s.vmmPid(),
+		ExitStatus:  status,
+		ExitedAt:    timestamppb.New(at),
+	})
+}
+
+// Start runs a container's program or an exec'd process.
+func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	c, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	if err := p.start(ctx); err != nil {
+		return nil, toGRPC(err)
+	}
+	pid := s.vmmPid()
+	if r.ExecID == "" {
+		s.send(runtime.TaskStartEventTopic, &eventstypes.TaskStart{ContainerID: c.id, Pid: pid})
+	} else {
+		s.send(runtime.TaskExecStartedEventTopic, &eventstypes.TaskExecStarted{ContainerID: c.id, ExecID: r.ExecID, Pid: pid})
+	}
+	return &taskAPI.StartResponse{Pid: pid}, nil
+}
+
+// Delete removes an exec, or a container (and, for the pod's sandbox
+// container, the VM).
+func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	c, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	if p.running() {
+		return nil, toGRPC(fmt.Errorf("process %q is running; kill it first: %w", p.id(), errdefs.ErrFailedPrecondition))
+	}
+	s.mu.Lock()
+	sb := s.sb
+	s.mu.Unlock()
+	vmAlive := sb != nil && !isDone(sb.Done())
+	if r.ExecID != "" {
+		if vmAlive {
+			sb.Agent().Delete(ctx, execDeleteRequest(c.id, r.ExecID))
+		}
+		p.closeIO()
+		c.removeExec(r.ExecID)
+	} else {
+		// Exec'd processes die with the container; drop them too.
+		for _, e := range c.execList() {
+			e.closeIO()
+		}
+		if vmAlive {
+			if err := sb.DeleteContainer(ctx, c.id); err != nil {
+				log.G(ctx).WithError(err).WithField("container", c.id).Warn("delete container in guest")
+			}
+		}
+		p.closeIO()
+		if c.mountedRootfs != "" {
+			if err := mount.UnmountAll(c.mountedRootfs, 0); err != nil {
+				log.G(ctx).WithError(err).Warn("unmount rootfs")
+			}
+		}
+		s.mu.Lock()
+		delete(s.containers, c.id)
+		endVM := c.isSandbox || len(s.containers) == 0
+		if endVM {
+			s.sb = nil
+		}
+		s.mu.Unlock()
+		if endVM && sb != nil {
+			// Publish the delete before the slow VM teardown.
+			defer sb.Destroy(context.WithoutCancel(ctx))
+		}
+	}
+	status, at := p.exit()
+	pid := s.vmmPid()
+	if r.ExecID == "" {
+		s.send(runtime.TaskDeleteEventTopic, &eventstypes.TaskDelete{
+			ContainerID: c.id, ID: c.id, Pid: pid, ExitStatus: status, ExitedAt: timestamppb.New(at),
+		})
+	}
+	return &taskAPI.DeleteResponse{Pid: pid, ExitStatus: status, ExitedAt: timestamppb.New(at)}, nil
+}
+
+func isDone(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// Exec adds a process to a running container.
+func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emptypb.Empty, error) {
+	if err := s.exec(ctx, r); err != nil {
+		return nil, toGRPC(err)
+	}
+	return &emptypb.Empty{}, nil
+}
+
+func (s *service) exec(ctx context.Context, r *taskAPI.ExecProcessRequest) error {
+	c, err := s.getContainer(r.ID)
+	if err != nil {
+		return err
+	}
+	if r.ExecID == "" {
+		return fmt.Errorf("exec id is empty: %w", errdefs.ErrInvalidArgument)
+	}
+	if _, err := c.process(r.ExecID); err == nil {
+		return fmt.Errorf("exec %q: %w", r.ExecID, errdefs.ErrAlreadyExists)
+	}
+	v, err := typeurl.UnmarshalAny(r.Spec)
+	if err != nil {
+		return fmt.Errorf("decode exec spec: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	procSpec, ok := v.(*specs.Process)
+	if !ok {
+		return fmt.Errorf("exec spec is %T, not an OCI process: %w", v, errdefs.ErrInvalidArgument)
+	}
+	procSpec.ApparmorProfile, procSpec.SelinuxLabel = "", ""
+	s.mu.Lock()
+	sb := s.sb
+	s.mu.Unlock()
+	if sb == nil {
+		return fmt.Errorf("sandbox VM is not running: %w", errdefs.ErrFailedPrecondition)
+	}
+	ns, _ := namespaces.Namespace(ctx)
+	paths := stdioPaths{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}
+	hio, err := openStdio(ctx, paths, r.ID, ns)
+	if err != nil {
+		return err
+	}
+	sp, err := sb.Exec(ctx, c.id, r.ExecID, procSpec, hio.IO)
+	if err != nil {
+		hio.Close()
+		return err
+	}
+	p := newProcess(c.id, r.ExecID, paths, hio, sp)
+	c.addExec(p)
+	go s.waitProcess(c, p)
+	s.send(runtime.TaskExecAddedEventTopic, &eventstypes.TaskExecAdded{ContainerID: c.id, ExecID: r.ExecID})
+	return nil
+}
+
+// ResizePty resizes a process's terminal.
+func (s *service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*emptypb.Empty, error) {
+	_, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	if err := p.sp.Resize(ctx, r.Width, r.Height); err != nil {
+		return nil, toGRPC(err)
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// State reports a process.
+func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.StateResponse, error) {
+	c, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	status, at := p.exit()
+	return &taskAPI.StateResponse{
+		ID:         p.id(),
+		Bundle:     c.bundle,
+		Pid:        s.vmmPid(),
+		Status:     p.status(c),
+		Stdin:      p.paths.stdin,
+		Stdout:     p.paths.stdout,
+		Stderr:     p.paths.stderr,
+		Terminal:   p.paths.terminal,
+		ExitStatus: status,
+		ExitedAt:   timestamppb.New(at),
+		ExecID:     r.ExecID,
+	}, nil
+}
+
+// Pause freezes a container.
+func (s *service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*emptypb.Empty, error) {
+	return s.setPaused(ctx, r.ID, true)
+}
+
+// Resume thaws a container.
+func (s *service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*emptypb.Empty, error) {
+	return s.setPaused(ctx, r.ID, false)
+}
+
+func (s *service) setPaused(ctx context.Context, id string, paused bool) (*emptypb.Empty, error) {
+	c, sb, err := s.containerAndVM(id)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	topic, ev := runtime.TaskResumedEventTopic, any(&eventstypes.TaskResumed{ContainerID: id})
+	req := containerRequest(id)
+	if paused {
+		_, err = sb.Agent().Pause(ctx, req)
+		topic, ev = runtime.TaskPausedEventTopic, &eventstypes.TaskPaused{ContainerID: id}
+	} else {
+		_, err = sb.Agent().Resume(ctx, req)
+	}
+	if err != nil {
+		return nil, toGRPC(errgrpc.ToNative(err))
+	}
+	c.setPaused(paused)
+	s.send(topic, ev)
+	return &emptypb.Empty{}, nil
+}
+
+func (s *service) containerAndVM(id string) (*container, *sandbox.Sandbox, error) {
+	c, err := s.getContainer(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	s.mu.Lock()
+	sb := s.sb
+	s.mu.Unlock()
+	if sb == nil || isDone(sb.Done()) {
+		return nil, nil, fmt.Errorf("sandbox VM is not running: %w", errdefs.ErrFailedPrecondition)
+	}
+	return c, sb, nil
+}
+
+// Kill signals a process. Signalling one that has already exited
+// succeeds: CRI retries kills and expects idempotency.
+func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Empty, error) {
+	_, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	if p.hasExited() {
+		return &emptypb.Empty{}, nil
+	}
+	if err := p.sp.Kill(ctx, syscall.Signal(r.Signal), r.All); err != nil {
+		if p.hasExited() || sandbox.ErrVMExited(err) {
+			return &emptypb.Empty{}, nil
+		}
+		return nil, toGRPC(err)
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// Pids reports the VMM: the processes of a Berth container run in a VM
+// and have no host pids.
+func (s *service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.PidsResponse, error) {
+	if _, err := s.getContainer(r.ID); err != nil {
+		return nil, toGRPC(err)
+	}
+	return &taskAPI.PidsResponse{Processes: []*task.ProcessInfo{{Pid: s.vmmPid()}}}, nil
+}
+
+// CloseIO closes a process's stdin.
+func (s *service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*emptypb.Empty, error) {
+	_, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	if r.Stdin {
+		if err := p.sp.CloseStdin(ctx); err != nil && !p.hasExited() {
+			return nil, toGRPC(err)
+		}
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// Checkpoint is not supported: a VM's containers cannot be checkpointed
+// with CRIU from the host.
+func (s *service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*emptypb.Empty, error) {
+	return nil, toGRPC(fmt.Errorf("checkpoint: %w", errdefs.ErrNotImplemented))
+}
+
+// Update changes a container's resources inside the guest.
+func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*emptypb.Empty, error) {
+	_, sb, err := s.containerAndVM(r.ID)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	v, err := typeurl.UnmarshalAny(r.Resources)
+	if err != nil {
+		return nil, toGRPC(fmt.Errorf("decode resources: %v: %w", err, errdefs.ErrInvalidArgument))
+	}
+	res, ok := v.(*specs.LinuxResources)
+	if !ok {
+		return nil, toGRPC(fmt.Errorf("resources are %T, not linux resources: %w", v, errdefs.ErrInvalidArgument))
+	}
+	b, err := json.Marshal(res)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	if _, err := sb.Agent().Update(ctx, updateRequest(r.ID, b)); err != nil {
+		return nil, toGRPC(errgrpc.ToNative(err))
+	}
+	return &emptypb.Empty{}, nil
+}
+
+// Wait blocks until a process exits.
+func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.WaitResponse, error) {
+	_, p, err := s.getProcess(r.ID, r.ExecID)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	select {
+	case <-p.exited:
+	case <-ctx.Done():
+		return nil, toGRPC(ctx.Err())
+	}
+	status, at := p.exit()
+	return &taskAPI.WaitResponse{ExitStatus: status, ExitedAt: timestamppb.New(at)}, nil
+}
+
+// Stats returns a container's cgroup metrics from inside the guest, in
+// containerd's cgroup v2 metrics type.
+func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.StatsResponse, error) {
+	_, sb, err := s.containerAndVM(r.ID)
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	st, err := sb.Agent().Stats(ctx, containerRequest(r.ID))
+	if err != nil {
+		return nil, toGRPC(errgrpc.ToNative(err))
+	}
+	a, err := typeurl.MarshalAnyToProto(stats.CgroupV2Metrics(st))
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	return &taskAPI.StatsResponse{Stats: a}, nil
+}
+
+// Connect returns the shim's and the VMM's pids.
+func (s *service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*taskAPI.ConnectResponse, error) {
+	return &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid()), TaskPid: s.vmmPid()}, nil
+}
+
+// Shutdown ends the shim once it serves no container.
+func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*emptypb.Empty, error) {
+	s.mu.Lock()
+	if len(s.containers) > 0 {
+		s.mu.Unlock()
+		return &emptypb.Empty{}, nil
+	}
+	sb := s.sb
+	s.sb = nil
+	s.mu.Unlock()
+	if sb != nil {
+		sb.Destroy(context.WithoutCancel(ctx))
+	}
+	s.shutdown.Shutdown()
+	return &emptypb.Empty{}, nil
+}
+
+// readSpec reads the bundle's config.json.
+func readSpec(bundle string) (*specs.Spec, error) {
+	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return nil, fmt.Errorf("read OCI spec: %w", err)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(b, &spec); err != nil {
+		return nil, fmt.Errorf("decode OCI spec: %v: %w", err, errdefs.ErrInvalidArgument)
+	}
+	if spec.Root == nil || spec.Process == nil {
+		return nil, fmt.Errorf("OCI spec needs root and process: %w", errdefs.ErrInvalidArgument)
+	}
+	return &spec, nil
+}
