@@ -2,19 +2,22 @@
 // the floor set by the VM itself and, when runc is installed, a plain
 // container without a VM:
 //
-//	runc run /bin/true             the same busybox rootfs, no VM (baseline)
+//	runc run /bin/true             the same rootfs, no VM (baseline)
 //	raw QEMU boot to agent ready   QEMU started directly with Berth's guest
 //	                               image; time until the agent answers Info
-//	sandbox create                 sandbox.Create: virtiofsd, QEMU, agent
-//	container /bin/true            CreateContainer, Start, Wait
-//	teardown                       DeleteContainer, Destroy
+//	  sandbox create               sandbox.Create: virtiofsd, QEMU, agent
+//	  container create             CreateContainer: rootfs bind mount,
+//	                               libcontainer's init in the guest
+//	  container start + wait       Start, Wait: /bin/true runs and exits
+//	  teardown                     DeleteContainer, Destroy
 //	berth run /bin/true            the whole CLI, end to end
 //
-// The three middle rows are the phases of berth run, measured in this
-// process with the same sandbox package the CLI calls, to show where its
-// time goes. Each row is the median (min, max) of -n runs, taken in turns
-// after one untimed warm-up round so that no row alone pays for a cold
-// page cache.
+// The indented rows are the phases of berth run, measured in this process
+// with the same sandbox package the CLI calls, to show where its time
+// goes; what berth run takes beyond their sum is the CLI's own cost. Each
+// row is the median (min, max) of -n runs. The measurements take turns,
+// after one untimed warm-up round, so that none of them alone pays for a
+// cold page cache or runs while the host reclaims the previous VM.
 //
 // Everything runs against a private run_dir in a temporary configuration
 // (the -config file, or the defaults, with -machine applied), so the
@@ -79,8 +82,18 @@ func main() {
 
 // series is one row of the table: a name and its timings.
 type series struct {
-	name string
-	ds   []time.Duration
+	name, short string // short names it in the per-run progress lines
+	ds          []time.Duration
+}
+
+func (s *series) add(d time.Duration) { s.ds = append(s.ds, d) }
+
+// wrap names the step that failed.
+func wrap(step string, err error) error {
+	if err != nil {
+		return fmt.Errorf("%s: %w", step, err)
+	}
+	return nil
 }
 
 func run(ctx context.Context, o options) (retErr error) {
@@ -141,55 +154,66 @@ func run(ctx context.Context, o options) (retErr error) {
 		cfg.Hypervisor.Machine, cfg.Hypervisor.DefaultVCPUs, cfg.Hypervisor.DefaultMemoryMiB, o.n)
 
 	var (
-		runcRow    = series{name: "runc run /bin/true (no VM)"}
-		rawRow     = series{name: "raw QEMU boot to agent ready"}
-		createRow  = series{name: "  sandbox create (virtiofsd, QEMU, agent)"}
-		contRow    = series{name: "  container /bin/true (create, start, wait)"}
-		teardownRw = series{name: "  teardown (delete, destroy VM)"}
-		berthRow   = series{name: "berth run /bin/true (end to end)"}
+		runcRow     = &series{name: "runc run /bin/true (no VM)", short: "runc"}
+		rawRow      = &series{name: "raw QEMU boot to agent ready", short: "raw"}
+		sandboxRow  = &series{name: "  sandbox create (virtiofsd, QEMU, agent)", short: "sandbox"}
+		createRow   = &series{name: "  container create (runc init in guest)", short: "create"}
+		startRow    = &series{name: "  container start + wait (/bin/true)", short: "start+wait"}
+		teardownRow = &series{name: "  teardown (delete, destroy VM)", short: "teardown"}
+		berthRow    = &series{name: "berth run /bin/true (end to end)", short: "berth run"}
 	)
-	for i := 0; i <= o.n; i++ {
-		timed := i > 0
-		if rc != nil {
-			d, err := rc.run(ctx, i)
-			if err != nil {
-				return fmt.Errorf("runc run: %w", err)
-			}
-			if timed {
-				runcRow.ds = append(runcRow.ds, d)
-			}
-		}
-		d, err := rawBoot(ctx, cfg, accel)
-		if err != nil {
-			return fmt.Errorf("raw boot: %w", err)
-		}
-		if timed {
-			rawRow.ds = append(rawRow.ds, d)
-		}
-		ph, err := berthPhases(ctx, cfg, accel, rootfs, i)
-		if err != nil {
-			return fmt.Errorf("berth phases: %w", err)
-		}
-		if timed {
-			createRow.ds = append(createRow.ds, ph.create)
-			contRow.ds = append(contRow.ds, ph.container)
-			teardownRw.ds = append(teardownRw.ds, ph.teardown)
-		}
-		if d, err = berthRun(ctx, berthBin, cfgPath, rootfs); err != nil {
-			return fmt.Errorf("berth run: %w", err)
-		}
-		if timed {
-			berthRow.ds = append(berthRow.ds, d)
-		}
-		if timed {
-			fmt.Fprintf(os.Stderr, "run %d/%d done\n", i, o.n)
-		}
+	// One step per measurement; each appends its timings to its rows.
+	steps := []func() error{
+		func() error {
+			d, err := rawBoot(ctx, cfg, accel)
+			rawRow.add(d)
+			return wrap("raw boot", err)
+		},
+		func() error {
+			ph, err := berthPhases(ctx, cfg, accel, rootfs)
+			sandboxRow.add(ph.sandbox)
+			createRow.add(ph.create)
+			startRow.add(ph.startWait)
+			teardownRow.add(ph.teardown)
+			return wrap("berth phases", err)
+		},
+		func() error {
+			d, err := berthRun(ctx, berthBin, cfgPath, rootfs)
+			berthRow.add(d)
+			return wrap("berth run", err)
+		},
 	}
-
-	rows := []series{rawRow, createRow, contRow, teardownRw, berthRow}
+	rows := []*series{rawRow, sandboxRow, createRow, startRow, teardownRow, berthRow}
 	if rc != nil {
-		rows = append([]series{runcRow}, rows...)
+		steps = append(steps, func() error {
+			d, err := rc.run(ctx)
+			runcRow.add(d)
+			return wrap("runc run", err)
+		})
+		rows = append([]*series{runcRow}, rows...)
 	}
+	// Round 0 is the warm-up. Each round starts with the next step, so
+	// no measurement always follows the same one.
+	for round := 0; round <= o.n; round++ {
+		for j := range steps {
+			if err := steps[(round+j)%len(steps)](); err != nil {
+				return err
+			}
+		}
+		if round == 0 {
+			for _, r := range rows {
+				r.ds = nil
+			}
+			continue
+		}
+		var parts []string
+		for _, r := range rows {
+			parts = append(parts, r.short+" "+ms(r.ds[len(r.ds)-1]))
+		}
+		fmt.Fprintf(os.Stderr, "run %d/%d: %s\n", round, o.n, strings.Join(parts, "; "))
+	}
+	fmt.Fprintln(os.Stderr)
+
 	printTable(rows)
 	mr, mb := median(rawRow.ds), median(berthRow.ds)
 	fmt.Printf("\nberth run / raw boot: %.2fx (berth adds %s to the boot floor)\n", float64(mb)/float64(mr), ms(mb-mr))
@@ -285,7 +309,7 @@ func kernelRelease() string {
 	return "Linux " + strings.TrimSpace(string(b))
 }
 
-func printTable(rows []series) {
+func printTable(rows []*series) {
 	fmt.Printf("| %-44s | %8s | %8s | %8s |\n", "measurement", "median", "min", "max")
 	fmt.Printf("|%s|%s:|%s:|%s:|\n", strings.Repeat("-", 46), strings.Repeat("-", 9), strings.Repeat("-", 9), strings.Repeat("-", 9))
 	for _, r := range rows {

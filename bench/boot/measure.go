@@ -92,26 +92,39 @@ func rawBoot(ctx context.Context, cfg *config.Config, accel qemu.Accel) (time.Du
 	}
 }
 
+// seq numbers the sandboxes and containers this process creates.
+var seq int
+
+// uniqueID names a sandbox or runc container; the pid keeps two
+// benchmarks on one host apart.
+func uniqueID(prefix string) string {
+	seq++
+	return prefix + "-" + strconv.Itoa(os.Getpid()) + "-" + strconv.Itoa(seq)
+}
+
 // phases are the parts of one berth run, timed separately.
 type phases struct {
-	create, container, teardown time.Duration
+	sandbox   time.Duration // sandbox.Create: virtiofsd, QEMU, agent ready
+	create    time.Duration // CreateContainer: bind mount, runc init in the guest
+	startWait time.Duration // Start and Wait: exec /bin/true, exit status
+	teardown  time.Duration // DeleteContainer and Destroy
 }
 
 // berthPhases does what berth run does, with the sandbox package in this
 // process, and times each step. The difference between their sum and the
 // end-to-end berth run is the CLI's own cost (process start, config,
 // stale-sandbox scan).
-func berthPhases(ctx context.Context, cfg *config.Config, accel qemu.Accel, rootfs string, i int) (ph phases, retErr error) {
+func berthPhases(ctx context.Context, cfg *config.Config, accel qemu.Accel, rootfs string) (ph phases, retErr error) {
 	ctx, cancel := context.WithTimeout(ctx, runLimit)
 	defer cancel()
-	id := "bench-" + strconv.Itoa(os.Getpid()) + "-" + strconv.Itoa(i)
+	id := uniqueID("bench")
 	t0 := time.Now()
 	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: id, Accel: accel})
 	if err != nil {
 		return ph, err
 	}
 	t1 := time.Now()
-	ph.create = t1.Sub(t0)
+	ph.sandbox = t1.Sub(t0)
 	// On any error below, still tear down: an abandoned sandbox holds the
 	// rootfs bind-mounted under run_dir.
 	destroyed := false
@@ -126,6 +139,8 @@ func berthPhases(ctx context.Context, cfg *config.Config, accel qemu.Accel, root
 	if err != nil {
 		return ph, err
 	}
+	t2 := time.Now()
+	ph.create = t2.Sub(t1)
 	if err := proc.Start(ctx); err != nil {
 		return ph, err
 	}
@@ -136,15 +151,15 @@ func berthPhases(ctx context.Context, cfg *config.Config, accel qemu.Accel, root
 	if st.Code != 0 {
 		return ph, fmt.Errorf("/bin/true exited %d", st.Code)
 	}
-	t2 := time.Now()
-	ph.container = t2.Sub(t1)
+	t3 := time.Now()
+	ph.startWait = t3.Sub(t2)
 
 	err = sb.DeleteContainer(ctx, "main")
 	destroyed = true
 	if derr := sb.Destroy(context.Background()); err == nil {
 		err = derr
 	}
-	ph.teardown = time.Since(t2)
+	ph.teardown = time.Since(t3)
 	return ph, err
 }
 
@@ -209,10 +224,10 @@ func newRuncBench(ctx context.Context, bin, rootfs, dir string) (*runcBench, err
 
 // run times one `runc run`, which creates, starts, waits for and deletes
 // the container.
-func (r *runcBench) run(ctx context.Context, i int) (time.Duration, error) {
+func (r *runcBench) run(ctx context.Context) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, runLimit)
 	defer cancel()
-	id := "berth-bench-" + strconv.Itoa(os.Getpid()) + "-" + strconv.Itoa(i)
+	id := uniqueID("berth-bench")
 	start := time.Now()
 	out, err := exec.CommandContext(ctx, r.bin, "--root", r.root, "run", "--bundle", r.bundle, id).CombinedOutput()
 	d := time.Since(start)

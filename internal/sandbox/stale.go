@@ -89,9 +89,22 @@ func waitGone(pid int, limit time.Duration) {
 	}
 }
 
+// processAlive reports whether pid runs. A zombie counts as dead: a killed
+// shim stays one until whoever inherited it reaps it, which on some hosts
+// (a PID 1 that does not reap) is never.
 func processAlive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || err == syscall.EPERM
+	if err := syscall.Kill(pid, 0); err != nil && err != syscall.EPERM {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command name.
+	if i := strings.LastIndexByte(string(b), ')'); i >= 0 && i+2 < len(b) && b[i+2] == 'Z' {
+		return false
+	}
+	return true
 }
 
 // mountsUnder lists mount points at or below dir, deepest first.

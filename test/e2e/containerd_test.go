@@ -1,0 +1,303 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/berth-runtime/berth/internal/ociimage"
+)
+
+// The containerd tests run Debian's containerd (1.6.20 on Debian 12) with a
+// private root, state and socket, and Berth's shim from bin/ on its PATH.
+
+const (
+	busyboxImage = "docker.io/library/busybox:berth"
+	pauseImage   = "docker.io/library/berth-pause:latest"
+	berthRuntime = "io.containerd.berth.v2"
+)
+
+var ctrd struct {
+	once sync.Once
+	dir  string
+	sock string
+	err  error
+}
+
+// containerd starts the private containerd once for the test binary and
+// imports the test images.
+func containerd(t *testing.T) string {
+	t.Helper()
+	requireE2E(t)
+	ctrd.once.Do(func() { ctrd.err = startContainerd() })
+	if ctrd.err != nil {
+		t.Fatalf("containerd: %v", ctrd.err)
+	}
+	return ctrd.sock
+}
+
+func startContainerd() error {
+	ctrd.dir = filepath.Join(filepath.Dir(env.runDir), "containerd")
+	cmd := exec.Command(filepath.Join(repoRoot(), "scripts", "containerd-private.sh"), "start", ctrd.dir, filepath.Join(repoRoot(), "bin"))
+	cmd.Env = append(os.Environ(), "BERTH_CONFIG="+env.config)
+	out, err := cmd.Output()
+	if err != nil {
+		return fmt.Errorf("start: %v: %s", err, exitStderr(err))
+	}
+	ctrd.sock = strings.TrimSpace(string(out))
+	for _, img := range []struct {
+		ref string
+		cmd []string
+	}{
+		{busyboxImage, []string{"/bin/sh"}},
+		{pauseImage, []string{"/bin/sleep", "2147483647"}},
+	} {
+		archive := filepath.Join(ctrd.dir, strings.NewReplacer("/", "_", ":", "_").Replace(img.ref)+".tar")
+		f, err := os.Create(archive)
+		if err != nil {
+			return err
+		}
+		err = ociimage.Pack(f, env.rootfs, ociimage.Options{Ref: img.ref, Cmd: img.cmd})
+		f.Close()
+		if err != nil {
+			return err
+		}
+		for _, ns := range []string{"default", "k8s.io"} {
+			if out, err := exec.Command("ctr", "-a", ctrd.sock, "-n", ns, "images", "import", archive).CombinedOutput(); err != nil {
+				return fmt.Errorf("import %s: %v: %s", img.ref, err, out)
+			}
+		}
+	}
+	return nil
+}
+
+func stopContainerd() {
+	if ctrd.dir != "" {
+		exec.Command(filepath.Join(repoRoot(), "scripts", "containerd-private.sh"), "stop", ctrd.dir).Run()
+	}
+}
+
+func exitStderr(err error) string {
+	if ee, ok := err.(*exec.ExitError); ok {
+		return string(ee.Stderr)
+	}
+	return ""
+}
+
+// ctr runs ctr against the private containerd.
+func ctr(t *testing.T, args ...string) result {
+	t.Helper()
+	cmd := exec.Command("ctr", append([]string{"-a", ctrd.sock}, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	err := cmd.Run()
+	r := result{stdout: stdout.String(), stderr: stderr.String(), elapsed: time.Since(start)}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("ctr %v: %v", args, err)
+	}
+	return r
+}
+
+func mustCtr(t *testing.T, args ...string) string {
+	t.Helper()
+	r := ctr(t, args...)
+	if r.code != 0 {
+		t.Fatalf("ctr %s: exit %d\n%s%s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+	}
+	return r.stdout
+}
+
+// taskStatus returns the STATUS column of `ctr task ls` for id.
+func taskStatus(t *testing.T, id string) string {
+	t.Helper()
+	for _, line := range strings.Split(mustCtr(t, "task", "ls"), "\n") {
+		if f := strings.Fields(line); len(f) == 3 && f[0] == id {
+			return f[2]
+		}
+	}
+	return ""
+}
+
+// cleanupTask removes a task and container whatever state they are in.
+func cleanupTask(t *testing.T, id string) {
+	ctr(t, "task", "kill", "-s", "KILL", id)
+	for i := 0; i < 50 && taskStatus(t, id) == "RUNNING"; i++ {
+		time.Sleep(100 * time.Millisecond)
+	}
+	ctr(t, "task", "delete", id)
+	ctr(t, "container", "rm", id)
+}
+
+func TestCtrRunExitCodeAndGuestKernel(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	r := ctr(t, "run", "--runtime", berthRuntime, "--rm", busyboxImage, "ctr-run",
+		"sh", "-c", "echo hi; uname -r; exit 3")
+	if r.code != 3 {
+		t.Fatalf("exit %d, want 3; stderr:\n%s", r.code, r.stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != 2 || lines[0] != "hi" || !strings.HasSuffix(lines[1], "-cloud-amd64") || lines[1] == hostRelease() {
+		t.Fatalf("stdout %q: want hi and the guest kernel (host is %s)", r.stdout, hostRelease())
+	}
+	t.Logf("ctr run --rm took %v", r.elapsed)
+}
+
+func TestCtrDetachedExecMetricsPauseKillDelete(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	const id = "ctr-detached"
+	mustCtr(t, "run", "-d", "--runtime", berthRuntime, busyboxImage, id, "sh", "-c", "sleep 1000")
+	defer cleanupTask(t, id)
+	if st := taskStatus(t, id); st != "RUNNING" {
+		t.Fatalf("task status %q after run -d", st)
+	}
+	r := ctr(t, "task", "exec", "--exec-id", "e1", id, "sh", "-c", "echo x; cat /proc/1/cmdline | tr '\\0' ' '; exit 4")
+	if r.code != 4 || !strings.HasPrefix(r.stdout, "x\nsleep 1000") {
+		t.Fatalf("exec: exit %d, stdout %q (want 4 and x, then the init's command line); stderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	metrics := mustCtr(t, "task", "metrics", id)
+	for _, want := range []string{"memory.usage", "cpu.usage_usec", "pids.current"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("ctr task metrics lacks %s:\n%s", want, metrics)
+		}
+	}
+	mustCtr(t, "task", "pause", id)
+	if st := taskStatus(t, id); st != "PAUSED" {
+		t.Errorf("status %q after pause", st)
+	}
+	mustCtr(t, "task", "resume", id)
+	if st := taskStatus(t, id); st != "RUNNING" {
+		t.Errorf("status %q after resume", st)
+	}
+	mustCtr(t, "task", "kill", "-s", "KILL", id)
+	waitStatus(t, id, "STOPPED", 10*time.Second)
+	mustCtr(t, "task", "delete", id)
+	mustCtr(t, "container", "rm", id)
+}
+
+func waitStatus(t *testing.T, id, want string, limit time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		st := taskStatus(t, id)
+		if st == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("task %s status %q, want %q within %v", id, st, want, limit)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestCtrQEMUKilledReportsExit(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	const id = "ctr-qemu-killed"
+	mustCtr(t, "run", "-d", "--runtime", berthRuntime, busyboxImage, id, "sleep", "1000")
+	defer cleanupTask(t, id)
+	pids := qemuPids()
+	if len(pids) != 1 {
+		t.Fatalf("QEMU pids %v, want one", pids)
+	}
+	killed := time.Now()
+	syscall.Kill(pids[0], syscall.SIGKILL)
+	waitStatus(t, id, "STOPPED", 5*time.Second)
+	t.Logf("containerd saw the task stop %v after QEMU was killed", time.Since(killed))
+	mustCtr(t, "task", "delete", id)
+	mustCtr(t, "container", "rm", id)
+}
+
+// shimPids finds Berth shims serving our containerd.
+func shimPids() []int {
+	var pids []int
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		c := string(b)
+		if strings.Contains(c, "containerd-shim-berth-v2") && strings.Contains(c, ctrd.sock) {
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func TestCtrShimKilledLeavesNothing(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	const id = "ctr-shim-killed"
+	mustCtr(t, "run", "-d", "--runtime", berthRuntime, busyboxImage, id, "sleep", "1000")
+	defer cleanupTask(t, id)
+	shims := shimPids()
+	if len(shims) != 1 {
+		t.Fatalf("shim pids %v, want one", shims)
+	}
+	syscall.Kill(shims[0], syscall.SIGKILL)
+	// QEMU dies with its shim; containerd notices the shim is gone, runs
+	// `shim delete`, and reports the task stopped.
+	deadline := time.Now().Add(10 * time.Second)
+	for len(qemuPids()) > 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if p := qemuPids(); len(p) > 0 {
+		t.Errorf("QEMU %v outlived its shim", p)
+	}
+	// containerd 1.6 deletes the task of a dead shim itself; a newer one
+	// may report it stopped first.
+	deadline = time.Now().Add(10 * time.Second)
+	for st := taskStatus(t, id); st == "RUNNING"; st = taskStatus(t, id) {
+		if time.Now().After(deadline) {
+			t.Fatalf("task still RUNNING 10s after its shim was killed")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	ctr(t, "task", "delete", id)
+	mustCtr(t, "container", "rm", id)
+}
+
+func TestCtrContainerdRestartKeepsTask(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	const id = "ctr-restart"
+	mustCtr(t, "run", "-d", "--runtime", berthRuntime, busyboxImage, id, "sleep", "1000")
+	defer cleanupTask(t, id)
+	stopContainerd()
+	ctrd.once = sync.Once{}
+	if err := restartContainerd(); err != nil {
+		t.Fatal(err)
+	}
+	if st := taskStatus(t, id); st != "RUNNING" {
+		t.Fatalf("after containerd restart the task is %q, want RUNNING", st)
+	}
+	r := ctr(t, "task", "exec", "--exec-id", "after-restart", id, "echo", "still here")
+	if r.code != 0 || r.stdout != "still here\n" {
+		t.Fatalf("exec after restart: exit %d, %q, %s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// restartContainerd starts containerd again on the same directories.
+func restartContainerd() error {
+	cmd := exec.Command(filepath.Join(repoRoot(), "scripts", "containerd-private.sh"), "start", ctrd.dir, filepath.Join(repoRoot(), "bin"))
+	cmd.Env = append(os.Environ(), "BERTH_CONFIG="+env.config)
+	if out, err := cmd.Output(); err != nil {
+		return fmt.Errorf("restart containerd: %v: %s %s", err, out, exitStderr(err))
+	}
+	ctrd.once.Do(func() {})
+	return nil
+}
