@@ -4,6 +4,7 @@
 GO        ?= go
 BIN       := bin
 STATE_DIR ?= /var/lib/berth
+PREFIX    ?= /usr/local
 ROOTFS    ?= $(BIN)/rootfs-busybox
 # The agent is PID 1 of the guest: a static binary. runc's nsenter needs
 # cgo, so it links glibc statically; osusergo/netgo keep NSS out of it.
@@ -11,7 +12,7 @@ AGENT_TAGS    := osusergo netgo
 AGENT_LDFLAGS := -s -w -extldflags -static
 GOFILES := $(shell find . -name '*.go' -not -path './bin/*' 2>/dev/null)
 
-.PHONY: help build deps guest rootfs demo test test-unit test-e2e bench proto clean
+.PHONY: help build deps guest rootfs demo install test test-unit test-e2e bench proto clean
 
 help: ## list targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,9 +39,14 @@ guest: build ## build the guest kernel + initramfs into $(STATE_DIR)/guest
 rootfs: ## unpack a busybox root file system into $(ROOTFS)
 	scripts/busybox-rootfs.sh $(ROOTFS)
 
-demo: deps guest rootfs ## set up everything, then run a container in a VM
-	$(BIN)/berth --state-dir $(STATE_DIR) check
-	$(BIN)/berth --state-dir $(STATE_DIR) run --rootfs $(ROOTFS) -- /bin/sh -c 'echo "hello from a Berth VM, kernel $$(uname -r)"; head -1 /proc/meminfo'
+demo: deps guest rootfs ## set up everything, then run a container in a VM (berth run, then through containerd)
+	STATE_DIR=$(STATE_DIR) ROOTFS=$(ROOTFS) scripts/demo.sh
+
+install: build ## install the binaries into $(PREFIX)/bin and a default config into /etc/berth (root)
+	install -D -m 0755 $(BIN)/berth $(PREFIX)/bin/berth
+	install -D -m 0755 $(BIN)/berth-agent $(PREFIX)/bin/berth-agent
+	install -D -m 0755 $(BIN)/containerd-shim-berth-v2 $(PREFIX)/bin/containerd-shim-berth-v2
+	@if [ ! -e /etc/berth/config.toml ]; then install -d /etc/berth && $(BIN)/berth env | grep -v '^#' > /etc/berth/config.toml && echo "wrote /etc/berth/config.toml"; fi
 
 test-unit: ## unit tests: no root, no VM
 	$(GO) test ./...

@@ -134,6 +134,7 @@ type Config struct {
 	Hypervisor Hypervisor `toml:"hypervisor"`
 	Agent      Agent      `toml:"agent"`
 	Guest      Guest      `toml:"guest"`
+	Runtime    Runtime    `toml:"runtime"`
 
 	// source is the file Load read, "" for built-in defaults. It is not a
 	// TOML key (unexported fields are neither decoded nor encoded).
@@ -182,6 +183,14 @@ type Guest struct {
 	// KernelPackage is the Debian package `berth guest build` downloads,
 	// e.g. "linux-image-cloud-amd64" (a meta package is resolved).
 	KernelPackage string `toml:"kernel_package"`
+}
+
+// Runtime configures what the containerd shim accepts from pods.
+type Runtime struct {
+	// EnableAnnotations lists the keys pods may set through
+	// io.berth.config.<key> annotations. Only keys in the annotatable
+	// allow-list (see annotations.go) can be listed; default: none.
+	EnableAnnotations []string `toml:"enable_annotations"`
 }
 
 // Duration is a time.Duration that reads TOML strings like "30s".

@@ -311,6 +311,8 @@ func walkKeys(t reflect.Type, prefix string, out map[string]string) {
 			out[key] = "integer"
 		case f.Type.Kind() == reflect.Bool:
 			out[key] = "boolean"
+		case f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.String:
+			out[key] = "array of strings"
 		default:
 			out[key] = f.Type.Kind().String()
 		}

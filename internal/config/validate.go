@@ -76,6 +76,13 @@ func (c *Config) problems() []*KeyError {
 		add(keyError("guest.kernel_package", c.Guest.KernelPackage, "is not a Debian package name",
 			`use a package such as "linux-image-cloud-amd64" (lower case letters, digits and + - .)`))
 	}
+	// [runtime]
+	for _, k := range c.Runtime.EnableAnnotations {
+		if _, ok := annotatable[k]; !ok {
+			add(keyError("runtime.enable_annotations", k, "is not a key pods may set",
+				"list only keys from "+quotedList(AnnotatableKeys())+"; paths and the kernel command line are never settable by pods"))
+		}
+	}
 	return errs
 }
 

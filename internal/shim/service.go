@@ -172,6 +172,11 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 		return 0, err
 	}
 	sandboxID, isSandbox := oci.PodInfo(r.ID, spec.Annotations)
+	// Pod annotations are untrusted: only allow-listed keys pass.
+	cfg, err := s.cfg.WithAnnotations(spec.Annotations)
+	if err != nil {
+		return 0, fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
+	}
 
 	s.mu.Lock()
 	if _, ok := s.containers[r.ID]; ok {
@@ -214,7 +219,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 		}()
 	}
 
-	sb, sandboxPid, err := s.sandboxFor(ctx, sandboxID, isSandbox)
+	sb, sandboxPid, err := s.sandboxFor(ctx, cfg, sandboxID, isSandbox)
 	if err != nil {
 		return 0, err
 	}
@@ -251,7 +256,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 // sandboxFor returns the pod's VM, booting it for the pod's first
 // container. It also returns the guest pid of the sandbox container, whose
 // namespaces app containers join.
-func (s *service) sandboxFor(ctx context.Context, sandboxID string, isSandbox bool) (*sandbox.Sandbox, uint32, error) {
+func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID string, isSandbox bool) (*sandbox.Sandbox, uint32, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.sb != nil {
@@ -267,12 +272,12 @@ func (s *service) sandboxFor(ctx context.Context, sandboxID string, isSandbox bo
 	if !isSandbox {
 		return nil, 0, fmt.Errorf("sandbox %q is not running in this shim: %w", sandboxID, errdefs.ErrFailedPrecondition)
 	}
-	accel, err := resolveAccel(ctx, s.cfg)
+	accel, err := resolveAccel(ctx, cfg)
 	if err != nil {
 		return nil, 0, err
 	}
-	sandbox.CleanupStale(s.cfg.RunDir)
-	sb, err := sandbox.Create(ctx, s.cfg, sandbox.Options{ID: sandboxID, Accel: accel})
+	sandbox.CleanupStale(cfg.RunDir)
+	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: sandboxID, Accel: accel})
 	if err != nil {
 		return nil, 0, fmt.Errorf("start sandbox VM: %w", err)
 	}
@@ -303,8 +308,10 @@ func resolveAccel(ctx context.Context, cfg *config.Config) (qemu.Accel, error) {
 // learns of it at once.
 func (s *service) watchVM(sb *sandbox.Sandbox) {
 	<-sb.Done()
-	log.G(s.ctx).WithError(sb.VMError()).Warn("sandbox VM exited")
 	s.mu.Lock()
+	if s.sb == sb {
+		log.G(s.ctx).WithError(sb.VMError()).Warn("sandbox VM exited unexpectedly")
+	}
 	var procs []*process
 	for _, c := range s.containers {
 		if c.init != nil {

@@ -301,3 +301,26 @@ func restartContainerd() error {
 	ctrd.once.Do(func() {})
 	return nil
 }
+
+func TestCtrPodAnnotationsAreAllowListed(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	for _, tc := range []struct{ annotation, want string }{
+		{"io.berth.config.hypervisor.path=/tmp/evil-qemu", "cannot be set by pods"},
+		{"io.berth.config.hypervisor.default_vcpus=2", "runtime.enable_annotations"},
+	} {
+		id := "ctr-annotation"
+		r := ctr(t, "run", "--rm", "--runtime", berthRuntime, "--annotation", tc.annotation, busyboxImage, id, "true")
+		ctr(t, "container", "rm", id)
+		if r.code == 0 {
+			t.Errorf("%s: container ran", tc.annotation)
+			continue
+		}
+		if !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("%s: error does not say %q:\n%s", tc.annotation, tc.want, r.stderr)
+		}
+	}
+	if p := qemuPids(); len(p) > 0 {
+		t.Errorf("a VM was started despite a rejected annotation: %v", p)
+	}
+}

@@ -1,0 +1,333 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// The CRI tests drive the private containerd's CRI plugin the way the
+// kubelet does: RunPodSandbox with Berth's runtime handler, then app
+// containers that join the pod's VM. Pods use the node's network so that no
+// CNI plugin is needed.
+
+const criHandler = "berth"
+
+type criClient struct {
+	rt  cri.RuntimeServiceClient
+	img cri.ImageServiceClient
+}
+
+// newCRI connects to containerd's CRI plugin on the private socket.
+func newCRI(t *testing.T) *criClient {
+	t.Helper()
+	sock := containerd(t)
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("dial CRI: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	c := &criClient{rt: cri.NewRuntimeServiceClient(conn), img: cri.NewImageServiceClient(conn)}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.rt.Version(ctx, &cri.VersionRequest{}); err != nil {
+		t.Fatalf("CRI Version: %v", err)
+	}
+	// The images were imported with ctr into k8s.io; CRI learns of them
+	// from containerd's events, so give it a moment.
+	for _, ref := range []string{busyboxImage, pauseImage} {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			st, err := c.img.ImageStatus(ctx, &cri.ImageStatusRequest{Image: &cri.ImageSpec{Image: ref}})
+			if err == nil && st.Image != nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("CRI does not know image %s: %v", ref, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	return c
+}
+
+func criCtx(t *testing.T, limit time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// criPod is a running pod sandbox.
+type criPod struct {
+	id     string
+	config *cri.PodSandboxConfig
+	logDir string
+}
+
+// runPod starts a pod sandbox with Berth's handler. The pod is stopped and
+// removed at the end of the test if the test has not done it.
+func (c *criClient) runPod(t *testing.T, name string) *criPod {
+	t.Helper()
+	uid := fmt.Sprintf("%s-%d", name, time.Now().UnixNano())
+	logDir := t.TempDir()
+	config := &cri.PodSandboxConfig{
+		Metadata:     &cri.PodSandboxMetadata{Name: name, Uid: uid, Namespace: "berth-e2e", Attempt: 0},
+		Hostname:     name,
+		LogDirectory: logDir,
+		Labels:       map[string]string{"app": name},
+		Linux: &cri.LinuxPodSandboxConfig{
+			// What the kubelet passes with the cgroupfs driver; the guest
+			// must not care.
+			CgroupParent: "/kubepods/besteffort/pod" + uid,
+			SecurityContext: &cri.LinuxSandboxSecurityContext{
+				NamespaceOptions: &cri.NamespaceOption{
+					Network: cri.NamespaceMode_NODE,
+					Pid:     cri.NamespaceMode_CONTAINER,
+					Ipc:     cri.NamespaceMode_POD,
+				},
+			},
+		},
+	}
+	resp, err := c.rt.RunPodSandbox(criCtx(t, 2*time.Minute), &cri.RunPodSandboxRequest{Config: config, RuntimeHandler: criHandler})
+	if err != nil {
+		t.Fatalf("RunPodSandbox: %v", err)
+	}
+	pod := &criPod{id: resp.PodSandboxId, config: config, logDir: logDir}
+	t.Cleanup(func() { c.removePod(t, pod.id) })
+	return pod
+}
+
+// removePod stops and removes a pod and its containers; it is what the
+// kubelet does on pod deletion, and it is idempotent.
+func (c *criClient) removePod(t *testing.T, id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := c.rt.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: id}); err != nil && status.Code(err) != codes.NotFound {
+		t.Errorf("StopPodSandbox %s: %v", id, err)
+	}
+	if _, err := c.rt.RemovePodSandbox(ctx, &cri.RemovePodSandboxRequest{PodSandboxId: id}); err != nil && status.Code(err) != codes.NotFound {
+		t.Errorf("RemovePodSandbox %s: %v", id, err)
+	}
+}
+
+// createContainer creates (not starts) a busybox container in the pod, with
+// a kubelet-style termination log mount.
+func (c *criClient) createContainer(t *testing.T, pod *criPod, name string, args ...string) (id, termLog string) {
+	t.Helper()
+	termLog = filepath.Join(t.TempDir(), "termination-log")
+	if err := os.WriteFile(termLog, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	config := &cri.ContainerConfig{
+		Metadata: &cri.ContainerMetadata{Name: name},
+		Image:    &cri.ImageSpec{Image: busyboxImage},
+		Command:  args,
+		LogPath:  name + ".log",
+		Mounts:   []*cri.Mount{{ContainerPath: "/dev/termination-log", HostPath: termLog}},
+		Linux: &cri.LinuxContainerConfig{
+			SecurityContext: &cri.LinuxContainerSecurityContext{
+				NamespaceOptions: pod.config.Linux.SecurityContext.NamespaceOptions,
+			},
+		},
+	}
+	resp, err := c.rt.CreateContainer(criCtx(t, time.Minute), &cri.CreateContainerRequest{
+		PodSandboxId: pod.id, Config: config, SandboxConfig: pod.config,
+	})
+	if err != nil {
+		t.Fatalf("CreateContainer %s: %v", name, err)
+	}
+	return resp.ContainerId, termLog
+}
+
+func (c *criClient) startContainer(t *testing.T, id string) {
+	t.Helper()
+	if _, err := c.rt.StartContainer(criCtx(t, time.Minute), &cri.StartContainerRequest{ContainerId: id}); err != nil {
+		t.Fatalf("StartContainer %s: %v", id, err)
+	}
+}
+
+// waitLogLine waits for a line of a CRI log file ("<time> <stream> <tag>
+// <line>") from stdout that has the given suffix and returns the line's
+// content.
+func waitLogLine(t *testing.T, path, suffix string, limit time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	var last string
+	for {
+		b, _ := os.ReadFile(path)
+		last = string(b)
+		sc := bufio.NewScanner(strings.NewReader(last))
+		for sc.Scan() {
+			f := strings.SplitN(sc.Text(), " ", 4)
+			if len(f) == 4 && f[1] == "stdout" && f[2] == "F" && strings.HasSuffix(f[3], suffix) {
+				return f[3]
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no stdout line ending in %q in %s within %v; log:\n%s", suffix, path, limit, last)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestCRIPodWithTwoContainersSharesOneVM(t *testing.T) {
+	c := newCRI(t)
+	defer assertNoLeaks(t)
+	start := time.Now()
+	pod := c.runPod(t, "two-containers")
+	t.Logf("RunPodSandbox took %v", time.Since(start))
+
+	script := func(name string) []string {
+		return []string{"sh", "-c", fmt.Sprintf("echo $(cat /proc/sys/kernel/random/boot_id) %s; echo %s-was-here > /dev/termination-log; sleep 1000", name, name)}
+	}
+	id1, term1 := c.createContainer(t, pod, "c1", script("c1")...)
+	id2, _ := c.createContainer(t, pod, "c2", script("c2")...)
+	c.startContainer(t, id1)
+	c.startContainer(t, id2)
+
+	if pids := qemuPids(); len(pids) != 1 {
+		t.Fatalf("QEMU pids %v for one pod with two containers, want exactly one", pids)
+	}
+	if s := shimPids(); len(s) != 1 {
+		t.Errorf("shim pids %v for one pod, want one", s)
+	}
+
+	line1 := waitLogLine(t, filepath.Join(pod.logDir, "c1.log"), " c1", 30*time.Second)
+	line2 := waitLogLine(t, filepath.Join(pod.logDir, "c2.log"), " c2", 30*time.Second)
+	boot1, boot2 := strings.Fields(line1)[0], strings.Fields(line2)[0]
+	if boot1 != boot2 {
+		t.Errorf("containers of one pod see different kernels: boot ids %s and %s", boot1, boot2)
+	}
+	hostBoot, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if boot1 == strings.TrimSpace(string(hostBoot)) {
+		t.Errorf("container boot id %s is the host's: the container is not in a VM", boot1)
+	}
+
+	// The kubelet's termination log is a host file bound into the
+	// container: what the container writes must reach the host.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, _ := os.ReadFile(term1)
+		if strings.TrimSpace(string(b)) == "c1-was-here" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("termination log on the host holds %q, want c1-was-here", b)
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	ex, err := c.rt.ExecSync(criCtx(t, time.Minute), &cri.ExecSyncRequest{ContainerId: id2, Cmd: []string{"uname", "-r"}, Timeout: 30})
+	if err != nil {
+		t.Fatalf("ExecSync uname: %v", err)
+	}
+	if release := strings.TrimSpace(string(ex.Stdout)); ex.ExitCode != 0 || !strings.HasSuffix(release, "-cloud-amd64") || release == hostRelease() {
+		t.Errorf("ExecSync uname -r: exit %d, stdout %q, stderr %q; want 0 and the guest kernel (host is %s)", ex.ExitCode, ex.Stdout, ex.Stderr, hostRelease())
+	}
+	ex, err = c.rt.ExecSync(criCtx(t, time.Minute), &cri.ExecSyncRequest{ContainerId: id2, Cmd: []string{"sh", "-c", "exit 3"}, Timeout: 30})
+	if err != nil {
+		t.Fatalf("ExecSync exit 3: %v", err)
+	}
+	if ex.ExitCode != 3 {
+		t.Errorf("ExecSync sh -c 'exit 3': exit code %d, want 3", ex.ExitCode)
+	}
+
+	for _, id := range []string{id1, id2} {
+		st, err := c.rt.ContainerStatus(criCtx(t, time.Minute), &cri.ContainerStatusRequest{ContainerId: id})
+		if err != nil {
+			t.Fatalf("ContainerStatus %s: %v", id, err)
+		}
+		if st.Status.State != cri.ContainerState_CONTAINER_RUNNING {
+			t.Errorf("container %s (%s) is %v, want RUNNING", st.Status.Metadata.GetName(), id, st.Status.State)
+		}
+	}
+
+	for _, id := range []string{id1, id2} {
+		if _, err := c.rt.StopContainer(criCtx(t, time.Minute), &cri.StopContainerRequest{ContainerId: id, Timeout: 2}); err != nil {
+			t.Fatalf("StopContainer %s: %v", id, err)
+		}
+		st, err := c.rt.ContainerStatus(criCtx(t, time.Minute), &cri.ContainerStatusRequest{ContainerId: id})
+		if err != nil {
+			t.Fatalf("ContainerStatus %s: %v", id, err)
+		}
+		if st.Status.State != cri.ContainerState_CONTAINER_EXITED {
+			t.Errorf("container %s is %v after StopContainer, want EXITED", id, st.Status.State)
+		}
+		if _, err := c.rt.RemoveContainer(criCtx(t, time.Minute), &cri.RemoveContainerRequest{ContainerId: id}); err != nil {
+			t.Fatalf("RemoveContainer %s: %v", id, err)
+		}
+	}
+	// The pod's VM outlives its app containers: it belongs to the sandbox.
+	if pids := qemuPids(); len(pids) != 1 {
+		t.Errorf("QEMU pids %v after the app containers were removed, want the pod's one", pids)
+	}
+	if _, err := c.rt.StopPodSandbox(criCtx(t, time.Minute), &cri.StopPodSandboxRequest{PodSandboxId: pod.id}); err != nil {
+		t.Fatalf("StopPodSandbox: %v", err)
+	}
+	if _, err := c.rt.RemovePodSandbox(criCtx(t, time.Minute), &cri.RemovePodSandboxRequest{PodSandboxId: pod.id}); err != nil {
+		t.Fatalf("RemovePodSandbox: %v", err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for (len(qemuPids()) > 0 || len(shimPids()) > 0) && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if p := qemuPids(); len(p) > 0 {
+		t.Errorf("QEMU %v still running after RemovePodSandbox", p)
+	}
+	if p := shimPids(); len(p) > 0 {
+		t.Errorf("shim %v still running after RemovePodSandbox", p)
+	}
+}
+
+func TestCRIContainerStats(t *testing.T) {
+	c := newCRI(t)
+	defer assertNoLeaks(t)
+	pod := c.runPod(t, "stats")
+	id, _ := c.createContainer(t, pod, "stats", "sh", "-c", "echo ready; sleep 1000")
+	c.startContainer(t, id)
+	waitLogLine(t, filepath.Join(pod.logDir, "stats.log"), "ready", 30*time.Second)
+
+	resp, err := c.rt.ContainerStats(criCtx(t, time.Minute), &cri.ContainerStatsRequest{ContainerId: id})
+	if err != nil {
+		t.Fatalf("ContainerStats: %v", err)
+	}
+	st := resp.Stats
+	if st == nil || st.Attributes.GetId() != id {
+		t.Fatalf("ContainerStats for %s returned %+v", id, st)
+	}
+	t.Logf("memory %+v, cpu %+v", st.Memory, st.Cpu)
+	mem := st.Memory
+	if mem == nil || mem.WorkingSetBytes == nil || mem.WorkingSetBytes.Value == 0 {
+		t.Errorf("memory working set missing or zero: %+v", mem)
+	} else if mem.UsageBytes == nil || mem.UsageBytes.Value < mem.WorkingSetBytes.Value {
+		t.Errorf("memory usage %v below the working set %d", mem.UsageBytes, mem.WorkingSetBytes.Value)
+	}
+	if st.Cpu == nil || st.Cpu.UsageCoreNanoSeconds == nil || st.Cpu.UsageCoreNanoSeconds.Value == 0 {
+		t.Errorf("cpu usage core nanoseconds missing or zero: %+v", st.Cpu)
+	}
+
+	// ListContainerStats sees the same container.
+	list, err := c.rt.ListContainerStats(criCtx(t, time.Minute), &cri.ListContainerStatsRequest{
+		Filter: &cri.ContainerStatsFilter{PodSandboxId: pod.id},
+	})
+	if err != nil {
+		t.Fatalf("ListContainerStats: %v", err)
+	}
+	if len(list.Stats) != 1 || list.Stats[0].Attributes.GetId() != id {
+		t.Errorf("ListContainerStats for the pod: %d entries, want the one container %s", len(list.Stats), id)
+	}
+
+	c.removePod(t, pod.id)
+}
