@@ -3,11 +3,13 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -84,12 +86,39 @@ func rawBoot(ctx context.Context, cfg *config.Config, accel qemu.Accel) (time.Du
 		}
 		done <- result{d: time.Since(start)}
 	}()
+	var r result
 	select {
-	case r := <-done:
-		return r.d, r.err
+	case r = <-done:
+		if r.err == nil {
+			return r.d, nil
+		}
+		// A broken connection usually means QEMU is going away; its exit
+		// is the error worth reporting.
+		select {
+		case <-vm.Done():
+		case <-time.After(2 * time.Second):
+			return 0, fmt.Errorf("%w; last console lines:\n%s", r.err, consoleTail(m.ConsoleLog))
+		}
 	case <-vm.Done():
-		return 0, fmt.Errorf("the VM exited during boot: %v", vm.ExitError())
 	}
+	err = vm.ExitError()
+	if err == nil {
+		err = errors.New("the guest powered off")
+	}
+	return 0, fmt.Errorf("the VM exited during boot: %v; last console lines:\n%s", err, consoleTail(m.ConsoleLog))
+}
+
+// consoleTail returns the end of the guest console log.
+func consoleTail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "  (" + err.Error() + ")"
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 10 {
+		lines = lines[len(lines)-10:]
+	}
+	return "  " + strings.Join(lines, "\n  ")
 }
 
 // seq numbers the sandboxes and containers this process creates.

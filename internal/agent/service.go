@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -96,7 +97,7 @@ func (s *Service) get(id string) (*container, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c, ok := s.containers[id]
-	if !ok {
+	if !ok || c == nil { // nil: reserved while Create runs
 		return nil, fmt.Errorf("container %q: %w", id, errdefs.ErrNotFound)
 	}
 	return c, nil
@@ -661,4 +662,31 @@ func (s *Service) Stats(ctx context.Context, req *api.ContainerRequest) (*api.St
 		return nil, toGRPC(err)
 	}
 	return r, nil
+}
+
+// oomPollInterval is how often WaitOOM reads memory.events. Polling keeps
+// this simple and costs a few reads per second per waiting container;
+// the kill itself has already happened, so latency only delays the event.
+const oomPollInterval = 200 * time.Millisecond
+
+// WaitOOM returns once the container's OOM-kill count exceeds req.After.
+func (s *Service) WaitOOM(ctx context.Context, req *api.WaitOOMRequest) (*api.OOMResponse, error) {
+	for {
+		c, err := s.get(req.ContainerId)
+		if err != nil {
+			return nil, toGRPC(err)
+		}
+		if st, err := c.lc.State(); err == nil && st.CgroupPaths[""] != "" {
+			if b, err := os.ReadFile(filepath.Join(st.CgroupPaths[""], "memory.events")); err == nil {
+				if n := parseFlatKeyed(strings.NewReader(string(b)))["oom_kill"]; n > req.After {
+					return &api.OOMResponse{OomKillCount: n}, nil
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, toGRPC(ctx.Err())
+		case <-time.After(oomPollInterval):
+		}
+	}
 }

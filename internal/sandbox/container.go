@@ -367,3 +367,58 @@ func (p *Process) Wait(ctx context.Context) (ExitStatus, error) {
 
 // ErrVMExited reports whether err says the VM died.
 func ErrVMExited(err error) bool { return errors.Is(err, errdefs.ErrUnavailable) }
+
+// PauseContainer freezes a container's processes.
+func (s *Sandbox) PauseContainer(ctx context.Context, id string) error {
+	if _, err := s.agent.Pause(ctx, &api.ContainerRequest{ContainerId: id}); err != nil {
+		return s.rpcError("pause", err)
+	}
+	return nil
+}
+
+// ResumeContainer thaws a paused container.
+func (s *Sandbox) ResumeContainer(ctx context.Context, id string) error {
+	if _, err := s.agent.Resume(ctx, &api.ContainerRequest{ContainerId: id}); err != nil {
+		return s.rpcError("resume", err)
+	}
+	return nil
+}
+
+// UpdateContainer applies new resource limits to a container in the guest.
+func (s *Sandbox) UpdateContainer(ctx context.Context, id string, res *specs.LinuxResources) error {
+	b, err := json.Marshal(res)
+	if err != nil {
+		return err
+	}
+	if _, err := s.agent.Update(ctx, &api.UpdateRequest{ContainerId: id, Resources: b}); err != nil {
+		return s.rpcError("update", err)
+	}
+	return nil
+}
+
+// ContainerStats reads a container's cgroup in the guest.
+func (s *Sandbox) ContainerStats(ctx context.Context, id string) (*api.StatsResponse, error) {
+	st, err := s.agent.Stats(ctx, &api.ContainerRequest{ContainerId: id})
+	if err != nil {
+		return nil, s.rpcError("stats", err)
+	}
+	return st, nil
+}
+
+// WaitOOM blocks until the container's OOM-kill count exceeds after and
+// returns the new count.
+func (s *Sandbox) WaitOOM(ctx context.Context, id string, after uint64) (uint64, error) {
+	resp, err := s.agent.WaitOOM(ctx, &api.WaitOOMRequest{ContainerId: id, After: after})
+	if err != nil {
+		return 0, s.rpcError("wait for OOM", err)
+	}
+	return resp.OomKillCount, nil
+}
+
+// DeleteExec removes an exited exec'd process from the guest.
+func (s *Sandbox) DeleteExec(ctx context.Context, containerID, execID string) error {
+	if _, err := s.agent.Delete(ctx, &api.DeleteRequest{ContainerId: containerID, ExecId: execID}); err != nil {
+		return s.rpcError("delete exec", err)
+	}
+	return nil
+}

@@ -9,7 +9,6 @@ import (
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/errdefs"
 
-	api "github.com/berth-runtime/berth/api/agent/v1"
 	"github.com/berth-runtime/berth/internal/sandbox"
 )
 
@@ -24,9 +23,27 @@ type container struct {
 
 	init *process
 
-	mu     sync.Mutex
-	execs  map[string]*process
-	paused bool
+	mu          sync.Mutex
+	execs       map[string]*process
+	paused      bool
+	oomReported uint64 // OOM kills already reported
+}
+
+func (c *container) oomKills() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.oomReported
+}
+
+// updateOOMKills records a kill count; it reports whether it was new.
+func (c *container) updateOOMKills(n uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n <= c.oomReported {
+		return false
+	}
+	c.oomReported = n
+	return true
 }
 
 func (c *container) process(execID string) (*process, error) {
@@ -176,14 +193,4 @@ func (p *process) closeIO() {
 			p.io.Close()
 		}
 	})
-}
-
-func execDeleteRequest(containerID, execID string) *api.DeleteRequest {
-	return &api.DeleteRequest{ContainerId: containerID, ExecId: execID}
-}
-
-func containerRequest(id string) *api.ContainerRequest { return &api.ContainerRequest{ContainerId: id} }
-
-func updateRequest(id string, resources []byte) *api.UpdateRequest {
-	return &api.UpdateRequest{ContainerId: id, Resources: resources}
 }

@@ -240,6 +240,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 	}
 	c.init = newProcess(r.ID, "", paths, hio, sp)
 	go s.waitProcess(c, c.init)
+	go s.watchOOM(sb, c)
 
 	pid := s.vmmPid()
 	s.send(runtime.TaskCreateEventTopic, &eventstypes.TaskCreate{
@@ -350,10 +351,17 @@ func (s *service) destroySandboxIfEmpty(ctx context.Context, failed *container) 
 // waitProcess waits for a process and records its exit. An init's exit is
 // published only after the exits of its execs (which die with it), the
 // order containerd expects.
+//
+// The host ends of the process's stdio are closed as soon as its output has
+// been drained, before the exit is published, as runc's shim does: the
+// reader of a FIFO (CRI's ExecSync and container log copier) waits for EOF
+// before it acts on the exit, and would otherwise wait until Delete, which
+// CRI only sends after that EOF.
 func (s *service) waitProcess(c *container, p *process) {
 	st, err := p.sp.Wait(s.ctx)
 	if err != nil {
 		if sandbox.ErrVMExited(err) {
+			p.closeIO()
 			s.markExited(p, exitStatusVMGone, time.Now())
 		}
 		// Otherwise the process was deleted before it ran, or the shim
@@ -367,8 +375,46 @@ func (s *service) waitProcess(c *container, p *process) {
 			case <-time.After(2 * time.Second):
 			}
 		}
+		s.checkOOMBeforeExit(c)
 	}
+	p.closeIO()
 	s.markExited(p, st.Code, st.ExitedAt)
+}
+
+// watchOOM publishes TaskOOM each time the guest kernel OOM-kills a
+// process of the container, until the container is deleted or the VM ends.
+func (s *service) watchOOM(sb *sandbox.Sandbox, c *container) {
+	for {
+		n, err := sb.WaitOOM(s.ctx, c.id, c.oomKills())
+		if err != nil {
+			return
+		}
+		s.reportOOM(c, n)
+	}
+}
+
+// reportOOM publishes TaskOOM if the kill count n is news.
+func (s *service) reportOOM(c *container, n uint64) {
+	if c.updateOOMKills(n) {
+		s.send(runtime.TaskOOMEventTopic, &eventstypes.TaskOOM{ContainerID: c.id})
+	}
+}
+
+// checkOOMBeforeExit reads the kill count once more when an init exits: an
+// OOM kill usually is the exit, and the watcher may not have polled since.
+// Reporting it here puts TaskOOM before TaskExit, as runc's shim does.
+func (s *service) checkOOMBeforeExit(c *container) {
+	s.mu.Lock()
+	sb := s.sb
+	s.mu.Unlock()
+	if sb == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, 2*time.Second)
+	defer cancel()
+	if st, err := sb.ContainerStats(ctx, c.id); err == nil {
+		s.reportOOM(c, st.MemoryOomKillEvents)
+	}
 }
 
 // markExited records an exit once and publishes TaskExit for it.
@@ -419,7 +465,9 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	vmAlive := sb != nil && !isDone(sb.Done())
 	if r.ExecID != "" {
 		if vmAlive {
-			sb.Agent().Delete(ctx, execDeleteRequest(c.id, r.ExecID))
+			if err := sb.DeleteExec(ctx, c.id, r.ExecID); err != nil {
+				log.G(ctx).WithError(err).Warn("delete exec in guest")
+			}
 		}
 		p.closeIO()
 		c.removeExec(r.ExecID)
@@ -572,15 +620,14 @@ func (s *service) setPaused(ctx context.Context, id string, paused bool) (*empty
 		return nil, toGRPC(err)
 	}
 	topic, ev := runtime.TaskResumedEventTopic, any(&eventstypes.TaskResumed{ContainerID: id})
-	req := containerRequest(id)
 	if paused {
-		_, err = sb.Agent().Pause(ctx, req)
+		err = sb.PauseContainer(ctx, id)
 		topic, ev = runtime.TaskPausedEventTopic, &eventstypes.TaskPaused{ContainerID: id}
 	} else {
-		_, err = sb.Agent().Resume(ctx, req)
+		err = sb.ResumeContainer(ctx, id)
 	}
 	if err != nil {
-		return nil, toGRPC(errgrpc.ToNative(err))
+		return nil, toGRPC(err)
 	}
 	c.setPaused(paused)
 	s.send(topic, ev)
@@ -663,12 +710,8 @@ func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*em
 	if !ok {
 		return nil, toGRPC(fmt.Errorf("resources are %T, not linux resources: %w", v, errdefs.ErrInvalidArgument))
 	}
-	b, err := json.Marshal(res)
-	if err != nil {
+	if err := sb.UpdateContainer(ctx, r.ID, res); err != nil {
 		return nil, toGRPC(err)
-	}
-	if _, err := sb.Agent().Update(ctx, updateRequest(r.ID, b)); err != nil {
-		return nil, toGRPC(errgrpc.ToNative(err))
 	}
 	return &emptypb.Empty{}, nil
 }
@@ -695,9 +738,9 @@ func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	st, err := sb.Agent().Stats(ctx, containerRequest(r.ID))
+	st, err := sb.ContainerStats(ctx, r.ID)
 	if err != nil {
-		return nil, toGRPC(errgrpc.ToNative(err))
+		return nil, toGRPC(err)
 	}
 	a, err := typeurl.MarshalAnyToProto(stats.CgroupV2Metrics(st))
 	if err != nil {

@@ -324,3 +324,47 @@ func TestCtrPodAnnotationsAreAllowListed(t *testing.T) {
 		t.Errorf("a VM was started despite a rejected annotation: %v", p)
 	}
 }
+
+func TestCtrOOMKillPublishesTaskOOM(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	events := exec.Command("ctr", "-a", ctrd.sock, "events")
+	var out syncBuffer
+	events.Stdout = &out
+	if err := events.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { events.Process.Kill(); events.Wait() }()
+	// A 16 MiB limit and a shell that builds a 40 MiB string: the guest
+	// kernel OOM-kills it, and containerd must hear about it.
+	r := ctr(t, "run", "--rm", "--runtime", berthRuntime, "--memory-limit", "16777216", busyboxImage, "ctr-oom",
+		"sh", "-c", "x=$(head -c 40m /dev/zero | tr '\\0' x); echo survived ${#x}")
+	if r.code == 0 {
+		t.Fatalf("the container survived its memory limit: %q", r.stdout)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(out.String(), "/tasks/oom") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no /tasks/oom event; exit %d; events:\n%s", r.code, out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

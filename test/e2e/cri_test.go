@@ -75,15 +75,18 @@ type criPod struct {
 	logDir string
 }
 
-// runPod starts a pod sandbox with Berth's handler. The pod is stopped and
-// removed at the end of the test if the test has not done it.
+// runPod starts a pod sandbox with Berth's handler. Callers defer
+// removePod after assertNoLeaks, so that a failing test still removes its
+// pod before the leak check.
 func (c *criClient) runPod(t *testing.T, name string) *criPod {
 	t.Helper()
 	uid := fmt.Sprintf("%s-%d", name, time.Now().UnixNano())
 	logDir := t.TempDir()
 	config := &cri.PodSandboxConfig{
-		Metadata:     &cri.PodSandboxMetadata{Name: name, Uid: uid, Namespace: "berth-e2e", Attempt: 0},
-		Hostname:     name,
+		Metadata: &cri.PodSandboxMetadata{Name: name, Uid: uid, Namespace: "berth-e2e", Attempt: 0},
+		// No hostname: the kubelet sets none for pods on the node's
+		// network (which keep the node's UTS namespace, where runc
+		// refuses to set one).
 		LogDirectory: logDir,
 		Labels:       map[string]string{"app": name},
 		Linux: &cri.LinuxPodSandboxConfig{
@@ -103,9 +106,7 @@ func (c *criClient) runPod(t *testing.T, name string) *criPod {
 	if err != nil {
 		t.Fatalf("RunPodSandbox: %v", err)
 	}
-	pod := &criPod{id: resp.PodSandboxId, config: config, logDir: logDir}
-	t.Cleanup(func() { c.removePod(t, pod.id) })
-	return pod
+	return &criPod{id: resp.PodSandboxId, config: config, logDir: logDir}
 }
 
 // removePod stops and removes a pod and its containers; it is what the
@@ -186,6 +187,7 @@ func TestCRIPodWithTwoContainersSharesOneVM(t *testing.T) {
 	defer assertNoLeaks(t)
 	start := time.Now()
 	pod := c.runPod(t, "two-containers")
+	defer c.removePod(t, pod.id)
 	t.Logf("RunPodSandbox took %v", time.Since(start))
 
 	script := func(name string) []string {
@@ -295,6 +297,7 @@ func TestCRIContainerStats(t *testing.T) {
 	c := newCRI(t)
 	defer assertNoLeaks(t)
 	pod := c.runPod(t, "stats")
+	defer c.removePod(t, pod.id)
 	id, _ := c.createContainer(t, pod, "stats", "sh", "-c", "echo ready; sleep 1000")
 	c.startContainer(t, id)
 	waitLogLine(t, filepath.Join(pod.logDir, "stats.log"), "ready", 30*time.Second)
@@ -328,6 +331,4 @@ func TestCRIContainerStats(t *testing.T) {
 	if len(list.Stats) != 1 || list.Stats[0].Attributes.GetId() != id {
 		t.Errorf("ListContainerStats for the pod: %d entries, want the one container %s", len(list.Stats), id)
 	}
-
-	c.removePod(t, pod.id)
 }

@@ -91,6 +91,102 @@ func (StreamKind) EnumDescriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{0}
 }
 
+type WaitOOMRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	After         uint64                 `protobuf:"varint,2,opt,name=after,proto3" json:"after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaitOOMRequest) Reset() {
+	*x = WaitOOMRequest{}
+	mi := &file_agent_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaitOOMRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaitOOMRequest) ProtoMessage() {}
+
+func (x *WaitOOMRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaitOOMRequest.ProtoReflect.Descriptor instead.
+func (*WaitOOMRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *WaitOOMRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *WaitOOMRequest) GetAfter() uint64 {
+	if x != nil {
+		return x.After
+	}
+	return 0
+}
+
+type OOMResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	OomKillCount  uint64                 `protobuf:"varint,1,opt,name=oom_kill_count,json=oomKillCount,proto3" json:"oom_kill_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OOMResponse) Reset() {
+	*x = OOMResponse{}
+	mi := &file_agent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OOMResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OOMResponse) ProtoMessage() {}
+
+func (x *OOMResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OOMResponse.ProtoReflect.Descriptor instead.
+func (*OOMResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *OOMResponse) GetOomKillCount() uint64 {
+	if x != nil {
+		return x.OomKillCount
+	}
+	return 0
+}
+
 type ContainerRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
@@ -100,7 +196,7 @@ type ContainerRequest struct {
 
 func (x *ContainerRequest) Reset() {
 	*x = ContainerRequest{}
-	mi := &file_agent_proto_msgTypes[0]
+	mi := &file_agent_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -112,7 +208,7 @@ func (x *ContainerRequest) String() string {
 func (*ContainerRequest) ProtoMessage() {}
 
 func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[0]
+	mi := &file_agent_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -125,7 +221,7 @@ func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerRequest.ProtoReflect.Descriptor instead.
 func (*ContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{0}
+	return file_agent_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ContainerRequest) GetContainerId() string {
@@ -146,7 +242,7 @@ type UpdateRequest struct {
 
 func (x *UpdateRequest) Reset() {
 	*x = UpdateRequest{}
-	mi := &file_agent_proto_msgTypes[1]
+	mi := &file_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -158,7 +254,7 @@ func (x *UpdateRequest) String() string {
 func (*UpdateRequest) ProtoMessage() {}
 
 func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[1]
+	mi := &file_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -171,7 +267,7 @@ func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{1}
+	return file_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *UpdateRequest) GetContainerId() string {
@@ -219,7 +315,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_agent_proto_msgTypes[2]
+	mi := &file_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -231,7 +327,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[2]
+	mi := &file_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -244,7 +340,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{2}
+	return file_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *StatsResponse) GetCgroupVersion() uint32 {
@@ -380,7 +476,7 @@ type IOEntry struct {
 
 func (x *IOEntry) Reset() {
 	*x = IOEntry{}
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -392,7 +488,7 @@ func (x *IOEntry) String() string {
 func (*IOEntry) ProtoMessage() {}
 
 func (x *IOEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -405,7 +501,7 @@ func (x *IOEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOEntry.ProtoReflect.Descriptor instead.
 func (*IOEntry) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{3}
+	return file_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *IOEntry) GetMajor() uint64 {
@@ -458,7 +554,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -470,7 +566,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -483,7 +579,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{4}
+	return file_agent_proto_rawDescGZIP(), []int{6}
 }
 
 type InfoResponse struct {
@@ -500,7 +596,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -512,7 +608,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -525,7 +621,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *InfoResponse) GetAgentVersion() string {
@@ -585,7 +681,7 @@ type Stdio struct {
 
 func (x *Stdio) Reset() {
 	*x = Stdio{}
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -597,7 +693,7 @@ func (x *Stdio) String() string {
 func (*Stdio) ProtoMessage() {}
 
 func (x *Stdio) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -610,7 +706,7 @@ func (x *Stdio) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stdio.ProtoReflect.Descriptor instead.
 func (*Stdio) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Stdio) GetStdin() bool {
@@ -654,7 +750,7 @@ type CreateRequest struct {
 
 func (x *CreateRequest) Reset() {
 	*x = CreateRequest{}
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -666,7 +762,7 @@ func (x *CreateRequest) String() string {
 func (*CreateRequest) ProtoMessage() {}
 
 func (x *CreateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -679,7 +775,7 @@ func (x *CreateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRequest.ProtoReflect.Descriptor instead.
 func (*CreateRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateRequest) GetContainerId() string {
@@ -712,7 +808,7 @@ type CreateResponse struct {
 
 func (x *CreateResponse) Reset() {
 	*x = CreateResponse{}
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -724,7 +820,7 @@ func (x *CreateResponse) String() string {
 func (*CreateResponse) ProtoMessage() {}
 
 func (x *CreateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -737,7 +833,7 @@ func (x *CreateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateResponse.ProtoReflect.Descriptor instead.
 func (*CreateResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateResponse) GetPid() uint32 {
@@ -757,7 +853,7 @@ type StartRequest struct {
 
 func (x *StartRequest) Reset() {
 	*x = StartRequest{}
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -769,7 +865,7 @@ func (x *StartRequest) String() string {
 func (*StartRequest) ProtoMessage() {}
 
 func (x *StartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -782,7 +878,7 @@ func (x *StartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequest.ProtoReflect.Descriptor instead.
 func (*StartRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StartRequest) GetContainerId() string {
@@ -808,7 +904,7 @@ type StartResponse struct {
 
 func (x *StartResponse) Reset() {
 	*x = StartResponse{}
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -820,7 +916,7 @@ func (x *StartResponse) String() string {
 func (*StartResponse) ProtoMessage() {}
 
 func (x *StartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -833,7 +929,7 @@ func (x *StartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartResponse.ProtoReflect.Descriptor instead.
 func (*StartResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StartResponse) GetPid() uint32 {
@@ -856,7 +952,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -868,7 +964,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -881,7 +977,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ExecRequest) GetContainerId() string {
@@ -924,7 +1020,7 @@ type KillRequest struct {
 
 func (x *KillRequest) Reset() {
 	*x = KillRequest{}
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +1032,7 @@ func (x *KillRequest) String() string {
 func (*KillRequest) ProtoMessage() {}
 
 func (x *KillRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +1045,7 @@ func (x *KillRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillRequest.ProtoReflect.Descriptor instead.
 func (*KillRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *KillRequest) GetContainerId() string {
@@ -990,7 +1086,7 @@ type WaitRequest struct {
 
 func (x *WaitRequest) Reset() {
 	*x = WaitRequest{}
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1002,7 +1098,7 @@ func (x *WaitRequest) String() string {
 func (*WaitRequest) ProtoMessage() {}
 
 func (x *WaitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1015,7 +1111,7 @@ func (x *WaitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitRequest.ProtoReflect.Descriptor instead.
 func (*WaitRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WaitRequest) GetContainerId() string {
@@ -1044,7 +1140,7 @@ type WaitResponse struct {
 
 func (x *WaitResponse) Reset() {
 	*x = WaitResponse{}
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1056,7 +1152,7 @@ func (x *WaitResponse) String() string {
 func (*WaitResponse) ProtoMessage() {}
 
 func (x *WaitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1069,7 +1165,7 @@ func (x *WaitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitResponse.ProtoReflect.Descriptor instead.
 func (*WaitResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WaitResponse) GetExitStatus() uint32 {
@@ -1095,7 +1191,7 @@ type PidsRequest struct {
 
 func (x *PidsRequest) Reset() {
 	*x = PidsRequest{}
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1107,7 +1203,7 @@ func (x *PidsRequest) String() string {
 func (*PidsRequest) ProtoMessage() {}
 
 func (x *PidsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1120,7 +1216,7 @@ func (x *PidsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsRequest.ProtoReflect.Descriptor instead.
 func (*PidsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PidsRequest) GetContainerId() string {
@@ -1139,7 +1235,7 @@ type PidsResponse struct {
 
 func (x *PidsResponse) Reset() {
 	*x = PidsResponse{}
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1151,7 +1247,7 @@ func (x *PidsResponse) String() string {
 func (*PidsResponse) ProtoMessage() {}
 
 func (x *PidsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1164,7 +1260,7 @@ func (x *PidsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsResponse.ProtoReflect.Descriptor instead.
 func (*PidsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PidsResponse) GetPids() []uint32 {
@@ -1186,7 +1282,7 @@ type ResizePtyRequest struct {
 
 func (x *ResizePtyRequest) Reset() {
 	*x = ResizePtyRequest{}
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1198,7 +1294,7 @@ func (x *ResizePtyRequest) String() string {
 func (*ResizePtyRequest) ProtoMessage() {}
 
 func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1211,7 +1307,7 @@ func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizePtyRequest.ProtoReflect.Descriptor instead.
 func (*ResizePtyRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ResizePtyRequest) GetContainerId() string {
@@ -1252,7 +1348,7 @@ type CloseIORequest struct {
 
 func (x *CloseIORequest) Reset() {
 	*x = CloseIORequest{}
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1264,7 +1360,7 @@ func (x *CloseIORequest) String() string {
 func (*CloseIORequest) ProtoMessage() {}
 
 func (x *CloseIORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1277,7 +1373,7 @@ func (x *CloseIORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseIORequest.ProtoReflect.Descriptor instead.
 func (*CloseIORequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CloseIORequest) GetContainerId() string {
@@ -1304,7 +1400,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1316,7 +1412,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1329,7 +1425,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DeleteRequest) GetContainerId() string {
@@ -1356,7 +1452,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1368,7 +1464,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1381,7 +1477,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeleteResponse) GetExitStatus() uint32 {
@@ -1413,7 +1509,7 @@ type StreamHeader struct {
 
 func (x *StreamHeader) Reset() {
 	*x = StreamHeader{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1425,7 +1521,7 @@ func (x *StreamHeader) String() string {
 func (*StreamHeader) ProtoMessage() {}
 
 func (x *StreamHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1438,7 +1534,7 @@ func (x *StreamHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamHeader.ProtoReflect.Descriptor instead.
 func (*StreamHeader) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StreamHeader) GetContainerId() string {
@@ -1466,7 +1562,12 @@ var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
 	"\n" +
-	"\vagent.proto\x12\x0eberth.agent.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"5\n" +
+	"\vagent.proto\x12\x0eberth.agent.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"I\n" +
+	"\x0eWaitOOMRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x14\n" +
+	"\x05after\x18\x02 \x01(\x04R\x05after\"3\n" +
+	"\vOOMResponse\x12$\n" +
+	"\x0eoom_kill_count\x18\x01 \x01(\x04R\foomKillCount\"5\n" +
 	"\x10ContainerRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"P\n" +
 	"\rUpdateRequest\x12!\n" +
@@ -1574,7 +1675,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x12STREAM_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fSTREAM_STDIN\x10\x01\x12\x11\n" +
 	"\rSTREAM_STDOUT\x10\x02\x12\x11\n" +
-	"\rSTREAM_STDERR\x10\x032\xfa\a\n" +
+	"\rSTREAM_STDERR\x10\x032\xc2\b\n" +
 	"\x05Agent\x12A\n" +
 	"\x04Info\x12\x1b.berth.agent.v1.InfoRequest\x1a\x1c.berth.agent.v1.InfoResponse\x12G\n" +
 	"\x06Create\x12\x1d.berth.agent.v1.CreateRequest\x1a\x1e.berth.agent.v1.CreateResponse\x12D\n" +
@@ -1590,7 +1691,8 @@ const file_agent_proto_rawDesc = "" +
 	"\x05Pause\x12 .berth.agent.v1.ContainerRequest\x1a\x16.google.protobuf.Empty\x12B\n" +
 	"\x06Resume\x12 .berth.agent.v1.ContainerRequest\x1a\x16.google.protobuf.Empty\x12?\n" +
 	"\x06Update\x12\x1d.berth.agent.v1.UpdateRequest\x1a\x16.google.protobuf.Empty\x12H\n" +
-	"\x05Stats\x12 .berth.agent.v1.ContainerRequest\x1a\x1d.berth.agent.v1.StatsResponseB3Z1github.com/berth-runtime/berth/api/agent/v1;agentb\x06proto3"
+	"\x05Stats\x12 .berth.agent.v1.ContainerRequest\x1a\x1d.berth.agent.v1.StatsResponse\x12F\n" +
+	"\aWaitOOM\x12\x1e.berth.agent.v1.WaitOOMRequest\x1a\x1b.berth.agent.v1.OOMResponseB3Z1github.com/berth-runtime/berth/api/agent/v1;agentb\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -1605,75 +1707,79 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_agent_proto_goTypes = []any{
 	(StreamKind)(0),               // 0: berth.agent.v1.StreamKind
-	(*ContainerRequest)(nil),      // 1: berth.agent.v1.ContainerRequest
-	(*UpdateRequest)(nil),         // 2: berth.agent.v1.UpdateRequest
-	(*StatsResponse)(nil),         // 3: berth.agent.v1.StatsResponse
-	(*IOEntry)(nil),               // 4: berth.agent.v1.IOEntry
-	(*InfoRequest)(nil),           // 5: berth.agent.v1.InfoRequest
-	(*InfoResponse)(nil),          // 6: berth.agent.v1.InfoResponse
-	(*Stdio)(nil),                 // 7: berth.agent.v1.Stdio
-	(*CreateRequest)(nil),         // 8: berth.agent.v1.CreateRequest
-	(*CreateResponse)(nil),        // 9: berth.agent.v1.CreateResponse
-	(*StartRequest)(nil),          // 10: berth.agent.v1.StartRequest
-	(*StartResponse)(nil),         // 11: berth.agent.v1.StartResponse
-	(*ExecRequest)(nil),           // 12: berth.agent.v1.ExecRequest
-	(*KillRequest)(nil),           // 13: berth.agent.v1.KillRequest
-	(*WaitRequest)(nil),           // 14: berth.agent.v1.WaitRequest
-	(*WaitResponse)(nil),          // 15: berth.agent.v1.WaitResponse
-	(*PidsRequest)(nil),           // 16: berth.agent.v1.PidsRequest
-	(*PidsResponse)(nil),          // 17: berth.agent.v1.PidsResponse
-	(*ResizePtyRequest)(nil),      // 18: berth.agent.v1.ResizePtyRequest
-	(*CloseIORequest)(nil),        // 19: berth.agent.v1.CloseIORequest
-	(*DeleteRequest)(nil),         // 20: berth.agent.v1.DeleteRequest
-	(*DeleteResponse)(nil),        // 21: berth.agent.v1.DeleteResponse
-	(*StreamHeader)(nil),          // 22: berth.agent.v1.StreamHeader
-	nil,                           // 23: berth.agent.v1.StatsResponse.MemoryStatEntry
-	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),         // 25: google.protobuf.Empty
+	(*WaitOOMRequest)(nil),        // 1: berth.agent.v1.WaitOOMRequest
+	(*OOMResponse)(nil),           // 2: berth.agent.v1.OOMResponse
+	(*ContainerRequest)(nil),      // 3: berth.agent.v1.ContainerRequest
+	(*UpdateRequest)(nil),         // 4: berth.agent.v1.UpdateRequest
+	(*StatsResponse)(nil),         // 5: berth.agent.v1.StatsResponse
+	(*IOEntry)(nil),               // 6: berth.agent.v1.IOEntry
+	(*InfoRequest)(nil),           // 7: berth.agent.v1.InfoRequest
+	(*InfoResponse)(nil),          // 8: berth.agent.v1.InfoResponse
+	(*Stdio)(nil),                 // 9: berth.agent.v1.Stdio
+	(*CreateRequest)(nil),         // 10: berth.agent.v1.CreateRequest
+	(*CreateResponse)(nil),        // 11: berth.agent.v1.CreateResponse
+	(*StartRequest)(nil),          // 12: berth.agent.v1.StartRequest
+	(*StartResponse)(nil),         // 13: berth.agent.v1.StartResponse
+	(*ExecRequest)(nil),           // 14: berth.agent.v1.ExecRequest
+	(*KillRequest)(nil),           // 15: berth.agent.v1.KillRequest
+	(*WaitRequest)(nil),           // 16: berth.agent.v1.WaitRequest
+	(*WaitResponse)(nil),          // 17: berth.agent.v1.WaitResponse
+	(*PidsRequest)(nil),           // 18: berth.agent.v1.PidsRequest
+	(*PidsResponse)(nil),          // 19: berth.agent.v1.PidsResponse
+	(*ResizePtyRequest)(nil),      // 20: berth.agent.v1.ResizePtyRequest
+	(*CloseIORequest)(nil),        // 21: berth.agent.v1.CloseIORequest
+	(*DeleteRequest)(nil),         // 22: berth.agent.v1.DeleteRequest
+	(*DeleteResponse)(nil),        // 23: berth.agent.v1.DeleteResponse
+	(*StreamHeader)(nil),          // 24: berth.agent.v1.StreamHeader
+	nil,                           // 25: berth.agent.v1.StatsResponse.MemoryStatEntry
+	(*timestamppb.Timestamp)(nil), // 26: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),         // 27: google.protobuf.Empty
 }
 var file_agent_proto_depIdxs = []int32{
-	23, // 0: berth.agent.v1.StatsResponse.memory_stat:type_name -> berth.agent.v1.StatsResponse.MemoryStatEntry
-	4,  // 1: berth.agent.v1.StatsResponse.io:type_name -> berth.agent.v1.IOEntry
-	7,  // 2: berth.agent.v1.CreateRequest.stdio:type_name -> berth.agent.v1.Stdio
-	7,  // 3: berth.agent.v1.ExecRequest.stdio:type_name -> berth.agent.v1.Stdio
-	24, // 4: berth.agent.v1.WaitResponse.exited_at:type_name -> google.protobuf.Timestamp
-	24, // 5: berth.agent.v1.DeleteResponse.exited_at:type_name -> google.protobuf.Timestamp
+	25, // 0: berth.agent.v1.StatsResponse.memory_stat:type_name -> berth.agent.v1.StatsResponse.MemoryStatEntry
+	6,  // 1: berth.agent.v1.StatsResponse.io:type_name -> berth.agent.v1.IOEntry
+	9,  // 2: berth.agent.v1.CreateRequest.stdio:type_name -> berth.agent.v1.Stdio
+	9,  // 3: berth.agent.v1.ExecRequest.stdio:type_name -> berth.agent.v1.Stdio
+	26, // 4: berth.agent.v1.WaitResponse.exited_at:type_name -> google.protobuf.Timestamp
+	26, // 5: berth.agent.v1.DeleteResponse.exited_at:type_name -> google.protobuf.Timestamp
 	0,  // 6: berth.agent.v1.StreamHeader.kind:type_name -> berth.agent.v1.StreamKind
-	5,  // 7: berth.agent.v1.Agent.Info:input_type -> berth.agent.v1.InfoRequest
-	8,  // 8: berth.agent.v1.Agent.Create:input_type -> berth.agent.v1.CreateRequest
-	10, // 9: berth.agent.v1.Agent.Start:input_type -> berth.agent.v1.StartRequest
-	12, // 10: berth.agent.v1.Agent.Exec:input_type -> berth.agent.v1.ExecRequest
-	13, // 11: berth.agent.v1.Agent.Kill:input_type -> berth.agent.v1.KillRequest
-	14, // 12: berth.agent.v1.Agent.Wait:input_type -> berth.agent.v1.WaitRequest
-	16, // 13: berth.agent.v1.Agent.Pids:input_type -> berth.agent.v1.PidsRequest
-	18, // 14: berth.agent.v1.Agent.ResizePty:input_type -> berth.agent.v1.ResizePtyRequest
-	19, // 15: berth.agent.v1.Agent.CloseIO:input_type -> berth.agent.v1.CloseIORequest
-	20, // 16: berth.agent.v1.Agent.Delete:input_type -> berth.agent.v1.DeleteRequest
-	25, // 17: berth.agent.v1.Agent.Shutdown:input_type -> google.protobuf.Empty
-	1,  // 18: berth.agent.v1.Agent.Pause:input_type -> berth.agent.v1.ContainerRequest
-	1,  // 19: berth.agent.v1.Agent.Resume:input_type -> berth.agent.v1.ContainerRequest
-	2,  // 20: berth.agent.v1.Agent.Update:input_type -> berth.agent.v1.UpdateRequest
-	1,  // 21: berth.agent.v1.Agent.Stats:input_type -> berth.agent.v1.ContainerRequest
-	6,  // 22: berth.agent.v1.Agent.Info:output_type -> berth.agent.v1.InfoResponse
-	9,  // 23: berth.agent.v1.Agent.Create:output_type -> berth.agent.v1.CreateResponse
-	11, // 24: berth.agent.v1.Agent.Start:output_type -> berth.agent.v1.StartResponse
-	25, // 25: berth.agent.v1.Agent.Exec:output_type -> google.protobuf.Empty
-	25, // 26: berth.agent.v1.Agent.Kill:output_type -> google.protobuf.Empty
-	15, // 27: berth.agent.v1.Agent.Wait:output_type -> berth.agent.v1.WaitResponse
-	17, // 28: berth.agent.v1.Agent.Pids:output_type -> berth.agent.v1.PidsResponse
-	25, // 29: berth.agent.v1.Agent.ResizePty:output_type -> google.protobuf.Empty
-	25, // 30: berth.agent.v1.Agent.CloseIO:output_type -> google.protobuf.Empty
-	21, // 31: berth.agent.v1.Agent.Delete:output_type -> berth.agent.v1.DeleteResponse
-	25, // 32: berth.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
-	25, // 33: berth.agent.v1.Agent.Pause:output_type -> google.protobuf.Empty
-	25, // 34: berth.agent.v1.Agent.Resume:output_type -> google.protobuf.Empty
-	25, // 35: berth.agent.v1.Agent.Update:output_type -> google.protobuf.Empty
-	3,  // 36: berth.agent.v1.Agent.Stats:output_type -> berth.agent.v1.StatsResponse
-	22, // [22:37] is the sub-list for method output_type
-	7,  // [7:22] is the sub-list for method input_type
+	7,  // 7: berth.agent.v1.Agent.Info:input_type -> berth.agent.v1.InfoRequest
+	10, // 8: berth.agent.v1.Agent.Create:input_type -> berth.agent.v1.CreateRequest
+	12, // 9: berth.agent.v1.Agent.Start:input_type -> berth.agent.v1.StartRequest
+	14, // 10: berth.agent.v1.Agent.Exec:input_type -> berth.agent.v1.ExecRequest
+	15, // 11: berth.agent.v1.Agent.Kill:input_type -> berth.agent.v1.KillRequest
+	16, // 12: berth.agent.v1.Agent.Wait:input_type -> berth.agent.v1.WaitRequest
+	18, // 13: berth.agent.v1.Agent.Pids:input_type -> berth.agent.v1.PidsRequest
+	20, // 14: berth.agent.v1.Agent.ResizePty:input_type -> berth.agent.v1.ResizePtyRequest
+	21, // 15: berth.agent.v1.Agent.CloseIO:input_type -> berth.agent.v1.CloseIORequest
+	22, // 16: berth.agent.v1.Agent.Delete:input_type -> berth.agent.v1.DeleteRequest
+	27, // 17: berth.agent.v1.Agent.Shutdown:input_type -> google.protobuf.Empty
+	3,  // 18: berth.agent.v1.Agent.Pause:input_type -> berth.agent.v1.ContainerRequest
+	3,  // 19: berth.agent.v1.Agent.Resume:input_type -> berth.agent.v1.ContainerRequest
+	4,  // 20: berth.agent.v1.Agent.Update:input_type -> berth.agent.v1.UpdateRequest
+	3,  // 21: berth.agent.v1.Agent.Stats:input_type -> berth.agent.v1.ContainerRequest
+	1,  // 22: berth.agent.v1.Agent.WaitOOM:input_type -> berth.agent.v1.WaitOOMRequest
+	8,  // 23: berth.agent.v1.Agent.Info:output_type -> berth.agent.v1.InfoResponse
+	11, // 24: berth.agent.v1.Agent.Create:output_type -> berth.agent.v1.CreateResponse
+	13, // 25: berth.agent.v1.Agent.Start:output_type -> berth.agent.v1.StartResponse
+	27, // 26: berth.agent.v1.Agent.Exec:output_type -> google.protobuf.Empty
+	27, // 27: berth.agent.v1.Agent.Kill:output_type -> google.protobuf.Empty
+	17, // 28: berth.agent.v1.Agent.Wait:output_type -> berth.agent.v1.WaitResponse
+	19, // 29: berth.agent.v1.Agent.Pids:output_type -> berth.agent.v1.PidsResponse
+	27, // 30: berth.agent.v1.Agent.ResizePty:output_type -> google.protobuf.Empty
+	27, // 31: berth.agent.v1.Agent.CloseIO:output_type -> google.protobuf.Empty
+	23, // 32: berth.agent.v1.Agent.Delete:output_type -> berth.agent.v1.DeleteResponse
+	27, // 33: berth.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
+	27, // 34: berth.agent.v1.Agent.Pause:output_type -> google.protobuf.Empty
+	27, // 35: berth.agent.v1.Agent.Resume:output_type -> google.protobuf.Empty
+	27, // 36: berth.agent.v1.Agent.Update:output_type -> google.protobuf.Empty
+	5,  // 37: berth.agent.v1.Agent.Stats:output_type -> berth.agent.v1.StatsResponse
+	2,  // 38: berth.agent.v1.Agent.WaitOOM:output_type -> berth.agent.v1.OOMResponse
+	23, // [23:39] is the sub-list for method output_type
+	7,  // [7:23] is the sub-list for method input_type
 	7,  // [7:7] is the sub-list for extension type_name
 	7,  // [7:7] is the sub-list for extension extendee
 	0,  // [0:7] is the sub-list for field type_name
@@ -1690,7 +1796,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ type AgentService interface {
 	Resume(context.Context, *ContainerRequest) (*emptypb.Empty, error)
 	Update(context.Context, *UpdateRequest) (*emptypb.Empty, error)
 	Stats(context.Context, *ContainerRequest) (*StatsResponse, error)
+	WaitOOM(context.Context, *WaitOOMRequest) (*OOMResponse, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -133,6 +134,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.Stats(ctx, &req)
+			},
+			"WaitOOM": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req WaitOOMRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.WaitOOM(ctx, &req)
 			},
 		},
 	})
@@ -263,6 +271,14 @@ func (c *agentClient) Update(ctx context.Context, req *UpdateRequest) (*emptypb.
 func (c *agentClient) Stats(ctx context.Context, req *ContainerRequest) (*StatsResponse, error) {
 	var resp StatsResponse
 	if err := c.client.Call(ctx, "berth.agent.v1.Agent", "Stats", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) WaitOOM(ctx context.Context, req *WaitOOMRequest) (*OOMResponse, error) {
+	var resp OOMResponse
+	if err := c.client.Call(ctx, "berth.agent.v1.Agent", "WaitOOM", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
