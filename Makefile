@@ -48,10 +48,16 @@ install: build ## install the binaries into $(PREFIX)/bin and a default config i
 	install -D -m 0755 $(BIN)/containerd-shim-berth-v2 $(PREFIX)/bin/containerd-shim-berth-v2
 	@if [ ! -e /etc/berth/config.toml ]; then install -d /etc/berth && $(BIN)/berth env | grep -v '^#' > /etc/berth/config.toml && echo "wrote /etc/berth/config.toml"; fi
 
-test-unit: ## unit tests: no root, no VM
-	$(GO) test ./...
+test-unit: ## unit tests: no root, no VM, seconds
+	$(GO) test -short ./...
 
-test-e2e: deps guest ## end-to-end tests: boot real VMs (root)
+# The QEMU driver's own tests boot the kernel `berth guest build` unpacked;
+# the guest image test boots an initramfs built around a test init.
+TEST_KERNEL = $(firstword $(wildcard $(STATE_DIR)/cache/linux-image-*/boot/vmlinuz-*))
+
+test-e2e: deps guest ## end-to-end tests: boot real VMs, drive a real containerd (root)
+	BERTH_TEST_KERNEL=$(TEST_KERNEL) $(GO) test -count=1 -timeout 10m ./internal/qemu/...
+	BERTH_TEST_BOOT=1 $(GO) test -count=1 -timeout 10m ./internal/guest/...
 	BERTH_E2E=1 BERTH_STATE_DIR=$(STATE_DIR) $(GO) test -count=1 -v -timeout 40m ./test/e2e/...
 
 test: test-unit test-e2e ## all tests (what CI runs)

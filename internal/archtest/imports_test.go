@@ -1,0 +1,42 @@
+// Package archtest enforces the direction of imports between Berth's
+// packages (see docs/design.md): the guest side never links host code, and
+// low-level packages never learn about containers or containerd.
+package archtest
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/berth-runtime/berth/"
+
+// forbidden maps a package to import-path prefixes it must not depend on,
+// directly or indirectly.
+var forbidden = map[string][]string{
+	"internal/agent": {module + "internal/sandbox", module + "internal/shim", module + "internal/qemu",
+		module + "internal/config", module + "internal/hostcheck", "github.com/containerd/containerd/"},
+	"cmd/berth-agent":    {module + "internal/sandbox", module + "internal/shim", module + "internal/qemu", module + "internal/config"},
+	"internal/qemu":      {"github.com/opencontainers/runtime-spec", "github.com/containerd/containerd", module + "internal/oci", module + "internal/sandbox"},
+	"internal/transport": {module + "api/", "github.com/containerd/containerd"},
+	"internal/config":    {"github.com/containerd/containerd", module + "internal/qemu", module + "internal/sandbox"},
+	"internal/stats":     {module + "internal/sandbox", module + "internal/shim"},
+	"internal/sandbox":   {"github.com/containerd/containerd/", module + "internal/shim"},
+	"internal/oci":       {module + "internal/"},
+}
+
+func TestImportDirection(t *testing.T) {
+	for pkg, bad := range forbidden {
+		out, err := exec.Command("go", "list", "-deps", module+pkg).CombinedOutput()
+		if err != nil {
+			t.Fatalf("go list %s: %v\n%s", pkg, err, out)
+		}
+		for _, dep := range strings.Fields(string(out)) {
+			for _, b := range bad {
+				if strings.HasPrefix(dep, b) && dep != module+pkg {
+					t.Errorf("%s depends on %s", pkg, dep)
+				}
+			}
+		}
+	}
+}
