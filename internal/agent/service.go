@@ -31,6 +31,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/moby/sys/mountinfo"
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/libcontainer/configs"
@@ -43,6 +44,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	api "github.com/berth-runtime/berth/api/agent/v1"
+	"github.com/berth-runtime/berth/internal/oci"
 )
 
 // Version is the agent's version, reported by Info.
@@ -202,6 +204,9 @@ func (s *Service) create(ctx context.Context, req *api.CreateRequest) (int, erro
 		// boundary (as in Kata, whose guest seccomp is off by default).
 		log(ctx).WithField("container", id).Info("seccomp profile not applied inside the guest")
 		spec.Linux.Seccomp = nil
+	}
+	if err := mountPodShm(spec.Mounts); err != nil {
+		return 0, err
 	}
 	if spec.Linux.CgroupsPath == "" {
 		spec.Linux.CgroupsPath = "/berth/" + id
@@ -689,4 +694,24 @@ func (s *Service) WaitOOM(ctx context.Context, req *api.WaitOOMRequest) (*api.OO
 		case <-time.After(oomPollInterval):
 		}
 	}
+}
+
+// mountPodShm mounts the pod's shared /dev/shm tmpfs the first time a
+// container binds it (see oci.GuestPodShm).
+func mountPodShm(mounts []specs.Mount) error {
+	for _, m := range mounts {
+		if m.Destination != "/dev/shm" || !strings.HasPrefix(m.Source, oci.GuestPodShmDir+"/") {
+			continue
+		}
+		if mounted, _ := mountinfo.Mounted(m.Source); mounted {
+			continue
+		}
+		if err := os.MkdirAll(m.Source, 0o1777); err != nil {
+			return err
+		}
+		if err := unix.Mount("shm", m.Source, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=1777,size=65536k"); err != nil {
+			return fmt.Errorf("mount pod /dev/shm at %s: %w", m.Source, err)
+		}
+	}
+	return nil
 }

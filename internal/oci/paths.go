@@ -14,3 +14,10 @@ const SharedFSTag = "berthfs"
 func GuestRootfs(containerID string) string {
 	return path.Join(GuestSharedDir, containerID, "rootfs")
 }
+
+// GuestPodShmDir holds one tmpfs per pod in the guest, bound at /dev/shm
+// in every container of the pod. The agent mounts it on first use.
+const GuestPodShmDir = "/run/berth/shm"
+
+// GuestPodShm returns the guest path of a pod's shared /dev/shm.
+func GuestPodShm(sandboxID string) string { return path.Join(GuestPodShmDir, sandboxID) }

@@ -132,16 +132,17 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (_ *P
 // guest: each source is bind-mounted under the container's directory in
 // the virtio-fs share and the mount's source rewritten to the guest path.
 // Only what the spec names is shared. The pod's /dev/shm (a host tmpfs that
-// CRI binds in) becomes a tmpfs of the guest instead: sharing memory
-// through virtio-fs would be slow and pointless.
+// CRI binds into every container) is kept inside the guest instead:
+// sharing memory through virtio-fs would be slow and pointless. Every
+// container of the pod binds one guest tmpfs (oci.GuestPodShm, mounted by
+// the agent), so they share it as they do under runc.
 func (s *Sandbox) shareMounts(id string, spec *specs.Spec) error {
 	for i, m := range spec.Mounts {
 		if !oci.IsBindMount(m) {
 			continue
 		}
 		if m.Destination == "/dev/shm" {
-			spec.Mounts[i] = specs.Mount{Destination: "/dev/shm", Type: "tmpfs", Source: "shm",
-				Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}}
+			spec.Mounts[i].Source = oci.GuestPodShm(s.id)
 			continue
 		}
 		guestPath := oci.GuestMountPath(id, i, m.Source)

@@ -246,6 +246,16 @@ func TestCRIPodWithTwoContainersSharesOneVM(t *testing.T) {
 		t.Errorf("ExecSync sh -c 'exit 3': exit code %d, want 3", ex.ExitCode)
 	}
 
+	// Containers of a pod share its /dev/shm (POSIX shared memory), as
+	// under runc: what c1 writes there, c2 reads.
+	if ex, err = c.rt.ExecSync(criCtx(t, time.Minute), &cri.ExecSyncRequest{ContainerId: id1, Cmd: []string{"sh", "-c", "echo pod-shm > /dev/shm/probe"}, Timeout: 30}); err != nil || ex.ExitCode != 0 {
+		t.Fatalf("write /dev/shm in c1: %v %+v", err, ex)
+	}
+	ex, err = c.rt.ExecSync(criCtx(t, time.Minute), &cri.ExecSyncRequest{ContainerId: id2, Cmd: []string{"cat", "/dev/shm/probe"}, Timeout: 30})
+	if err != nil || strings.TrimSpace(string(ex.Stdout)) != "pod-shm" {
+		t.Errorf("c2 does not see c1's /dev/shm: %v, stdout %q stderr %q", err, ex.GetStdout(), ex.GetStderr())
+	}
+
 	for _, id := range []string{id1, id2} {
 		st, err := c.rt.ContainerStatus(criCtx(t, time.Minute), &cri.ContainerStatusRequest{ContainerId: id})
 		if err != nil {
