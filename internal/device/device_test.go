@@ -40,10 +40,18 @@ func (f *fakeVMM) step(op, id string) error {
 	return nil
 }
 
-func (f *fakeVMM) PlugBlock(_ context.Context, a BlockAttachment) error   { return f.step("plug-block", a.ID) }
-func (f *fakeVMM) UnplugBlock(_ context.Context, a BlockAttachment) error { return f.step("unplug-block", a.ID) }
-func (f *fakeVMM) PlugVFIO(_ context.Context, a VFIOAttachment) error     { return f.step("plug-vfio", a.ID) }
-func (f *fakeVMM) UnplugVFIO(_ context.Context, a VFIOAttachment) error   { return f.step("unplug-vfio", a.ID) }
+func (f *fakeVMM) PlugBlock(_ context.Context, a BlockAttachment) error {
+	return f.step("plug-block", a.ID)
+}
+func (f *fakeVMM) UnplugBlock(_ context.Context, a BlockAttachment) error {
+	return f.step("unplug-block", a.ID)
+}
+func (f *fakeVMM) PlugVFIO(_ context.Context, a VFIOAttachment) error {
+	return f.step("plug-vfio", a.ID)
+}
+func (f *fakeVMM) UnplugVFIO(_ context.Context, a VFIOAttachment) error {
+	return f.step("unplug-vfio", a.ID)
+}
 
 func blocks(n int, prefix string) []Block {
 	var out []Block

@@ -37,7 +37,9 @@ type Sysfs struct {
 
 var _ Host = Sysfs{}
 
-func (s Sysfs) p(elem ...string) string { return filepath.Join(append([]string{s.Root, "/"}, elem...)...) }
+func (s Sysfs) p(elem ...string) string {
+	return filepath.Join(append([]string{s.Root, "/"}, elem...)...)
+}
 
 // DevName reads DEVNAME from the device's uevent file.
 func (s Sysfs) DevName(kind byte, major, minor int64) (string, error) {

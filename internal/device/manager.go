@@ -38,8 +38,8 @@ type Manager struct {
 
 	mu     sync.Mutex
 	ports  []Port
-	owner  []string // attachment ID holding ports[i], "" if free
-	cold   Devices  // plugged at boot
+	owner  []string          // attachment ID holding ports[i], "" if free
+	cold   Devices           // plugged at boot
 	claims map[string]string // block key "host:M:m" or VFIO function -> container
 	hot    map[string]Devices
 	nextID int
