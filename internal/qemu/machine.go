@@ -86,6 +86,18 @@ type Machine struct {
 	SerialPorts []VirtioSerialPort
 	FileSystems []VhostUserFS
 	Vsock       *VsockDevice
+
+	// Paused starts QEMU with its vCPUs stopped (-S): the devices exist
+	// and QMP works, but the guest does not run. Used to check a
+	// topology against QEMU itself without booting.
+	Paused bool
+
+	// PCIe topology (q35 only): ports reserved for hot-plug, and VFIO
+	// functions cold-plugged into them. See pcie.go.
+	PCIeRootPorts []PCIeRootPort
+	PCIBridges    []PCIBridge
+	PCIeSwitches  []PCIeSwitch
+	VFIODevices   []VFIODevice
 }
 
 const (
@@ -240,6 +252,8 @@ func (m Machine) Validate() error {
 			bad(f+".QueueSize", "%d is not a power of two between 1 and %d (0 means %d)", q, maxFSQueueSize, DefaultFSQueueSize)
 		}
 	}
+
+	m.validatePCIe(bad, checkID)
 
 	if m.Vsock != nil {
 		// CIDs 0-2 are the hypervisor, local and host; U32_MAX is
