@@ -8,7 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-		"strings"
+	"strings"
 	"testing"
 	"time"
 
