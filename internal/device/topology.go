@@ -41,7 +41,7 @@ const (
 	MaxSwitchPorts = 32
 )
 
-// RootPortDevice is a pcie-root-port on the root bus.
+// RootPortDevice is a PCIe root port on the root bus.
 type RootPortDevice struct {
 	ID      string
 	Slot    PCISlot

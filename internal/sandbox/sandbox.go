@@ -29,6 +29,7 @@ import (
 
 	api "github.com/berth-runtime/berth/api/agent/v1"
 	"github.com/berth-runtime/berth/internal/config"
+	"github.com/berth-runtime/berth/internal/device"
 	"github.com/berth-runtime/berth/internal/oci"
 	"github.com/berth-runtime/berth/internal/qemu"
 	"github.com/berth-runtime/berth/internal/transport"
@@ -44,6 +45,10 @@ type Options struct {
 	// Accel is the accelerator to use; the caller resolves "auto" once
 	// (see qemu.CachedAccel) so that every sandbox does not probe again.
 	Accel qemu.Accel
+	// ColdPlugVFIO are VFIO groups to put on QEMU's command line (see
+	// ColdPlugVFIO); the container that asked for them finds them
+	// attached, other devices are hot-plugged.
+	ColdPlugVFIO []device.VFIOGroup
 }
 
 // VMM is what a sandbox needs from a running hypervisor process.
@@ -68,6 +73,11 @@ type Sandbox struct {
 	rpc       *ttrpc.Client
 	agent     api.AgentService
 	info      *api.InfoResponse
+
+	// devices tracks PCIe ports and which container holds which device;
+	// nil on machines without PCI (microvm).
+	devices     *device.Manager
+	hostDevices device.Host
 
 	mu     sync.Mutex
 	mounts map[string][]string // container id -> host mount points, in mount order
@@ -107,7 +117,7 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	if err := validateID(opts.ID); err != nil {
 		return nil, err
 	}
-	s := &Sandbox{id: opts.ID, cfg: cfg, dir: Dir(cfg.RunDir, opts.ID), mounts: map[string][]string{}}
+	s := &Sandbox{id: opts.ID, cfg: cfg, dir: Dir(cfg.RunDir, opts.ID), mounts: map[string][]string{}, hostDevices: device.Sysfs{}}
 	log := logrus.WithField("sandbox", s.id)
 
 	var undo cleanupStack
@@ -148,6 +158,10 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	undo.push(func() { fsd.stop() })
 
 	m := s.machine(opts)
+	topo, cold, err := planTopology(cfg, &m, opts.ColdPlugVFIO)
+	if err != nil {
+		return nil, err
+	}
 	log.WithField("accel", m.Accel).WithField("machine", m.Type).Debug("starting qemu")
 	vm, err := qemu.Start(ctx, m, qemu.StartOptions{DieWithParent: true})
 	if err != nil {
@@ -155,6 +169,9 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	}
 	s.vmm = vm
 	undo.push(func() { vm.Kill() })
+	if m.Type == qemu.Q35 {
+		s.devices = device.NewManager(deviceConfig(cfg), topo, cold, qemuPlugger{vm, cfg}, qemuPlugger{vm, cfg})
+	}
 	// Recorded so that a fresh process (containerd's `shim delete` after a
 	// shim crash) can find and kill a VM whose owner is gone.
 	if err := os.WriteFile(s.path(vmmPidFileName), []byte(strconv.Itoa(vm.Pid())), 0o600); err != nil {

@@ -219,7 +219,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 		}()
 	}
 
-	sb, sandboxPid, err := s.sandboxFor(ctx, cfg, sandboxID, isSandbox)
+	sb, sandboxPid, err := s.sandboxFor(ctx, cfg, sandboxID, isSandbox, spec)
 	if err != nil {
 		return 0, err
 	}
@@ -257,7 +257,11 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 // sandboxFor returns the pod's VM, booting it for the pod's first
 // container. It also returns the guest pid of the sandbox container, whose
 // namespaces app containers join.
-func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID string, isSandbox bool) (*sandbox.Sandbox, uint32, error) {
+//
+// VFIO devices of the container that boots the VM are cold-plugged when
+// devices.cold_plug_vfio says so; every other device is hot-plugged when
+// its container is created, and the container gets both.
+func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID string, isSandbox bool, spec *specs.Spec) (*sandbox.Sandbox, uint32, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.sb != nil {
@@ -277,8 +281,12 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 	if err != nil {
 		return nil, 0, err
 	}
+	cold, err := sandbox.ColdPlugVFIO(cfg, spec)
+	if err != nil {
+		return nil, 0, err
+	}
 	sandbox.CleanupStale(cfg.RunDir)
-	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: sandboxID, Accel: accel})
+	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: sandboxID, Accel: accel, ColdPlugVFIO: cold})
 	if err != nil {
 		return nil, 0, fmt.Errorf("start sandbox VM: %w", err)
 	}
