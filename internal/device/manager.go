@@ -287,7 +287,7 @@ func (m *Manager) takePort(want PortType, prefix string) (takenPort, error) {
 	if want != "" {
 		kind = string(want) + " hot-plug port"
 	}
-	return takenPort{}, fmt.Errorf("all %d %ss are in use (raise hypervisor.%s): %w", total, kind, key, ErrNoPort)
+	return takenPort{}, fmt.Errorf("all %d %ss are in use (raise devices.%s in the configuration): %w", total, kind, key, ErrNoPort)
 }
 
 // takeFree reserves the first free hot-plug port that ok accepts.

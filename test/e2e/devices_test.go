@@ -152,8 +152,29 @@ func devicesConfig(t *testing.T, devices string) string {
 	return path
 }
 
+// diskContainer is a CRI container config with disks mapped to /dev/xda,
+// /dev/xdb, ...
+func diskContainer(pod *criPod, name string, disks []*loopDisk, cmd ...string) *cri.ContainerConfig {
+	config := &cri.ContainerConfig{
+		Metadata: &cri.ContainerMetadata{Name: name},
+		Image:    &cri.ImageSpec{Image: busyboxImage},
+		Command:  cmd,
+		LogPath:  name + ".log",
+		Linux: &cri.LinuxContainerConfig{
+			SecurityContext: &cri.LinuxContainerSecurityContext{NamespaceOptions: pod.config.Linux.SecurityContext.NamespaceOptions},
+		},
+	}
+	for i, d := range disks {
+		config.Devices = append(config.Devices, &cri.Device{ContainerPath: fmt.Sprintf("/dev/xd%c", 'a'+i), HostPath: d.dev, Permissions: "rwm"})
+	}
+	return config
+}
+
 // TestDeviceCRIDeviceAsXda: a CRI Device maps the loop device to /dev/xda
-// in an app container of a pod.
+// in an app container of a pod. Before it, a container asking for more
+// disks than the pod's VM has ports fails, and its hot-plugs are rolled
+// back in the running VM: the disks are released and the ports are free
+// for the next container.
 func TestDeviceCRIDeviceAsXda(t *testing.T) {
 	c := newCRI(t)
 	defer assertNoLeaks(t)
@@ -162,17 +183,30 @@ func TestDeviceCRIDeviceAsXda(t *testing.T) {
 	pod := c.runPod(t, "devices")
 	defer c.removePod(t, pod.id)
 
-	config := &cri.ContainerConfig{
-		Metadata: &cri.ContainerMetadata{Name: "xda"},
-		Image:    &cri.ImageSpec{Image: busyboxImage},
-		Command:  []string{"sh", "-c", writeScript("/dev/xda", pat)},
-		LogPath:  "xda.log",
-		Devices:  []*cri.Device{{ContainerPath: "/dev/xda", HostPath: d.dev, Permissions: "rwm"}},
-		Linux: &cri.LinuxContainerConfig{
-			SecurityContext: &cri.LinuxContainerSecurityContext{NamespaceOptions: pod.config.Linux.SecurityContext.NamespaceOptions},
-		},
+	// The default configuration reserves two root ports.
+	extra := []*loopDisk{d, newLoopDisk(t), newLoopDisk(t)}
+	// CRI creates the task (and Berth plugs the disks) at StartContainer.
+	tooMany, err := c.rt.CreateContainer(criCtx(t, 2*time.Minute), &cri.CreateContainerRequest{PodSandboxId: pod.id,
+		Config: diskContainer(pod, "too-many", extra, "true"), SandboxConfig: pod.config})
+	if err != nil {
+		t.Fatalf("CreateContainer: %v", err)
 	}
-	resp, err := c.rt.CreateContainer(criCtx(t, 2*time.Minute), &cri.CreateContainerRequest{PodSandboxId: pod.id, Config: config, SandboxConfig: pod.config})
+	_, err = c.rt.StartContainer(criCtx(t, 2*time.Minute), &cri.StartContainerRequest{ContainerId: tooMany.ContainerId})
+	if err == nil || !strings.Contains(err.Error(), "pcie_root_port") {
+		t.Fatalf("StartContainer with 3 disks on 2 ports = %v, want an error naming pcie_root_port", err)
+	}
+	t.Logf("as expected: %v", err)
+	if _, err := c.rt.RemoveContainer(criCtx(t, time.Minute), &cri.RemoveContainerRequest{ContainerId: tooMany.ContainerId}); err != nil {
+		t.Fatalf("RemoveContainer: %v", err)
+	}
+	for _, x := range extra {
+		if qemuHolds(x.dev) {
+			t.Errorf("%s still held by the pod's QEMU after the failed create", x.dev)
+		}
+	}
+
+	resp, err := c.rt.CreateContainer(criCtx(t, 2*time.Minute), &cri.CreateContainerRequest{PodSandboxId: pod.id,
+		Config: diskContainer(pod, "xda", []*loopDisk{d}, "sh", "-c", writeScript("/dev/xda", pat)), SandboxConfig: pod.config})
 	if err != nil {
 		t.Fatalf("CreateContainer: %v", err)
 	}
@@ -204,5 +238,57 @@ func TestDeviceCRIDeviceAsXda(t *testing.T) {
 	}
 	if qemuHolds(d.dev) {
 		t.Errorf("the pod's QEMU still holds %s after RemoveContainer", d.dev)
+	}
+}
+
+// TestDeviceCtrRunEveryPortKind hot-plugs the disk into each kind of port
+// a configuration can reserve: a root port, a PCIe switch downstream port
+// and a PCI bridge slot. The guest finds it by PCI path in each case.
+func TestDeviceCtrRunEveryPortKind(t *testing.T) {
+	containerd(t)
+	for _, tc := range []struct{ name, devices string }{
+		{"switch", "pcie_root_port = 0\npcie_switch_port = 1\n"},
+		{"bridge", "pcie_root_port = 0\npci_bridges = 1\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			defer assertNoLeaks(t)
+			cfg := devicesConfig(t, tc.devices)
+			d := newLoopDisk(t)
+			pat := pattern(t)
+			r := ctr(t, "run", "--runtime", berthRuntime, "--runtime-config-path", cfg, "--rm", "--device", d.dev, busyboxImage, "dev-"+tc.name, "sh", "-c", writeScript(d.dev, pat))
+			if r.code != 0 {
+				t.Fatalf("ctr run: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+			}
+			d.checkPattern(t, pat)
+		})
+	}
+}
+
+// TestDeviceFailedHotplugRollsBack asks for three disks with two root
+// ports: the third cannot be placed, so the two already plugged are
+// unplugged again (the guest releases them), the container fails with an
+// error naming devices.pcie_root_port, and the loop devices are free.
+func TestDeviceFailedHotplugRollsBack(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	cfg := devicesConfig(t, "pcie_root_port = 2\n")
+	disks := []*loopDisk{newLoopDisk(t), newLoopDisk(t), newLoopDisk(t)}
+	args := []string{"run", "--runtime", berthRuntime, "--runtime-config-path", cfg, "--rm"}
+	for _, d := range disks {
+		args = append(args, "--device", d.dev)
+	}
+	args = append(args, busyboxImage, "dev-rollback", "true")
+	r := ctr(t, args...)
+	defer cleanupTask(t, "dev-rollback")
+	if r.code == 0 {
+		t.Fatal("three disks on two root ports: ctr run succeeded")
+	}
+	if !strings.Contains(r.stderr, "pcie_root_port") {
+		t.Errorf("error does not name devices.pcie_root_port:\n%s", r.stderr)
+	}
+	for _, d := range disks {
+		if qemuHolds(d.dev) {
+			t.Errorf("%s is still held by QEMU after the failed create", d.dev)
+		}
 	}
 }
