@@ -116,7 +116,7 @@ func (m *Manager) Attach(ctx context.Context, id string, req Request) (_ Devices
 				continue
 			}
 			if m.cfg.HotPlugVFIO == "" || m.cfg.HotPlugVFIO == NoPort {
-				return Devices{}, fmt.Errorf("VFIO group %s (%s) was not cold-plugged at boot and hot_plug_vfio is %q: set hot_plug_vfio to root-port, bridge-port or switch-port, or cold_plug_vfio for the container that boots the VM: %w",
+				return Devices{}, fmt.Errorf("VFIO group %s (%s) was not cold-plugged at boot and devices.hot_plug_vfio is %q: set devices.hot_plug_vfio to root-port, bridge-port or switch-port, or devices.cold_plug_vfio for the container that boots the VM: %w",
 					g.Group, f, NoPort, ErrInvalid)
 			}
 			if m.vfio == nil {
