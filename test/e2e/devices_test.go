@@ -292,3 +292,31 @@ func TestDeviceFailedHotplugRollsBack(t *testing.T) {
 		}
 	}
 }
+
+// TestDeviceCtrRunBlockMount: a mount whose source is a host block device
+// (an ext4 file system on the loop device) is hot-plugged and mounted in
+// the container from the guest's disk, not shared over virtio-fs. The
+// container writes a file; the host reads it out of the image afterwards.
+func TestDeviceCtrRunBlockMount(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	d := newLoopDisk(t)
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", d.dev).CombinedOutput(); err != nil {
+		t.Skipf("mkfs.ext4: %v: %s", err, out)
+	}
+	pat := pattern(t)
+	r := ctr(t, "run", "--runtime", berthRuntime, "--rm",
+		"--mount", "type=ext4,src="+d.dev+",dst=/data,options=rw",
+		busyboxImage, "dev-mount", "sh", "-c", "set -e; grep ' /data ' /proc/mounts; echo "+pat+" > /data/hello; sync")
+	if r.code != 0 {
+		t.Fatalf("ctr run: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+	t.Logf("container: %s", strings.TrimSpace(r.stdout))
+	if !strings.Contains(r.stdout, "/dev/vd") {
+		t.Errorf("/data is not mounted from a guest disk: %s", r.stdout)
+	}
+	out, err := exec.Command("debugfs", "-R", "cat /hello", d.file).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), pat) {
+		t.Fatalf("debugfs cat /hello: %v: %s", err, out)
+	}
+}
