@@ -2,7 +2,6 @@ package device
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"os"
 	"path"
@@ -49,7 +48,7 @@ func (s Sysfs) DevName(kind byte, major, minor int64) (string, error) {
 	}
 	f, err := os.Open(s.p("sys/dev", class, fmt.Sprintf("%d:%d", major, minor), "uevent"))
 	if err != nil {
-		return "", fmt.Errorf("%s device %d:%d does not exist on the host: %w", class, major, minor, errors.Join(ErrInvalid, err))
+		return "", fmt.Errorf("%s device %d:%d does not exist on the host: %w: %w", class, major, minor, err, ErrInvalid)
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
@@ -83,7 +82,7 @@ func (s Sysfs) IOMMUGroup(group string) ([]PCIAddress, error) {
 	dir := s.p("sys/kernel/iommu_groups", group, "devices")
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("VFIO group %s: %s: %w", group, err, ErrInvalid)
+		return nil, fmt.Errorf("VFIO group %s: %w: %w", group, err, ErrInvalid)
 	}
 	var fns []PCIAddress
 	for _, e := range entries {

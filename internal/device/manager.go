@@ -34,7 +34,11 @@ type Manager struct {
 	block BlockHotplugger // nil: block hot-plug unsupported
 	vfio  VFIOHotplugger  // nil: VFIO hot-plug unsupported
 
-	op sync.Mutex // one plug or unplug sequence at a time
+	// op serialises whole plug and unplug sequences. QEMU would accept
+	// concurrent hot-plugs into different ports, but one sequence at a
+	// time keeps rollback simple: a failed Attach undoes exactly what it
+	// did, and no other container's device can appear in between.
+	op sync.Mutex
 
 	mu     sync.Mutex
 	ports  []Port
