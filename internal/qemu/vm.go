@@ -31,6 +31,7 @@ type StartOptions struct {
 
 // VM is a running QEMU process and its QMP connection.
 type VM struct {
+	machine Machine // as started; hot-plug needs its memory layout
 	cmd     *exec.Cmd
 	pid     int
 	output  *tailWriter
@@ -89,6 +90,7 @@ func Start(ctx context.Context, m Machine, opts StartOptions) (*VM, error) {
 	}
 
 	v := &VM{
+		machine: m,
 		cmd:     cmd,
 		pid:     cmd.Process.Pid,
 		output:  out,

@@ -16,6 +16,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -29,6 +30,7 @@ import (
 
 	api "github.com/berth-runtime/berth/api/agent/v1"
 	"github.com/berth-runtime/berth/internal/config"
+	"github.com/berth-runtime/berth/internal/memory"
 	"github.com/berth-runtime/berth/internal/oci"
 	"github.com/berth-runtime/berth/internal/qemu"
 	"github.com/berth-runtime/berth/internal/transport"
@@ -71,6 +73,9 @@ type Sandbox struct {
 
 	mu     sync.Mutex
 	mounts map[string][]string // container id -> host mount points, in mount order
+
+	memory memoryState
+	mgmt   io.Closer // management API server
 
 	destroyOnce sync.Once
 	destroyErr  error
@@ -147,13 +152,18 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	s.virtiofsd = fsd
 	undo.push(func() { fsd.stop() })
 
-	m := s.machine(opts)
+	m, err := s.machine(opts)
+	if err != nil {
+		return nil, err
+	}
+	s.memory.limits = memoryLayout(cfg, &m)
 	log.WithField("accel", m.Accel).WithField("machine", m.Type).Debug("starting qemu")
 	vm, err := qemu.Start(ctx, m, qemu.StartOptions{DieWithParent: true})
 	if err != nil {
 		return nil, fmt.Errorf("start VM: %w", err)
 	}
 	s.vmm = vm
+	s.memory.hp = vm
 	undo.push(func() { vm.Kill() })
 	// Recorded so that a fresh process (containerd's `shim delete` after a
 	// shim crash) can find and kill a VM whose owner is gone.
@@ -166,6 +176,14 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	if err := s.connectAgent(ctx); err != nil {
 		return nil, err
 	}
+	s.memory.bootMemTotalMiB = int(s.info.MemTotalBytes >> 20)
+	s.memory.currentMiB, s.memory.requestedMiB = m.MemoryMiB, m.MemoryMiB
+	mgmt, err := s.serveManagement()
+	if err != nil {
+		return nil, err
+	}
+	s.mgmt = mgmt
+	undo.push(func() { mgmt.Close() })
 	log.WithField("kernel", s.info.KernelRelease).WithField("qemu_pid", vm.Pid()).Debug("sandbox ready")
 	return s, nil
 }
@@ -185,7 +203,7 @@ func validateID(id string) error {
 func (s *Sandbox) path(name string) string { return filepath.Join(s.dir, name) }
 
 // machine describes the VM from the configuration and options.
-func (s *Sandbox) machine(opts Options) qemu.Machine {
+func (s *Sandbox) machine(opts Options) (qemu.Machine, error) {
 	h := s.cfg.Hypervisor
 	vcpus, mem := h.DefaultVCPUs, h.DefaultMemoryMiB
 	if opts.VCPUs > 0 {
@@ -199,10 +217,18 @@ func (s *Sandbox) machine(opts Options) qemu.Machine {
 		accel = qemu.TCG
 	}
 	params := agentCmdlineTransport + "=" + string(transport.VirtioSerial)
+	if mechanismOf(s.cfg) != memory.None {
+		// Hot-plug room puts guest physical memory above 4 GiB, which
+		// makes the kernel reserve a 64 MiB SWIOTLB bounce buffer at boot
+		// (measured: MemTotal 152 instead of 217 MiB in a 256 MiB VM).
+		// Berth's virtio devices all do 64-bit DMA and never bounce; keep
+		// a small 8 MiB pool for anything that might.
+		params += " swiotlb=4096"
+	}
 	if h.KernelParams != "" {
 		params += " " + h.KernelParams
 	}
-	return qemu.Machine{
+	m := qemu.Machine{
 		Binary:       h.Path,
 		Type:         qemu.MachineType(h.Machine),
 		Accel:        accel,
@@ -216,6 +242,15 @@ func (s *Sandbox) machine(opts Options) qemu.Machine {
 		SerialPorts:  []qemu.VirtioSerialPort{{ID: "agent", Name: transport.SerialPortName, SocketPath: s.path(agentSockName)}},
 		FileSystems:  []qemu.VhostUserFS{{ID: "shared", Tag: oci.SharedFSTag, SocketPath: s.path(fsSocketName)}},
 	}
+	if len(h.Pflashes) == 2 {
+		// UEFI writes its variable store: each VM gets its own copy.
+		vars := s.path("efivars.fd")
+		if err := copyFile(h.Pflashes[1], vars); err != nil {
+			return m, fmt.Errorf("copy UEFI variable store (hypervisor.pflashes): %w", err)
+		}
+		m.Pflash = []string{h.Pflashes[0], vars}
+	}
+	return m, nil
 }
 
 // agentCmdlineTransport must match agent.CmdlineTransport (the host does
@@ -342,6 +377,9 @@ func (s *Sandbox) destroy(ctx context.Context) error {
 			log.WithError(err).Warn("shutdown VM")
 		}
 		cancel()
+	}
+	if s.mgmt != nil {
+		s.mgmt.Close()
 	}
 	if s.rpc != nil {
 		s.rpc.Close()
