@@ -69,6 +69,9 @@ func (o *memoryOnliner) onlineAll() (online, offline int, errs []string) {
 			online++
 			continue
 		}
+		if _, err := os.Stat(state); err != nil {
+			continue // being removed (an unplug offlined it): not ours to online
+		}
 		movable := o.kernelFree() >= kernelReserve
 		if err := onlineBlock(state, movable); err != nil {
 			offline++
@@ -239,7 +242,31 @@ func (s *Service) OnlineMemory(ctx context.Context, _ *emptypb.Empty) (*api.Memo
 	online, offline, errs := s.memory.onlineAll()
 	info := s.memory.memoryInfo()
 	info.BlocksOnline, info.BlocksOffline, info.Errors = uint32(online), uint32(offline), errs
+	info.KernelBlocks = s.memory.kernelBlocks()
 	return info, nil
+}
+
+// kernelBlocks lists online blocks that are not movable. valid_zones of an
+// online block names the zone it is in.
+func (o *memoryOnliner) kernelBlocks() []uint64 {
+	entries, err := os.ReadDir(o.memDir())
+	if err != nil {
+		return nil
+	}
+	var out []uint64
+	for _, e := range entries {
+		n := blockNum(e.Name())
+		if n < 0 || !strings.HasPrefix(e.Name(), "memory") {
+			continue
+		}
+		state, _ := os.ReadFile(filepath.Join(o.memDir(), e.Name(), "state"))
+		zones, _ := os.ReadFile(filepath.Join(o.memDir(), e.Name(), "valid_zones"))
+		if strings.TrimSpace(string(state)) == "online" && strings.TrimSpace(string(zones)) != "Movable" {
+			out = append(out, uint64(n))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
 }
 
 // WatchMemory onlines hot-added memory until ctx ends; Serve runs it.

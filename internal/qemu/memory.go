@@ -42,6 +42,12 @@ func (v *VM) VirtioMemSizeMiB(ctx context.Context, id string) (int, error) {
 // waits for the guest driver: until the plugged size equals the request,
 // or until it has not changed for settle (the guest cannot go further,
 // e.g. memory in use blocks a shrink). It returns the size reached.
+//
+// It polls the device's size rather than waiting for
+// MEMORY_DEVICE_SIZE_CHANGE alone: QEMU rate-limits that event to one per
+// second per device, which would add up to a second to every resize
+// (measured: +1 GiB took 1.0 s with events only, 0.24 s is the floor).
+// The events still wake the loop early.
 func (v *VM) ResizeVirtioMem(ctx context.Context, id string, sizeMiB int, settle time.Duration) (int, error) {
 	sub := v.WatchVirtioMemSize(id)
 	defer sub.Cancel()
@@ -52,18 +58,23 @@ func (v *VM) ResizeVirtioMem(ctx context.Context, id string, sizeMiB int, settle
 	if err != nil {
 		return 0, err
 	}
+	lastChange := time.Now()
 	for size != sizeMiB {
-		wctx, cancel := context.WithTimeout(ctx, settle)
-		e, err := sub.Wait(wctx)
-		cancel()
-		if err != nil {
-			if ctx.Err() != nil {
-				return size, ctx.Err()
-			}
+		if time.Since(lastChange) > settle {
 			break // no progress within settle: the guest stopped here
 		}
-		if n, err := SizeFromEvent(e); err == nil {
-			size = n
+		wctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		sub.Wait(wctx)
+		cancel()
+		if ctx.Err() != nil {
+			return size, ctx.Err()
+		}
+		n, err := v.VirtioMemSizeMiB(ctx, id)
+		if err != nil {
+			return size, err
+		}
+		if n != size {
+			size, lastChange = n, time.Now()
 		}
 	}
 	return size, nil
@@ -141,4 +152,26 @@ func (v *VM) UnplugDIMM(ctx context.Context, id string) error {
 		return fmt.Errorf("dimm %s: free backend: %w", id, err)
 	}
 	return nil
+}
+
+// MemoryDeviceRange returns the guest physical address and size of the
+// memory device (DIMM) id, from query-memory-devices.
+func (v *VM) MemoryDeviceRange(ctx context.Context, id string) (addr, size uint64, err error) {
+	var devs []struct {
+		Type string `json:"type"`
+		Data struct {
+			ID   string `json:"id"`
+			Addr uint64 `json:"addr"`
+			Size uint64 `json:"size"`
+		} `json:"data"`
+	}
+	if err := v.QMP().Execute(ctx, "query-memory-devices", nil, &devs); err != nil {
+		return 0, 0, fmt.Errorf("query memory devices: %w", err)
+	}
+	for _, d := range devs {
+		if d.Data.ID == id {
+			return d.Data.Addr, d.Data.Size, nil
+		}
+	}
+	return 0, 0, fmt.Errorf("memory device %s not found", id)
 }

@@ -26,6 +26,7 @@ type MemoryHotplugger interface {
 	ResizeVirtioMem(ctx context.Context, id string, sizeMiB int, settle time.Duration) (int, error)
 	PlugDIMM(ctx context.Context, d qemu.DIMM) error
 	UnplugDIMM(ctx context.Context, id string) error
+	MemoryDeviceRange(ctx context.Context, id string) (addr, size uint64, err error)
 }
 
 // virtioMemID is the id of a sandbox's virtio-mem device.
@@ -212,6 +213,13 @@ func (s *Sandbox) resizeDIMM(ctx context.Context, targetMiB int) error {
 		if m.currentMiB-d.SizeMiB < targetMiB {
 			break
 		}
+		// A DIMM holding kernel memory can never be ejected: the guest
+		// would ignore the request and QEMU would wait forever. Ask the
+		// guest first.
+		if err := s.dimmRemovable(ctx, d); err != nil {
+			m.requestedMiB = m.currentMiB
+			return fmt.Errorf("shrink to %d MiB reached %d MiB: %v: %w", targetMiB, m.currentMiB, err, ErrPartialResize)
+		}
 		uctx, cancel := context.WithTimeout(ctx, resizeTimeout(d.SizeMiB))
 		err := m.hp.UnplugDIMM(uctx, d.ID)
 		cancel()
@@ -225,6 +233,29 @@ func (s *Sandbox) resizeDIMM(ctx context.Context, targetMiB int) error {
 	if m.currentMiB != targetMiB {
 		m.requestedMiB = m.currentMiB
 		return fmt.Errorf("shrink to %d MiB reached %d MiB: DIMMs are removed whole: %w", targetMiB, m.currentMiB, ErrPartialResize)
+	}
+	return nil
+}
+
+// dimmRemovable reports an error if any memory block of DIMM d is online
+// as kernel memory in the guest.
+func (s *Sandbox) dimmRemovable(ctx context.Context, d qemu.DIMM) error {
+	addr, size, err := s.memory.hp.MemoryDeviceRange(ctx, d.ID)
+	if err != nil {
+		return err
+	}
+	info, err := s.agent.OnlineMemory(ctx, &emptypb.Empty{})
+	if err != nil {
+		return s.rpcError("read guest memory", err)
+	}
+	if info.BlockSizeBytes == 0 {
+		return nil
+	}
+	first, last := addr/info.BlockSizeBytes, (addr+size-1)/info.BlockSizeBytes
+	for _, b := range info.KernelBlocks {
+		if b >= first && b <= last {
+			return fmt.Errorf("dimm %s holds kernel memory (block %d is not movable), which the guest cannot give back", d.ID, b)
+		}
 	}
 	return nil
 }
@@ -250,7 +281,7 @@ func (s *Sandbox) waitGuestSees(ctx context.Context, currentMiB int) error {
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			break
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
 	}
 	return fmt.Errorf("the guest does not use the added memory: it reports MemTotal %d MiB, expected about %d MiB; %d blocks offline (auto_online_blocks=%s) %s",
 		info.MemTotalBytes>>20, want, info.BlocksOffline, info.AutoOnlineBlocks, strings.Join(info.Errors, "; "))

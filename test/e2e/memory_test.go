@@ -259,6 +259,19 @@ func TestMemoryGrow8GiBAtOnce(t *testing.T) {
 			if st.GuestCurrentMiB != 256+8192 || st.GuestMemTotalMiB < 8192 {
 				t.Errorf("after +8 GiB: %+v", st)
 			}
+			// Back down. Memory the guest had to online as kernel memory
+			// (to hold the page structures of the rest) cannot leave
+			// again: a partial shrink must say how far it got and leave
+			// the sandbox consistent, with its container running.
+			r = berth(t, "", "--config", cfg, "resize", name, "--memory", "256M")
+			st = berthStatusWith(t, cfg, name).Memory
+			t.Logf("%s: shrink to 256 MiB: exit %d %s; now %+v", mech, r.code, strings.TrimSpace(r.stderr), st)
+			if r.code != 0 && !strings.Contains(r.stderr, "reached") {
+				t.Errorf("a failed shrink must say how far it got: %s", r.stderr)
+			}
+			if st.GuestCurrentMiB != st.GuestRequestedMiB || st.GuestCurrentMiB >= 256+8192 {
+				t.Errorf("after shrinking: %+v; want current == requested, and memory returned", st)
+			}
 		})
 	}
 }

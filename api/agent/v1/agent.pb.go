@@ -110,8 +110,12 @@ type MemoryInfo struct {
 	// kernel can use for its own allocations, including the page
 	// structures of memory hot-added next.
 	KernelFreeBytes uint64 `protobuf:"varint,10,opt,name=kernel_free_bytes,json=kernelFreeBytes,proto3" json:"kernel_free_bytes,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// kernel_blocks are the numbers of online memory blocks outside
+	// ZONE_MOVABLE: memory the guest cannot give back. The host checks a
+	// DIMM's blocks against it before asking the guest to eject it.
+	KernelBlocks  []uint64 `protobuf:"varint,11,rep,packed,name=kernel_blocks,json=kernelBlocks,proto3" json:"kernel_blocks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MemoryInfo) Reset() {
@@ -212,6 +216,13 @@ func (x *MemoryInfo) GetKernelFreeBytes() uint64 {
 		return x.KernelFreeBytes
 	}
 	return 0
+}
+
+func (x *MemoryInfo) GetKernelBlocks() []uint64 {
+	if x != nil {
+		return x.KernelBlocks
+	}
+	return nil
 }
 
 type WaitOOMRequest struct {
@@ -1685,7 +1696,7 @@ var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
 	"\n" +
-	"\vagent.proto\x12\x0eberth.agent.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x03\n" +
+	"\vagent.proto\x12\x0eberth.agent.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x03\n" +
 	"\n" +
 	"MemoryInfo\x12&\n" +
 	"\x0fmem_total_bytes\x18\x01 \x01(\x04R\rmemTotalBytes\x12$\n" +
@@ -1698,7 +1709,8 @@ const file_agent_proto_rawDesc = "" +
 	"\x06errors\x18\b \x03(\tR\x06errors\x12#\n" +
 	"\rmovable_bytes\x18\t \x01(\x04R\fmovableBytes\x12*\n" +
 	"\x11kernel_free_bytes\x18\n" +
-	" \x01(\x04R\x0fkernelFreeBytes\"I\n" +
+	" \x01(\x04R\x0fkernelFreeBytes\x12#\n" +
+	"\rkernel_blocks\x18\v \x03(\x04R\fkernelBlocks\"I\n" +
 	"\x0eWaitOOMRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x14\n" +
 	"\x05after\x18\x02 \x01(\x04R\x05after\"3\n" +
