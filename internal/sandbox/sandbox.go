@@ -28,6 +28,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	api "github.com/berth-runtime/berth/api/agent/v1"
+	"github.com/berth-runtime/berth/internal/cgroup"
 	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/oci"
 	"github.com/berth-runtime/berth/internal/qemu"
@@ -44,6 +45,10 @@ type Options struct {
 	// Accel is the accelerator to use; the caller resolves "auto" once
 	// (see qemu.CachedAccel) so that every sandbox does not probe again.
 	Accel qemu.Accel
+	// CgroupsPath is the host cgroup containerd asked for the pod (the
+	// sandbox container's linux.cgroupsPath); used only with
+	// cgroup.sandbox_cgroup_only = false. "" when there is none.
+	CgroupsPath string
 }
 
 // VMM is what a sandbox needs from a running hypervisor process.
@@ -64,13 +69,18 @@ type Sandbox struct {
 
 	vmm       VMM
 	virtiofsd *virtiofsd
-	dialer    transport.Dialer
-	rpc       *ttrpc.Client
-	agent     api.AgentService
-	info      *api.InfoResponse
+	// cgroup holds the VMM and virtiofsd; never nil once Create
+	// succeeded (cgroup.manager = "none" gives a no-op one).
+	cgroup cgroup.Cgroup
+	dialer transport.Dialer
+	rpc    *ttrpc.Client
+	agent  api.AgentService
+	info   *api.InfoResponse
 
 	mu     sync.Mutex
 	mounts map[string][]string // container id -> host mount points, in mount order
+	vmMiB  int                 // the VM's memory, which sizes the cgroup
+	cpu    map[string]cpuLimit // container id -> its CPU limits
 
 	destroyOnce sync.Once
 	destroyErr  error
@@ -107,7 +117,7 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	if err := validateID(opts.ID); err != nil {
 		return nil, err
 	}
-	s := &Sandbox{id: opts.ID, cfg: cfg, dir: Dir(cfg.RunDir, opts.ID), mounts: map[string][]string{}}
+	s := &Sandbox{id: opts.ID, cfg: cfg, dir: Dir(cfg.RunDir, opts.ID), mounts: map[string][]string{}, cpu: map[string]cpuLimit{}}
 	log := logrus.WithField("sandbox", s.id)
 
 	var undo cleanupStack
@@ -140,16 +150,38 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	}
 	undo.push(func() { unmount(shared) })
 
+	m := s.machine(opts)
+	// The cgroup exists before the processes it will hold, and is
+	// removed after they are gone (the cleanup stack runs backwards).
+	cg, err := s.createCgroup(ctx, opts, m.MemoryMiB)
+	if err != nil {
+		return nil, err
+	}
+	s.cgroup = cg
+	undo.push(func() {
+		if err := cg.Delete(context.WithoutCancel(ctx)); err != nil {
+			log.WithError(err).Warn("remove sandbox cgroup")
+		}
+	})
+
 	fsd, err := startVirtiofsd(ctx, cfg.Hypervisor.VirtiofsdPath, s.path(fsSocketName), shared, cfg.Hypervisor.VirtiofsCache)
 	if err != nil {
 		return nil, err
 	}
 	s.virtiofsd = fsd
 	undo.push(func() { fsd.stop() })
+	if err := cg.Add(ctx, fsd.cmd.Process.Pid); err != nil {
+		return nil, fmt.Errorf("virtiofsd: %w", err)
+	}
+	protectFromOOM(fsd.cmd.Process.Pid)
 
-	m := s.machine(opts)
-	log.WithField("accel", m.Accel).WithField("machine", m.Type).Debug("starting qemu")
-	vm, err := qemu.Start(ctx, m, qemu.StartOptions{DieWithParent: true})
+	log.WithField("accel", m.Accel).WithField("machine", m.Type).WithField("cgroup", cg.Path()).Debug("starting qemu")
+	vm, err := qemu.Start(ctx, m, qemu.StartOptions{
+		DieWithParent: true,
+		// Into the cgroup before QEMU loads the kernel and the guest
+		// touches its memory, so that the guest's RAM is charged there.
+		Started: func(pid int) error { return cg.Add(ctx, pid) },
+	})
 	if err != nil {
 		return nil, fmt.Errorf("start VM: %w", err)
 	}
@@ -348,6 +380,10 @@ func (s *Sandbox) destroy(ctx context.Context) error {
 	}
 	s.dialer.Close()
 	s.virtiofsd.stop()
+	// QEMU has been reaped and virtiofsd has exited: the cgroup is empty.
+	if err := s.cgroup.Delete(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	s.mu.Lock()
 	ids := make([]string, 0, len(s.mounts))
 	for id := range s.mounts {

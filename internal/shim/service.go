@@ -93,7 +93,7 @@ func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Servi
 // the default path) and BERTH_STATE_DIR, inherited from containerd's
 // environment.
 func loadConfig() (*config.Config, error) {
-	return config.Load(os.Getenv("BERTH_CONFIG"), config.Overrides{StateDir: os.Getenv("BERTH_STATE_DIR")})
+	return config.Load(os.Getenv("BERTH_CONFIG"), config.Overrides{StateDir: os.Getenv("BERTH_STATE_DIR"), Host: sandbox.HostFacts()})
 }
 
 // forwardEvents publishes events in the order they were sent, so that a
@@ -219,7 +219,11 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 		}()
 	}
 
-	sb, sandboxPid, err := s.sandboxFor(ctx, cfg, sandboxID, isSandbox)
+	cgroupsPath := ""
+	if spec.Linux != nil {
+		cgroupsPath = spec.Linux.CgroupsPath
+	}
+	sb, sandboxPid, err := s.sandboxFor(ctx, cfg, sandboxID, isSandbox, cgroupsPath)
 	if err != nil {
 		return 0, err
 	}
@@ -257,7 +261,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 // sandboxFor returns the pod's VM, booting it for the pod's first
 // container. It also returns the guest pid of the sandbox container, whose
 // namespaces app containers join.
-func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID string, isSandbox bool) (*sandbox.Sandbox, uint32, error) {
+func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID string, isSandbox bool, cgroupsPath string) (*sandbox.Sandbox, uint32, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.sb != nil {
@@ -278,7 +282,7 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 		return nil, 0, err
 	}
 	sandbox.CleanupStale(cfg.RunDir)
-	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: sandboxID, Accel: accel})
+	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: sandboxID, Accel: accel, CgroupsPath: cgroupsPath})
 	if err != nil {
 		return nil, 0, fmt.Errorf("start sandbox VM: %w", err)
 	}
