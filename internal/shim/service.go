@@ -736,7 +736,9 @@ func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.Wa
 }
 
 // Stats returns a container's cgroup metrics from inside the guest, in
-// containerd's cgroup v2 metrics type.
+// containerd's cgroup v2 or v1 metrics type, whichever the guest booted
+// with: containerd's CRI plugin tells them apart by type and computes the
+// working set accordingly.
 func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.StatsResponse, error) {
 	_, sb, err := s.containerAndVM(r.ID)
 	if err != nil {
@@ -746,7 +748,11 @@ func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	a, err := typeurl.MarshalAnyToProto(stats.CgroupV2Metrics(st))
+	var m any = stats.CgroupV2Metrics(st)
+	if st.CgroupVersion == 1 {
+		m = stats.CgroupV1Metrics(st)
+	}
+	a, err := typeurl.MarshalAnyToProto(m)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
