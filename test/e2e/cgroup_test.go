@@ -187,3 +187,55 @@ func TestCgroupRemovedAfterShimKilled(t *testing.T) {
 	ctr(t, "task", "delete", id)
 	mustCtr(t, "container", "rm", id)
 }
+
+// ctrMetrics parses `ctr task metrics` (a METRIC VALUE table for cgroup v2
+// metrics) into numbers.
+func ctrMetrics(t *testing.T, id string) map[string]uint64 {
+	t.Helper()
+	out := mustCtr(t, "task", "metrics", id)
+	m := map[string]uint64{}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 2 {
+			if v, err := strconv.ParseUint(f[1], 10, 64); err == nil {
+				m[f[0]] = v
+			}
+		}
+	}
+	for _, k := range []string{"memory.usage", "cpu.usage_usec", "pids.current"} {
+		if _, ok := m[k]; !ok {
+			t.Fatalf("ctr task metrics lacks %s:\n%s", k, out)
+		}
+	}
+	return m
+}
+
+// TestCtrMetricsFollowTheWorkload: the figures `ctr task metrics` prints
+// for a Berth task are live: memory, CPU and pids grow when a process
+// starts that holds 60 MB and burns CPU.
+func TestCtrMetricsFollowTheWorkload(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	const id = "ctr-metrics-move"
+	mustCtr(t, "run", "-d", "--runtime", berthRuntime, busyboxImage, id, "sleep", "1000")
+	defer cleanupTask(t, id)
+	before := ctrMetrics(t, id)
+	mustCtr(t, "task", "exec", "--detach", "--exec-id", "load", id, "sh", "-c",
+		`x=$(head -c 60m /dev/zero | tr '\0' x); i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 1000`)
+	var after map[string]uint64
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		after = ctrMetrics(t, id)
+		if after["memory.usage"] > before["memory.usage"]+40<<20 && after["pids.current"] > before["pids.current"] &&
+			after["cpu.usage_usec"] > before["cpu.usage_usec"]+100000 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics did not follow the workload within 90s: before %v, after %v", before, after)
+		}
+		time.Sleep(time.Second)
+	}
+	t.Logf("memory.usage %d -> %d, cpu.usage_usec %d -> %d, pids.current %d -> %d",
+		before["memory.usage"], after["memory.usage"], before["cpu.usage_usec"], after["cpu.usage_usec"],
+		before["pids.current"], after["pids.current"])
+}
