@@ -77,10 +77,11 @@ type Sandbox struct {
 	agent  api.AgentService
 	info   *api.InfoResponse
 
-	mu     sync.Mutex
-	mounts map[string][]string // container id -> host mount points, in mount order
-	vmMiB  int                 // the VM's memory, which sizes the cgroup
-	cpu    map[string]cpuLimit // container id -> its CPU limits
+	mu      sync.Mutex
+	mounts  map[string][]string // container id -> host mount points, in mount order
+	vmMiB   int                 // the VM's memory, which sizes the cgroup
+	bootMiB int                 // the VM's memory at boot
+	cpu     map[string]cpuLimit // container id -> its CPU limits
 
 	destroyOnce sync.Once
 	destroyErr  error
@@ -95,6 +96,9 @@ const (
 	fsSocketName   = "virtiofsd.sock"
 	ownerFileName  = "owner.pid"
 	vmmPidFileName = "vmm.pid"
+	// MetricsSocketName is where the shim serves the sandbox's Prometheus
+	// metrics (docs/metrics.md); berth monitor looks for it.
+	MetricsSocketName = "metrics.sock"
 )
 
 // Dir returns the directory of sandbox id under runDir. Long ids (CRI's are
@@ -308,6 +312,9 @@ func (s *Sandbox) connectAgent(ctx context.Context) error {
 func (s *Sandbox) consoleTail() string {
 	return tail(s.path(consoleLogName), 15)
 }
+
+// MetricsSocket is the path of the sandbox's metrics socket.
+func (s *Sandbox) MetricsSocket() string { return s.path(MetricsSocketName) }
 
 // ID returns the sandbox id.
 func (s *Sandbox) ID() string { return s.id }

@@ -288,6 +288,10 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 	}
 	s.sb, s.sandboxID = sb, sandboxID
 	go s.watchVM(sb)
+	if err := serveMetrics(s.ctx, sb); err != nil {
+		// Metrics are an observer's convenience; the pod runs without.
+		log.G(ctx).WithError(err).Warn("serve sandbox metrics")
+	}
 	return sb, 0, nil
 }
 
