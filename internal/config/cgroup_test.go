@@ -42,7 +42,7 @@ func TestHostProblems(t *testing.T) {
 
 func TestSandboxMemoryLimit(t *testing.T) {
 	c := Default()
-	if got, want := c.SandboxMemoryLimitBytes(256), int64(256+256)<<20; got != want {
+	if got, want := c.SandboxMemoryLimitBytes(256), int64(256+384)<<20; got != want {
 		t.Errorf("SandboxMemoryLimitBytes(256) = %d, want %d", got, want)
 	}
 }

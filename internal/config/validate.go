@@ -141,7 +141,7 @@ func (c *Config) problems() []*KeyError {
 	}
 	if cg.OverheadMemoryMiB < 0 || cg.OverheadMemoryMiB > 1<<20 {
 		add(keyError("cgroup.overhead_memory", cg.OverheadMemoryMiB, "is out of range",
-			"the value is in MiB; use 0 to 1048576 (the default 256 covers QEMU under TCG and virtiofsd)"))
+			"the value is in MiB; use 0 to 1048576 (the default 384 covers QEMU with its 256 MiB TCG translation cache, and virtiofsd)"))
 	}
 	return errs
 }

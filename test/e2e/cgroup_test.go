@@ -21,7 +21,7 @@ import (
 // Defaults of the test configuration (docs/configuration.md).
 const (
 	defaultVMMiB       = 256
-	defaultOverheadMiB = 256
+	defaultOverheadMiB = 384
 )
 
 // virtiofsdPids finds the virtiofsd processes of this test run.
