@@ -67,14 +67,16 @@ func containerMemory(t *testing.T, c *criClient, id string) memSample {
 	return memSample{usage: m.UsageBytes.Value, workingSet: m.WorkingSetBytes.Value}
 }
 
-// removeRuncPodCgroups removes the pod-level cgroup runc created under
-// the pod's CgroupParent (the kubelet would own it); Berth never creates
-// it (sandbox_cgroup_only = true).
+// removeRuncPodCgroups removes the pod-level cgroups runc created for the
+// pod's CgroupParent, and its parents once empty (the kubelet would own
+// them); Berth never creates them (sandbox_cgroup_only = true). rmdir only
+// removes empty cgroups, so nobody else's can go.
 func removeRuncPodCgroups(pod *criPod) {
-	parent := pod.config.Linux.CgroupParent
 	mounts, _ := filepath.Glob("/sys/fs/cgroup/*")
 	for _, m := range append(mounts, "/sys/fs/cgroup") {
-		os.Remove(filepath.Join(m, parent))
+		for p := pod.config.Linux.CgroupParent; p != "/" && p != "."; p = filepath.Dir(p) {
+			os.Remove(filepath.Join(m, p))
+		}
 	}
 }
 
