@@ -10,6 +10,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/sirupsen/logrus"
 
@@ -46,7 +47,9 @@ func HostFacts() *config.Host {
 func NewCgroupManager(cfg *config.Config, h cgroup.Host) (cgroup.Manager, error) {
 	m, err := cgroup.NewManager(cgroup.Options{Driver: cfg.Cgroup.Manager, Host: h})
 	if err != nil {
-		return nil, fmt.Errorf("cgroup.manager = %q on this host (%s): %w", cfg.Cgroup.Manager, h, err)
+		// Load refuses these combinations already; reaching here means
+		// the host changed under a running shim.
+		return nil, fmt.Errorf("cgroup.manager = %q on this host (%s): %w: %w", cfg.Cgroup.Manager, h, err, errdefs.ErrFailedPrecondition)
 	}
 	return m, nil
 }

@@ -14,8 +14,8 @@ import (
 )
 
 // The host cgroup tests check where a sandbox's VMM really runs: QEMU and
-// virtiofsd in the sandbox's cgroup (<parent>/<id>, parent "/berth" by
-// default) with the memory limit VM memory + overhead, and no such cgroup
+// virtiofsd in the sandbox's cgroup (<parent>/<id>; the tests' parent is
+// env.cgroupParent) with the memory limit VM memory + overhead, and no such cgroup
 // once the sandbox is gone, however it ended.
 
 // Defaults of the test configuration (docs/configuration.md).
@@ -146,7 +146,7 @@ func TestCgroupHoldsVMMUntilTaskDeleted(t *testing.T) {
 	const id = "cg-delete"
 	mustCtr(t, "run", "-d", "--runtime", berthRuntime, busyboxImage, id, "sleep", "1000")
 	defer cleanupTask(t, id)
-	dir := assertVMMInCgroup(t, "/berth/"+id, defaultLimitBytes)
+	dir := assertVMMInCgroup(t, env.cgroupParent+"/"+id, defaultLimitBytes)
 	mustCtr(t, "task", "kill", "-s", "KILL", id)
 	waitStatus(t, id, "STOPPED", 10*time.Second)
 	mustCtr(t, "task", "delete", id)
@@ -160,7 +160,7 @@ func TestCgroupRemovedAfterQEMUKilled(t *testing.T) {
 	const id = "cg-qemu-killed"
 	mustCtr(t, "run", "-d", "--runtime", berthRuntime, busyboxImage, id, "sleep", "1000")
 	defer cleanupTask(t, id)
-	dir := assertVMMInCgroup(t, "/berth/"+id, defaultLimitBytes)
+	dir := assertVMMInCgroup(t, env.cgroupParent+"/"+id, defaultLimitBytes)
 	syscall.Kill(qemuPids()[0], syscall.SIGKILL)
 	waitStatus(t, id, "STOPPED", 10*time.Second)
 	mustCtr(t, "task", "delete", id)
@@ -177,7 +177,7 @@ func TestCgroupRemovedAfterShimKilled(t *testing.T) {
 	const id = "cg-shim-killed"
 	mustCtr(t, "run", "-d", "--runtime", berthRuntime, busyboxImage, id, "sleep", "1000")
 	defer cleanupTask(t, id)
-	dir := assertVMMInCgroup(t, "/berth/"+id, defaultLimitBytes)
+	dir := assertVMMInCgroup(t, env.cgroupParent+"/"+id, defaultLimitBytes)
 	shims := shimPids()
 	if len(shims) != 1 {
 		t.Fatalf("shim pids %v", shims)
