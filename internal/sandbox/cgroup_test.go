@@ -21,7 +21,7 @@ func (r *recordingCgroup) Update(_ context.Context, l cgroup.Limits) error {
 	return nil
 }
 
-func i64(v int64) *int64    { return &v }
+func i64(v int64) *int64   { return &v }
 func u64(v uint64) *uint64 { return &v }
 
 // TestSandboxCgroupFollowsResizeAndCPU: the cgroup's memory limit follows

@@ -29,7 +29,7 @@ var env struct {
 	// cgroupParent is cgroup.parent of the test configuration: private to
 	// this test binary, so that its leak check sees only its sandboxes.
 	cgroupParent string
-	skip     string // reason to skip, if the environment is not there
+	skip         string // reason to skip, if the environment is not there
 }
 
 func TestMain(m *testing.M) {
