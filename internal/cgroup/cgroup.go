@@ -68,7 +68,9 @@ type Manager interface {
 	// New creates the cgroup at path (see Cgroup.Path) with limits l.
 	New(ctx context.Context, path string, l Limits) (Cgroup, error)
 	// Remove deletes the cgroup at path, as recorded by a process that is
-	// gone; a missing cgroup is not an error.
+	// gone, after killing (SIGKILL) any process still in it: only the dead
+	// sandbox's VMM and helpers were ever put there. A missing cgroup is
+	// not an error.
 	Remove(ctx context.Context, path string) error
 }
 

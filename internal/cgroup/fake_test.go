@@ -3,10 +3,12 @@ package cgroup_test
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	. "github.com/berth-runtime/berth/internal/cgroup"
 	"github.com/berth-runtime/berth/internal/cgroup/cgrouptest"
@@ -114,5 +116,31 @@ func TestRealHost(t *testing.T) {
 	}
 	if pids, err := cg.Pids(ctx); err != nil || len(pids) != 0 {
 		t.Errorf("new cgroup holds %v, %v", pids, err)
+	}
+	// A process left behind (its owner died) is killed by Remove.
+	sleep := exec.Command("sleep", "100")
+	if err := sleep.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- sleep.Wait() }()
+	if err := cg.Add(ctx, sleep.Process.Pid); err != nil {
+		sleep.Process.Kill()
+		t.Fatal(err)
+	}
+	if pids, _ := cg.Pids(ctx); len(pids) != 1 || pids[0] != sleep.Process.Pid {
+		t.Errorf("Pids = %v, want [%d]", pids, sleep.Process.Pid)
+	}
+	if err := m.Remove(ctx, path); err != nil {
+		t.Errorf("Remove: %v", err)
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		sleep.Process.Kill()
+		t.Error("Remove left the process running")
+	}
+	if err := m.Remove(ctx, path); err != nil {
+		t.Errorf("second Remove: %v", err)
 	}
 }

@@ -7,8 +7,16 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"syscall"
 	"time"
 )
+
+// killAll SIGKILLs pids; they are gone or going, so errors do not matter.
+func killAll(pids []int) {
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
 
 // readProcs parses a cgroup.procs file.
 func readProcs(file string) ([]int, error) {

@@ -88,7 +88,10 @@ func (m *v1) Remove(ctx context.Context, path string) error {
 	if err != nil {
 		return fmt.Errorf("load v1 cgroup %s: %w", path, err)
 	}
-	return (&v1Cgroup{m: m, path: path, cg: cg}).Delete(ctx)
+	c := &v1Cgroup{m: m, path: path, cg: cg}
+	pids, _ := c.Pids(ctx)
+	killAll(pids)
+	return c.Delete(ctx)
 }
 
 type v1Cgroup struct {

@@ -46,7 +46,10 @@ func (m *v2) Remove(ctx context.Context, path string) error {
 	if err != nil {
 		return fmt.Errorf("load v2 cgroup %s: %w", path, err)
 	}
-	return (&v2Cgroup{path: path, dir: dir, mgr: mgr}).Delete(ctx)
+	c := &v2Cgroup{path: path, dir: dir, mgr: mgr}
+	pids, _ := c.Pids(ctx)
+	killAll(pids)
+	return c.Delete(ctx)
 }
 
 type v2Cgroup struct {

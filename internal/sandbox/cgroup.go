@@ -8,7 +8,6 @@ import (
 	"os"
 	"strconv"
 	"sync"
-	"syscall"
 
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -110,9 +109,9 @@ func (s *Sandbox) createCgroup(ctx context.Context, opts Options, vmMiB int) (cg
 	return cg, nil
 }
 
-// removeRecordedCgroup removes the cgroup recorded in dir after killing
+// removeRecordedCgroup removes the cgroup recorded in dir (Remove kills
 // whatever still runs in it: only the dead sandbox's VMM and virtiofsd
-// were ever put there.
+// were ever put there).
 func removeRecordedCgroup(ctx context.Context, dir string) error {
 	b, err := os.ReadFile(dir + "/" + cgroupFileName)
 	if errors.Is(err, os.ErrNotExist) {
@@ -132,12 +131,6 @@ func removeRecordedCgroup(ctx context.Context, dir string) error {
 	m, err := cgroup.NewManager(cgroup.Options{Driver: rec.Driver, Host: h})
 	if err != nil {
 		return err
-	}
-	if cg, err := m.New(ctx, rec.Path, cgroup.Limits{}); err == nil {
-		pids, _ := cg.Pids(ctx)
-		for _, pid := range pids {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
 	}
 	return m.Remove(ctx, rec.Path)
 }
