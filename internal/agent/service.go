@@ -666,11 +666,17 @@ func (s *Service) Stats(ctx context.Context, req *api.ContainerRequest) (*api.St
 	if err != nil {
 		return nil, toGRPC(fmt.Errorf("state of %q: %w", c.id, err))
 	}
-	dir := st.CgroupPaths[""]
-	if dir == "" {
-		return nil, toGRPC(fmt.Errorf("container %q has no cgroup v2 path: %w", c.id, errdefs.ErrNotImplemented))
+	// libcontainer names the unified directory ""; on a guest booted
+	// with cgroup v1 it names one directory per controller instead.
+	var r *api.StatsResponse
+	switch {
+	case st.CgroupPaths[""] != "":
+		r, err = readCgroup2Stats(st.CgroupPaths[""])
+	case st.CgroupPaths["memory"] != "":
+		r, err = readCgroup1Stats(st.CgroupPaths)
+	default:
+		return nil, toGRPC(fmt.Errorf("container %q has no cgroup: %w", c.id, errdefs.ErrNotImplemented))
 	}
-	r, err := readCgroup2Stats(dir)
 	if err != nil {
 		return nil, toGRPC(err)
 	}

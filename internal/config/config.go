@@ -57,6 +57,10 @@ const (
 	TransportAuto         = "auto"
 	TransportVsock        = "vsock"
 	TransportVirtioSerial = "virtio-serial"
+
+	CgroupManagerCgroupfs = "cgroupfs"
+	CgroupManagerSystemd  = "systemd"
+	CgroupManagerNone     = "none"
 )
 
 // Limits checked by Validate.
@@ -106,6 +110,17 @@ func Default() *Config {
 		},
 		Guest: Guest{
 			KernelPackage: "linux-image-cloud-amd64",
+		},
+		Cgroup: Cgroup{
+			Manager:           CgroupManagerCgroupfs,
+			Parent:            "/berth",
+			SandboxCgroupOnly: true,
+			// QEMU, virtiofsd and their page tables on top of the
+			// guest's RAM. Under TCG QEMU's translated-code cache alone
+			// may grow to 256 MiB (tb-size, internal/qemu); a 256 MiB
+			// guest touching all its memory was measured at 370 MiB
+			// and rising (docs/metrics.md). With KVM 128 would do.
+			OverheadMemoryMiB: 384,
 		},
 	}
 }
@@ -167,6 +182,7 @@ type Config struct {
 	Agent      Agent      `toml:"agent"`
 	Guest      Guest      `toml:"guest"`
 	Runtime    Runtime    `toml:"runtime"`
+	Cgroup     Cgroup     `toml:"cgroup"`
 
 	// source is the file Load read, "" for built-in defaults. It is not a
 	// TOML key (unexported fields are neither decoded nor encoded).
@@ -234,6 +250,33 @@ type Runtime struct {
 	// io.berth.config.<key> annotations. Only keys in the annotatable
 	// allow-list (see annotations.go) can be listed; default: none.
 	EnableAnnotations []string `toml:"enable_annotations"`
+}
+
+// Cgroup configures the host cgroup that holds each sandbox's VMM (QEMU
+// and all of its threads, and virtiofsd).
+type Cgroup struct {
+	// Manager is "cgroupfs" (write the cgroup file system), "systemd"
+	// (ask systemd for a scope; only where systemd is PID 1, on cgroup
+	// v2) or "none" (leave the VMM in the shim's cgroup, no limits).
+	Manager string `toml:"manager"`
+	// Parent is where sandbox cgroups are created: a cgroupfs path such
+	// as "/berth" (one cgroup "<parent>/<sandbox id>" per sandbox), or a
+	// systemd slice such as "berth.slice" with manager = "systemd".
+	Parent string `toml:"parent"`
+	// SandboxCgroupOnly: true puts the VMM in Berth's own cgroup
+	// "<parent>/<id>"; false puts it in the cgroup containerd names for
+	// the pod (the kubelet's pod cgroup, linux.cgroupsPath of the
+	// sandbox container), so the kubelet's pod-level limits apply too.
+	SandboxCgroupOnly bool `toml:"sandbox_cgroup_only"`
+	// OverheadMemoryMiB is added to the VM's memory to give the cgroup's
+	// memory limit.
+	OverheadMemoryMiB int `toml:"overhead_memory"`
+}
+
+// SandboxMemoryLimitBytes is the cgroup memory limit for a VM of vmMiB:
+// the VM's memory plus the configured overhead.
+func (c *Config) SandboxMemoryLimitBytes(vmMiB int) int64 {
+	return int64(vmMiB+c.Cgroup.OverheadMemoryMiB) << 20
 }
 
 // Duration is a time.Duration that reads TOML strings like "30s".

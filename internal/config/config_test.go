@@ -86,6 +86,15 @@ func TestValidationFail(t *testing.T) {
 		{"unrelated key", "colour = \"blue\"", "colour", "remove it"},
 		{"table as value", "hypervisor = 5", "hypervisor", "not a table"},
 		{"string as list", "state_dir = [\"/a\"]", "state_dir", "quoted string"},
+		{"cgroup manager", "[cgroup]\nmanager = \"cgroupv2\"", "cgroup.manager", `use "cgroupfs", "systemd" or "none"`},
+		{"cgroup parent relative", "[cgroup]\nparent = \"berth\"", "cgroup.parent", "absolute, clean path"},
+		{"cgroup parent dotdot", "[cgroup]\nparent = \"/a/../b\"", "cgroup.parent", "not a cgroupfs path"},
+		{"cgroup parent root", "[cgroup]\nparent = \"/\"", "cgroup.parent", "not a cgroupfs path"},
+		{"cgroup parent trailing slash", "[cgroup]\nparent = \"/berth/\"", "cgroup.parent", "not a cgroupfs path"},
+		{"systemd parent is a path", "[cgroup]\nmanager = \"systemd\"\nparent = \"/berth\"", "cgroup.parent", `slice name such as "berth.slice"`},
+		{"overhead negative", "[cgroup]\noverhead_memory = -1", "cgroup.overhead_memory", "out of range"},
+		{"overhead string", "[cgroup]\noverhead_memory = \"256M\"", "cgroup.overhead_memory", "whole number"},
+		{"cgroup only string", "[cgroup]\nsandbox_cgroup_only = \"yes\"", "cgroup.sandbox_cgroup_only", "wrong type"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := writeConfig(t, tc.toml+"\n")

@@ -23,6 +23,47 @@ func (c *Config) Validate() error {
 	return joinErrors(errs)
 }
 
+// Host is what the caller tells Load about the host, for the checks that
+// depend on it; config never probes (internal/cgroup.Detect does).
+type Host struct {
+	// CgroupLayout is "v1", "v2", "hybrid" or "none".
+	CgroupLayout string
+	// Systemd is true when PID 1 is systemd.
+	Systemd bool
+}
+
+// Layouts as Host.CgroupLayout spells them.
+const (
+	LayoutV1     = "v1"
+	LayoutV2     = "v2"
+	LayoutHybrid = "hybrid"
+	LayoutNone   = "none"
+)
+
+// hostProblems are the combinations of settings and host that cannot
+// work. They are errors at load time, naming the key and the fix, so that
+// no sandbox (and no shim) ever meets them at run time.
+func (c *Config) hostProblems(h Host) []*KeyError {
+	var errs []*KeyError
+	switch c.Cgroup.Manager {
+	case CgroupManagerNone:
+		return nil
+	case CgroupManagerSystemd:
+		if !h.Systemd {
+			errs = append(errs, keyError("cgroup.manager", c.Cgroup.Manager, "needs systemd, which is not running on this host (PID 1 is not systemd)",
+				`use "cgroupfs"`))
+		} else if h.CgroupLayout != LayoutV2 {
+			errs = append(errs, keyError("cgroup.manager", c.Cgroup.Manager, "is supported on cgroup v2 hosts only; this host is "+h.CgroupLayout,
+				`use "cgroupfs" (or boot the host with systemd.unified_cgroup_hierarchy=1)`))
+		}
+	}
+	if h.CgroupLayout == LayoutNone || h.CgroupLayout == "" {
+		errs = append(errs, keyError("cgroup.manager", c.Cgroup.Manager, "needs a cgroup file system, and none is mounted on this host",
+			`mount cgroup2 at /sys/fs/cgroup, or set cgroup.manager = "none" to run sandboxes without a host cgroup`))
+	}
+	return errs
+}
+
 // problems lists what is wrong, without File set.
 func (c *Config) problems() []*KeyError {
 	var errs []*KeyError
@@ -123,6 +164,25 @@ func (c *Config) problems() []*KeyError {
 				"list only keys from "+quotedList(AnnotatableKeys())+"; paths and the kernel command line are never settable by pods"))
 		}
 	}
+	// [cgroup]
+	cg := &c.Cgroup
+	add(oneOf("cgroup.manager", cg.Manager, CgroupManagerCgroupfs, CgroupManagerSystemd, CgroupManagerNone))
+	switch cg.Manager {
+	case CgroupManagerCgroupfs, CgroupManagerNone:
+		if !cgroupfsPath.MatchString(cg.Parent) || strings.Contains(cg.Parent, "..") || filepath.Clean(cg.Parent) != cg.Parent {
+			add(keyError("cgroup.parent", cg.Parent, "is not a cgroupfs path",
+				`use an absolute, clean path below the cgroup root such as "/berth" (letters, digits, - _ . and /)`))
+		}
+	case CgroupManagerSystemd:
+		if !systemdSlice.MatchString(cg.Parent) {
+			add(keyError("cgroup.parent", cg.Parent, "is not a systemd slice",
+				`with cgroup.manager = "systemd" use a slice name such as "berth.slice"`))
+		}
+	}
+	if cg.OverheadMemoryMiB < 0 || cg.OverheadMemoryMiB > 1<<20 {
+		add(keyError("cgroup.overhead_memory", cg.OverheadMemoryMiB, "is out of range",
+			"the value is in MiB; use 0 to 1048576 (the default 384 covers QEMU with its 256 MiB TCG translation cache, and virtiofsd)"))
+	}
 	return errs
 }
 
@@ -134,6 +194,11 @@ func filesExist(paths []string) bool {
 	}
 	return true
 }
+
+var (
+	cgroupfsPath = regexp.MustCompile(`^(/[A-Za-z0-9_.-]+)+$`)
+	systemdSlice = regexp.MustCompile(`^[A-Za-z0-9_.-]+\.slice$`)
+)
 
 // debPackageName is Debian policy §5.6.1: at least two characters, lower
 // case alphanumerics and + - ., starting with an alphanumeric.

@@ -130,12 +130,22 @@ func (s *Sandbox) ResizeMemory(ctx context.Context, targetMiB int) (MemoryStatus
 		return s.memoryStatusLocked(ctx), fmt.Errorf("resize sandbox %s: %w", s.id, classified{err, errdefs.ErrInvalidArgument})
 	}
 	m.requestedMiB = targetMiB
+	// The host cgroup's memory limit moves with the VM: up before the
+	// guest may use more, down once it has given memory back.
+	if targetMiB > m.currentMiB {
+		if err := s.SetVMMemory(ctx, targetMiB); err != nil {
+			return s.memoryStatusLocked(ctx), fmt.Errorf("raise the sandbox cgroup's memory limit: %w", err)
+		}
+	}
 	switch {
 	case targetMiB == m.currentMiB:
 	case m.limits.Mechanism == memory.VirtioMem:
 		err = s.resizeVirtioMem(ctx, targetMiB)
 	case m.limits.Mechanism == memory.DIMM:
 		err = s.resizeDIMM(ctx, targetMiB)
+	}
+	if cerr := s.SetVMMemory(ctx, m.currentMiB); cerr != nil && err == nil {
+		err = fmt.Errorf("set the sandbox cgroup's memory limit: %w", cerr)
 	}
 	return s.memoryStatusLocked(ctx), err
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	api "github.com/berth-runtime/berth/api/agent/v1"
+	"github.com/berth-runtime/berth/internal/cgroup"
 	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/memory"
 	"github.com/berth-runtime/berth/internal/oci"
@@ -46,6 +47,10 @@ type Options struct {
 	// Accel is the accelerator to use; the caller resolves "auto" once
 	// (see qemu.CachedAccel) so that every sandbox does not probe again.
 	Accel qemu.Accel
+	// CgroupsPath is the host cgroup containerd asked for the pod (the
+	// sandbox container's linux.cgroupsPath); used only with
+	// cgroup.sandbox_cgroup_only = false. "" when there is none.
+	CgroupsPath string
 }
 
 // VMM is what a sandbox needs from a running hypervisor process.
@@ -66,13 +71,19 @@ type Sandbox struct {
 
 	vmm       VMM
 	virtiofsd *virtiofsd
-	dialer    transport.Dialer
-	rpc       *ttrpc.Client
-	agent     api.AgentService
-	info      *api.InfoResponse
+	// cgroup holds the VMM and virtiofsd; never nil once Create
+	// succeeded (cgroup.manager = "none" gives a no-op one).
+	cgroup cgroup.Cgroup
+	dialer transport.Dialer
+	rpc    *ttrpc.Client
+	agent  api.AgentService
+	info   *api.InfoResponse
 
-	mu     sync.Mutex
-	mounts map[string][]string // container id -> host mount points, in mount order
+	mu      sync.Mutex
+	mounts  map[string][]string // container id -> host mount points, in mount order
+	vmMiB   int                 // the VM's memory, which sizes the cgroup
+	bootMiB int                 // the VM's memory at boot
+	cpu     map[string]cpuLimit // container id -> its CPU limits
 
 	memory memoryState
 	mgmt   io.Closer // management API server
@@ -90,6 +101,9 @@ const (
 	fsSocketName   = "virtiofsd.sock"
 	ownerFileName  = "owner.pid"
 	vmmPidFileName = "vmm.pid"
+	// MetricsSocketName is where the shim serves the sandbox's Prometheus
+	// metrics (docs/metrics.md); berth monitor looks for it.
+	MetricsSocketName = "metrics.sock"
 )
 
 // Dir returns the directory of sandbox id under runDir. Long ids (CRI's are
@@ -112,7 +126,7 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	if err := validateID(opts.ID); err != nil {
 		return nil, err
 	}
-	s := &Sandbox{id: opts.ID, cfg: cfg, dir: Dir(cfg.RunDir, opts.ID), mounts: map[string][]string{}}
+	s := &Sandbox{id: opts.ID, cfg: cfg, dir: Dir(cfg.RunDir, opts.ID), mounts: map[string][]string{}, cpu: map[string]cpuLimit{}}
 	log := logrus.WithField("sandbox", s.id)
 
 	var undo cleanupStack
@@ -145,20 +159,42 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	}
 	undo.push(func() { unmount(shared) })
 
+	m, err := s.machine(opts)
+	if err != nil {
+		return nil, err
+	}
+	s.memory.limits = memoryLayout(cfg, &m)
+	// The cgroup exists before the processes it will hold, and is
+	// removed after they are gone (the cleanup stack runs backwards).
+	cg, err := s.createCgroup(ctx, opts, m.MemoryMiB)
+	if err != nil {
+		return nil, err
+	}
+	s.cgroup = cg
+	undo.push(func() {
+		if err := cg.Delete(context.WithoutCancel(ctx)); err != nil {
+			log.WithError(err).Warn("remove sandbox cgroup")
+		}
+	})
+
 	fsd, err := startVirtiofsd(ctx, cfg.Hypervisor.VirtiofsdPath, s.path(fsSocketName), shared, cfg.Hypervisor.VirtiofsCache)
 	if err != nil {
 		return nil, err
 	}
 	s.virtiofsd = fsd
 	undo.push(func() { fsd.stop() })
-
-	m, err := s.machine(opts)
-	if err != nil {
-		return nil, err
+	if err := cg.Add(ctx, fsd.cmd.Process.Pid); err != nil {
+		return nil, fmt.Errorf("virtiofsd: %w", err)
 	}
-	s.memory.limits = memoryLayout(cfg, &m)
-	log.WithField("accel", m.Accel).WithField("machine", m.Type).Debug("starting qemu")
-	vm, err := qemu.Start(ctx, m, qemu.StartOptions{DieWithParent: true})
+	protectFromOOM(fsd.cmd.Process.Pid)
+
+	log.WithField("accel", m.Accel).WithField("machine", m.Type).WithField("cgroup", cg.Path()).Debug("starting qemu")
+	vm, err := qemu.Start(ctx, m, qemu.StartOptions{
+		DieWithParent: true,
+		// Into the cgroup before QEMU loads the kernel and the guest
+		// touches its memory, so that the guest's RAM is charged there.
+		Started: func(pid int) error { return cg.Add(ctx, pid) },
+	})
 	if err != nil {
 		return nil, fmt.Errorf("start VM: %w", err)
 	}
@@ -312,6 +348,9 @@ func (s *Sandbox) consoleTail() string {
 	return tail(s.path(consoleLogName), 15)
 }
 
+// MetricsSocket is the path of the sandbox's metrics socket.
+func (s *Sandbox) MetricsSocket() string { return s.path(MetricsSocketName) }
+
 // ID returns the sandbox id.
 func (s *Sandbox) ID() string { return s.id }
 
@@ -386,6 +425,10 @@ func (s *Sandbox) destroy(ctx context.Context) error {
 	}
 	s.dialer.Close()
 	s.virtiofsd.stop()
+	// QEMU has been reaped and virtiofsd has exited: the cgroup is empty.
+	if err := s.cgroup.Delete(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	s.mu.Lock()
 	ids := make([]string, 0, len(s.mounts))
 	for id := range s.mounts {

@@ -93,7 +93,7 @@ func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Servi
 // the default path) and BERTH_STATE_DIR, inherited from containerd's
 // environment.
 func loadConfig() (*config.Config, error) {
-	return config.Load(os.Getenv("BERTH_CONFIG"), config.Overrides{StateDir: os.Getenv("BERTH_STATE_DIR")})
+	return config.Load(os.Getenv("BERTH_CONFIG"), config.Overrides{StateDir: os.Getenv("BERTH_STATE_DIR"), Host: sandbox.HostFacts()})
 }
 
 // forwardEvents publishes events in the order they were sent, so that a
@@ -219,7 +219,11 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 		}()
 	}
 
-	sb, sandboxPid, err := s.sandboxFor(ctx, cfg, sandboxID, isSandbox)
+	cgroupsPath := ""
+	if spec.Linux != nil {
+		cgroupsPath = spec.Linux.CgroupsPath
+	}
+	sb, sandboxPid, err := s.sandboxFor(ctx, cfg, sandboxID, isSandbox, cgroupsPath)
 	if err != nil {
 		return 0, err
 	}
@@ -266,7 +270,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 // sandboxFor returns the pod's VM, booting it for the pod's first
 // container. It also returns the guest pid of the sandbox container, whose
 // namespaces app containers join.
-func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID string, isSandbox bool) (*sandbox.Sandbox, uint32, error) {
+func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID string, isSandbox bool, cgroupsPath string) (*sandbox.Sandbox, uint32, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.sb != nil {
@@ -287,12 +291,16 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 		return nil, 0, err
 	}
 	sandbox.CleanupStale(cfg.RunDir)
-	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: sandboxID, Accel: accel})
+	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: sandboxID, Accel: accel, CgroupsPath: cgroupsPath})
 	if err != nil {
 		return nil, 0, fmt.Errorf("start sandbox VM: %w", err)
 	}
 	s.sb, s.sandboxID = sb, sandboxID
 	go s.watchVM(sb)
+	if err := serveMetrics(s.ctx, sb); err != nil {
+		// Metrics are an observer's convenience; the pod runs without.
+		log.G(ctx).WithError(err).Warn("serve sandbox metrics")
+	}
 	return sb, 0, nil
 }
 
@@ -757,7 +765,9 @@ func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.Wa
 }
 
 // Stats returns a container's cgroup metrics from inside the guest, in
-// containerd's cgroup v2 metrics type.
+// containerd's cgroup v2 or v1 metrics type, whichever the guest booted
+// with: containerd's CRI plugin tells them apart by type and computes the
+// working set accordingly.
 func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.StatsResponse, error) {
 	_, sb, err := s.containerAndVM(r.ID)
 	if err != nil {
@@ -767,7 +777,11 @@ func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	a, err := typeurl.MarshalAnyToProto(stats.CgroupV2Metrics(st))
+	var m any = stats.CgroupV2Metrics(st)
+	if st.CgroupVersion == 1 {
+		m = stats.CgroupV1Metrics(st)
+	}
+	a, err := typeurl.MarshalAnyToProto(m)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
