@@ -20,6 +20,11 @@ state = "$dir/state"
   address = "$dir/containerd.sock"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "docker.io/library/berth-pause:latest"
+  # CRI gives pause containers oom_score_adj -998; lowering a score needs
+  # CAP_SYS_RESOURCE, which root lacks on some hosts (containers, these
+  # test machines), and runc then fails with "can't get final child's PID
+  # from pipe". Clamp to containerd's own score instead.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.berth]

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/berth-runtime/berth/internal/config"
+	"github.com/berth-runtime/berth/internal/sandbox"
 )
 
 // globalFlags are the flags every subcommand accepts.
@@ -44,7 +45,8 @@ func loadConfig() (*config.Config, error) {
 	if stateDir == "" {
 		stateDir = os.Getenv("BERTH_STATE_DIR")
 	}
-	return config.Load(path, config.Overrides{StateDir: stateDir})
+	// Host facts let Load reject cgroup settings this host cannot honour.
+	return config.Load(path, config.Overrides{StateDir: stateDir, Host: sandbox.HostFacts()})
 }
 
 func newRootCmd() *cobra.Command {
@@ -66,7 +68,7 @@ func newRootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&global.configPath, "config", "", "configuration file (default $BERTH_CONFIG or "+config.DefaultPath+")")
 	root.PersistentFlags().StringVar(&global.stateDir, "state-dir", "", "state directory for guest artefacts (default $BERTH_STATE_DIR or state_dir from the config)")
 	root.PersistentFlags().StringVar(&global.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
-	root.AddCommand(newRunCmd(), newCheckCmd(), newEnvCmd(), newGuestCmd(), newImageCmd())
+	root.AddCommand(newRunCmd(), newCheckCmd(), newEnvCmd(), newGuestCmd(), newImageCmd(), newStatusCmd(), newResizeCmd(), newMonitorCmd())
 	return root
 }
 

@@ -124,3 +124,74 @@ func parseIOStat(r io.Reader) []*api.IOEntry {
 	}
 	return out
 }
+
+// userHZ is the unit of cpuacct.stat (USER_HZ, 100 on every Linux ABI
+// Berth's guests run).
+const userHZ = 100
+
+// readCgroup1Stats reads a container's cgroup v1 directories (one per
+// controller, as libcontainer reports them) into a StatsResponse, for a
+// guest booted with cgroup v1. memory.stat is passed on verbatim, so the
+// host sees total_inactive_file, the key v1's working set is computed
+// from.
+func readCgroup1Stats(paths map[string]string) (*api.StatsResponse, error) {
+	mem := paths["memory"]
+	if mem == "" {
+		return nil, fmt.Errorf("container has no v1 memory cgroup")
+	}
+	if _, err := os.Stat(mem); err != nil {
+		return nil, fmt.Errorf("container cgroup %s: %w", mem, err)
+	}
+	r := &api.StatsResponse{CgroupVersion: 1}
+	read := func(ctrl, name string) (string, bool) {
+		dir := paths[ctrl]
+		if dir == "" {
+			return "", false
+		}
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return "", false
+		}
+		return strings.TrimSpace(string(b)), true
+	}
+	if v, ok := read("memory", "memory.usage_in_bytes"); ok {
+		r.MemoryUsageBytes = parseCgroupValue(v)
+	}
+	if v, ok := read("memory", "memory.limit_in_bytes"); ok {
+		r.MemoryLimitBytes = parseCgroupValue(v)
+	}
+	if v, ok := read("memory", "memory.max_usage_in_bytes"); ok {
+		r.MemoryMaxUsageBytes = parseCgroupValue(v)
+	}
+	if v, ok := read("memory", "memory.failcnt"); ok {
+		r.MemoryFailcnt = parseCgroupValue(v)
+	}
+	if v, ok := read("memory", "memory.stat"); ok {
+		r.MemoryStat = parseFlatKeyed(strings.NewReader(v))
+	}
+	if v, ok := read("memory", "memory.oom_control"); ok {
+		oc := parseFlatKeyed(strings.NewReader(v))
+		r.MemoryOomKillEvents = oc["oom_kill"]
+		r.MemoryOomEvents = oc["oom_kill"]
+	}
+	// cpuacct.usage is in nanoseconds, cpuacct.stat in USER_HZ ticks.
+	if v, ok := read("cpuacct", "cpuacct.usage"); ok {
+		r.CpuUsageUsec = parseCgroupValue(v) / 1000
+	}
+	if v, ok := read("cpuacct", "cpuacct.stat"); ok {
+		st := parseFlatKeyed(strings.NewReader(v))
+		r.CpuUserUsec = st["user"] * 1000000 / userHZ
+		r.CpuSystemUsec = st["system"] * 1000000 / userHZ
+	}
+	if v, ok := read("cpu", "cpu.stat"); ok {
+		cs := parseFlatKeyed(strings.NewReader(v))
+		r.CpuNrPeriods, r.CpuNrThrottled, r.CpuThrottledUsec = cs["nr_periods"], cs["nr_throttled"], cs["throttled_time"]/1000
+	}
+	if v, ok := read("pids", "pids.current"); ok {
+		r.PidsCurrent = parseCgroupValue(v)
+	}
+	if v, ok := read("pids", "pids.max"); ok {
+		r.PidsLimit = parseCgroupValue(v)
+	}
+	return r, nil
+}

@@ -52,3 +52,54 @@ func TestReadCgroup2StatsMissingDir(t *testing.T) {
 		t.Fatal("no error for a missing cgroup")
 	}
 }
+
+func TestReadCgroup1Stats(t *testing.T) {
+	root := t.TempDir()
+	paths := map[string]string{}
+	for ctrl, files := range map[string]map[string]string{
+		"memory": {
+			"memory.usage_in_bytes":     "226492416\n",
+			"memory.limit_in_bytes":     "9223372036854771712\n",
+			"memory.max_usage_in_bytes": "230000000\n",
+			"memory.failcnt":            "0\n",
+			"memory.stat":               "cache 209715200\nrss 4194304\ninactive_file 204800000\ntotal_cache 209715200\ntotal_rss 4194304\ntotal_inactive_file 204800000\ntotal_active_file 4915200\n",
+			"memory.oom_control":        "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+		},
+		"cpuacct": {"cpuacct.usage": "1500000\n", "cpuacct.stat": "user 10\nsystem 5\n"},
+		"cpu":     {"cpu.stat": "nr_periods 4\nnr_throttled 1\nthrottled_time 2000\n"},
+		"pids":    {"pids.current": "2\n", "pids.max": "max\n"},
+	} {
+		dir := filepath.Join(root, ctrl)
+		os.MkdirAll(dir, 0o755)
+		for name, content := range files {
+			os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644)
+		}
+		paths[ctrl] = dir
+	}
+	r, err := readCgroup1Stats(paths)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.CgroupVersion != 1 || r.MemoryUsageBytes != 226492416 || r.MemoryMaxUsageBytes != 230000000 {
+		t.Errorf("memory %+v", r)
+	}
+	if r.MemoryStat["total_inactive_file"] != 204800000 {
+		t.Errorf("memory.stat = %v", r.MemoryStat)
+	}
+	if r.MemoryOomKillEvents != 2 {
+		t.Errorf("oom_kill = %d", r.MemoryOomKillEvents)
+	}
+	// 10 and 5 ticks of 10 ms; usage from nanoseconds.
+	if r.CpuUsageUsec != 1500 || r.CpuUserUsec != 100000 || r.CpuSystemUsec != 50000 {
+		t.Errorf("cpu = %d/%d/%d", r.CpuUsageUsec, r.CpuUserUsec, r.CpuSystemUsec)
+	}
+	if r.CpuNrPeriods != 4 || r.CpuNrThrottled != 1 || r.CpuThrottledUsec != 2 {
+		t.Errorf("throttling = %d/%d/%d", r.CpuNrPeriods, r.CpuNrThrottled, r.CpuThrottledUsec)
+	}
+	if r.PidsCurrent != 2 || r.PidsLimit != math.MaxUint64 {
+		t.Errorf("pids = %d/%d", r.PidsCurrent, r.PidsLimit)
+	}
+	if _, err := readCgroup1Stats(map[string]string{}); err == nil {
+		t.Error("no error without a memory cgroup")
+	}
+}

@@ -66,6 +66,8 @@ type Options struct {
 	// DeviceFS, when set, replaces /sys and /dev for finding hot-plugged
 	// devices (tests).
 	DeviceFS *deviceFS
+	// SysRoot is where /sys and /proc are found ("/" unless testing).
+	SysRoot string
 }
 
 // Service implements api.AgentService.
@@ -74,6 +76,8 @@ type Service struct {
 
 	mu         sync.Mutex
 	containers map[string]*container
+
+	memory *memoryOnliner
 }
 
 type container struct {
@@ -85,7 +89,11 @@ type container struct {
 
 // New returns the agent service.
 func New(opts Options) *Service {
-	return &Service{opts: opts, containers: map[string]*container{}}
+	root := opts.SysRoot
+	if root == "" {
+		root = "/"
+	}
+	return &Service{opts: opts, containers: map[string]*container{}, memory: &memoryOnliner{sysRoot: root}}
 }
 
 var _ api.AgentService = (*Service)(nil)
@@ -666,11 +674,17 @@ func (s *Service) Stats(ctx context.Context, req *api.ContainerRequest) (*api.St
 	if err != nil {
 		return nil, toGRPC(fmt.Errorf("state of %q: %w", c.id, err))
 	}
-	dir := st.CgroupPaths[""]
-	if dir == "" {
-		return nil, toGRPC(fmt.Errorf("container %q has no cgroup v2 path: %w", c.id, errdefs.ErrNotImplemented))
+	// libcontainer names the unified directory ""; on a guest booted
+	// with cgroup v1 it names one directory per controller instead.
+	var r *api.StatsResponse
+	switch {
+	case st.CgroupPaths[""] != "":
+		r, err = readCgroup2Stats(st.CgroupPaths[""])
+	case st.CgroupPaths["memory"] != "":
+		r, err = readCgroup1Stats(st.CgroupPaths)
+	default:
+		return nil, toGRPC(fmt.Errorf("container %q has no cgroup: %w", c.id, errdefs.ErrNotImplemented))
 	}
-	r, err := readCgroup2Stats(dir)
 	if err != nil {
 		return nil, toGRPC(err)
 	}

@@ -22,9 +22,14 @@ var forbidden = map[string][]string{
 	"internal/qemu":      {"github.com/opencontainers/runtime-spec", "github.com/containerd/containerd", module + "internal/oci", module + "internal/sandbox", module + "internal/device"},
 	"internal/transport": {module + "api/", "github.com/containerd/containerd"},
 	"internal/config":    {"github.com/containerd/containerd", module + "internal/qemu", module + "internal/sandbox"},
-	"internal/stats":     {module + "internal/sandbox", module + "internal/shim"},
-	"internal/sandbox":   {"github.com/containerd/containerd/", module + "internal/shim"},
-	"internal/oci":       {module + "internal/"},
+	"internal/stats":     {module + "internal/sandbox", module + "internal/shim", module + "internal/cgroup"},
+	// The host cgroup package knows pids, paths and limits: not VMs,
+	// containers, the configuration or containerd.
+	"internal/cgroup": {module + "internal/sandbox", module + "internal/shim", module + "internal/qemu",
+		module + "internal/config", module + "internal/oci", "github.com/containerd/containerd"},
+	"internal/monitor": {module + "internal/sandbox", module + "internal/shim", module + "internal/qemu"},
+	"internal/sandbox": {"github.com/containerd/containerd/", module + "internal/shim"},
+	"internal/oci":     {module + "internal/"},
 	// The device model knows PCI topology, not how QEMU spells it: the
 	// sandbox translates, the qemu package speaks QMP.
 	"internal/device": {module + "internal/qemu", module + "internal/sandbox", module + "internal/shim",

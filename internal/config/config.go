@@ -56,10 +56,20 @@ const (
 
 	VFIOModeVFIO        = "vfio"
 	VFIOModeGuestKernel = "guest-kernel"
+	MachineVirt         = "virt"
+
+	MemoryHotplugAuto      = "auto"
+	MemoryHotplugVirtioMem = "virtio-mem"
+	MemoryHotplugDIMM      = "dimm"
+	MemoryHotplugNone      = "none"
 
 	TransportAuto         = "auto"
 	TransportVsock        = "vsock"
 	TransportVirtioSerial = "virtio-serial"
+
+	CgroupManagerCgroupfs = "cgroupfs"
+	CgroupManagerSystemd  = "systemd"
+	CgroupManagerNone     = "none"
 )
 
 // Limits checked by Validate.
@@ -103,7 +113,10 @@ func Default() *Config {
 			VirtiofsCache:    VirtiofsCacheAuto,
 			// Generous because under TCG (no KVM) a Debian kernel
 			// takes tens of seconds to reach the agent.
-			BootTimeout: Duration{60 * time.Second},
+			BootTimeout:         Duration{60 * time.Second},
+			DefaultMaxMemoryMiB: 16384,
+			MemoryHotplug:       MemoryHotplugAuto,
+			MemorySlots:         8,
 		},
 		Devices: Devices{
 			// Two empty root ports cost nothing measurable at boot
@@ -121,6 +134,17 @@ func Default() *Config {
 		Guest: Guest{
 			KernelPackage: "linux-image-cloud-amd64",
 		},
+		Cgroup: Cgroup{
+			Manager:           CgroupManagerCgroupfs,
+			Parent:            "/berth",
+			SandboxCgroupOnly: true,
+			// QEMU, virtiofsd and their page tables on top of the
+			// guest's RAM. Under TCG QEMU's translated-code cache alone
+			// may grow to 256 MiB (tb-size, internal/qemu); a 256 MiB
+			// guest touching all its memory was measured at 370 MiB
+			// and rising (docs/metrics.md). With KVM 128 would do.
+			OverheadMemoryMiB: 384,
+		},
 	}
 }
 
@@ -130,6 +154,28 @@ func (c *Config) Source() string { return c.source }
 
 // ResolvedKernel is the guest kernel path: Guest.Kernel if set, otherwise
 // StateDir/guest/vmlinuz. After Load it equals Guest.Kernel.
+// ResolvedMemoryHotplug turns "auto" into the mechanism the machine
+// supports: virtio-mem on q35, DIMMs on arm64 virt (virtio-mem needs Linux
+// 5.16 there), none on microvm (QEMU 7.2's microvm cannot place
+// virtio-mem's memory region).
+func (c *Config) ResolvedMemoryHotplug() string {
+	h := c.Hypervisor.MemoryHotplug
+	if h != MemoryHotplugAuto {
+		return h
+	}
+	switch c.Hypervisor.Machine {
+	case MachineQ35:
+		return MemoryHotplugVirtioMem
+	case MachineVirt:
+		return MemoryHotplugDIMM
+	}
+	return MemoryHotplugNone
+}
+
+// AAVMFPaths are Debian's arm64 UEFI images (package qemu-efi-aarch64),
+// used when pflashes is empty on machine "virt".
+var AAVMFPaths = []string{"/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd"}
+
 func (c *Config) ResolvedKernel() string {
 	if c.Guest.Kernel != "" {
 		return c.Guest.Kernel
@@ -160,6 +206,7 @@ type Config struct {
 	Agent      Agent      `toml:"agent"`
 	Guest      Guest      `toml:"guest"`
 	Runtime    Runtime    `toml:"runtime"`
+	Cgroup     Cgroup     `toml:"cgroup"`
 
 	// source is the file Load read, "" for built-in defaults. It is not a
 	// TOML key (unexported fields are neither decoded nor encoded).
@@ -186,6 +233,17 @@ type Hypervisor struct {
 	VirtiofsCache string `toml:"virtiofs_cache"`
 	// BootTimeout bounds the time from QEMU start until the agent answers.
 	BootTimeout Duration `toml:"boot_timeout"`
+	// DefaultMaxMemoryMiB is the ceiling a sandbox can grow to (maxGuest).
+	DefaultMaxMemoryMiB int `toml:"default_maxmemory"`
+	// MemoryHotplug is "auto" (virtio-mem on q35, DIMMs on virt, none on
+	// microvm), "virtio-mem", "dimm" or "none".
+	MemoryHotplug string `toml:"memory_hotplug"`
+	// MemorySlots is the number of DIMM slots for "dimm" hot-plug.
+	MemorySlots int `toml:"memory_slots"`
+	// MemoryOverheadMiB is added to the sum of container limits.
+	MemoryOverheadMiB int `toml:"memory_overhead"`
+	// Pflashes are UEFI images [code, vars] for machine "virt" (arm64).
+	Pflashes []string `toml:"pflashes"`
 }
 
 // Devices configures the VM's PCIe topology and device plugging (q35).
@@ -240,6 +298,33 @@ type Runtime struct {
 	// io.berth.config.<key> annotations. Only keys in the annotatable
 	// allow-list (see annotations.go) can be listed; default: none.
 	EnableAnnotations []string `toml:"enable_annotations"`
+}
+
+// Cgroup configures the host cgroup that holds each sandbox's VMM (QEMU
+// and all of its threads, and virtiofsd).
+type Cgroup struct {
+	// Manager is "cgroupfs" (write the cgroup file system), "systemd"
+	// (ask systemd for a scope; only where systemd is PID 1, on cgroup
+	// v2) or "none" (leave the VMM in the shim's cgroup, no limits).
+	Manager string `toml:"manager"`
+	// Parent is where sandbox cgroups are created: a cgroupfs path such
+	// as "/berth" (one cgroup "<parent>/<sandbox id>" per sandbox), or a
+	// systemd slice such as "berth.slice" with manager = "systemd".
+	Parent string `toml:"parent"`
+	// SandboxCgroupOnly: true puts the VMM in Berth's own cgroup
+	// "<parent>/<id>"; false puts it in the cgroup containerd names for
+	// the pod (the kubelet's pod cgroup, linux.cgroupsPath of the
+	// sandbox container), so the kubelet's pod-level limits apply too.
+	SandboxCgroupOnly bool `toml:"sandbox_cgroup_only"`
+	// OverheadMemoryMiB is added to the VM's memory to give the cgroup's
+	// memory limit.
+	OverheadMemoryMiB int `toml:"overhead_memory"`
+}
+
+// SandboxMemoryLimitBytes is the cgroup memory limit for a VM of vmMiB:
+// the VM's memory plus the configured overhead.
+func (c *Config) SandboxMemoryLimitBytes(vmMiB int) int64 {
+	return int64(vmMiB+c.Cgroup.OverheadMemoryMiB) << 20
 }
 
 // Duration is a time.Duration that reads TOML strings like "30s".

@@ -23,6 +23,10 @@ type Overrides struct {
 	// StateDir replaces state_dir (berth --state-dir, BERTH_STATE_DIR).
 	// Guest paths that the file leaves to their default move with it.
 	StateDir string
+	// Host, when set, enables the checks that depend on the host (the
+	// cgroup driver against the cgroup layout and init system). The CLI
+	// and the shim always set it; tests pass canned hosts.
+	Host *Host
 }
 
 // overrideSource names where an overridden value came from in errors.
@@ -83,6 +87,12 @@ func Load(path string, ov Overrides) (*Config, error) {
 			e.File = overrideSource
 		}
 		errs = append(errs, e)
+	}
+	if ov.Host != nil {
+		for _, e := range cfg.hostProblems(*ov.Host) {
+			e.File = cfg.source
+			errs = append(errs, e)
+		}
 	}
 	if err := joinErrors(errs); err != nil {
 		return nil, err

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -20,6 +21,47 @@ func (c *Config) Validate() error {
 		e.File = c.source
 	}
 	return joinErrors(errs)
+}
+
+// Host is what the caller tells Load about the host, for the checks that
+// depend on it; config never probes (internal/cgroup.Detect does).
+type Host struct {
+	// CgroupLayout is "v1", "v2", "hybrid" or "none".
+	CgroupLayout string
+	// Systemd is true when PID 1 is systemd.
+	Systemd bool
+}
+
+// Layouts as Host.CgroupLayout spells them.
+const (
+	LayoutV1     = "v1"
+	LayoutV2     = "v2"
+	LayoutHybrid = "hybrid"
+	LayoutNone   = "none"
+)
+
+// hostProblems are the combinations of settings and host that cannot
+// work. They are errors at load time, naming the key and the fix, so that
+// no sandbox (and no shim) ever meets them at run time.
+func (c *Config) hostProblems(h Host) []*KeyError {
+	var errs []*KeyError
+	switch c.Cgroup.Manager {
+	case CgroupManagerNone:
+		return nil
+	case CgroupManagerSystemd:
+		if !h.Systemd {
+			errs = append(errs, keyError("cgroup.manager", c.Cgroup.Manager, "needs systemd, which is not running on this host (PID 1 is not systemd)",
+				`use "cgroupfs"`))
+		} else if h.CgroupLayout != LayoutV2 {
+			errs = append(errs, keyError("cgroup.manager", c.Cgroup.Manager, "is supported on cgroup v2 hosts only; this host is "+h.CgroupLayout,
+				`use "cgroupfs" (or boot the host with systemd.unified_cgroup_hierarchy=1)`))
+		}
+	}
+	if h.CgroupLayout == LayoutNone || h.CgroupLayout == "" {
+		errs = append(errs, keyError("cgroup.manager", c.Cgroup.Manager, "needs a cgroup file system, and none is mounted on this host",
+			`mount cgroup2 at /sys/fs/cgroup, or set cgroup.manager = "none" to run sandboxes without a host cgroup`))
+	}
+	return errs
 }
 
 // problems lists what is wrong, without File set.
@@ -43,7 +85,7 @@ func (c *Config) problems() []*KeyError {
 	// [hypervisor]
 	h := &c.Hypervisor
 	add(absPath("hypervisor.path", h.Path, true))
-	add(oneOf("hypervisor.machine", h.Machine, MachineQ35, MachineMicroVM))
+	add(oneOf("hypervisor.machine", h.Machine, MachineQ35, MachineMicroVM, MachineVirt))
 	add(oneOf("hypervisor.accel", h.Accel, AccelAuto, AccelKVM, AccelTCG))
 	if h.DefaultVCPUs < 1 || h.DefaultVCPUs > MaxVCPUs {
 		add(keyError("hypervisor.default_vcpus", h.DefaultVCPUs, "is out of range",
@@ -67,6 +109,44 @@ func (c *Config) problems() []*KeyError {
 
 	// [devices]
 	errs = append(errs, c.validateDevices()...)
+	add(oneOf("hypervisor.memory_hotplug", h.MemoryHotplug, MemoryHotplugAuto, MemoryHotplugVirtioMem, MemoryHotplugDIMM, MemoryHotplugNone))
+	if h.DefaultMaxMemoryMiB < h.DefaultMemoryMiB {
+		add(keyError("hypervisor.default_maxmemory", h.DefaultMaxMemoryMiB, "is below hypervisor.default_memory",
+			fmt.Sprintf("the ceiling must be at least the boot size; use %d or more", h.DefaultMemoryMiB)))
+	}
+	if h.MemorySlots < 0 || h.MemorySlots > 256 {
+		add(keyError("hypervisor.memory_slots", h.MemorySlots, "is out of range", "use 0 to 256 DIMM slots"))
+	}
+	if h.MemoryOverheadMiB < 0 {
+		add(keyError("hypervisor.memory_overhead", h.MemoryOverheadMiB, "is negative", "use 0 or more MiB"))
+	}
+	switch hp := c.ResolvedMemoryHotplug(); {
+	case hp == MemoryHotplugVirtioMem && h.Machine == MachineMicroVM:
+		add(keyError("hypervisor.memory_hotplug", h.MemoryHotplug, "cannot be virtio-mem on machine \"microvm\"",
+			`QEMU 7.2's microvm cannot place virtio-mem's region; use machine = "q35", or memory_hotplug = "none"`))
+	case hp == MemoryHotplugDIMM && h.MemorySlots == 0:
+		add(keyError("hypervisor.memory_slots", h.MemorySlots, "is 0, but memory_hotplug is \"dimm\"",
+			"give DIMM hot-plug at least one slot (the default is 8)"))
+	case hp == MemoryHotplugDIMM && h.Machine == MachineVirt && len(h.Pflashes) == 0:
+		// Seed 000: without UEFI firmware QEMU's arm64 virt machine has
+		// no ACPI, and DIMM hot-plug fails at VM start with "memory
+		// hotplug is not enabled: missing acpi-ged device" (a pod crash
+		// loop). Use Debian's firmware if it is installed; fail here,
+		// naming the key, if not.
+		if filesExist(AAVMFPaths) {
+			h.Pflashes = append([]string(nil), AAVMFPaths...)
+		} else {
+			add(keyError("hypervisor.pflashes", "[]", "is empty, but DIMM memory hot-plug on machine \"virt\" needs UEFI firmware (ACPI GED)",
+				`install qemu-efi-aarch64, or set pflashes = ["/path/AAVMF_CODE.fd", "/path/AAVMF_VARS.fd"], or memory_hotplug = "none"`))
+		}
+	}
+	if n := len(h.Pflashes); n != 0 && n != 2 {
+		add(keyError("hypervisor.pflashes", fmt.Sprint(h.Pflashes), fmt.Sprintf("has %d images", n),
+			"give two: the firmware code, then the variable store template"))
+	}
+	for _, p := range h.Pflashes {
+		add(absPath("hypervisor.pflashes", p, true))
+	}
 
 	// [agent]
 	add(oneOf("agent.transport", c.Agent.Transport, TransportAuto, TransportVsock, TransportVirtioSerial))
@@ -85,6 +165,25 @@ func (c *Config) problems() []*KeyError {
 			add(keyError("runtime.enable_annotations", k, "is not a key pods may set",
 				"list only keys from "+quotedList(AnnotatableKeys())+"; paths and the kernel command line are never settable by pods"))
 		}
+	}
+	// [cgroup]
+	cg := &c.Cgroup
+	add(oneOf("cgroup.manager", cg.Manager, CgroupManagerCgroupfs, CgroupManagerSystemd, CgroupManagerNone))
+	switch cg.Manager {
+	case CgroupManagerCgroupfs, CgroupManagerNone:
+		if !cgroupfsPath.MatchString(cg.Parent) || strings.Contains(cg.Parent, "..") || filepath.Clean(cg.Parent) != cg.Parent {
+			add(keyError("cgroup.parent", cg.Parent, "is not a cgroupfs path",
+				`use an absolute, clean path below the cgroup root such as "/berth" (letters, digits, - _ . and /)`))
+		}
+	case CgroupManagerSystemd:
+		if !systemdSlice.MatchString(cg.Parent) {
+			add(keyError("cgroup.parent", cg.Parent, "is not a systemd slice",
+				`with cgroup.manager = "systemd" use a slice name such as "berth.slice"`))
+		}
+	}
+	if cg.OverheadMemoryMiB < 0 || cg.OverheadMemoryMiB > 1<<20 {
+		add(keyError("cgroup.overhead_memory", cg.OverheadMemoryMiB, "is out of range",
+			"the value is in MiB; use 0 to 1048576 (the default 384 covers QEMU with its 256 MiB TCG translation cache, and virtiofsd)"))
 	}
 	return errs
 }
@@ -121,12 +220,14 @@ func (c *Config) validateDevices() []*KeyError {
 		add(keyError("devices.pcie_root_port", d.PCIeRootPort, fmt.Sprintf("needs, with pci_bridges and the switch, %d root-bus slots", slots),
 			fmt.Sprintf("keep pcie_root_port + pci_bridges (+1 with a switch) at or below %d; use pci_bridges (31 slots each) or pcie_switch_port for more devices", MaxPCIeSlots)))
 	}
-	if c.Hypervisor.Machine == MachineMicroVM {
-		// Ports are simply not created on microvm; a container asking
-		// for a disk there gets an error naming hypervisor.machine.
+	if m := c.Hypervisor.Machine; m != MachineQ35 {
+		// Berth lays out PCIe ports on q35 only (microvm has no PCI;
+		// arm64 virt's layout is not planned yet). Ports are simply not
+		// created there, and a container asking for a disk gets an error
+		// naming hypervisor.machine.
 		for _, kv := range [][2]string{{"devices.cold_plug_vfio", d.ColdPlugVFIO}, {"devices.hot_plug_vfio", d.HotPlugVFIO}} {
 			if key, v := kv[0], kv[1]; v != PortNone {
-				add(keyError(key, v, `needs PCI, which machine "microvm" does not have`, `set it to "no-port", or hypervisor.machine = "q35"`))
+				add(keyError(key, v, fmt.Sprintf("needs Berth's PCIe topology, which only machine \"q35\" has (not %q)", m), `set it to "no-port", or hypervisor.machine = "q35"`))
 			}
 		}
 		return errs
@@ -141,6 +242,20 @@ func (c *Config) validateDevices() []*KeyError {
 	}
 	return errs
 }
+
+func filesExist(paths []string) bool {
+	for _, p := range paths {
+		if st, err := os.Stat(p); err != nil || st.IsDir() {
+			return false
+		}
+	}
+	return true
+}
+
+var (
+	cgroupfsPath = regexp.MustCompile(`^(/[A-Za-z0-9_.-]+)+$`)
+	systemdSlice = regexp.MustCompile(`^[A-Za-z0-9_.-]+\.slice$`)
+)
 
 // debPackageName is Debian policy §5.6.1: at least two characters, lower
 // case alphanumerics and + - ., starting with an alphanumeric.

@@ -27,10 +27,16 @@ type StartOptions struct {
 	// Stderr, if set, receives a copy of QEMU's stdout and stderr. Write
 	// errors are ignored; a slow writer slows QEMU's logging.
 	Stderr io.Writer
+	// Started, if set, is called with QEMU's pid right after the process
+	// is created and before Start waits for QMP, so that the caller can
+	// move it into a cgroup before the guest's memory is touched. An
+	// error kills QEMU and fails Start.
+	Started func(pid int) error
 }
 
 // VM is a running QEMU process and its QMP connection.
 type VM struct {
+	machine Machine // as started; hot-plug needs its memory layout
 	cmd     *exec.Cmd
 	pid     int
 	output  *tailWriter
@@ -89,6 +95,7 @@ func Start(ctx context.Context, m Machine, opts StartOptions) (*VM, error) {
 	}
 
 	v := &VM{
+		machine: m,
 		cmd:     cmd,
 		pid:     cmd.Process.Pid,
 		output:  out,
@@ -99,6 +106,12 @@ func Start(ctx context.Context, m Machine, opts StartOptions) (*VM, error) {
 		v.sockets = append(v.sockets, p.SocketPath)
 	}
 	go v.wait()
+	if opts.Started != nil {
+		if err := opts.Started(v.pid); err != nil {
+			v.Kill()
+			return nil, err
+		}
+	}
 
 	c, err := v.connectQMP(ctx, m.QMPSocket)
 	if err != nil {

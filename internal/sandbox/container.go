@@ -139,6 +139,7 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (_ *P
 		s.agent.Delete(ctx, &api.DeleteRequest{ContainerId: id})
 		return nil, err
 	}
+	s.updateHostCPU(ctx, id, cc.Spec.Linux, false)
 	return p, nil
 }
 
@@ -208,6 +209,7 @@ func (s *Sandbox) Exec(ctx context.Context, containerID, execID string, process 
 // again (a loop device can be detached, its file read).
 func (s *Sandbox) DeleteContainer(ctx context.Context, id string) error {
 	_, err := s.agent.Delete(ctx, &api.DeleteRequest{ContainerId: id})
+	s.updateHostCPU(ctx, id, nil, true)
 	if rerr := s.releaseMounts(id); err == nil {
 		err = rerr
 	}
@@ -391,6 +393,19 @@ func (p *Process) Wait(ctx context.Context) (ExitStatus, error) {
 	return ExitStatus{Code: r.resp.ExitStatus, ExitedAt: r.resp.ExitedAt.AsTime()}, nil
 }
 
+// updateHostCPU follows a container's CPU limits into the sandbox cgroup.
+// A failure is logged, not returned: the guest enforces the container's
+// own limit, the host cgroup is the pod-wide second line.
+func (s *Sandbox) updateHostCPU(ctx context.Context, id string, linux *specs.Linux, gone bool) {
+	var res *specs.LinuxResources
+	if linux != nil {
+		res = linux.Resources
+	}
+	if err := s.setContainerCPU(ctx, id, res, gone); err != nil {
+		logrus.WithError(err).WithField("sandbox", s.id).WithField("container", id).Warn("update sandbox cgroup CPU limits")
+	}
+}
+
 // ErrVMExited reports whether err says the VM died.
 func ErrVMExited(err error) bool { return errors.Is(err, errdefs.ErrUnavailable) }
 
@@ -419,6 +434,7 @@ func (s *Sandbox) UpdateContainer(ctx context.Context, id string, res *specs.Lin
 	if _, err := s.agent.Update(ctx, &api.UpdateRequest{ContainerId: id, Resources: b}); err != nil {
 		return s.rpcError("update", err)
 	}
+	s.updateHostCPU(ctx, id, &specs.Linux{Resources: res}, false)
 	return nil
 }
 

@@ -16,6 +16,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -28,8 +29,10 @@ import (
 	"github.com/sirupsen/logrus"
 
 	api "github.com/berth-runtime/berth/api/agent/v1"
+	"github.com/berth-runtime/berth/internal/cgroup"
 	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/device"
+	"github.com/berth-runtime/berth/internal/memory"
 	"github.com/berth-runtime/berth/internal/oci"
 	"github.com/berth-runtime/berth/internal/qemu"
 	"github.com/berth-runtime/berth/internal/transport"
@@ -45,6 +48,10 @@ type Options struct {
 	// Accel is the accelerator to use; the caller resolves "auto" once
 	// (see qemu.CachedAccel) so that every sandbox does not probe again.
 	Accel qemu.Accel
+	// CgroupsPath is the host cgroup containerd asked for the pod (the
+	// sandbox container's linux.cgroupsPath); used only with
+	// cgroup.sandbox_cgroup_only = false. "" when there is none.
+	CgroupsPath string
 	// ColdPlugVFIO are VFIO groups to put on QEMU's command line (see
 	// ColdPlugVFIO); the container that asked for them finds them
 	// attached, other devices are hot-plugged.
@@ -69,18 +76,27 @@ type Sandbox struct {
 
 	vmm       VMM
 	virtiofsd *virtiofsd
-	dialer    transport.Dialer
-	rpc       *ttrpc.Client
-	agent     api.AgentService
-	info      *api.InfoResponse
+	// cgroup holds the VMM and virtiofsd; never nil once Create
+	// succeeded (cgroup.manager = "none" gives a no-op one).
+	cgroup cgroup.Cgroup
+	dialer transport.Dialer
+	rpc    *ttrpc.Client
+	agent  api.AgentService
+	info   *api.InfoResponse
 
 	// devices tracks PCIe ports and which container holds which device;
-	// nil on machines without PCI (microvm).
+	// nil on machines without Berth's PCIe topology (microvm, virt).
 	devices     *device.Manager
 	hostDevices device.Host
 
-	mu     sync.Mutex
-	mounts map[string][]string // container id -> host mount points, in mount order
+	mu      sync.Mutex
+	mounts  map[string][]string // container id -> host mount points, in mount order
+	vmMiB   int                 // the VM's memory, which sizes the cgroup
+	bootMiB int                 // the VM's memory at boot
+	cpu     map[string]cpuLimit // container id -> its CPU limits
+
+	memory memoryState
+	mgmt   io.Closer // management API server
 
 	destroyOnce sync.Once
 	destroyErr  error
@@ -95,6 +111,9 @@ const (
 	fsSocketName   = "virtiofsd.sock"
 	ownerFileName  = "owner.pid"
 	vmmPidFileName = "vmm.pid"
+	// MetricsSocketName is where the shim serves the sandbox's Prometheus
+	// metrics (docs/metrics.md); berth monitor looks for it.
+	MetricsSocketName = "metrics.sock"
 )
 
 // Dir returns the directory of sandbox id under runDir. Long ids (CRI's are
@@ -117,7 +136,7 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	if err := validateID(opts.ID); err != nil {
 		return nil, err
 	}
-	s := &Sandbox{id: opts.ID, cfg: cfg, dir: Dir(cfg.RunDir, opts.ID), mounts: map[string][]string{}, hostDevices: device.Sysfs{}}
+	s := &Sandbox{id: opts.ID, cfg: cfg, dir: Dir(cfg.RunDir, opts.ID), mounts: map[string][]string{}, cpu: map[string]cpuLimit{}, hostDevices: device.Sysfs{}}
 	log := logrus.WithField("sandbox", s.id)
 
 	var undo cleanupStack
@@ -150,24 +169,51 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	}
 	undo.push(func() { unmount(shared) })
 
+	m, err := s.machine(opts)
+	if err != nil {
+		return nil, err
+	}
+	s.memory.limits = memoryLayout(cfg, &m)
+	topo, cold, err := planTopology(cfg, &m, opts.ColdPlugVFIO)
+	if err != nil {
+		return nil, err
+	}
+	// The cgroup exists before the processes it will hold, and is
+	// removed after they are gone (the cleanup stack runs backwards).
+	cg, err := s.createCgroup(ctx, opts, m.MemoryMiB)
+	if err != nil {
+		return nil, err
+	}
+	s.cgroup = cg
+	undo.push(func() {
+		if err := cg.Delete(context.WithoutCancel(ctx)); err != nil {
+			log.WithError(err).Warn("remove sandbox cgroup")
+		}
+	})
+
 	fsd, err := startVirtiofsd(ctx, cfg.Hypervisor.VirtiofsdPath, s.path(fsSocketName), shared, cfg.Hypervisor.VirtiofsCache)
 	if err != nil {
 		return nil, err
 	}
 	s.virtiofsd = fsd
 	undo.push(func() { fsd.stop() })
-
-	m := s.machine(opts)
-	topo, cold, err := planTopology(cfg, &m, opts.ColdPlugVFIO)
-	if err != nil {
-		return nil, err
+	if err := cg.Add(ctx, fsd.cmd.Process.Pid); err != nil {
+		return nil, fmt.Errorf("virtiofsd: %w", err)
 	}
-	log.WithField("accel", m.Accel).WithField("machine", m.Type).Debug("starting qemu")
-	vm, err := qemu.Start(ctx, m, qemu.StartOptions{DieWithParent: true})
+	protectFromOOM(fsd.cmd.Process.Pid)
+
+	log.WithField("accel", m.Accel).WithField("machine", m.Type).WithField("cgroup", cg.Path()).Debug("starting qemu")
+	vm, err := qemu.Start(ctx, m, qemu.StartOptions{
+		DieWithParent: true,
+		// Into the cgroup before QEMU loads the kernel and the guest
+		// touches its memory, so that the guest's RAM is charged there.
+		Started: func(pid int) error { return cg.Add(ctx, pid) },
+	})
 	if err != nil {
 		return nil, fmt.Errorf("start VM: %w", err)
 	}
 	s.vmm = vm
+	s.memory.hp = vm
 	undo.push(func() { vm.Kill() })
 	if m.Type == qemu.Q35 {
 		s.devices = device.NewManager(deviceConfig(cfg), topo, cold, qemuPlugger{vm, cfg}, qemuPlugger{vm, cfg})
@@ -183,6 +229,14 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	if err := s.connectAgent(ctx); err != nil {
 		return nil, err
 	}
+	s.memory.bootMemTotalMiB = int(s.info.MemTotalBytes >> 20)
+	s.memory.currentMiB, s.memory.requestedMiB = m.MemoryMiB, m.MemoryMiB
+	mgmt, err := s.serveManagement()
+	if err != nil {
+		return nil, err
+	}
+	s.mgmt = mgmt
+	undo.push(func() { mgmt.Close() })
 	log.WithField("kernel", s.info.KernelRelease).WithField("qemu_pid", vm.Pid()).Debug("sandbox ready")
 	return s, nil
 }
@@ -202,7 +256,7 @@ func validateID(id string) error {
 func (s *Sandbox) path(name string) string { return filepath.Join(s.dir, name) }
 
 // machine describes the VM from the configuration and options.
-func (s *Sandbox) machine(opts Options) qemu.Machine {
+func (s *Sandbox) machine(opts Options) (qemu.Machine, error) {
 	h := s.cfg.Hypervisor
 	vcpus, mem := h.DefaultVCPUs, h.DefaultMemoryMiB
 	if opts.VCPUs > 0 {
@@ -216,10 +270,18 @@ func (s *Sandbox) machine(opts Options) qemu.Machine {
 		accel = qemu.TCG
 	}
 	params := agentCmdlineTransport + "=" + string(transport.VirtioSerial)
+	if mechanismOf(s.cfg) != memory.None {
+		// Hot-plug room puts guest physical memory above 4 GiB, which
+		// makes the kernel reserve a 64 MiB SWIOTLB bounce buffer at boot
+		// (measured: MemTotal 152 instead of 217 MiB in a 256 MiB VM).
+		// Berth's virtio devices all do 64-bit DMA and never bounce; keep
+		// a small 8 MiB pool for anything that might.
+		params += " swiotlb=4096"
+	}
 	if h.KernelParams != "" {
 		params += " " + h.KernelParams
 	}
-	return qemu.Machine{
+	m := qemu.Machine{
 		Binary:       h.Path,
 		Type:         qemu.MachineType(h.Machine),
 		Accel:        accel,
@@ -233,6 +295,15 @@ func (s *Sandbox) machine(opts Options) qemu.Machine {
 		SerialPorts:  []qemu.VirtioSerialPort{{ID: "agent", Name: transport.SerialPortName, SocketPath: s.path(agentSockName)}},
 		FileSystems:  []qemu.VhostUserFS{{ID: "shared", Tag: oci.SharedFSTag, SocketPath: s.path(fsSocketName)}},
 	}
+	if len(h.Pflashes) == 2 {
+		// UEFI writes its variable store: each VM gets its own copy.
+		vars := s.path("efivars.fd")
+		if err := copyFile(h.Pflashes[1], vars); err != nil {
+			return m, fmt.Errorf("copy UEFI variable store (hypervisor.pflashes): %w", err)
+		}
+		m.Pflash = []string{h.Pflashes[0], vars}
+	}
+	return m, nil
 }
 
 // agentCmdlineTransport must match agent.CmdlineTransport (the host does
@@ -293,6 +364,9 @@ func (s *Sandbox) connectAgent(ctx context.Context) error {
 func (s *Sandbox) consoleTail() string {
 	return tail(s.path(consoleLogName), 15)
 }
+
+// MetricsSocket is the path of the sandbox's metrics socket.
+func (s *Sandbox) MetricsSocket() string { return s.path(MetricsSocketName) }
 
 // ID returns the sandbox id.
 func (s *Sandbox) ID() string { return s.id }
@@ -360,11 +434,18 @@ func (s *Sandbox) destroy(ctx context.Context) error {
 		}
 		cancel()
 	}
+	if s.mgmt != nil {
+		s.mgmt.Close()
+	}
 	if s.rpc != nil {
 		s.rpc.Close()
 	}
 	s.dialer.Close()
 	s.virtiofsd.stop()
+	// QEMU has been reaped and virtiofsd has exited: the cgroup is empty.
+	if err := s.cgroup.Delete(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	s.mu.Lock()
 	ids := make([]string, 0, len(s.mounts))
 	for id := range s.mounts {

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -71,6 +72,9 @@ func removeOrphan(dir string) error {
 	}
 	for _, m := range mountsUnder(dir) {
 		unmount(m)
+	}
+	if err := removeRecordedCgroup(context.Background(), dir); err != nil {
+		return fmt.Errorf("remove sandbox cgroup: %w", err)
 	}
 	return removeDir(dir)
 }

@@ -94,7 +94,7 @@ func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Servi
 // the default path) and BERTH_STATE_DIR, inherited from containerd's
 // environment.
 func loadConfig() (*config.Config, error) {
-	return config.Load(os.Getenv("BERTH_CONFIG"), config.Overrides{StateDir: os.Getenv("BERTH_STATE_DIR")})
+	return config.Load(os.Getenv("BERTH_CONFIG"), config.Overrides{StateDir: os.Getenv("BERTH_STATE_DIR"), Host: sandbox.HostFacts()})
 }
 
 // configFor is the configuration a create uses: the file named by the
@@ -244,6 +244,15 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 	if err != nil {
 		return 0, err
 	}
+	var limit int64
+	if spec.Linux != nil {
+		limit = memoryLimit(spec.Linux.Resources)
+	}
+	if err := s.growFor(ctx, sb, r.ID, limit); err != nil {
+		s.destroySandboxIfEmpty(ctx, c)
+		return 0, err
+	}
+	c.setMemLimit(limit)
 	ns, _ := namespaces.Namespace(ctx)
 	paths := stdioPaths{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}
 	hio, err := openStdio(ctx, paths, r.ID, ns)
@@ -281,7 +290,8 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 //
 // VFIO devices of the container that boots the VM are cold-plugged when
 // devices.cold_plug_vfio says so; every other device is hot-plugged when
-// its container is created, and the container gets both.
+// its container is created, and the container gets both. The host cgroup
+// containerd asked for is the booting container's linux.cgroupsPath.
 func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID string, isSandbox bool, spec *specs.Spec) (*sandbox.Sandbox, uint32, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -307,12 +317,20 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 		return nil, 0, err
 	}
 	sandbox.CleanupStale(cfg.RunDir)
-	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: sandboxID, Accel: accel, ColdPlugVFIO: cold})
+	cgroupsPath := ""
+	if spec.Linux != nil {
+		cgroupsPath = spec.Linux.CgroupsPath
+	}
+	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: sandboxID, Accel: accel, CgroupsPath: cgroupsPath, ColdPlugVFIO: cold})
 	if err != nil {
 		return nil, 0, fmt.Errorf("start sandbox VM: %w", err)
 	}
 	s.sb, s.sandboxID = sb, sandboxID
 	go s.watchVM(sb)
+	if err := serveMetrics(s.ctx, sb); err != nil {
+		// Metrics are an observer's convenience; the pod runs without.
+		log.G(ctx).WithError(err).Warn("serve sandbox metrics")
+	}
 	return sb, 0, nil
 }
 
@@ -526,6 +544,8 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		if endVM && sb != nil {
 			// Publish the delete before the slow VM teardown.
 			defer sb.Destroy(context.WithoutCancel(ctx))
+		} else if vmAlive && c.memLimit() > 0 {
+			defer s.shrinkToFit(context.WithoutCancel(ctx), sb)
 		}
 	}
 	status, at := p.exit()
@@ -727,7 +747,7 @@ func (s *service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 
 // Update changes a container's resources inside the guest.
 func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*emptypb.Empty, error) {
-	_, sb, err := s.containerAndVM(r.ID)
+	c, sb, err := s.containerAndVM(r.ID)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
@@ -739,8 +759,22 @@ func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*em
 	if !ok {
 		return nil, toGRPC(fmt.Errorf("resources are %T, not linux resources: %w", v, errdefs.ErrInvalidArgument))
 	}
+	// In-place resize: grow the VM before raising the container's limit,
+	// shrink it after lowering.
+	newLimit, oldLimit := memoryLimit(res), c.memLimit()
+	if res.Memory != nil && res.Memory.Limit != nil {
+		if err := s.growFor(ctx, sb, r.ID, newLimit); err != nil {
+			return nil, toGRPC(err)
+		}
+	}
 	if err := sb.UpdateContainer(ctx, r.ID, res); err != nil {
 		return nil, toGRPC(err)
+	}
+	if res.Memory != nil && res.Memory.Limit != nil {
+		c.setMemLimit(newLimit)
+		if newLimit < oldLimit {
+			s.shrinkToFit(ctx, sb)
+		}
 	}
 	return &emptypb.Empty{}, nil
 }
@@ -761,7 +795,9 @@ func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.Wa
 }
 
 // Stats returns a container's cgroup metrics from inside the guest, in
-// containerd's cgroup v2 metrics type.
+// containerd's cgroup v2 or v1 metrics type, whichever the guest booted
+// with: containerd's CRI plugin tells them apart by type and computes the
+// working set accordingly.
 func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.StatsResponse, error) {
 	_, sb, err := s.containerAndVM(r.ID)
 	if err != nil {
@@ -771,7 +807,11 @@ func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	a, err := typeurl.MarshalAnyToProto(stats.CgroupV2Metrics(st))
+	var m any = stats.CgroupV2Metrics(st)
+	if st.CgroupVersion == 1 {
+		m = stats.CgroupV1Metrics(st)
+	}
+	a, err := typeurl.MarshalAnyToProto(m)
 	if err != nil {
 		return nil, toGRPC(err)
 	}

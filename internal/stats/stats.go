@@ -53,8 +53,11 @@ func CgroupV2Metrics(r *api.StatsResponse) *v2.Metrics {
 }
 
 // WorkingSet returns usage minus inactive file pages, never below zero:
-// the formula containerd and cAdvisor use on cgroup v2 (usage minus
-// total_inactive_file on v1).
+// the formula containerd's CRI plugin (getWorkingSet, getWorkingSetV2)
+// and cAdvisor apply to runc containers: usage - inactive_file on cgroup
+// v2, usage - total_inactive_file on v1. It is the one place Berth
+// computes it (the metrics endpoint); containerd computes its own from
+// the metrics above, with the same result.
 func WorkingSet(r *api.StatsResponse) uint64 {
 	key := "inactive_file"
 	if r.CgroupVersion == 1 {

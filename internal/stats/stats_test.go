@@ -35,3 +35,55 @@ func TestCgroupV2MetricsKeepsUserAndSystemApart(t *testing.T) {
 		t.Errorf("memory %+v", m.Memory)
 	}
 }
+
+// TestCgroupV1Metrics: what containerd's CRI plugin reads from v1 metrics
+// gives the same working set as WorkingSet, and CPU is in nanoseconds
+// with user and kernel apart.
+func TestCgroupV1Metrics(t *testing.T) {
+	r := &api.StatsResponse{
+		CgroupVersion: 1, MemoryUsageBytes: 216 << 20, MemoryLimitBytes: 1 << 30, MemoryMaxUsageBytes: 220 << 20,
+		MemoryStat: map[string]uint64{
+			"inactive_file": 1 << 20, "total_inactive_file": 190 << 20, "total_rss": 20 << 20,
+			"total_cache": 196 << 20, "cache": 196 << 20,
+		},
+		CpuUsageUsec: 30, CpuUserUsec: 20, CpuSystemUsec: 10, PidsCurrent: 3,
+	}
+	m := CgroupV1Metrics(r)
+	// containerd's getWorkingSet for v1.
+	ws := uint64(0)
+	if m.Memory.TotalInactiveFile < m.Memory.Usage.Usage {
+		ws = m.Memory.Usage.Usage - m.Memory.TotalInactiveFile
+	}
+	if ws != 26<<20 || ws != WorkingSet(r) {
+		t.Errorf("containerd's v1 working set %d, WorkingSet %d, want %d", ws, WorkingSet(r), 26<<20)
+	}
+	if m.Memory.Usage.Limit != 1<<30 || m.Memory.Usage.Max != 220<<20 || m.Memory.TotalRSS != 20<<20 || m.Memory.Cache != 196<<20 {
+		t.Errorf("memory %+v", m.Memory)
+	}
+	if m.CPU.Usage.Total != 30000 || m.CPU.Usage.User != 20000 || m.CPU.Usage.Kernel != 10000 {
+		t.Errorf("cpu %+v", m.CPU.Usage)
+	}
+	if m.Pids.Current != 3 {
+		t.Errorf("pids %+v", m.Pids)
+	}
+}
+
+// TestCgroupV2WorkingSetMatchesContainerd: containerd's getWorkingSetV2
+// over the converted metrics equals WorkingSet, for the seed's page-cache
+// case and for anonymous memory.
+func TestCgroupV2WorkingSetMatchesContainerd(t *testing.T) {
+	for _, r := range []*api.StatsResponse{
+		{CgroupVersion: 2, MemoryUsageBytes: 216 << 20, MemoryStat: map[string]uint64{"inactive_file": 190 << 20, "file": 200 << 20}},
+		{CgroupVersion: 2, MemoryUsageBytes: 101 << 20, MemoryStat: map[string]uint64{"anon": 100 << 20}},
+		{CgroupVersion: 2, MemoryUsageBytes: 1, MemoryStat: map[string]uint64{"inactive_file": 5}},
+	} {
+		m := CgroupV2Metrics(r)
+		ws := uint64(0)
+		if m.Memory.InactiveFile < m.Memory.Usage {
+			ws = m.Memory.Usage - m.Memory.InactiveFile
+		}
+		if ws != WorkingSet(r) {
+			t.Errorf("%v: containerd's v2 working set %d, WorkingSet %d", r.MemoryStat, ws, WorkingSet(r))
+		}
+	}
+}

@@ -80,6 +80,13 @@ type criPod struct {
 // pod before the leak check.
 func (c *criClient) runPod(t *testing.T, name string) *criPod {
 	t.Helper()
+	return c.runPodWith(t, name, criHandler, nil)
+}
+
+// runPodWith starts a pod sandbox with the given runtime handler ("berth"
+// or "runc") and pod annotations.
+func (c *criClient) runPodWith(t *testing.T, name, handler string, annotations map[string]string) *criPod {
+	t.Helper()
 	uid := fmt.Sprintf("%s-%d", name, time.Now().UnixNano())
 	logDir := t.TempDir()
 	config := &cri.PodSandboxConfig{
@@ -89,6 +96,7 @@ func (c *criClient) runPod(t *testing.T, name string) *criPod {
 		// refuses to set one).
 		LogDirectory: logDir,
 		Labels:       map[string]string{"app": name},
+		Annotations:  annotations,
 		Linux: &cri.LinuxPodSandboxConfig{
 			// What the kubelet passes with the cgroupfs driver; the guest
 			// must not care.
@@ -102,9 +110,9 @@ func (c *criClient) runPod(t *testing.T, name string) *criPod {
 			},
 		},
 	}
-	resp, err := c.rt.RunPodSandbox(criCtx(t, 2*time.Minute), &cri.RunPodSandboxRequest{Config: config, RuntimeHandler: criHandler})
+	resp, err := c.rt.RunPodSandbox(criCtx(t, 2*time.Minute), &cri.RunPodSandboxRequest{Config: config, RuntimeHandler: handler})
 	if err != nil {
-		t.Fatalf("RunPodSandbox: %v", err)
+		t.Fatalf("RunPodSandbox (%s): %v\ncontainerd log:\n%s", handler, err, tail(filepath.Join(ctrd.dir, "containerd.log"), 20))
 	}
 	return &criPod{id: resp.PodSandboxId, config: config, logDir: logDir}
 }
@@ -341,4 +349,14 @@ func TestCRIContainerStats(t *testing.T) {
 	if len(list.Stats) != 1 || list.Stats[0].Attributes.GetId() != id {
 		t.Errorf("ListContainerStats for the pod: %d entries, want the one container %s", len(list.Stats), id)
 	}
+}
+
+// tail returns the last n lines of a file, for failure messages.
+func tail(path string, n int) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }

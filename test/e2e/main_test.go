@@ -26,7 +26,10 @@ var env struct {
 	runDir   string // private run_dir of this test binary
 	config   string // config file pointing at runDir
 	rootfs   string // busybox root file system
-	skip     string // reason to skip, if the environment is not there
+	// cgroupParent is cgroup.parent of the test configuration: private to
+	// this test binary, so that its leak check sees only its sandboxes.
+	cgroupParent string
+	skip         string // reason to skip, if the environment is not there
 }
 
 func TestMain(m *testing.M) {
@@ -44,6 +47,7 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		defer os.RemoveAll(filepath.Dir(env.runDir))
+		defer removeCgroupParent()
 		defer stopContainerd()
 		return m.Run()
 	}()
@@ -74,7 +78,11 @@ func setup() error {
 	}
 	env.runDir = filepath.Join(tmp, "run")
 	env.config = filepath.Join(tmp, "config.toml")
-	cfg := fmt.Sprintf("state_dir = %q\nrun_dir = %q\n", env.stateDir, env.runDir)
+	// Pods may size their VM (the stats tests need room for a 200 MB
+	// page cache); nothing else is annotatable.
+	env.cgroupParent = fmt.Sprintf("/berth-e2e-%d", os.Getpid())
+	cfg := fmt.Sprintf("state_dir = %q\nrun_dir = %q\n[runtime]\nenable_annotations = [\"hypervisor.default_memory\"]\n[cgroup]\nparent = %q\n",
+		env.stateDir, env.runDir, env.cgroupParent)
 	if err := os.WriteFile(env.config, []byte(cfg), 0o644); err != nil {
 		return err
 	}
@@ -177,5 +185,36 @@ func leaks() []string {
 	for _, e := range entries {
 		out = append(out, "sandbox dir "+e.Name())
 	}
+	// Sandbox cgroups: each is a directory below the parent in every
+	// hierarchy; the memory one (or the unified one) stands for all.
+	for _, d := range cgroupParentDirs() {
+		sub, _ := os.ReadDir(d)
+		for _, e := range sub {
+			if e.IsDir() {
+				out = append(out, "cgroup "+filepath.Join(d, e.Name()))
+			}
+		}
+	}
 	return out
+}
+
+// cgroupParentDirs are the test's cgroup parent in every hierarchy where
+// it exists.
+func cgroupParentDirs() []string {
+	var out []string
+	mounts, _ := filepath.Glob("/sys/fs/cgroup/*")
+	for _, m := range append(mounts, "/sys/fs/cgroup") {
+		d := filepath.Join(m, env.cgroupParent)
+		if st, err := os.Stat(d); err == nil && st.IsDir() {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// removeCgroupParent removes the test's (by now empty) cgroup parent.
+func removeCgroupParent() {
+	for _, d := range cgroupParentDirs() {
+		os.Remove(d)
+	}
 }

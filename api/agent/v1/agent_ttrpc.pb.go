@@ -26,6 +26,7 @@ type AgentService interface {
 	Stats(context.Context, *ContainerRequest) (*StatsResponse, error)
 	WaitOOM(context.Context, *WaitOOMRequest) (*OOMResponse, error)
 	WaitDevice(context.Context, *WaitDeviceRequest) (*WaitDeviceResponse, error)
+	OnlineMemory(context.Context, *emptypb.Empty) (*MemoryInfo, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -149,6 +150,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.WaitDevice(ctx, &req)
+			},
+			"OnlineMemory": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req emptypb.Empty
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.OnlineMemory(ctx, &req)
 			},
 		},
 	})
@@ -295,6 +303,14 @@ func (c *agentClient) WaitOOM(ctx context.Context, req *WaitOOMRequest) (*OOMRes
 func (c *agentClient) WaitDevice(ctx context.Context, req *WaitDeviceRequest) (*WaitDeviceResponse, error) {
 	var resp WaitDeviceResponse
 	if err := c.client.Call(ctx, "berth.agent.v1.Agent", "WaitDevice", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) OnlineMemory(ctx context.Context, req *emptypb.Empty) (*MemoryInfo, error) {
+	var resp MemoryInfo
+	if err := c.client.Call(ctx, "berth.agent.v1.Agent", "OnlineMemory", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

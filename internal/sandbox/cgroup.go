@@ -1,0 +1,241 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+
+	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/sirupsen/logrus"
+
+	"github.com/berth-runtime/berth/internal/cgroup"
+	"github.com/berth-runtime/berth/internal/config"
+)
+
+// cgroupFileName records the sandbox's host cgroup, so that a fresh
+// process (containerd's `shim delete`, CleanupStale) can remove it after
+// the owner died.
+const cgroupFileName = "cgroup.json"
+
+type cgroupRecord struct {
+	Driver string `json:"driver"`
+	Path   string `json:"path"`
+}
+
+// detectHost reads the host's cgroup layout once per process: it does not
+// change under a running shim, and every sandbox must agree on it.
+var detectHost = sync.OnceValues(cgroup.Detect)
+
+// HostFacts is what config.Load needs to know about this host to reject
+// cgroup settings that cannot work here (see config.Host). A host whose
+// mount table cannot be read counts as having no cgroups.
+func HostFacts() *config.Host {
+	h, err := detectHost()
+	if err != nil {
+		return &config.Host{CgroupLayout: config.LayoutNone}
+	}
+	return &config.Host{CgroupLayout: string(h.Layout), Systemd: h.Systemd}
+}
+
+// NewCgroupManager picks the cgroup implementation for cfg on host h.
+func NewCgroupManager(cfg *config.Config, h cgroup.Host) (cgroup.Manager, error) {
+	m, err := cgroup.NewManager(cgroup.Options{Driver: cfg.Cgroup.Manager, Host: h})
+	if err != nil {
+		// Load refuses these combinations already; reaching here means
+		// the host changed under a running shim.
+		return nil, fmt.Errorf("cgroup.manager = %q on this host (%s): %w: %w", cfg.Cgroup.Manager, h, err, errdefs.ErrFailedPrecondition)
+	}
+	return m, nil
+}
+
+// managers caches one Manager per driver for this process: the
+// implementation is picked once, at the first sandbox.
+var managers sync.Map // driver -> cgroup.Manager
+
+func hostCgroupManager(cfg *config.Config) (cgroup.Manager, error) {
+	if m, ok := managers.Load(cfg.Cgroup.Manager); ok {
+		return m.(cgroup.Manager), nil
+	}
+	h, err := detectHost()
+	if err != nil {
+		return nil, err
+	}
+	m, err := NewCgroupManager(cfg, h)
+	if err != nil {
+		return nil, err
+	}
+	actual, _ := managers.LoadOrStore(cfg.Cgroup.Manager, m)
+	return actual.(cgroup.Manager), nil
+}
+
+// CgroupPath is the host cgroup of sandbox id: Berth's own
+// "<parent>/<id>" (a scope in the parent slice with systemd), or with
+// sandbox_cgroup_only = false the pod cgroup containerd passed
+// (podCgroupsPath, the sandbox container's linux.cgroupsPath) when there
+// is one.
+func CgroupPath(cfg *config.Config, id, podCgroupsPath string) string {
+	c := cfg.Cgroup
+	if !c.SandboxCgroupOnly && podCgroupsPath != "" {
+		return podCgroupsPath
+	}
+	if c.Manager == config.CgroupManagerSystemd {
+		return c.Parent + ":berth:" + id
+	}
+	return c.Parent + "/" + id
+}
+
+// createCgroup makes the sandbox's cgroup and records it.
+func (s *Sandbox) createCgroup(ctx context.Context, opts Options, vmMiB int) (cgroup.Cgroup, error) {
+	m, err := hostCgroupManager(s.cfg)
+	if err != nil {
+		return nil, err
+	}
+	path := CgroupPath(s.cfg, s.id, opts.CgroupsPath)
+	s.vmMiB, s.bootMiB = vmMiB, vmMiB
+	cg, err := m.New(ctx, path, cgroup.Limits{MemoryBytes: s.cfg.SandboxMemoryLimitBytes(vmMiB)})
+	if err != nil {
+		return nil, fmt.Errorf("sandbox cgroup: %w", err)
+	}
+	b, _ := json.Marshal(cgroupRecord{Driver: s.cfg.Cgroup.Manager, Path: cg.Path()})
+	if err := os.WriteFile(s.path(cgroupFileName), b, 0o600); err != nil {
+		cg.Delete(ctx)
+		return nil, err
+	}
+	return cg, nil
+}
+
+// removeRecordedCgroup removes the cgroup recorded in dir (Remove kills
+// whatever still runs in it: only the dead sandbox's VMM and virtiofsd
+// were ever put there).
+func removeRecordedCgroup(ctx context.Context, dir string) error {
+	b, err := os.ReadFile(dir + "/" + cgroupFileName)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var rec cgroupRecord
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return fmt.Errorf("%s: %w", cgroupFileName, err)
+	}
+	h, err := detectHost()
+	if err != nil {
+		return err
+	}
+	m, err := cgroup.NewManager(cgroup.Options{Driver: rec.Driver, Host: h})
+	if err != nil {
+		return err
+	}
+	return m.Remove(ctx, rec.Path)
+}
+
+// SetVMMemory records that the VM now has memoryMiB of memory and moves
+// the cgroup's memory limit with it (memory plus cgroup.overhead_memory).
+// The memory resize path calls it before growing the VM and after
+// shrinking it, so the limit never falls below what the guest may use.
+func (s *Sandbox) SetVMMemory(ctx context.Context, memoryMiB int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.vmMiB = memoryMiB
+	return s.applyCgroupLocked(ctx)
+}
+
+// cpuLimit is one container's CPU settings from its OCI spec.
+type cpuLimit struct {
+	quotaUsec  int64
+	periodUsec uint64
+	shares     uint64
+}
+
+func cpuLimitOf(res *specs.LinuxResources) cpuLimit {
+	var l cpuLimit
+	if res == nil || res.CPU == nil {
+		return l
+	}
+	if res.CPU.Quota != nil && *res.CPU.Quota > 0 {
+		l.quotaUsec = *res.CPU.Quota
+		l.periodUsec = 100000
+		if res.CPU.Period != nil && *res.CPU.Period > 0 {
+			l.periodUsec = *res.CPU.Period
+		}
+	}
+	if res.CPU.Shares != nil {
+		l.shares = *res.CPU.Shares
+	}
+	return l
+}
+
+// setContainerCPU records a container's CPU settings (nil res: the
+// container is gone) and re-applies the sandbox's limits.
+func (s *Sandbox) setContainerCPU(ctx context.Context, id string, res *specs.LinuxResources, gone bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if gone {
+		delete(s.cpu, id)
+	} else {
+		s.cpu[id] = cpuLimitOf(res)
+	}
+	return s.applyCgroupLocked(ctx)
+}
+
+// limitsLocked sizes the sandbox cgroup: memory is the VM plus overhead;
+// the CPU quota is the sum of the containers' quotas, but only when every
+// container has one (a single unlimited container makes the pod
+// unlimited, as it would be under runc); shares add up. The pod's
+// sandbox (pause) container asks for nothing and does not count.
+func (s *Sandbox) limitsLocked() cgroup.Limits {
+	l := cgroup.Limits{MemoryBytes: s.cfg.SandboxMemoryLimitBytes(s.vmMiB)}
+	const period = 100000
+	var quota int64
+	limited, n := true, 0
+	for id, c := range s.cpu {
+		if id == s.id {
+			continue
+		}
+		n++
+		l.CPUShares += c.shares
+		if c.quotaUsec == 0 {
+			limited = false
+			continue
+		}
+		quota += c.quotaUsec * period / int64(c.periodUsec)
+	}
+	if limited && n > 0 {
+		l.CPUQuotaUsec, l.CPUPeriodUsec = quota, period
+	}
+	return l
+}
+
+func (s *Sandbox) applyCgroupLocked(ctx context.Context) error {
+	l := s.limitsLocked()
+	if err := s.cgroup.Update(ctx, l); err != nil {
+		return err
+	}
+	logrus.WithField("sandbox", s.id).WithField("memory_bytes", l.MemoryBytes).
+		WithField("cpu_quota_usec", l.CPUQuotaUsec).Debug("sandbox cgroup updated")
+	return nil
+}
+
+// CgroupPids lists the host processes in the sandbox's cgroup.
+func (s *Sandbox) CgroupPids(ctx context.Context) ([]int, error) { return s.cgroup.Pids(ctx) }
+
+// Cgroup returns the sandbox cgroup's path (see cgroup.Cgroup.Path).
+func (s *Sandbox) Cgroup() string { return s.cgroup.Path() }
+
+// protectFromOOM lowers pid's OOM score so that, when the sandbox cgroup
+// hits its limit, the kernel kills QEMU (the VM ends and the pod is
+// reported dead) rather than virtiofsd (which would leave a VM whose
+// root file system hangs). Lowering needs CAP_SYS_RESOURCE; without it
+// (some container hosts) this is only a warning.
+func protectFromOOM(pid int) {
+	err := os.WriteFile("/proc/"+strconv.Itoa(pid)+"/oom_score_adj", []byte("-500"), 0)
+	if err != nil {
+		logrus.WithError(err).WithField("pid", pid).Warn("cannot lower virtiofsd's oom_score_adj (needs CAP_SYS_RESOURCE); an OOM in the sandbox cgroup may kill it instead of QEMU")
+	}
+}

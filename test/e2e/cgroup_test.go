@@ -1,0 +1,241 @@
+package e2e
+
+import (
+	"bufio"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/berth-runtime/berth/internal/cgroup"
+)
+
+// The host cgroup tests check where a sandbox's VMM really runs: QEMU and
+// virtiofsd in the sandbox's cgroup (<parent>/<id>; the tests' parent is
+// env.cgroupParent) with the memory limit VM memory + overhead, and no such cgroup
+// once the sandbox is gone, however it ended.
+
+// Defaults of the test configuration (docs/configuration.md).
+const (
+	defaultVMMiB       = 256
+	defaultOverheadMiB = 384
+)
+
+// virtiofsdPids finds the virtiofsd processes of this test run.
+func virtiofsdPids() []int {
+	var pids []int
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		c := string(b)
+		argv0, _, _ := strings.Cut(c, "\x00")
+		if strings.Contains(filepath.Base(argv0), "virtiofsd") && strings.Contains(c, env.runDir) {
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// memoryCgroupOf returns pid's cgroup in the hierarchy that holds memory
+// limits on this host (v1's memory controller, or the unified one).
+func memoryCgroupOf(t *testing.T, pid int) string {
+	t.Helper()
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/cgroup")
+	if err != nil {
+		t.Fatalf("cgroup of %d: %v", pid, err)
+	}
+	defer f.Close()
+	host := hostCgroups(t)
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		parts := strings.SplitN(sc.Text(), ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		if host.Layout == cgroup.LayoutV2 && parts[0] == "0" {
+			return parts[2]
+		}
+		for _, c := range strings.Split(parts[1], ",") {
+			if c == "memory" {
+				return parts[2]
+			}
+		}
+	}
+	t.Fatalf("pid %d has no memory cgroup", pid)
+	return ""
+}
+
+func hostCgroups(t *testing.T) cgroup.Host {
+	t.Helper()
+	h, err := cgroup.Detect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// memoryCgroupDir is the directory of cgroup path p in the memory
+// hierarchy, and the name of its limit file there.
+func memoryCgroupDir(t *testing.T, p string) (dir, limitFile string) {
+	h := hostCgroups(t)
+	if h.Layout == cgroup.LayoutV2 {
+		return filepath.Join(h.V2Mount, p), "memory.max"
+	}
+	return filepath.Join(h.V1Mounts["memory"], p), "memory.limit_in_bytes"
+}
+
+// assertVMMInCgroup checks that every QEMU and virtiofsd of the run is in
+// cgroup want, whose memory limit is limitBytes, and returns its directory.
+func assertVMMInCgroup(t *testing.T, want string, limitBytes int64) string {
+	t.Helper()
+	q, v := qemuPids(), virtiofsdPids()
+	if len(q) != 1 || len(v) == 0 {
+		t.Fatalf("QEMU pids %v, virtiofsd pids %v: want one QEMU and its virtiofsd", q, v)
+	}
+	for _, pid := range append(q, v...) {
+		if got := memoryCgroupOf(t, pid); got != want {
+			t.Errorf("pid %d is in cgroup %s, want %s", pid, got, want)
+		}
+	}
+	// Every thread of QEMU (vCPUs, I/O) too: a v1 cgroup holds threads.
+	tasks, _ := filepath.Glob("/proc/" + strconv.Itoa(q[0]) + "/task/*")
+	for _, task := range tasks {
+		b, _ := os.ReadFile(filepath.Join(task, "cgroup"))
+		if !strings.Contains(string(b), ":"+want+"\n") {
+			t.Errorf("QEMU thread %s is not in %s:\n%s", filepath.Base(task), want, b)
+		}
+	}
+	t.Logf("QEMU %v (%d threads) and virtiofsd %v in %s", q, len(tasks), v, want)
+	dir, limitFile := memoryCgroupDir(t, want)
+	b, err := os.ReadFile(filepath.Join(dir, limitFile))
+	if err != nil {
+		t.Fatalf("memory limit: %v", err)
+	}
+	if got := strings.TrimSpace(string(b)); got != strconv.FormatInt(limitBytes, 10) {
+		t.Errorf("%s/%s = %s, want %d (VM memory + cgroup.overhead_memory)", dir, limitFile, got, limitBytes)
+	}
+	return dir
+}
+
+func waitGoneDir(t *testing.T, dir string, limit time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		if _, err := os.Stat(dir); os.IsNotExist(err) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cgroup %s still exists %v after the sandbox ended", dir, limit)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+const defaultLimitBytes = int64(defaultVMMiB+defaultOverheadMiB) << 20
+
+func TestCgroupHoldsVMMUntilTaskDeleted(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	const id = "cg-delete"
+	mustCtr(t, "run", "-d", "--runtime", berthRuntime, busyboxImage, id, "sleep", "1000")
+	defer cleanupTask(t, id)
+	dir := assertVMMInCgroup(t, env.cgroupParent+"/"+id, defaultLimitBytes)
+	mustCtr(t, "task", "kill", "-s", "KILL", id)
+	waitStatus(t, id, "STOPPED", 10*time.Second)
+	mustCtr(t, "task", "delete", id)
+	waitGoneDir(t, dir, 10*time.Second)
+	mustCtr(t, "container", "rm", id)
+}
+
+func TestCgroupRemovedAfterQEMUKilled(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	const id = "cg-qemu-killed"
+	mustCtr(t, "run", "-d", "--runtime", berthRuntime, busyboxImage, id, "sleep", "1000")
+	defer cleanupTask(t, id)
+	dir := assertVMMInCgroup(t, env.cgroupParent+"/"+id, defaultLimitBytes)
+	syscall.Kill(qemuPids()[0], syscall.SIGKILL)
+	waitStatus(t, id, "STOPPED", 10*time.Second)
+	mustCtr(t, "task", "delete", id)
+	waitGoneDir(t, dir, 10*time.Second)
+	mustCtr(t, "container", "rm", id)
+}
+
+// TestCgroupRemovedAfterShimKilled: the shim dies with SIGKILL, so only
+// containerd's `shim delete` (a fresh process reading cgroup.json in the
+// sandbox directory) can remove the cgroup.
+func TestCgroupRemovedAfterShimKilled(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	const id = "cg-shim-killed"
+	mustCtr(t, "run", "-d", "--runtime", berthRuntime, busyboxImage, id, "sleep", "1000")
+	defer cleanupTask(t, id)
+	dir := assertVMMInCgroup(t, env.cgroupParent+"/"+id, defaultLimitBytes)
+	shims := shimPids()
+	if len(shims) != 1 {
+		t.Fatalf("shim pids %v", shims)
+	}
+	syscall.Kill(shims[0], syscall.SIGKILL)
+	waitGoneDir(t, dir, 20*time.Second)
+	ctr(t, "task", "delete", id)
+	mustCtr(t, "container", "rm", id)
+}
+
+// ctrMetrics parses `ctr task metrics` (a METRIC VALUE table for cgroup v2
+// metrics) into numbers.
+func ctrMetrics(t *testing.T, id string) map[string]uint64 {
+	t.Helper()
+	out := mustCtr(t, "task", "metrics", id)
+	m := map[string]uint64{}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 2 {
+			if v, err := strconv.ParseUint(f[1], 10, 64); err == nil {
+				m[f[0]] = v
+			}
+		}
+	}
+	for _, k := range []string{"memory.usage", "cpu.usage_usec", "pids.current"} {
+		if _, ok := m[k]; !ok {
+			t.Fatalf("ctr task metrics lacks %s:\n%s", k, out)
+		}
+	}
+	return m
+}
+
+// TestCtrMetricsFollowTheWorkload: the figures `ctr task metrics` prints
+// for a Berth task are live: memory, CPU and pids grow when a process
+// starts that holds 60 MB and burns CPU.
+func TestCtrMetricsFollowTheWorkload(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	const id = "ctr-metrics-move"
+	mustCtr(t, "run", "-d", "--runtime", berthRuntime, busyboxImage, id, "sleep", "1000")
+	defer cleanupTask(t, id)
+	before := ctrMetrics(t, id)
+	mustCtr(t, "task", "exec", "--detach", "--exec-id", "load", id, "sh", "-c",
+		`x=$(head -c 60m /dev/zero | tr '\0' x); i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 1000`)
+	var after map[string]uint64
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		after = ctrMetrics(t, id)
+		if after["memory.usage"] > before["memory.usage"]+40<<20 && after["pids.current"] > before["pids.current"] &&
+			after["cpu.usage_usec"] > before["cpu.usage_usec"]+100000 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics did not follow the workload within 90s: before %v, after %v", before, after)
+		}
+		time.Sleep(time.Second)
+	}
+	t.Logf("memory.usage %d -> %d, cpu.usage_usec %d -> %d, pids.current %d -> %d",
+		before["memory.usage"], after["memory.usage"], before["cpu.usage_usec"], after["cpu.usage_usec"],
+		before["pids.current"], after["pids.current"])
+}
