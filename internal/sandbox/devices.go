@@ -176,6 +176,13 @@ func (s *Sandbox) attachDevices(ctx context.Context, id string, spec *specs.Spec
 	return out, mounts, nil
 }
 
+// ReleaseDevices unplugs the devices hot-plugged for container id and
+// gives them back to the host. Call it when the container has ended; it is
+// idempotent, and DeleteContainer does it too.
+func (s *Sandbox) ReleaseDevices(ctx context.Context, id string) error {
+	return s.detachDevices(ctx, id)
+}
+
 // detachDevices unplugs the container's hot-plugged devices.
 func (s *Sandbox) detachDevices(ctx context.Context, id string) error {
 	if s.devices == nil {

@@ -426,6 +426,26 @@ func (s *service) waitProcess(c *container, p *process) {
 	}
 	p.closeIO()
 	s.markExited(p, st.Code, st.ExitedAt)
+	if p.execID == "" {
+		s.releaseDevices(c)
+	}
+}
+
+// releaseDevices unplugs a container's disks and VFIO functions once its
+// init has exited, after TaskExit is published (an unplug takes ~0.1 s
+// and waits for the guest): nothing can use them any more, and the host
+// gets its devices back without waiting for containerd's Delete, which
+// CRI may send much later. Delete unplugs again, which is then a no-op.
+func (s *service) releaseDevices(c *container) {
+	s.mu.Lock()
+	sb := s.sb
+	s.mu.Unlock()
+	if sb == nil || isDone(sb.Done()) {
+		return
+	}
+	if err := sb.ReleaseDevices(s.ctx, c.id); err != nil {
+		log.G(s.ctx).WithError(err).WithField("container", c.id).Warn("unplug devices of an exited container")
+	}
 }
 
 // watchOOM publishes TaskOOM each time the guest kernel OOM-kills a

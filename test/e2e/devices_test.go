@@ -229,10 +229,16 @@ func TestDeviceCRIDeviceAsXda(t *testing.T) {
 		t.Fatalf("container is %v, exit %d; log:\n%s", st.Status.State, st.Status.ExitCode, logOut)
 	}
 	t.Logf("container log: %s", strings.TrimSpace(string(logOut)))
-	// The container has ended, but its disk stays plugged until it is
-	// removed (containerd keeps a stopped container's resources); the
-	// data is on the host as soon as the container flushed it.
+	// The container has ended: its disk is unplugged and back with the
+	// host, before the kubelet gets round to removing the container.
 	d.checkPattern(t, pat)
+	deadline = time.Now().Add(30 * time.Second)
+	for qemuHolds(d.dev) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the pod's QEMU still holds %s 30s after the container exited", d.dev)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	if _, err := c.rt.RemoveContainer(criCtx(t, time.Minute), &cri.RemoveContainerRequest{ContainerId: id}); err != nil {
 		t.Fatalf("RemoveContainer: %v", err)
 	}
