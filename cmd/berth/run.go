@@ -8,13 +8,16 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/containerd/console"
 	"github.com/docker/go-units"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/oci"
@@ -35,6 +38,7 @@ type runFlags struct {
 	env     []string
 	workdir string
 	name    string
+	devices []string
 }
 
 func newRunCmd() *cobra.Command {
@@ -57,6 +61,7 @@ the host are removed when CMD ends.`,
 	fl.StringVar(&f.rootfs, "rootfs", "", "host directory holding the container's root file system (required)")
 	fl.StringArrayVarP(&f.env, "env", "e", nil, "set an environment variable (KEY=VALUE), repeatable")
 	fl.StringVarP(&f.workdir, "workdir", "w", "/", "working directory inside the container")
+	fl.StringArrayVar(&f.devices, "device", nil, "give the container a host device, HOST[:CONTAINER[:PERMS]] (a block device is hot-plugged into the VM; /dev/vfio/<group> is passed through), repeatable")
 	fl.StringVar(&f.name, "name", "", "sandbox name for `berth status` and `berth resize` (default: run-<random>)")
 	cmd.MarkFlagRequired("rootfs")
 	return cmd
@@ -127,18 +132,28 @@ func runRun(ctx context.Context, f runFlags, args []string) error {
 		}
 	}()
 
+	spec := oci.DefaultSpec(rootfs, oci.ProcessOptions{Args: args, Env: f.env, Cwd: f.workdir, Terminal: f.tty})
+	for _, d := range f.devices {
+		if err := addDevice(spec, d); err != nil {
+			return err
+		}
+	}
+	cold, err := sandbox.ColdPlugVFIO(cfg, spec)
+	if err != nil {
+		return err
+	}
+
 	id := f.name
 	if id == "" {
 		id = "run-" + randomHex(6)
 	}
-	sb, err := sandbox.Create(bootCtx, cfg, sandbox.Options{ID: id, VCPUs: f.cpus, MemoryMiB: memMiB, Accel: accel})
+	sb, err := sandbox.Create(bootCtx, cfg, sandbox.Options{ID: id, VCPUs: f.cpus, MemoryMiB: memMiB, Accel: accel, ColdPlugVFIO: cold})
 	close(booted)
 	if err != nil {
 		return vmFailure(err)
 	}
 	defer sb.Destroy(context.Background())
 
-	spec := oci.DefaultSpec(rootfs, oci.ProcessOptions{Args: args, Env: f.env, Cwd: f.workdir, Terminal: f.tty})
 	stdio := sandbox.IO{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Terminal: f.tty}
 	var con console.Console
 	if f.tty {
@@ -188,6 +203,33 @@ func runRun(ctx context.Context, f runFlags, args []string) error {
 	if status.Code != 0 {
 		return exitError{code: int(status.Code)}
 	}
+	return nil
+}
+
+// addDevice parses a --device value, HOST[:CONTAINER[:PERMS]] as in
+// Docker, and adds the host node's numbers to spec.
+func addDevice(spec *specs.Spec, v string) error {
+	parts := strings.Split(v, ":")
+	host, ctrPath, perms := parts[0], parts[0], "rwm"
+	if len(parts) > 1 && parts[1] != "" {
+		ctrPath = parts[1]
+	}
+	if len(parts) > 2 {
+		perms = parts[2]
+	}
+	if len(parts) > 3 || !filepath.IsAbs(host) || !filepath.IsAbs(ctrPath) || perms == "" || strings.Trim(perms, "rwm") != "" {
+		return fmt.Errorf("--device %q: use HOST[:CONTAINER[:PERMS]] with absolute paths and PERMS from r, w, m", v)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(host, &st); err != nil {
+		return fmt.Errorf("--device %s: %w", host, err)
+	}
+	typ := map[uint32]string{unix.S_IFBLK: "b", unix.S_IFCHR: "c"}[st.Mode&unix.S_IFMT]
+	if typ == "" {
+		return fmt.Errorf("--device %s: not a device node", host)
+	}
+	mode := os.FileMode(st.Mode & 0o777)
+	oci.AddDevice(spec, specs.LinuxDevice{Path: ctrPath, Type: typ, Major: int64(unix.Major(st.Rdev)), Minor: int64(unix.Minor(st.Rdev)), FileMode: &mode}, perms)
 	return nil
 }
 

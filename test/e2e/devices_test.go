@@ -326,3 +326,19 @@ func TestDeviceCtrRunBlockMount(t *testing.T) {
 		t.Fatalf("debugfs cat /hello: %v: %s", err, out)
 	}
 }
+
+// TestDeviceBerthRun: `berth run --device HOST:/dev/xda`.
+func TestDeviceBerthRun(t *testing.T) {
+	requireE2E(t)
+	defer assertNoLeaks(t)
+	d := newLoopDisk(t)
+	pat := pattern(t)
+	r := berth(t, "", "run", "--rootfs", env.rootfs, "--device", d.dev+":/dev/xda", "--", "sh", "-c", writeScript("/dev/xda", pat))
+	if r.code != 0 {
+		t.Fatalf("berth run: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+	d.checkPattern(t, pat)
+	if r := berth(t, "", "run", "--rootfs", env.rootfs, "--device", "/etc/hostname", "--", "true"); r.code == 0 || !strings.Contains(r.stderr, "not a device node") {
+		t.Errorf("--device on a regular file: exit %d, stderr %s", r.code, r.stderr)
+	}
+}
