@@ -63,11 +63,11 @@ type Options struct {
 	PrepareRootfs func(ctx context.Context, rootPath string) error
 	// PowerOff ends the VM; called by Shutdown after it has replied.
 	PowerOff func()
+	// SysRoot is where /sys and /proc are found ("/" unless testing).
+	SysRoot string
 	// DeviceFS, when set, replaces /sys and /dev for finding hot-plugged
 	// devices (tests).
 	DeviceFS *deviceFS
-	// SysRoot is where /sys and /proc are found ("/" unless testing).
-	SysRoot string
 }
 
 // Service implements api.AgentService.

@@ -47,6 +47,12 @@ const (
 	VirtiofsCacheAlways = "always"
 	VirtiofsCacheNone   = "none"
 
+	MachineVirt = "virt"
+
+	MemoryHotplugAuto      = "auto"
+	MemoryHotplugVirtioMem = "virtio-mem"
+	MemoryHotplugDIMM      = "dimm"
+	MemoryHotplugNone      = "none"
 	// Placements of VFIO devices (devices.cold_plug_vfio and
 	// devices.hot_plug_vfio).
 	PortNone   = "no-port"
@@ -56,12 +62,6 @@ const (
 
 	VFIOModeVFIO        = "vfio"
 	VFIOModeGuestKernel = "guest-kernel"
-	MachineVirt         = "virt"
-
-	MemoryHotplugAuto      = "auto"
-	MemoryHotplugVirtioMem = "virtio-mem"
-	MemoryHotplugDIMM      = "dimm"
-	MemoryHotplugNone      = "none"
 
 	TransportAuto         = "auto"
 	TransportVsock        = "vsock"

@@ -107,8 +107,6 @@ func (c *Config) problems() []*KeyError {
 	add(oneOf("hypervisor.virtiofs_cache", h.VirtiofsCache, VirtiofsCacheAuto, VirtiofsCacheAlways, VirtiofsCacheNone))
 	add(positive("hypervisor.boot_timeout", h.BootTimeout, `use a positive duration such as "60s" (TCG boots need tens of seconds)`))
 
-	// [devices]
-	errs = append(errs, c.validateDevices()...)
 	add(oneOf("hypervisor.memory_hotplug", h.MemoryHotplug, MemoryHotplugAuto, MemoryHotplugVirtioMem, MemoryHotplugDIMM, MemoryHotplugNone))
 	if h.DefaultMaxMemoryMiB < h.DefaultMemoryMiB {
 		add(keyError("hypervisor.default_maxmemory", h.DefaultMaxMemoryMiB, "is below hypervisor.default_memory",
@@ -147,6 +145,8 @@ func (c *Config) problems() []*KeyError {
 	for _, p := range h.Pflashes {
 		add(absPath("hypervisor.pflashes", p, true))
 	}
+	// [devices]
+	errs = append(errs, c.validateDevices()...)
 
 	// [agent]
 	add(oneOf("agent.transport", c.Agent.Transport, TransportAuto, TransportVsock, TransportVirtioSerial))
@@ -187,6 +187,20 @@ func (c *Config) problems() []*KeyError {
 	}
 	return errs
 }
+
+func filesExist(paths []string) bool {
+	for _, p := range paths {
+		if st, err := os.Stat(p); err != nil || st.IsDir() {
+			return false
+		}
+	}
+	return true
+}
+
+var (
+	cgroupfsPath = regexp.MustCompile(`^(/[A-Za-z0-9_.-]+)+$`)
+	systemdSlice = regexp.MustCompile(`^[A-Za-z0-9_.-]+\.slice$`)
+)
 
 // validateDevices checks [devices] and its combinations with the machine.
 func (c *Config) validateDevices() []*KeyError {
@@ -242,20 +256,6 @@ func (c *Config) validateDevices() []*KeyError {
 	}
 	return errs
 }
-
-func filesExist(paths []string) bool {
-	for _, p := range paths {
-		if st, err := os.Stat(p); err != nil || st.IsDir() {
-			return false
-		}
-	}
-	return true
-}
-
-var (
-	cgroupfsPath = regexp.MustCompile(`^(/[A-Za-z0-9_.-]+)+$`)
-	systemdSlice = regexp.MustCompile(`^[A-Za-z0-9_.-]+\.slice$`)
-)
 
 // debPackageName is Debian policy §5.6.1: at least two characters, lower
 // case alphanumerics and + - ., starting with an alphanumeric.

@@ -87,17 +87,6 @@ type Machine struct {
 	FileSystems []VhostUserFS
 	Vsock       *VsockDevice
 
-	// Paused starts QEMU with its vCPUs stopped (-S): the devices exist
-	// and QMP works, but the guest does not run. Used to check a
-	// topology against QEMU itself without booting.
-	Paused bool
-
-	// PCIe topology (q35 only): ports reserved for hot-plug, and VFIO
-	// functions cold-plugged into them. See pcie.go.
-	PCIeRootPorts []PCIeRootPort
-	PCIBridges    []PCIBridge
-	PCIeSwitches  []PCIeSwitch
-	VFIODevices   []VFIODevice
 	// MaxMemoryMiB, when above MemoryMiB, reserves guest physical address
 	// space for memory hot-plug ("-m size,slots=,maxmem="): the ceiling
 	// the guest can ever grow to (KubeVirt's maxGuest).
@@ -112,6 +101,17 @@ type Machine struct {
 	// read-only code and a writable per-VM copy of the variable store.
 	// arm64 needs them for ACPI, and so for memory hot-plug.
 	Pflash []string
+	// Paused starts QEMU with its vCPUs stopped (-S): the devices exist
+	// and QMP works, but the guest does not run. Used to check a
+	// topology against QEMU itself without booting.
+	Paused bool
+
+	// PCIe topology (q35 only): ports reserved for hot-plug, and VFIO
+	// functions cold-plugged into them. See pcie.go.
+	PCIeRootPorts []PCIeRootPort
+	PCIBridges    []PCIBridge
+	PCIeSwitches  []PCIeSwitch
+	VFIODevices   []VFIODevice
 }
 
 // VirtioMemDevice is a virtio-mem device: a region of RegionMiB that the

@@ -232,10 +232,10 @@ func (s *Sandbox) Cgroup() string { return s.cgroup.Path() }
 // hits its limit, the kernel kills QEMU (the VM ends and the pod is
 // reported dead) rather than virtiofsd (which would leave a VM whose
 // root file system hangs). Lowering needs CAP_SYS_RESOURCE; without it
-// (some container hosts) this is only a warning.
+// (some container hosts) this is only logged (at info level: it is the norm on such hosts, not news on every run).
 func protectFromOOM(pid int) {
 	err := os.WriteFile("/proc/"+strconv.Itoa(pid)+"/oom_score_adj", []byte("-500"), 0)
 	if err != nil {
-		logrus.WithError(err).WithField("pid", pid).Warn("cannot lower virtiofsd's oom_score_adj (needs CAP_SYS_RESOURCE); an OOM in the sandbox cgroup may kill it instead of QEMU")
+		logrus.WithError(err).WithField("pid", pid).Info("cannot lower virtiofsd's oom_score_adj (needs CAP_SYS_RESOURCE); an OOM in the sandbox cgroup may kill it instead of QEMU")
 	}
 }

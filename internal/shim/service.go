@@ -290,8 +290,8 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 //
 // VFIO devices of the container that boots the VM are cold-plugged when
 // devices.cold_plug_vfio says so; every other device is hot-plugged when
-// its container is created, and the container gets both. The host cgroup
-// containerd asked for is the booting container's linux.cgroupsPath.
+// its container is created, and the container gets both. The pod's host
+// cgroup is the sandbox container's linux.cgroupsPath.
 func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID string, isSandbox bool, spec *specs.Spec) (*sandbox.Sandbox, uint32, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

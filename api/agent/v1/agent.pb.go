@@ -390,140 +390,6 @@ func (x *WaitDeviceResponse) GetSysPath() string {
 	return ""
 }
 
-type MemoryInfo struct {
-	state             protoimpl.MessageState `protogen:"open.v1"`
-	MemTotalBytes     uint64                 `protobuf:"varint,1,opt,name=mem_total_bytes,json=memTotalBytes,proto3" json:"mem_total_bytes,omitempty"`
-	MemFreeBytes      uint64                 `protobuf:"varint,2,opt,name=mem_free_bytes,json=memFreeBytes,proto3" json:"mem_free_bytes,omitempty"`
-	MemAvailableBytes uint64                 `protobuf:"varint,3,opt,name=mem_available_bytes,json=memAvailableBytes,proto3" json:"mem_available_bytes,omitempty"`
-	BlocksOnline      uint32                 `protobuf:"varint,4,opt,name=blocks_online,json=blocksOnline,proto3" json:"blocks_online,omitempty"`
-	BlocksOffline     uint32                 `protobuf:"varint,5,opt,name=blocks_offline,json=blocksOffline,proto3" json:"blocks_offline,omitempty"`
-	BlockSizeBytes    uint64                 `protobuf:"varint,6,opt,name=block_size_bytes,json=blockSizeBytes,proto3" json:"block_size_bytes,omitempty"`
-	// auto_online_blocks is the kernel's own policy, reported for
-	// diagnostics: Berth does not rely on it.
-	AutoOnlineBlocks string `protobuf:"bytes,7,opt,name=auto_online_blocks,json=autoOnlineBlocks,proto3" json:"auto_online_blocks,omitempty"`
-	// errors lists blocks that could not be onlined, with the reason.
-	Errors []string `protobuf:"bytes,8,rep,name=errors,proto3" json:"errors,omitempty"`
-	// movable_bytes is memory in ZONE_MOVABLE (can be unplugged).
-	MovableBytes uint64 `protobuf:"varint,9,opt,name=movable_bytes,json=movableBytes,proto3" json:"movable_bytes,omitempty"`
-	// kernel_free_bytes is free memory outside ZONE_MOVABLE: what the
-	// kernel can use for its own allocations, including the page
-	// structures of memory hot-added next.
-	KernelFreeBytes uint64 `protobuf:"varint,10,opt,name=kernel_free_bytes,json=kernelFreeBytes,proto3" json:"kernel_free_bytes,omitempty"`
-	// kernel_blocks are the numbers of online memory blocks outside
-	// ZONE_MOVABLE: memory the guest cannot give back. The host checks a
-	// DIMM's blocks against it before asking the guest to eject it.
-	KernelBlocks  []uint64 `protobuf:"varint,11,rep,packed,name=kernel_blocks,json=kernelBlocks,proto3" json:"kernel_blocks,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *MemoryInfo) Reset() {
-	*x = MemoryInfo{}
-	mi := &file_agent_proto_msgTypes[3]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *MemoryInfo) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*MemoryInfo) ProtoMessage() {}
-
-func (x *MemoryInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[3]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use MemoryInfo.ProtoReflect.Descriptor instead.
-func (*MemoryInfo) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{3}
-}
-
-func (x *MemoryInfo) GetMemTotalBytes() uint64 {
-	if x != nil {
-		return x.MemTotalBytes
-	}
-	return 0
-}
-
-func (x *MemoryInfo) GetMemFreeBytes() uint64 {
-	if x != nil {
-		return x.MemFreeBytes
-	}
-	return 0
-}
-
-func (x *MemoryInfo) GetMemAvailableBytes() uint64 {
-	if x != nil {
-		return x.MemAvailableBytes
-	}
-	return 0
-}
-
-func (x *MemoryInfo) GetBlocksOnline() uint32 {
-	if x != nil {
-		return x.BlocksOnline
-	}
-	return 0
-}
-
-func (x *MemoryInfo) GetBlocksOffline() uint32 {
-	if x != nil {
-		return x.BlocksOffline
-	}
-	return 0
-}
-
-func (x *MemoryInfo) GetBlockSizeBytes() uint64 {
-	if x != nil {
-		return x.BlockSizeBytes
-	}
-	return 0
-}
-
-func (x *MemoryInfo) GetAutoOnlineBlocks() string {
-	if x != nil {
-		return x.AutoOnlineBlocks
-	}
-	return ""
-}
-
-func (x *MemoryInfo) GetErrors() []string {
-	if x != nil {
-		return x.Errors
-	}
-	return nil
-}
-
-func (x *MemoryInfo) GetMovableBytes() uint64 {
-	if x != nil {
-		return x.MovableBytes
-	}
-	return 0
-}
-
-func (x *MemoryInfo) GetKernelFreeBytes() uint64 {
-	if x != nil {
-		return x.KernelFreeBytes
-	}
-	return 0
-}
-
-func (x *MemoryInfo) GetKernelBlocks() []uint64 {
-	if x != nil {
-		return x.KernelBlocks
-	}
-	return nil
-}
-
 type WaitOOMRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
@@ -534,7 +400,7 @@ type WaitOOMRequest struct {
 
 func (x *WaitOOMRequest) Reset() {
 	*x = WaitOOMRequest{}
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -546,7 +412,7 @@ func (x *WaitOOMRequest) String() string {
 func (*WaitOOMRequest) ProtoMessage() {}
 
 func (x *WaitOOMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -559,7 +425,7 @@ func (x *WaitOOMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitOOMRequest.ProtoReflect.Descriptor instead.
 func (*WaitOOMRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{4}
+	return file_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *WaitOOMRequest) GetContainerId() string {
@@ -585,7 +451,7 @@ type OOMResponse struct {
 
 func (x *OOMResponse) Reset() {
 	*x = OOMResponse{}
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -597,7 +463,7 @@ func (x *OOMResponse) String() string {
 func (*OOMResponse) ProtoMessage() {}
 
 func (x *OOMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -610,7 +476,7 @@ func (x *OOMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OOMResponse.ProtoReflect.Descriptor instead.
 func (*OOMResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *OOMResponse) GetOomKillCount() uint64 {
@@ -629,7 +495,7 @@ type ContainerRequest struct {
 
 func (x *ContainerRequest) Reset() {
 	*x = ContainerRequest{}
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -641,7 +507,7 @@ func (x *ContainerRequest) String() string {
 func (*ContainerRequest) ProtoMessage() {}
 
 func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -654,7 +520,7 @@ func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerRequest.ProtoReflect.Descriptor instead.
 func (*ContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ContainerRequest) GetContainerId() string {
@@ -675,7 +541,7 @@ type UpdateRequest struct {
 
 func (x *UpdateRequest) Reset() {
 	*x = UpdateRequest{}
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -687,7 +553,7 @@ func (x *UpdateRequest) String() string {
 func (*UpdateRequest) ProtoMessage() {}
 
 func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -700,7 +566,7 @@ func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *UpdateRequest) GetContainerId() string {
@@ -748,7 +614,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -760,7 +626,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -773,7 +639,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StatsResponse) GetCgroupVersion() uint32 {
@@ -909,7 +775,7 @@ type IOEntry struct {
 
 func (x *IOEntry) Reset() {
 	*x = IOEntry{}
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -921,7 +787,7 @@ func (x *IOEntry) String() string {
 func (*IOEntry) ProtoMessage() {}
 
 func (x *IOEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -934,7 +800,7 @@ func (x *IOEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOEntry.ProtoReflect.Descriptor instead.
 func (*IOEntry) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *IOEntry) GetMajor() uint64 {
@@ -987,7 +853,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -999,7 +865,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1012,7 +878,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_proto_rawDescGZIP(), []int{9}
 }
 
 type InfoResponse struct {
@@ -1029,7 +895,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +907,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +920,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *InfoResponse) GetAgentVersion() string {
@@ -1114,7 +980,7 @@ type Stdio struct {
 
 func (x *Stdio) Reset() {
 	*x = Stdio{}
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1126,7 +992,7 @@ func (x *Stdio) String() string {
 func (*Stdio) ProtoMessage() {}
 
 func (x *Stdio) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1139,7 +1005,7 @@ func (x *Stdio) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stdio.ProtoReflect.Descriptor instead.
 func (*Stdio) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Stdio) GetStdin() bool {
@@ -1187,7 +1053,7 @@ type CreateRequest struct {
 
 func (x *CreateRequest) Reset() {
 	*x = CreateRequest{}
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1199,7 +1065,7 @@ func (x *CreateRequest) String() string {
 func (*CreateRequest) ProtoMessage() {}
 
 func (x *CreateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1212,7 +1078,7 @@ func (x *CreateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRequest.ProtoReflect.Descriptor instead.
 func (*CreateRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateRequest) GetContainerId() string {
@@ -1252,7 +1118,7 @@ type CreateResponse struct {
 
 func (x *CreateResponse) Reset() {
 	*x = CreateResponse{}
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1264,7 +1130,7 @@ func (x *CreateResponse) String() string {
 func (*CreateResponse) ProtoMessage() {}
 
 func (x *CreateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1277,7 +1143,7 @@ func (x *CreateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateResponse.ProtoReflect.Descriptor instead.
 func (*CreateResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateResponse) GetPid() uint32 {
@@ -1297,7 +1163,7 @@ type StartRequest struct {
 
 func (x *StartRequest) Reset() {
 	*x = StartRequest{}
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1309,7 +1175,7 @@ func (x *StartRequest) String() string {
 func (*StartRequest) ProtoMessage() {}
 
 func (x *StartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1322,7 +1188,7 @@ func (x *StartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequest.ProtoReflect.Descriptor instead.
 func (*StartRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StartRequest) GetContainerId() string {
@@ -1348,7 +1214,7 @@ type StartResponse struct {
 
 func (x *StartResponse) Reset() {
 	*x = StartResponse{}
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1360,7 +1226,7 @@ func (x *StartResponse) String() string {
 func (*StartResponse) ProtoMessage() {}
 
 func (x *StartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1373,7 +1239,7 @@ func (x *StartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartResponse.ProtoReflect.Descriptor instead.
 func (*StartResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StartResponse) GetPid() uint32 {
@@ -1396,7 +1262,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +1274,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +1287,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ExecRequest) GetContainerId() string {
@@ -1464,7 +1330,7 @@ type KillRequest struct {
 
 func (x *KillRequest) Reset() {
 	*x = KillRequest{}
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1476,7 +1342,7 @@ func (x *KillRequest) String() string {
 func (*KillRequest) ProtoMessage() {}
 
 func (x *KillRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1489,7 +1355,7 @@ func (x *KillRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillRequest.ProtoReflect.Descriptor instead.
 func (*KillRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *KillRequest) GetContainerId() string {
@@ -1530,7 +1396,7 @@ type WaitRequest struct {
 
 func (x *WaitRequest) Reset() {
 	*x = WaitRequest{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1542,7 +1408,7 @@ func (x *WaitRequest) String() string {
 func (*WaitRequest) ProtoMessage() {}
 
 func (x *WaitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1555,7 +1421,7 @@ func (x *WaitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitRequest.ProtoReflect.Descriptor instead.
 func (*WaitRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WaitRequest) GetContainerId() string {
@@ -1584,7 +1450,7 @@ type WaitResponse struct {
 
 func (x *WaitResponse) Reset() {
 	*x = WaitResponse{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1596,7 +1462,7 @@ func (x *WaitResponse) String() string {
 func (*WaitResponse) ProtoMessage() {}
 
 func (x *WaitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1609,7 +1475,7 @@ func (x *WaitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitResponse.ProtoReflect.Descriptor instead.
 func (*WaitResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WaitResponse) GetExitStatus() uint32 {
@@ -1635,7 +1501,7 @@ type PidsRequest struct {
 
 func (x *PidsRequest) Reset() {
 	*x = PidsRequest{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1647,7 +1513,7 @@ func (x *PidsRequest) String() string {
 func (*PidsRequest) ProtoMessage() {}
 
 func (x *PidsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1660,7 +1526,7 @@ func (x *PidsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsRequest.ProtoReflect.Descriptor instead.
 func (*PidsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PidsRequest) GetContainerId() string {
@@ -1679,7 +1545,7 @@ type PidsResponse struct {
 
 func (x *PidsResponse) Reset() {
 	*x = PidsResponse{}
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1691,7 +1557,7 @@ func (x *PidsResponse) String() string {
 func (*PidsResponse) ProtoMessage() {}
 
 func (x *PidsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1704,7 +1570,7 @@ func (x *PidsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsResponse.ProtoReflect.Descriptor instead.
 func (*PidsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PidsResponse) GetPids() []uint32 {
@@ -1726,7 +1592,7 @@ type ResizePtyRequest struct {
 
 func (x *ResizePtyRequest) Reset() {
 	*x = ResizePtyRequest{}
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1738,7 +1604,7 @@ func (x *ResizePtyRequest) String() string {
 func (*ResizePtyRequest) ProtoMessage() {}
 
 func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1751,7 +1617,7 @@ func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizePtyRequest.ProtoReflect.Descriptor instead.
 func (*ResizePtyRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ResizePtyRequest) GetContainerId() string {
@@ -1792,7 +1658,7 @@ type CloseIORequest struct {
 
 func (x *CloseIORequest) Reset() {
 	*x = CloseIORequest{}
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1804,7 +1670,7 @@ func (x *CloseIORequest) String() string {
 func (*CloseIORequest) ProtoMessage() {}
 
 func (x *CloseIORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1817,7 +1683,7 @@ func (x *CloseIORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseIORequest.ProtoReflect.Descriptor instead.
 func (*CloseIORequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CloseIORequest) GetContainerId() string {
@@ -1844,7 +1710,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1856,7 +1722,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1869,7 +1735,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DeleteRequest) GetContainerId() string {
@@ -1896,7 +1762,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1908,7 +1774,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1921,7 +1787,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeleteResponse) GetExitStatus() uint32 {
@@ -1953,7 +1819,7 @@ type StreamHeader struct {
 
 func (x *StreamHeader) Reset() {
 	*x = StreamHeader{}
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1965,7 +1831,7 @@ func (x *StreamHeader) String() string {
 func (*StreamHeader) ProtoMessage() {}
 
 func (x *StreamHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1978,7 +1844,7 @@ func (x *StreamHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamHeader.ProtoReflect.Descriptor instead.
 func (*StreamHeader) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StreamHeader) GetContainerId() string {
@@ -2000,6 +1866,140 @@ func (x *StreamHeader) GetKind() StreamKind {
 		return x.Kind
 	}
 	return StreamKind_STREAM_UNSPECIFIED
+}
+
+type MemoryInfo struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	MemTotalBytes     uint64                 `protobuf:"varint,1,opt,name=mem_total_bytes,json=memTotalBytes,proto3" json:"mem_total_bytes,omitempty"`
+	MemFreeBytes      uint64                 `protobuf:"varint,2,opt,name=mem_free_bytes,json=memFreeBytes,proto3" json:"mem_free_bytes,omitempty"`
+	MemAvailableBytes uint64                 `protobuf:"varint,3,opt,name=mem_available_bytes,json=memAvailableBytes,proto3" json:"mem_available_bytes,omitempty"`
+	BlocksOnline      uint32                 `protobuf:"varint,4,opt,name=blocks_online,json=blocksOnline,proto3" json:"blocks_online,omitempty"`
+	BlocksOffline     uint32                 `protobuf:"varint,5,opt,name=blocks_offline,json=blocksOffline,proto3" json:"blocks_offline,omitempty"`
+	BlockSizeBytes    uint64                 `protobuf:"varint,6,opt,name=block_size_bytes,json=blockSizeBytes,proto3" json:"block_size_bytes,omitempty"`
+	// auto_online_blocks is the kernel's own policy, reported for
+	// diagnostics: Berth does not rely on it.
+	AutoOnlineBlocks string `protobuf:"bytes,7,opt,name=auto_online_blocks,json=autoOnlineBlocks,proto3" json:"auto_online_blocks,omitempty"`
+	// errors lists blocks that could not be onlined, with the reason.
+	Errors []string `protobuf:"bytes,8,rep,name=errors,proto3" json:"errors,omitempty"`
+	// movable_bytes is memory in ZONE_MOVABLE (can be unplugged).
+	MovableBytes uint64 `protobuf:"varint,9,opt,name=movable_bytes,json=movableBytes,proto3" json:"movable_bytes,omitempty"`
+	// kernel_free_bytes is free memory outside ZONE_MOVABLE: what the
+	// kernel can use for its own allocations, including the page
+	// structures of memory hot-added next.
+	KernelFreeBytes uint64 `protobuf:"varint,10,opt,name=kernel_free_bytes,json=kernelFreeBytes,proto3" json:"kernel_free_bytes,omitempty"`
+	// kernel_blocks are the numbers of online memory blocks outside
+	// ZONE_MOVABLE: memory the guest cannot give back. The host checks a
+	// DIMM's blocks against it before asking the guest to eject it.
+	KernelBlocks  []uint64 `protobuf:"varint,11,rep,packed,name=kernel_blocks,json=kernelBlocks,proto3" json:"kernel_blocks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemoryInfo) Reset() {
+	*x = MemoryInfo{}
+	mi := &file_agent_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemoryInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemoryInfo) ProtoMessage() {}
+
+func (x *MemoryInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemoryInfo.ProtoReflect.Descriptor instead.
+func (*MemoryInfo) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *MemoryInfo) GetMemTotalBytes() uint64 {
+	if x != nil {
+		return x.MemTotalBytes
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetMemFreeBytes() uint64 {
+	if x != nil {
+		return x.MemFreeBytes
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetMemAvailableBytes() uint64 {
+	if x != nil {
+		return x.MemAvailableBytes
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetBlocksOnline() uint32 {
+	if x != nil {
+		return x.BlocksOnline
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetBlocksOffline() uint32 {
+	if x != nil {
+		return x.BlocksOffline
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetBlockSizeBytes() uint64 {
+	if x != nil {
+		return x.BlockSizeBytes
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetAutoOnlineBlocks() string {
+	if x != nil {
+		return x.AutoOnlineBlocks
+	}
+	return ""
+}
+
+func (x *MemoryInfo) GetErrors() []string {
+	if x != nil {
+		return x.Errors
+	}
+	return nil
+}
+
+func (x *MemoryInfo) GetMovableBytes() uint64 {
+	if x != nil {
+		return x.MovableBytes
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetKernelFreeBytes() uint64 {
+	if x != nil {
+		return x.KernelFreeBytes
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetKernelBlocks() []uint64 {
+	if x != nil {
+		return x.KernelBlocks
+	}
+	return nil
 }
 
 var File_agent_proto protoreflect.FileDescriptor
@@ -2028,21 +2028,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05major\x18\x02 \x01(\x03R\x05major\x12\x14\n" +
 	"\x05minor\x18\x03 \x01(\x03R\x05minor\x12\x19\n" +
-	"\bsys_path\x18\x04 \x01(\tR\asysPath\"\xbc\x03\n" +
-	"\n" +
-	"MemoryInfo\x12&\n" +
-	"\x0fmem_total_bytes\x18\x01 \x01(\x04R\rmemTotalBytes\x12$\n" +
-	"\x0emem_free_bytes\x18\x02 \x01(\x04R\fmemFreeBytes\x12.\n" +
-	"\x13mem_available_bytes\x18\x03 \x01(\x04R\x11memAvailableBytes\x12#\n" +
-	"\rblocks_online\x18\x04 \x01(\rR\fblocksOnline\x12%\n" +
-	"\x0eblocks_offline\x18\x05 \x01(\rR\rblocksOffline\x12(\n" +
-	"\x10block_size_bytes\x18\x06 \x01(\x04R\x0eblockSizeBytes\x12,\n" +
-	"\x12auto_online_blocks\x18\a \x01(\tR\x10autoOnlineBlocks\x12\x16\n" +
-	"\x06errors\x18\b \x03(\tR\x06errors\x12#\n" +
-	"\rmovable_bytes\x18\t \x01(\x04R\fmovableBytes\x12*\n" +
-	"\x11kernel_free_bytes\x18\n" +
-	" \x01(\x04R\x0fkernelFreeBytes\x12#\n" +
-	"\rkernel_blocks\x18\v \x03(\x04R\fkernelBlocks\"I\n" +
+	"\bsys_path\x18\x04 \x01(\tR\asysPath\"I\n" +
 	"\x0eWaitOOMRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x14\n" +
 	"\x05after\x18\x02 \x01(\x04R\x05after\"3\n" +
@@ -2150,7 +2136,21 @@ const file_agent_proto_rawDesc = "" +
 	"\fStreamHeader\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12.\n" +
-	"\x04kind\x18\x03 \x01(\x0e2\x1a.berth.agent.v1.StreamKindR\x04kind*G\n" +
+	"\x04kind\x18\x03 \x01(\x0e2\x1a.berth.agent.v1.StreamKindR\x04kind\"\xbc\x03\n" +
+	"\n" +
+	"MemoryInfo\x12&\n" +
+	"\x0fmem_total_bytes\x18\x01 \x01(\x04R\rmemTotalBytes\x12$\n" +
+	"\x0emem_free_bytes\x18\x02 \x01(\x04R\fmemFreeBytes\x12.\n" +
+	"\x13mem_available_bytes\x18\x03 \x01(\x04R\x11memAvailableBytes\x12#\n" +
+	"\rblocks_online\x18\x04 \x01(\rR\fblocksOnline\x12%\n" +
+	"\x0eblocks_offline\x18\x05 \x01(\rR\rblocksOffline\x12(\n" +
+	"\x10block_size_bytes\x18\x06 \x01(\x04R\x0eblockSizeBytes\x12,\n" +
+	"\x12auto_online_blocks\x18\a \x01(\tR\x10autoOnlineBlocks\x12\x16\n" +
+	"\x06errors\x18\b \x03(\tR\x06errors\x12#\n" +
+	"\rmovable_bytes\x18\t \x01(\x04R\fmovableBytes\x12*\n" +
+	"\x11kernel_free_bytes\x18\n" +
+	" \x01(\x04R\x0fkernelFreeBytes\x12#\n" +
+	"\rkernel_blocks\x18\v \x03(\x04R\fkernelBlocks*G\n" +
 	"\n" +
 	"DeviceKind\x12\x16\n" +
 	"\x12DEVICE_UNSPECIFIED\x10\x00\x12\x10\n" +
@@ -2203,31 +2203,31 @@ var file_agent_proto_goTypes = []any{
 	(*Device)(nil),                // 2: berth.agent.v1.Device
 	(*WaitDeviceRequest)(nil),     // 3: berth.agent.v1.WaitDeviceRequest
 	(*WaitDeviceResponse)(nil),    // 4: berth.agent.v1.WaitDeviceResponse
-	(*MemoryInfo)(nil),            // 5: berth.agent.v1.MemoryInfo
-	(*WaitOOMRequest)(nil),        // 6: berth.agent.v1.WaitOOMRequest
-	(*OOMResponse)(nil),           // 7: berth.agent.v1.OOMResponse
-	(*ContainerRequest)(nil),      // 8: berth.agent.v1.ContainerRequest
-	(*UpdateRequest)(nil),         // 9: berth.agent.v1.UpdateRequest
-	(*StatsResponse)(nil),         // 10: berth.agent.v1.StatsResponse
-	(*IOEntry)(nil),               // 11: berth.agent.v1.IOEntry
-	(*InfoRequest)(nil),           // 12: berth.agent.v1.InfoRequest
-	(*InfoResponse)(nil),          // 13: berth.agent.v1.InfoResponse
-	(*Stdio)(nil),                 // 14: berth.agent.v1.Stdio
-	(*CreateRequest)(nil),         // 15: berth.agent.v1.CreateRequest
-	(*CreateResponse)(nil),        // 16: berth.agent.v1.CreateResponse
-	(*StartRequest)(nil),          // 17: berth.agent.v1.StartRequest
-	(*StartResponse)(nil),         // 18: berth.agent.v1.StartResponse
-	(*ExecRequest)(nil),           // 19: berth.agent.v1.ExecRequest
-	(*KillRequest)(nil),           // 20: berth.agent.v1.KillRequest
-	(*WaitRequest)(nil),           // 21: berth.agent.v1.WaitRequest
-	(*WaitResponse)(nil),          // 22: berth.agent.v1.WaitResponse
-	(*PidsRequest)(nil),           // 23: berth.agent.v1.PidsRequest
-	(*PidsResponse)(nil),          // 24: berth.agent.v1.PidsResponse
-	(*ResizePtyRequest)(nil),      // 25: berth.agent.v1.ResizePtyRequest
-	(*CloseIORequest)(nil),        // 26: berth.agent.v1.CloseIORequest
-	(*DeleteRequest)(nil),         // 27: berth.agent.v1.DeleteRequest
-	(*DeleteResponse)(nil),        // 28: berth.agent.v1.DeleteResponse
-	(*StreamHeader)(nil),          // 29: berth.agent.v1.StreamHeader
+	(*WaitOOMRequest)(nil),        // 5: berth.agent.v1.WaitOOMRequest
+	(*OOMResponse)(nil),           // 6: berth.agent.v1.OOMResponse
+	(*ContainerRequest)(nil),      // 7: berth.agent.v1.ContainerRequest
+	(*UpdateRequest)(nil),         // 8: berth.agent.v1.UpdateRequest
+	(*StatsResponse)(nil),         // 9: berth.agent.v1.StatsResponse
+	(*IOEntry)(nil),               // 10: berth.agent.v1.IOEntry
+	(*InfoRequest)(nil),           // 11: berth.agent.v1.InfoRequest
+	(*InfoResponse)(nil),          // 12: berth.agent.v1.InfoResponse
+	(*Stdio)(nil),                 // 13: berth.agent.v1.Stdio
+	(*CreateRequest)(nil),         // 14: berth.agent.v1.CreateRequest
+	(*CreateResponse)(nil),        // 15: berth.agent.v1.CreateResponse
+	(*StartRequest)(nil),          // 16: berth.agent.v1.StartRequest
+	(*StartResponse)(nil),         // 17: berth.agent.v1.StartResponse
+	(*ExecRequest)(nil),           // 18: berth.agent.v1.ExecRequest
+	(*KillRequest)(nil),           // 19: berth.agent.v1.KillRequest
+	(*WaitRequest)(nil),           // 20: berth.agent.v1.WaitRequest
+	(*WaitResponse)(nil),          // 21: berth.agent.v1.WaitResponse
+	(*PidsRequest)(nil),           // 22: berth.agent.v1.PidsRequest
+	(*PidsResponse)(nil),          // 23: berth.agent.v1.PidsResponse
+	(*ResizePtyRequest)(nil),      // 24: berth.agent.v1.ResizePtyRequest
+	(*CloseIORequest)(nil),        // 25: berth.agent.v1.CloseIORequest
+	(*DeleteRequest)(nil),         // 26: berth.agent.v1.DeleteRequest
+	(*DeleteResponse)(nil),        // 27: berth.agent.v1.DeleteResponse
+	(*StreamHeader)(nil),          // 28: berth.agent.v1.StreamHeader
+	(*MemoryInfo)(nil),            // 29: berth.agent.v1.MemoryInfo
 	nil,                           // 30: berth.agent.v1.StatsResponse.MemoryStatEntry
 	(*timestamppb.Timestamp)(nil), // 31: google.protobuf.Timestamp
 	(*emptypb.Empty)(nil),         // 32: google.protobuf.Empty
@@ -2236,49 +2236,49 @@ var file_agent_proto_depIdxs = []int32{
 	0,  // 0: berth.agent.v1.Device.kind:type_name -> berth.agent.v1.DeviceKind
 	0,  // 1: berth.agent.v1.WaitDeviceRequest.kind:type_name -> berth.agent.v1.DeviceKind
 	30, // 2: berth.agent.v1.StatsResponse.memory_stat:type_name -> berth.agent.v1.StatsResponse.MemoryStatEntry
-	11, // 3: berth.agent.v1.StatsResponse.io:type_name -> berth.agent.v1.IOEntry
-	14, // 4: berth.agent.v1.CreateRequest.stdio:type_name -> berth.agent.v1.Stdio
+	10, // 3: berth.agent.v1.StatsResponse.io:type_name -> berth.agent.v1.IOEntry
+	13, // 4: berth.agent.v1.CreateRequest.stdio:type_name -> berth.agent.v1.Stdio
 	2,  // 5: berth.agent.v1.CreateRequest.devices:type_name -> berth.agent.v1.Device
-	14, // 6: berth.agent.v1.ExecRequest.stdio:type_name -> berth.agent.v1.Stdio
+	13, // 6: berth.agent.v1.ExecRequest.stdio:type_name -> berth.agent.v1.Stdio
 	31, // 7: berth.agent.v1.WaitResponse.exited_at:type_name -> google.protobuf.Timestamp
 	31, // 8: berth.agent.v1.DeleteResponse.exited_at:type_name -> google.protobuf.Timestamp
 	1,  // 9: berth.agent.v1.StreamHeader.kind:type_name -> berth.agent.v1.StreamKind
-	12, // 10: berth.agent.v1.Agent.Info:input_type -> berth.agent.v1.InfoRequest
-	15, // 11: berth.agent.v1.Agent.Create:input_type -> berth.agent.v1.CreateRequest
-	17, // 12: berth.agent.v1.Agent.Start:input_type -> berth.agent.v1.StartRequest
-	19, // 13: berth.agent.v1.Agent.Exec:input_type -> berth.agent.v1.ExecRequest
-	20, // 14: berth.agent.v1.Agent.Kill:input_type -> berth.agent.v1.KillRequest
-	21, // 15: berth.agent.v1.Agent.Wait:input_type -> berth.agent.v1.WaitRequest
-	23, // 16: berth.agent.v1.Agent.Pids:input_type -> berth.agent.v1.PidsRequest
-	25, // 17: berth.agent.v1.Agent.ResizePty:input_type -> berth.agent.v1.ResizePtyRequest
-	26, // 18: berth.agent.v1.Agent.CloseIO:input_type -> berth.agent.v1.CloseIORequest
-	27, // 19: berth.agent.v1.Agent.Delete:input_type -> berth.agent.v1.DeleteRequest
+	11, // 10: berth.agent.v1.Agent.Info:input_type -> berth.agent.v1.InfoRequest
+	14, // 11: berth.agent.v1.Agent.Create:input_type -> berth.agent.v1.CreateRequest
+	16, // 12: berth.agent.v1.Agent.Start:input_type -> berth.agent.v1.StartRequest
+	18, // 13: berth.agent.v1.Agent.Exec:input_type -> berth.agent.v1.ExecRequest
+	19, // 14: berth.agent.v1.Agent.Kill:input_type -> berth.agent.v1.KillRequest
+	20, // 15: berth.agent.v1.Agent.Wait:input_type -> berth.agent.v1.WaitRequest
+	22, // 16: berth.agent.v1.Agent.Pids:input_type -> berth.agent.v1.PidsRequest
+	24, // 17: berth.agent.v1.Agent.ResizePty:input_type -> berth.agent.v1.ResizePtyRequest
+	25, // 18: berth.agent.v1.Agent.CloseIO:input_type -> berth.agent.v1.CloseIORequest
+	26, // 19: berth.agent.v1.Agent.Delete:input_type -> berth.agent.v1.DeleteRequest
 	32, // 20: berth.agent.v1.Agent.Shutdown:input_type -> google.protobuf.Empty
-	8,  // 21: berth.agent.v1.Agent.Pause:input_type -> berth.agent.v1.ContainerRequest
-	8,  // 22: berth.agent.v1.Agent.Resume:input_type -> berth.agent.v1.ContainerRequest
-	9,  // 23: berth.agent.v1.Agent.Update:input_type -> berth.agent.v1.UpdateRequest
-	8,  // 24: berth.agent.v1.Agent.Stats:input_type -> berth.agent.v1.ContainerRequest
-	6,  // 25: berth.agent.v1.Agent.WaitOOM:input_type -> berth.agent.v1.WaitOOMRequest
+	7,  // 21: berth.agent.v1.Agent.Pause:input_type -> berth.agent.v1.ContainerRequest
+	7,  // 22: berth.agent.v1.Agent.Resume:input_type -> berth.agent.v1.ContainerRequest
+	8,  // 23: berth.agent.v1.Agent.Update:input_type -> berth.agent.v1.UpdateRequest
+	7,  // 24: berth.agent.v1.Agent.Stats:input_type -> berth.agent.v1.ContainerRequest
+	5,  // 25: berth.agent.v1.Agent.WaitOOM:input_type -> berth.agent.v1.WaitOOMRequest
 	3,  // 26: berth.agent.v1.Agent.WaitDevice:input_type -> berth.agent.v1.WaitDeviceRequest
 	32, // 27: berth.agent.v1.Agent.OnlineMemory:input_type -> google.protobuf.Empty
-	13, // 28: berth.agent.v1.Agent.Info:output_type -> berth.agent.v1.InfoResponse
-	16, // 29: berth.agent.v1.Agent.Create:output_type -> berth.agent.v1.CreateResponse
-	18, // 30: berth.agent.v1.Agent.Start:output_type -> berth.agent.v1.StartResponse
+	12, // 28: berth.agent.v1.Agent.Info:output_type -> berth.agent.v1.InfoResponse
+	15, // 29: berth.agent.v1.Agent.Create:output_type -> berth.agent.v1.CreateResponse
+	17, // 30: berth.agent.v1.Agent.Start:output_type -> berth.agent.v1.StartResponse
 	32, // 31: berth.agent.v1.Agent.Exec:output_type -> google.protobuf.Empty
 	32, // 32: berth.agent.v1.Agent.Kill:output_type -> google.protobuf.Empty
-	22, // 33: berth.agent.v1.Agent.Wait:output_type -> berth.agent.v1.WaitResponse
-	24, // 34: berth.agent.v1.Agent.Pids:output_type -> berth.agent.v1.PidsResponse
+	21, // 33: berth.agent.v1.Agent.Wait:output_type -> berth.agent.v1.WaitResponse
+	23, // 34: berth.agent.v1.Agent.Pids:output_type -> berth.agent.v1.PidsResponse
 	32, // 35: berth.agent.v1.Agent.ResizePty:output_type -> google.protobuf.Empty
 	32, // 36: berth.agent.v1.Agent.CloseIO:output_type -> google.protobuf.Empty
-	28, // 37: berth.agent.v1.Agent.Delete:output_type -> berth.agent.v1.DeleteResponse
+	27, // 37: berth.agent.v1.Agent.Delete:output_type -> berth.agent.v1.DeleteResponse
 	32, // 38: berth.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
 	32, // 39: berth.agent.v1.Agent.Pause:output_type -> google.protobuf.Empty
 	32, // 40: berth.agent.v1.Agent.Resume:output_type -> google.protobuf.Empty
 	32, // 41: berth.agent.v1.Agent.Update:output_type -> google.protobuf.Empty
-	10, // 42: berth.agent.v1.Agent.Stats:output_type -> berth.agent.v1.StatsResponse
-	7,  // 43: berth.agent.v1.Agent.WaitOOM:output_type -> berth.agent.v1.OOMResponse
+	9,  // 42: berth.agent.v1.Agent.Stats:output_type -> berth.agent.v1.StatsResponse
+	6,  // 43: berth.agent.v1.Agent.WaitOOM:output_type -> berth.agent.v1.OOMResponse
 	4,  // 44: berth.agent.v1.Agent.WaitDevice:output_type -> berth.agent.v1.WaitDeviceResponse
-	5,  // 45: berth.agent.v1.Agent.OnlineMemory:output_type -> berth.agent.v1.MemoryInfo
+	29, // 45: berth.agent.v1.Agent.OnlineMemory:output_type -> berth.agent.v1.MemoryInfo
 	28, // [28:46] is the sub-list for method output_type
 	10, // [10:28] is the sub-list for method input_type
 	10, // [10:10] is the sub-list for extension type_name
