@@ -115,8 +115,8 @@ func (h *fakeHost) env() env {
 			return h.accel, h.accelWhy, h.accelErr
 		},
 		guestKernel: func(*config.Config) (GuestKernel, error) {
-			return GuestKernel{Release: "6.1.0-56-cloud-amd64", Arch: "x86_64", Modules: []string{"virtio_mem"},
-				Config: map[string]string{"CONFIG_MEMORY_HOTPLUG": "y", "CONFIG_ACPI_HOTPLUG_MEMORY": "y"}}, nil
+			return GuestKernel{Release: "6.1.0-56-cloud-amd64", Arch: "x86_64", Modules: []string{"virtio_mem", "kernel/drivers/block/virtio_blk.ko"},
+				Config: map[string]string{"CONFIG_MEMORY_HOTPLUG": "y", "CONFIG_ACPI_HOTPLUG_MEMORY": "y", "CONFIG_HOTPLUG_PCI_PCIE": "y"}}, nil
 		},
 	}
 }
