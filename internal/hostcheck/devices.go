@@ -30,7 +30,7 @@ func checkDevices(e env, cfg *config.Config, k *GuestKernel) Finding {
 			return fail(f, fmt.Sprintf("guest kernel %s has neither CONFIG_HOTPLUG_PCI_PCIE nor CONFIG_HOTPLUG_PCI_ACPI built in: hot-plugged disks would never appear", k.Release),
 				"use a guest kernel with PCIe hot-plug (guest.kernel_package; Debian's cloud kernel has it)")
 		}
-		if k.Config["CONFIG_VIRTIO_BLK"] != "y" && !slices.ContainsFunc(k.Modules, func(m string) bool { return strings.HasPrefix(filepath.Base(m), "virtio_blk.ko") }) {
+		if k.Config["CONFIG_VIRTIO_BLK"] != "y" && !slices.ContainsFunc(k.Modules, func(m string) bool { return strings.TrimSuffix(filepath.Base(m), ".ko") == "virtio_blk" }) {
 			return fail(f, "the guest image has no virtio_blk driver (neither built in nor in the initramfs)",
 				"rebuild the guest image with `berth guest build --force`")
 		}

@@ -8,7 +8,7 @@ import (
 )
 
 func TestCheckDevices(t *testing.T) {
-	kernel := GuestKernel{Release: "6.1.0-56-cloud-amd64", Modules: []string{"kernel/drivers/block/virtio_blk.ko"},
+	kernel := GuestKernel{Release: "6.1.0-56-cloud-amd64", Modules: []string{"virtio_blk"},
 		Config: map[string]string{"CONFIG_HOTPLUG_PCI_PCIE": "y"}}
 	vfio := func(c *config.Config) { c.Devices.HotPlugVFIO = config.PortRoot }
 	for _, tc := range []struct {
