@@ -17,13 +17,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
 	"github.com/containerd/ttrpc"
 
 	api "github.com/berth-runtime/berth/api/agent/v1"
+	"github.com/berth-runtime/berth/bench/internal/benchtab"
 	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/ociimage"
 	"github.com/berth-runtime/berth/internal/qemu"
@@ -83,17 +83,14 @@ func main() {
 		floor = append(floor, d)
 	}
 	fmt.Printf("ctr run --rm %s /bin/true, private containerd %s, %d runs each (TCG, 2 vCPU host)\n\n", image, containerdVersion(), *n)
-	fmt.Printf("%-40s %10s %10s %10s\n", "measurement", "median", "min", "max")
-	row := func(name string, ds []time.Duration) {
-		s := sorted(ds)
-		fmt.Printf("%-40s %10s %10s %10s\n", name, ms(median(s)), ms(s[0]), ms(s[len(s)-1]))
-	}
-	row("runc", runc)
-	row("berth", berth)
-	row("raw VM boot floor (QEMU to agent ready)", floor)
-	mr, mb, mf := median(sorted(runc)), median(sorted(berth)), median(sorted(floor))
+	benchtab.Print(os.Stdout, []benchtab.Series{
+		{Name: "runc", Runs: runc},
+		{Name: "berth", Runs: berth},
+		{Name: "raw VM boot floor (QEMU to agent ready)", Runs: floor},
+	})
+	mr, mb, mf := benchtab.Median(runc), benchtab.Median(berth), benchtab.Median(floor)
 	fmt.Printf("\nberth / runc: %.1fx; berth over the VM boot floor: %s (%.2fx the floor)\n",
-		float64(mb)/float64(mr), ms(mb-mf), float64(mb)/float64(mf))
+		float64(mb)/float64(mr), benchtab.MS(mb-mf), float64(mb)/float64(mf))
 }
 
 func ctrRun(sock, runtime string, i int) time.Duration {
@@ -154,21 +151,6 @@ func containerdVersion() string {
 	}
 	return strings.TrimSpace(string(out))
 }
-
-func sorted(ds []time.Duration) []time.Duration {
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s
-}
-
-func median(s []time.Duration) time.Duration {
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d)/float64(time.Millisecond)) }
 
 func fatal(err error) {
 	fmt.Fprintln(os.Stderr, "bench:", err)
