@@ -34,7 +34,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -45,6 +44,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	api "github.com/berth-runtime/berth/api/agent/v1"
+	"github.com/berth-runtime/berth/bench/internal/benchtab"
 	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/oci"
 	"github.com/berth-runtime/berth/internal/qemu"
@@ -66,12 +66,10 @@ func main() {
 	}
 }
 
-type series struct {
-	name string
-	ds   []time.Duration
-}
+// series is one row of the table.
+type series = benchtab.Series
 
-func (s *series) add(d time.Duration) { s.ds = append(s.ds, d) }
+func add(s *series, d time.Duration) { s.Runs = append(s.Runs, d) }
 
 func run(ctx context.Context, n int, stateDir, cfgPath, rootfs string) (retErr error) {
 	if n < 1 {
@@ -120,20 +118,20 @@ func run(ctx context.Context, n int, stateDir, cfgPath, rootfs string) (retErr e
 	fmt.Printf("host: %d CPUs; accelerator %s; machine q35, %d vCPU, %d MiB\n", runtime.NumCPU(), accel, cfg.Hypervisor.DefaultVCPUs, cfg.Hypervisor.DefaultMemoryMiB)
 	fmt.Printf("disk: %s (loop device over a 64 MiB file); %d timed runs after 1 warm-up\n\n", disk, n)
 
-	qmpRow := &series{name: "QMP blockdev-add + device_add (reply)"}
-	guestRow := &series{name: "QMP call until /dev/vdX in the guest"}
-	unplugRow := &series{name: "unplug: device_del to DEVICE_DELETED, blockdev-del"}
+	qmpRow := &series{Name: "QMP blockdev-add + device_add (reply)"}
+	guestRow := &series{Name: "QMP call until /dev/vdX in the guest"}
+	unplugRow := &series{Name: "unplug: device_del to DEVICE_DELETED, blockdev-del"}
 	if err := rawHotplug(ctx, cfg, accel, tmp, disk, n, qmpRow, guestRow, unplugRow); err != nil {
 		return fmt.Errorf("raw hot-plug: %w", err)
 	}
-	baseRow := &series{name: "container create, no disk"}
-	diskRow := &series{name: "container create with /dev/xda (QMP to node)"}
-	delRow := &series{name: "container delete with /dev/xda (unplug)"}
+	baseRow := &series{Name: "container create, no disk"}
+	diskRow := &series{Name: "container create with /dev/xda (QMP to node)"}
+	delRow := &series{Name: "container delete with /dev/xda (unplug)"}
 	if err := containerHotplug(ctx, cfg, accel, rootfs, disk, n, baseRow, diskRow, delRow); err != nil {
 		return fmt.Errorf("container hot-plug: %w", err)
 	}
-	printTable([]*series{qmpRow, guestRow, unplugRow, baseRow, diskRow, delRow})
-	fmt.Printf("\nhot-plug cost in a container create (medians, with disk - without): %s\n", ms(median(diskRow.ds)-median(baseRow.ds)))
+	benchtab.Print(os.Stdout, []series{*qmpRow, *guestRow, *unplugRow, *baseRow, *diskRow, *delRow})
+	fmt.Printf("\nhot-plug cost in a container create (medians, with disk - without): %s\n", benchtab.MS(benchtab.Median(diskRow.Runs)-benchtab.Median(baseRow.Runs)))
 	if others := countQEMU(); others > 0 {
 		fmt.Printf("note: %d other QEMU processes were running at the end; TCG figures vary with host load\n", others)
 	}
@@ -238,11 +236,11 @@ func rawHotplug(ctx context.Context, cfg *config.Config, accel qemu.Accel, tmp, 
 		}
 		tUnplug := time.Since(start)
 		cancel()
-		fmt.Fprintf(os.Stderr, "raw %d/%d: QMP %s, in guest as /dev/%s %s, unplug %s\n", i, n, ms(tQMP), r.Name, ms(tGuest), ms(tUnplug))
+		fmt.Fprintf(os.Stderr, "raw %d/%d: QMP %s, in guest as /dev/%s %s, unplug %s\n", i, n, benchtab.MS(tQMP), r.Name, benchtab.MS(tGuest), benchtab.MS(tUnplug))
 		if i > 0 {
-			qmpRow.add(tQMP)
-			guestRow.add(tGuest)
-			unplugRow.add(tUnplug)
+			add(qmpRow, tQMP)
+			add(guestRow, tGuest)
+			add(unplugRow, tUnplug)
 		}
 	}
 	return nil
@@ -302,15 +300,15 @@ func containerHotplug(ctx context.Context, cfg *config.Config, accel qemu.Accel,
 				continue
 			}
 			if withDisk {
-				diskRow.add(tCreate)
-				delRow.add(tDelete)
+				add(diskRow, tCreate)
+				add(delRow, tDelete)
 			} else {
-				baseRow.add(tCreate)
+				add(baseRow, tCreate)
 			}
 		}
 		if i > 0 {
 			fmt.Fprintf(os.Stderr, "container %d/%d: create %s, with disk %s, delete with disk %s\n", i, n,
-				ms(baseRow.ds[i-1]), ms(diskRow.ds[i-1]), ms(delRow.ds[i-1]))
+				benchtab.MS(baseRow.Runs[i-1]), benchtab.MS(diskRow.Runs[i-1]), benchtab.MS(delRow.Runs[i-1]))
 		}
 	}
 	return nil
@@ -327,28 +325,3 @@ func countQEMU() int {
 	}
 	return c
 }
-
-func printTable(rows []*series) {
-	fmt.Printf("| %-52s | %8s | %8s | %8s |\n", "measurement", "median", "min", "max")
-	fmt.Printf("|%s|%s:|%s:|%s:|\n", strings.Repeat("-", 54), strings.Repeat("-", 9), strings.Repeat("-", 9), strings.Repeat("-", 9))
-	for _, r := range rows {
-		s := sorted(r.ds)
-		fmt.Printf("| %-52s | %8s | %8s | %8s |\n", r.name, ms(median(r.ds)), ms(s[0]), ms(s[len(s)-1]))
-	}
-}
-
-func sorted(ds []time.Duration) []time.Duration {
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := sorted(ds)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d)/float64(time.Millisecond)) }
