@@ -271,9 +271,11 @@ func TestDeviceCtrRunEveryPortKind(t *testing.T) {
 }
 
 // TestDeviceFailedHotplugRollsBack asks for three disks with two root
-// ports: the third cannot be placed, so the two already plugged are
-// unplugged again (the guest releases them), the container fails with an
-// error naming devices.pcie_root_port, and the loop devices are free.
+// ports through ctr: the third cannot be placed, the container fails with
+// an error naming devices.pcie_root_port, and nothing is left (the VM
+// booted for the container goes too, so this checks the error and the
+// cleanup; TestDeviceCRIDeviceAsXda checks the rollback inside a VM that
+// stays up).
 func TestDeviceFailedHotplugRollsBack(t *testing.T) {
 	containerd(t)
 	defer assertNoLeaks(t)
