@@ -393,6 +393,26 @@ func TestFromSpec(t *testing.T) {
 	}
 }
 
+func TestReadOnlyByRules(t *testing.T) {
+	i := func(v int64) *int64 { return &v }
+	deny := specs.LinuxDeviceCgroup{Allow: false, Access: "rwm"}
+	for _, tc := range []struct {
+		name  string
+		rules []specs.LinuxDeviceCgroup
+		want  bool
+	}{
+		{"rwm", []specs.LinuxDeviceCgroup{deny, {Allow: true, Type: "b", Major: i(7), Minor: i(3), Access: "rwm"}}, false},
+		{"r only", []specs.LinuxDeviceCgroup{deny, {Allow: true, Type: "b", Major: i(7), Minor: i(3), Access: "r"}}, true},
+		{"r, then w elsewhere", []specs.LinuxDeviceCgroup{deny, {Allow: true, Type: "b", Major: i(7), Minor: i(3), Access: "rm"}, {Allow: true, Type: "b", Major: i(7), Minor: i(4), Access: "w"}}, true},
+		{"wildcard minor w", []specs.LinuxDeviceCgroup{deny, {Allow: true, Type: "b", Major: i(7), Minor: i(3), Access: "r"}, {Allow: true, Type: "b", Major: i(7), Access: "w"}}, false},
+		{"no rule", []specs.LinuxDeviceCgroup{deny}, false},
+	} {
+		if got := readOnlyByRules(&specs.LinuxResources{Devices: tc.rules}, 7, 3); got != tc.want {
+			t.Errorf("%s: read-only %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
 // TestIOMMUGroupErrors: every broken host setup gets an error that says
 // what to fix.
 func TestIOMMUGroupErrors(t *testing.T) {

@@ -112,6 +112,30 @@ func (s Sysfs) IOMMUGroup(group string) ([]PCIAddress, error) {
 	return fns, nil
 }
 
+// readOnlyByRules reports whether the spec's device cgroup rules allow the
+// block device major:minor but never for writing (a CRI Device with
+// permissions "r"). The disk is then plugged read-only, so the host
+// device is safe from writes even if the guest's own cgroup were bypassed.
+// A device no rule mentions keeps the default (read-write): the cgroup
+// decides, as it does under runc.
+func readOnlyByRules(res *specs.LinuxResources, major, minor int64) bool {
+	if res == nil {
+		return false
+	}
+	allowed, write := false, false
+	for _, r := range res.Devices {
+		if !r.Allow || (r.Type != "b" && r.Type != "a" && r.Type != "") {
+			continue
+		}
+		if (r.Major != nil && *r.Major != major) || (r.Minor != nil && *r.Minor != minor) {
+			continue
+		}
+		allowed = true
+		write = write || strings.Contains(r.Access, "w")
+	}
+	return allowed && !write
+}
+
 // FromSpec reads what a container asks for from its OCI spec:
 //
 //   - linux.devices entries of type b (ctr run --device /dev/loop3; a CRI
@@ -138,7 +162,8 @@ func FromSpec(spec *specs.Spec, host Host) (Request, error) {
 				if maj, min, ok := host.BlockNumbers(hostPath); !ok || maj != d.Major || min != d.Minor {
 					return Request{}, fmt.Errorf("linux.devices %s: host node %s is not block device %d:%d: %w", d.Path, hostPath, d.Major, d.Minor, ErrInvalid)
 				}
-				req.Blocks = append(req.Blocks, Block{HostPath: hostPath, HostMajor: d.Major, HostMinor: d.Minor, ContainerPath: d.Path, MountIndex: -1})
+				req.Blocks = append(req.Blocks, Block{HostPath: hostPath, HostMajor: d.Major, HostMinor: d.Minor, ContainerPath: d.Path, MountIndex: -1,
+					ReadOnly: readOnlyByRules(spec.Linux.Resources, d.Major, d.Minor)})
 			case "c", "u":
 				name, err := host.DevName('c', d.Major, d.Minor)
 				if err != nil || !strings.HasPrefix(name, "vfio/") || name == "vfio/vfio" {

@@ -344,3 +344,25 @@ func TestDeviceBerthRun(t *testing.T) {
 		t.Errorf("--device on a regular file: exit %d, stderr %s", r.code, r.stderr)
 	}
 }
+
+// TestDeviceReadOnlyPermissions: a device given with permissions "r" is
+// plugged read-only, so the guest kernel itself refuses writes (not only
+// the container's device cgroup), and the host file stays untouched.
+func TestDeviceReadOnlyPermissions(t *testing.T) {
+	requireE2E(t)
+	defer assertNoLeaks(t)
+	d := newLoopDisk(t)
+	script := "dd if=/dev/xda of=/dev/null bs=4096 count=1 2>/dev/null && echo read-ok; " +
+		"for ro in /sys/block/vd*/ro; do echo guest-ro=$(cat $ro); done; " +
+		"if printf x | dd of=/dev/xda conv=fsync 2>/dev/null; then echo write-ok; else echo write-refused; fi"
+	r := berth(t, "", "run", "--rootfs", env.rootfs, "--device", d.dev+":/dev/xda:r", "--", "sh", "-c", script)
+	if r.code != 0 {
+		t.Fatalf("berth run: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+	t.Logf("container: %s", strings.Join(strings.Fields(r.stdout), " "))
+	for _, want := range []string{"read-ok", "guest-ro=1", "write-refused"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("container output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+}
