@@ -203,6 +203,7 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 		return nil, err
 	}
 	log.WithField("kernel", s.info.KernelRelease).WithField("qemu_pid", vm.Pid()).Debug("sandbox ready")
+	go s.releaseCgroupWhenVMExits()
 	return s, nil
 }
 
@@ -409,6 +410,20 @@ func (s *Sandbox) destroy(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// releaseCgroupWhenVMExits removes the host cgroup as soon as QEMU is
+// gone (killed, crashed or powered off), not only when the sandbox is
+// destroyed: containerd may keep a dead task around until someone deletes
+// it, and the cgroup would linger with it. virtiofsd, which serves nobody
+// once QEMU is gone, is stopped first so that the cgroup is empty.
+// Destroy removes it again, which is a no-op by then.
+func (s *Sandbox) releaseCgroupWhenVMExits() {
+	<-s.vmm.Done()
+	s.virtiofsd.stop()
+	if err := s.cgroup.Delete(context.Background()); err != nil {
+		logrus.WithField("sandbox", s.id).WithError(err).Warn("remove sandbox cgroup after the VM exited")
+	}
 }
 
 // cleanupStack undoes a half-finished Create in reverse order.

@@ -163,8 +163,9 @@ func TestCgroupRemovedAfterQEMUKilled(t *testing.T) {
 	dir := assertVMMInCgroup(t, env.cgroupParent+"/"+id, defaultLimitBytes)
 	syscall.Kill(qemuPids()[0], syscall.SIGKILL)
 	waitStatus(t, id, "STOPPED", 10*time.Second)
-	mustCtr(t, "task", "delete", id)
+	// Gone with QEMU, before anyone deletes the task.
 	waitGoneDir(t, dir, 10*time.Second)
+	mustCtr(t, "task", "delete", id)
 	mustCtr(t, "container", "rm", id)
 }
 
