@@ -41,6 +41,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -167,11 +168,13 @@ func run(ctx context.Context, o options) (retErr error) {
 		teardownRow = &series{name: "  teardown (delete, destroy VM)", short: "teardown"}
 		berthRow    = &series{name: "berth run /bin/true (end to end)", short: "berth run"}
 	)
+	rawRetried := 0 // raw boots whose first Info call failed
 	// One step per measurement; each appends its timings to its rows.
 	steps := []func() error{
 		func() error {
-			d, err := rawBoot(ctx, cfg, accel)
+			d, failures, err := rawBoot(ctx, cfg, accel, tmp)
 			rawRow.add(d)
+			rawRetried += min(failures, 1)
 			return wrap("raw boot", err)
 		},
 		func() error {
@@ -199,15 +202,12 @@ func run(ctx context.Context, o options) (retErr error) {
 	}
 	// Round 0 is the warm-up. Each round starts with the next step, so
 	// no measurement always follows the same one.
-	crowded := 0 // timed rounds that began with someone else's VM running
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	watch := watchVMs(watchCtx, tmp+"/")
+	crowded := 0 // timed rounds during which someone else's VM ran
 	for round := 0; round <= o.n; round++ {
-		// Every VM of ours is gone between rounds, so any QEMU now is
-		// someone else's and competes for the same CPUs: say so, as it
-		// can double a TCG boot.
-		others := countQEMU()
-		if others > 0 && round > 0 {
-			crowded++
-		}
+		watch.sawOthers()
 		for j := range steps {
 			if err := steps[(round+j)%len(steps)](); err != nil {
 				return err
@@ -217,6 +217,7 @@ func run(ctx context.Context, o options) (retErr error) {
 			for _, r := range rows {
 				r.ds = nil
 			}
+			rawRetried = 0
 			continue
 		}
 		var parts []string
@@ -224,8 +225,9 @@ func run(ctx context.Context, o options) (retErr error) {
 			parts = append(parts, r.short+" "+ms(r.ds[len(r.ds)-1]))
 		}
 		note := ""
-		if others > 0 {
-			note = fmt.Sprintf(" (%d other QEMU running)", others)
+		if watch.sawOthers() {
+			crowded++
+			note = " (another VM was running)"
 		}
 		fmt.Fprintf(os.Stderr, "run %d/%d: %s%s\n", round, o.n, strings.Join(parts, "; "), note)
 	}
@@ -237,34 +239,73 @@ func run(ctx context.Context, o options) (retErr error) {
 	if rc != nil {
 		fmt.Printf("berth run / runc run: %.0fx\n", float64(mb)/float64(median(runcRow.ds)))
 	}
+	if rawRetried > 0 {
+		fmt.Printf("note: in %d of %d raw boots the first Info call failed and was retried, as sandbox.Create does\n", rawRetried, o.n)
+	}
 	if crowded > 0 {
-		fmt.Printf("warning: %d of %d rounds started while other VMs were running; the figures are not from a quiet host\n", crowded, o.n)
+		fmt.Printf("warning: other VMs ran during %d of %d rounds; these figures are not from a quiet host\n", crowded, o.n)
 	}
 	return nil
 }
 
-// countQEMU counts running QEMU processes, not zombies that someone has
-// yet to reap. The kernel truncates the command name to 15 bytes:
-// qemu-system-x86_64 shows as "qemu-system-x86".
-func countQEMU() int {
-	n := 0
+// vmWatch notes whether a QEMU that is not the benchmark's own ran at any
+// moment since it was last asked. Ours all name the benchmark's temporary
+// directory on their command line; any other competes for the same CPUs
+// and can double a TCG boot.
+type vmWatch struct {
+	ours string
+	seen atomic.Bool
+}
+
+func watchVMs(ctx context.Context, ours string) *vmWatch {
+	w := &vmWatch{ours: ours}
+	go func() {
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if w.foreignQEMU() {
+				w.seen.Store(true)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return w
+}
+
+// sawOthers reports whether another VM ran since the last call; the next
+// interval starts with whether one runs now.
+func (w *vmWatch) sawOthers() bool {
+	return w.seen.Swap(w.foreignQEMU())
+}
+
+func (w *vmWatch) foreignQEMU() bool {
 	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
 	for _, p := range stats {
 		b, err := os.ReadFile(p)
 		if err != nil {
 			continue
 		}
-		// "pid (comm) state ...", and comm may itself hold ") ".
-		s := string(b)
-		open, end := strings.IndexByte(s, '('), strings.LastIndex(s, ") ")
-		if open < 0 || end < open || end+2 >= len(s) {
+		// "pid (comm) state ...", where comm may itself hold ") ". The
+		// kernel truncates comm: qemu-system-x86_64 is "qemu-system-x86".
+		// Zombies nobody has reaped yet use no CPU.
+		st := string(b)
+		open, end := strings.IndexByte(st, '('), strings.LastIndex(st, ") ")
+		if open < 0 || end < open || end+2 >= len(st) {
 			continue
 		}
-		if strings.HasPrefix(s[open+1:end], "qemu-system") && s[end+2] != 'Z' {
-			n++
+		if !strings.HasPrefix(st[open+1:end], "qemu-system") || st[end+2] == 'Z' {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join(filepath.Dir(p), "cmdline"))
+		if err == nil && !strings.Contains(string(cmdline), w.ours) {
+			return true
 		}
 	}
-	return n
+	return false
 }
 
 // benchConfig writes the configuration berth run and this process share:

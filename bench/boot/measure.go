@@ -31,11 +31,12 @@ const runLimit = 2 * time.Minute
 // rawBoot starts QEMU with the guest image and the agent's virtio-serial
 // port, as sandbox.Create would, and measures until the agent answers
 // Info. No virtiofsd and no shared memory: this is the floor any VM-based
-// run pays, whatever Berth does around it.
-func rawBoot(ctx context.Context, cfg *config.Config, accel qemu.Accel) (time.Duration, error) {
-	dir, err := os.MkdirTemp("", "berth-bench-raw-")
+// run pays, whatever Berth does around it. It also returns how many Info
+// attempts failed before one succeeded.
+func rawBoot(ctx context.Context, cfg *config.Config, accel qemu.Accel, tmp string) (time.Duration, int, error) {
+	dir, err := os.MkdirTemp(tmp, "raw-")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer os.RemoveAll(dir)
 	h := cfg.Hypervisor
@@ -57,7 +58,7 @@ func rawBoot(ctx context.Context, cfg *config.Config, accel qemu.Accel) (time.Du
 	start := time.Now()
 	vm, err := qemu.Start(ctx, m, qemu.StartOptions{DieWithParent: true})
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	// Kill, not a guest power-off: teardown is not part of the floor, and
 	// Kill returns only once QEMU is reaped, before dir is removed.
@@ -65,47 +66,55 @@ func rawBoot(ctx context.Context, cfg *config.Config, accel qemu.Accel) (time.Du
 	d := transport.NewSerialDialer(filepath.Join(dir, "agent.sock"))
 	defer d.Close()
 
-	// The Info call waits in the port's buffers until the agent opens it;
-	// if the VM dies first, nothing would ever answer, so watch for that.
+	// Retry as sandbox.Create's connectAgent does, so that the floor is
+	// measured the way berth run reaches the agent: a first connection
+	// made while the guest is still booting is occasionally closed.
 	type result struct {
-		d   time.Duration
-		err error
+		d        time.Duration
+		failures int
+		err      error
 	}
 	done := make(chan result, 1)
 	go func() {
-		conn, err := d.Dial(ctx, transport.AgentPort)
-		if err != nil {
-			done <- result{err: err}
-			return
+		for failures := 0; ; failures++ {
+			err := agentInfo(ctx, d)
+			if err == nil {
+				done <- result{d: time.Since(start), failures: failures}
+				return
+			}
+			if ctx.Err() != nil {
+				done <- result{err: err}
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		client := ttrpc.NewClient(conn)
-		defer client.Close()
-		if _, err := api.NewAgentClient(client).Info(ctx, &api.InfoRequest{}); err != nil {
-			done <- result{err: err}
-			return
-		}
-		done <- result{d: time.Since(start)}
 	}()
-	var r result
 	select {
-	case r = <-done:
-		if r.err == nil {
-			return r.d, nil
+	case r := <-done:
+		if r.err != nil && ctx.Err() == context.DeadlineExceeded {
+			return 0, 0, fmt.Errorf("the agent did not answer within %v: %w; last console lines:\n%s", runLimit, r.err, consoleTail(m.ConsoleLog))
 		}
-		// A broken connection usually means QEMU is going away; its exit
-		// is the error worth reporting.
-		select {
-		case <-vm.Done():
-		case <-time.After(2 * time.Second):
-			return 0, fmt.Errorf("%w; last console lines:\n%s", r.err, consoleTail(m.ConsoleLog))
-		}
+		return r.d, r.failures, r.err
 	case <-vm.Done():
 	}
 	err = vm.ExitError()
 	if err == nil {
 		err = errors.New("the guest powered off")
 	}
-	return 0, fmt.Errorf("the VM exited during boot: %v; last console lines:\n%s", err, consoleTail(m.ConsoleLog))
+	return 0, 0, fmt.Errorf("the VM exited during boot: %v; last console lines:\n%s", err, consoleTail(m.ConsoleLog))
+}
+
+// agentInfo makes one Info call on a new stream. Over virtio-serial the
+// request waits in the port's buffers until the agent opens the port.
+func agentInfo(ctx context.Context, d transport.Dialer) error {
+	conn, err := d.Dial(ctx, transport.AgentPort)
+	if err != nil {
+		return err
+	}
+	client := ttrpc.NewClient(conn)
+	defer client.Close()
+	_, err = api.NewAgentClient(client).Info(ctx, &api.InfoRequest{})
+	return err
 }
 
 // consoleTail returns the end of the guest console log.
@@ -199,9 +208,12 @@ func berthRun(ctx context.Context, bin, cfgPath, rootfs string) (time.Duration, 
 	cmd := exec.CommandContext(ctx, bin, "--config", cfgPath, "run", "--rootfs", rootfs, "--", "/bin/true")
 	// On interrupt or timeout, SIGTERM lets berth run tear its sandbox
 	// down (SIGKILL would leave it for CleanupStale); WaitDelay bounds
-	// how long that may take before Go kills it anyway.
+	// how long that may take before Go kills it anyway. Pdeathsig does the
+	// same should the benchmark itself die: berth run would otherwise keep
+	// its VM running with nobody waiting for it.
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 30 * time.Second
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	start := time.Now()
 	out, err := cmd.CombinedOutput()
 	d := time.Since(start)

@@ -34,6 +34,7 @@ type runFlags struct {
 	rootfs  string
 	env     []string
 	workdir string
+	name    string
 }
 
 func newRunCmd() *cobra.Command {
@@ -56,6 +57,7 @@ the host are removed when CMD ends.`,
 	fl.StringVar(&f.rootfs, "rootfs", "", "host directory holding the container's root file system (required)")
 	fl.StringArrayVarP(&f.env, "env", "e", nil, "set an environment variable (KEY=VALUE), repeatable")
 	fl.StringVarP(&f.workdir, "workdir", "w", "/", "working directory inside the container")
+	fl.StringVar(&f.name, "name", "", "sandbox name for `berth status` and `berth resize` (default: run-<random>)")
 	cmd.MarkFlagRequired("rootfs")
 	return cmd
 }
@@ -125,7 +127,10 @@ func runRun(ctx context.Context, f runFlags, args []string) error {
 		}
 	}()
 
-	id := "run-" + randomHex(6)
+	id := f.name
+	if id == "" {
+		id = "run-" + randomHex(6)
+	}
 	sb, err := sandbox.Create(bootCtx, cfg, sandbox.Options{ID: id, VCPUs: f.cpus, MemoryMiB: memMiB, Accel: accel})
 	close(booted)
 	if err != nil {

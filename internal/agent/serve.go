@@ -46,6 +46,7 @@ func Serve(ctx context.Context) error {
 		return err
 	}
 	api.RegisterAgentService(srv, svc)
+	go svc.WatchMemory(ctx)
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ctx, agentL) }()
 	go func() { errc <- svc.ServeStdio(ctx, stdioL) }()

@@ -63,6 +63,8 @@ type Options struct {
 	PrepareRootfs func(ctx context.Context, rootPath string) error
 	// PowerOff ends the VM; called by Shutdown after it has replied.
 	PowerOff func()
+	// SysRoot is where /sys and /proc are found ("/" unless testing).
+	SysRoot string
 }
 
 // Service implements api.AgentService.
@@ -71,6 +73,8 @@ type Service struct {
 
 	mu         sync.Mutex
 	containers map[string]*container
+
+	memory *memoryOnliner
 }
 
 type container struct {
@@ -82,7 +86,11 @@ type container struct {
 
 // New returns the agent service.
 func New(opts Options) *Service {
-	return &Service{opts: opts, containers: map[string]*container{}}
+	root := opts.SysRoot
+	if root == "" {
+		root = "/"
+	}
+	return &Service{opts: opts, containers: map[string]*container{}, memory: &memoryOnliner{sysRoot: root}}
 }
 
 var _ api.AgentService = (*Service)(nil)

@@ -47,6 +47,13 @@ const (
 	VirtiofsCacheAlways = "always"
 	VirtiofsCacheNone   = "none"
 
+	MachineVirt = "virt"
+
+	MemoryHotplugAuto      = "auto"
+	MemoryHotplugVirtioMem = "virtio-mem"
+	MemoryHotplugDIMM      = "dimm"
+	MemoryHotplugNone      = "none"
+
 	TransportAuto         = "auto"
 	TransportVsock        = "vsock"
 	TransportVirtioSerial = "virtio-serial"
@@ -92,7 +99,10 @@ func Default() *Config {
 			VirtiofsCache:    VirtiofsCacheAuto,
 			// Generous because under TCG (no KVM) a Debian kernel
 			// takes tens of seconds to reach the agent.
-			BootTimeout: Duration{60 * time.Second},
+			BootTimeout:         Duration{60 * time.Second},
+			DefaultMaxMemoryMiB: 16384,
+			MemoryHotplug:       MemoryHotplugAuto,
+			MemorySlots:         8,
 		},
 		Agent: Agent{
 			Transport:   TransportAuto,
@@ -121,6 +131,28 @@ func (c *Config) Source() string { return c.source }
 
 // ResolvedKernel is the guest kernel path: Guest.Kernel if set, otherwise
 // StateDir/guest/vmlinuz. After Load it equals Guest.Kernel.
+// ResolvedMemoryHotplug turns "auto" into the mechanism the machine
+// supports: virtio-mem on q35, DIMMs on arm64 virt (virtio-mem needs Linux
+// 5.16 there), none on microvm (QEMU 7.2's microvm cannot place
+// virtio-mem's memory region).
+func (c *Config) ResolvedMemoryHotplug() string {
+	h := c.Hypervisor.MemoryHotplug
+	if h != MemoryHotplugAuto {
+		return h
+	}
+	switch c.Hypervisor.Machine {
+	case MachineQ35:
+		return MemoryHotplugVirtioMem
+	case MachineVirt:
+		return MemoryHotplugDIMM
+	}
+	return MemoryHotplugNone
+}
+
+// AAVMFPaths are Debian's arm64 UEFI images (package qemu-efi-aarch64),
+// used when pflashes is empty on machine "virt".
+var AAVMFPaths = []string{"/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd"}
+
 func (c *Config) ResolvedKernel() string {
 	if c.Guest.Kernel != "" {
 		return c.Guest.Kernel
@@ -177,6 +209,17 @@ type Hypervisor struct {
 	VirtiofsCache string `toml:"virtiofs_cache"`
 	// BootTimeout bounds the time from QEMU start until the agent answers.
 	BootTimeout Duration `toml:"boot_timeout"`
+	// DefaultMaxMemoryMiB is the ceiling a sandbox can grow to (maxGuest).
+	DefaultMaxMemoryMiB int `toml:"default_maxmemory"`
+	// MemoryHotplug is "auto" (virtio-mem on q35, DIMMs on virt, none on
+	// microvm), "virtio-mem", "dimm" or "none".
+	MemoryHotplug string `toml:"memory_hotplug"`
+	// MemorySlots is the number of DIMM slots for "dimm" hot-plug.
+	MemorySlots int `toml:"memory_slots"`
+	// MemoryOverheadMiB is added to the sum of container limits.
+	MemoryOverheadMiB int `toml:"memory_overhead"`
+	// Pflashes are UEFI images [code, vars] for machine "virt" (arm64).
+	Pflashes []string `toml:"pflashes"`
 }
 
 // Agent configures the host-guest channel.

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -84,7 +85,7 @@ func (c *Config) problems() []*KeyError {
 	// [hypervisor]
 	h := &c.Hypervisor
 	add(absPath("hypervisor.path", h.Path, true))
-	add(oneOf("hypervisor.machine", h.Machine, MachineQ35, MachineMicroVM))
+	add(oneOf("hypervisor.machine", h.Machine, MachineQ35, MachineMicroVM, MachineVirt))
 	add(oneOf("hypervisor.accel", h.Accel, AccelAuto, AccelKVM, AccelTCG))
 	if h.DefaultVCPUs < 1 || h.DefaultVCPUs > MaxVCPUs {
 		add(keyError("hypervisor.default_vcpus", h.DefaultVCPUs, "is out of range",
@@ -105,6 +106,45 @@ func (c *Config) problems() []*KeyError {
 	add(absPath("hypervisor.virtiofsd_path", h.VirtiofsdPath, true))
 	add(oneOf("hypervisor.virtiofs_cache", h.VirtiofsCache, VirtiofsCacheAuto, VirtiofsCacheAlways, VirtiofsCacheNone))
 	add(positive("hypervisor.boot_timeout", h.BootTimeout, `use a positive duration such as "60s" (TCG boots need tens of seconds)`))
+
+	add(oneOf("hypervisor.memory_hotplug", h.MemoryHotplug, MemoryHotplugAuto, MemoryHotplugVirtioMem, MemoryHotplugDIMM, MemoryHotplugNone))
+	if h.DefaultMaxMemoryMiB < h.DefaultMemoryMiB {
+		add(keyError("hypervisor.default_maxmemory", h.DefaultMaxMemoryMiB, "is below hypervisor.default_memory",
+			fmt.Sprintf("the ceiling must be at least the boot size; use %d or more", h.DefaultMemoryMiB)))
+	}
+	if h.MemorySlots < 0 || h.MemorySlots > 256 {
+		add(keyError("hypervisor.memory_slots", h.MemorySlots, "is out of range", "use 0 to 256 DIMM slots"))
+	}
+	if h.MemoryOverheadMiB < 0 {
+		add(keyError("hypervisor.memory_overhead", h.MemoryOverheadMiB, "is negative", "use 0 or more MiB"))
+	}
+	switch hp := c.ResolvedMemoryHotplug(); {
+	case hp == MemoryHotplugVirtioMem && h.Machine == MachineMicroVM:
+		add(keyError("hypervisor.memory_hotplug", h.MemoryHotplug, "cannot be virtio-mem on machine \"microvm\"",
+			`QEMU 7.2's microvm cannot place virtio-mem's region; use machine = "q35", or memory_hotplug = "none"`))
+	case hp == MemoryHotplugDIMM && h.MemorySlots == 0:
+		add(keyError("hypervisor.memory_slots", h.MemorySlots, "is 0, but memory_hotplug is \"dimm\"",
+			"give DIMM hot-plug at least one slot (the default is 8)"))
+	case hp == MemoryHotplugDIMM && h.Machine == MachineVirt && len(h.Pflashes) == 0:
+		// Seed 000: without UEFI firmware QEMU's arm64 virt machine has
+		// no ACPI, and DIMM hot-plug fails at VM start with "memory
+		// hotplug is not enabled: missing acpi-ged device" (a pod crash
+		// loop). Use Debian's firmware if it is installed; fail here,
+		// naming the key, if not.
+		if filesExist(AAVMFPaths) {
+			h.Pflashes = append([]string(nil), AAVMFPaths...)
+		} else {
+			add(keyError("hypervisor.pflashes", "[]", "is empty, but DIMM memory hot-plug on machine \"virt\" needs UEFI firmware (ACPI GED)",
+				`install qemu-efi-aarch64, or set pflashes = ["/path/AAVMF_CODE.fd", "/path/AAVMF_VARS.fd"], or memory_hotplug = "none"`))
+		}
+	}
+	if n := len(h.Pflashes); n != 0 && n != 2 {
+		add(keyError("hypervisor.pflashes", fmt.Sprint(h.Pflashes), fmt.Sprintf("has %d images", n),
+			"give two: the firmware code, then the variable store template"))
+	}
+	for _, p := range h.Pflashes {
+		add(absPath("hypervisor.pflashes", p, true))
+	}
 
 	// [agent]
 	add(oneOf("agent.transport", c.Agent.Transport, TransportAuto, TransportVsock, TransportVirtioSerial))
@@ -144,6 +184,15 @@ func (c *Config) problems() []*KeyError {
 			"the value is in MiB; use 0 to 1048576 (the default 384 covers QEMU with its 256 MiB TCG translation cache, and virtiofsd)"))
 	}
 	return errs
+}
+
+func filesExist(paths []string) bool {
+	for _, p := range paths {
+		if st, err := os.Stat(p); err != nil || st.IsDir() {
+			return false
+		}
+	}
+	return true
 }
 
 var (

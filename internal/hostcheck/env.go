@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/qemu"
 )
 
@@ -29,6 +30,8 @@ type env struct {
 	cachedAccel func(ctx context.Context, p qemu.AccelProbe, cacheFile string) (qemu.Accel, string, error)
 	// detectAccel is qemu.DetectAccel (the same probe, never cached).
 	detectAccel func(ctx context.Context, p qemu.AccelProbe) (qemu.Accel, string, error)
+	// guestKernel describes the built guest image's kernel.
+	guestKernel func(cfg *config.Config) (GuestKernel, error)
 }
 
 // commandTimeout bounds each external command a probe runs.
@@ -48,5 +51,6 @@ func hostEnv() env {
 		access:      unix.Access,
 		cachedAccel: qemu.CachedAccel,
 		detectAccel: qemu.DetectAccel,
+		guestKernel: guestKernel,
 	}
 }

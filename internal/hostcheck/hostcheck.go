@@ -146,5 +146,11 @@ func run(ctx context.Context, cfg *config.Config, e env) Report {
 		checkCgroups(e),
 		checkRunDir(e, cfg.RunDir),
 	)
+	if k, err := e.guestKernel(cfg); err == nil {
+		r.Findings = append(r.Findings, checkMemoryHotplug(cfg.ResolvedMemoryHotplug(), k))
+	} else {
+		r.Findings = append(r.Findings, Finding{Check: CheckMemoryHotplug, Status: Warn,
+			Detail: "guest kernel requirements not checked: " + err.Error(), Fix: "run `berth guest build`"})
+	}
 	return r
 }

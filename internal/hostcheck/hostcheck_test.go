@@ -114,6 +114,10 @@ func (h *fakeHost) env() env {
 			h.probed = &p
 			return h.accel, h.accelWhy, h.accelErr
 		},
+		guestKernel: func(*config.Config) (GuestKernel, error) {
+			return GuestKernel{Release: "6.1.0-56-cloud-amd64", Arch: "x86_64", Modules: []string{"virtio_mem"},
+				Config: map[string]string{"CONFIG_MEMORY_HOTPLUG": "y", "CONFIG_ACPI_HOTPLUG_MEMORY": "y"}}, nil
+		},
 	}
 }
 

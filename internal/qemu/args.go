@@ -56,7 +56,11 @@ func (m Machine) Args() ([]string, error) {
 	}
 	a.add("-smp", strconv.Itoa(m.VCPUs))
 	mem := strconv.Itoa(m.MemoryMiB) + "M"
-	a.add("-m", mem)
+	memOpt := mem
+	if m.MaxMemoryMiB > m.MemoryMiB {
+		memOpt += ",slots=" + strconv.Itoa(m.MemorySlots) + ",maxmem=" + strconv.Itoa(m.MaxMemoryMiB) + "M"
+	}
+	a.add("-m", memOpt)
 	if m.sharedMemory() {
 		// vhost-user back ends (virtiofsd) map guest RAM from a file
 		// descriptor, so RAM must be a shared memfd. Giving it to the
@@ -64,6 +68,20 @@ func (m Machine) Args() ([]string, error) {
 		// works on both q35 and microvm in QEMU 7.2 and does not invent
 		// a NUMA topology for the guest.
 		a.add("-object", "memory-backend-memfd,id="+ramID+",size="+mem+",share=on")
+	}
+	for i, f := range m.Pflash {
+		ro := ""
+		if i == 0 {
+			ro = ",readonly=on"
+		}
+		a.add("-drive", "if=pflash,format=raw,unit="+strconv.Itoa(i)+",file="+opt(f)+ro)
+	}
+	if v := m.VirtioMem; v != nil {
+		// The region's backend must be shared like the boot RAM when
+		// virtiofsd maps guest memory. requested-size starts at 0: the
+		// sandbox plugs what its containers need once it knows.
+		a.add("-object", m.memoryBackend(v.ID+"-mem", v.RegionMiB))
+		a.add("-device", "virtio-mem-pci,id="+v.ID+",memdev="+v.ID+"-mem,block-size="+strconv.Itoa(v.BlockMiB)+"M,requested-size=0")
 	}
 
 	a.add("-kernel", m.Kernel)
@@ -108,6 +126,17 @@ func (m Machine) Args() ([]string, error) {
 	return a, nil
 }
 
+// memoryBackend is the -object for hot-plugged memory: a shared memfd when
+// virtiofsd must map it, anonymous RAM otherwise. Either way the host only
+// commits pages the guest touches.
+func (m Machine) memoryBackend(id string, sizeMiB int) string {
+	size := strconv.Itoa(sizeMiB) + "M"
+	if m.sharedMemory() {
+		return "memory-backend-memfd,id=" + id + ",size=" + size + ",share=on"
+	}
+	return "memory-backend-ram,id=" + id + ",size=" + size
+}
+
 // machineOpts is the -machine value.
 //
 // microvm in QEMU 7.2, verified with the Debian 6.1 cloud kernel under TCG:
@@ -131,6 +160,10 @@ func (m Machine) machineOpts() string {
 		o = "q35"
 	case MicroVM:
 		o = "microvm,acpi=on,auto-kernel-cmdline=off,isa-serial=on"
+	case Virt:
+		// gic-version=max: GICv3 under TCG, which supports more than 8
+		// vCPUs; ACPI follows from the UEFI firmware in Pflash.
+		o = "virt,gic-version=max"
 	}
 	if m.sharedMemory() {
 		o += ",memory-backend=" + ramID
@@ -167,7 +200,11 @@ func (m Machine) virtioDev(base string) string {
 //     guest TSC runs at the host TSC rate, so the host's frequency is the
 //     right value.
 func (m Machine) KernelCmdline() string {
-	params := []string{"console=ttyS0", "panic=-1", "reboot=t", "loglevel=6"}
+	console := "console=ttyS0"
+	if m.Type == Virt {
+		console = "console=ttyAMA0" // virt's PL011 UART
+	}
+	params := []string{console, "panic=-1", "reboot=t", "loglevel=6"}
 	if m.Type == MicroVM && m.Accel == TCG {
 		params = append(params, "tsc_early_khz="+strconv.Itoa(hostTSCkHz()))
 	}

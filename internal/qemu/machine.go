@@ -86,7 +86,36 @@ type Machine struct {
 	SerialPorts []VirtioSerialPort
 	FileSystems []VhostUserFS
 	Vsock       *VsockDevice
+
+	// MaxMemoryMiB, when above MemoryMiB, reserves guest physical address
+	// space for memory hot-plug ("-m size,slots=,maxmem="): the ceiling
+	// the guest can ever grow to (KubeVirt's maxGuest).
+	MaxMemoryMiB int
+	// MemorySlots is the number of DIMM slots for ACPI memory hot-plug
+	// (pc-dimm); 0 when only virtio-mem is used.
+	MemorySlots int
+	// VirtioMem, if set, adds a virtio-mem device at boot whose plugged
+	// size is changed later with SetVirtioMemRequested.
+	VirtioMem *VirtioMemDevice
+	// Pflash are UEFI firmware images for the "virt" machine: the
+	// read-only code and a writable per-VM copy of the variable store.
+	// arm64 needs them for ACPI, and so for memory hot-plug.
+	Pflash []string
 }
+
+// VirtioMemDevice is a virtio-mem device: a region of RegionMiB that the
+// guest driver plugs and unplugs in BlockMiB blocks as QEMU's
+// requested-size changes.
+type VirtioMemDevice struct {
+	ID        string
+	RegionMiB int
+	// BlockMiB is the hot-plug granularity; 2 MiB (the x86 huge page
+	// size) is the smallest the Linux driver accepts.
+	BlockMiB int
+}
+
+// Virt is QEMU's arm64 "virt" machine (qemu-system-aarch64).
+const Virt MachineType = "virt"
 
 const (
 	// DefaultFSQueueSize is the virtio-fs queue size when VhostUserFS
@@ -149,10 +178,11 @@ func (m Machine) Validate() error {
 		bad("Binary", "empty; set the path to qemu-system-x86_64")
 	}
 	switch m.Type {
-	case Q35, MicroVM:
+	case Q35, MicroVM, Virt:
 	default:
-		bad("Type", "%q is not a supported machine type (want %q or %q)", m.Type, Q35, MicroVM)
+		bad("Type", "%q is not a supported machine type (want %q, %q or %q)", m.Type, Q35, MicroVM, Virt)
 	}
+	m.validateMemory(bad)
 	switch m.Accel {
 	case KVM, TCG:
 	default:
@@ -249,6 +279,45 @@ func (m Machine) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validateMemory checks the hot-plug fields: the ceiling, slots, and the
+// virtio-mem region, which must fit under the ceiling. What each machine
+// supports was measured with QEMU 7.2: virtio-mem's memory region clashes
+// with microvm's device regions, and arm64 "virt" only has ACPI (and so
+// DIMM hot-plug) when booted through UEFI firmware.
+func (m Machine) validateMemory(bad func(field, format string, args ...any)) {
+	if m.MaxMemoryMiB == 0 {
+		if m.MemorySlots > 0 || m.VirtioMem != nil {
+			bad("MaxMemoryMiB", "is 0, but memory hot-plug (MemorySlots or VirtioMem) needs room above MemoryMiB")
+		}
+		return
+	}
+	if m.MaxMemoryMiB < m.MemoryMiB {
+		bad("MaxMemoryMiB", "%d is below MemoryMiB %d", m.MaxMemoryMiB, m.MemoryMiB)
+	}
+	if m.MemorySlots < 0 || m.MemorySlots > 256 {
+		bad("MemorySlots", "%d is out of range 0-256", m.MemorySlots)
+	}
+	if v := m.VirtioMem; v != nil {
+		if m.Type == MicroVM {
+			bad("VirtioMem", "virtio-mem does not work on microvm (its memory region clashes with microvm's devices in QEMU 7.2); use q35")
+		}
+		if v.BlockMiB < 2 || v.BlockMiB&(v.BlockMiB-1) != 0 {
+			bad("VirtioMem.BlockMiB", "%d is not a power of two of at least 2", v.BlockMiB)
+		} else if v.RegionMiB <= 0 || v.RegionMiB%v.BlockMiB != 0 {
+			bad("VirtioMem.RegionMiB", "%d is not a positive multiple of the block size %d", v.RegionMiB, v.BlockMiB)
+		}
+		if m.MemoryMiB+v.RegionMiB > m.MaxMemoryMiB {
+			bad("VirtioMem.RegionMiB", "boot memory %d + region %d exceeds MaxMemoryMiB %d", m.MemoryMiB, v.RegionMiB, m.MaxMemoryMiB)
+		}
+		if err := checkQEMUID(v.ID); err != nil {
+			bad("VirtioMem.ID", "%v", err)
+		}
+	}
+	if m.Type == Virt && m.MemorySlots > 0 && len(m.Pflash) != 2 {
+		bad("Pflash", "DIMM hot-plug on arm64 \"virt\" needs ACPI, which QEMU only provides with UEFI firmware: give two pflash images (code, vars); without them QEMU fails with \"memory hotplug is not enabled: missing acpi-ged device\"")
+	}
 }
 
 // checkQEMUID applies QEMU's rule for IDs (id_wellformed: a letter, then

@@ -36,6 +36,7 @@ type StartOptions struct {
 
 // VM is a running QEMU process and its QMP connection.
 type VM struct {
+	machine Machine // as started; hot-plug needs its memory layout
 	cmd     *exec.Cmd
 	pid     int
 	output  *tailWriter
@@ -94,6 +95,7 @@ func Start(ctx context.Context, m Machine, opts StartOptions) (*VM, error) {
 	}
 
 	v := &VM{
+		machine: m,
 		cmd:     cmd,
 		pid:     cmd.Process.Pid,
 		output:  out,

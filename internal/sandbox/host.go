@@ -190,3 +190,11 @@ func writeStreamHeader(w io.Writer, hdr *api.StreamHeader) error {
 	_, err := protodelim.MarshalTo(w, hdr)
 	return err
 }
+
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, 0o600)
+}

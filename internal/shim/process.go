@@ -27,6 +27,21 @@ type container struct {
 	execs       map[string]*process
 	paused      bool
 	oomReported uint64 // OOM kills already reported
+	// memLimitBytes is the container's memory limit (0: none), which
+	// sizes the pod's VM.
+	memLimitBytes int64
+}
+
+func (c *container) memLimit() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.memLimitBytes
+}
+
+func (c *container) setMemLimit(v int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.memLimitBytes = v
 }
 
 func (c *container) oomKills() uint64 {

@@ -227,6 +227,15 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 	if err != nil {
 		return 0, err
 	}
+	var limit int64
+	if spec.Linux != nil {
+		limit = memoryLimit(spec.Linux.Resources)
+	}
+	if err := s.growFor(ctx, sb, r.ID, limit); err != nil {
+		s.destroySandboxIfEmpty(ctx, c)
+		return 0, err
+	}
+	c.setMemLimit(limit)
 	ns, _ := namespaces.Namespace(ctx)
 	paths := stdioPaths{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}
 	hio, err := openStdio(ctx, paths, r.ID, ns)
@@ -505,6 +514,8 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		if endVM && sb != nil {
 			// Publish the delete before the slow VM teardown.
 			defer sb.Destroy(context.WithoutCancel(ctx))
+		} else if vmAlive && c.memLimit() > 0 {
+			defer s.shrinkToFit(context.WithoutCancel(ctx), sb)
 		}
 	}
 	status, at := p.exit()
@@ -706,7 +717,7 @@ func (s *service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 
 // Update changes a container's resources inside the guest.
 func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*emptypb.Empty, error) {
-	_, sb, err := s.containerAndVM(r.ID)
+	c, sb, err := s.containerAndVM(r.ID)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
@@ -718,8 +729,22 @@ func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*em
 	if !ok {
 		return nil, toGRPC(fmt.Errorf("resources are %T, not linux resources: %w", v, errdefs.ErrInvalidArgument))
 	}
+	// In-place resize: grow the VM before raising the container's limit,
+	// shrink it after lowering.
+	newLimit, oldLimit := memoryLimit(res), c.memLimit()
+	if res.Memory != nil && res.Memory.Limit != nil {
+		if err := s.growFor(ctx, sb, r.ID, newLimit); err != nil {
+			return nil, toGRPC(err)
+		}
+	}
 	if err := sb.UpdateContainer(ctx, r.ID, res); err != nil {
 		return nil, toGRPC(err)
+	}
+	if res.Memory != nil && res.Memory.Limit != nil {
+		c.setMemLimit(newLimit)
+		if newLimit < oldLimit {
+			s.shrinkToFit(ctx, sb)
+		}
 	}
 	return &emptypb.Empty{}, nil
 }

@@ -91,6 +91,140 @@ func (StreamKind) EnumDescriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{0}
 }
 
+type MemoryInfo struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	MemTotalBytes     uint64                 `protobuf:"varint,1,opt,name=mem_total_bytes,json=memTotalBytes,proto3" json:"mem_total_bytes,omitempty"`
+	MemFreeBytes      uint64                 `protobuf:"varint,2,opt,name=mem_free_bytes,json=memFreeBytes,proto3" json:"mem_free_bytes,omitempty"`
+	MemAvailableBytes uint64                 `protobuf:"varint,3,opt,name=mem_available_bytes,json=memAvailableBytes,proto3" json:"mem_available_bytes,omitempty"`
+	BlocksOnline      uint32                 `protobuf:"varint,4,opt,name=blocks_online,json=blocksOnline,proto3" json:"blocks_online,omitempty"`
+	BlocksOffline     uint32                 `protobuf:"varint,5,opt,name=blocks_offline,json=blocksOffline,proto3" json:"blocks_offline,omitempty"`
+	BlockSizeBytes    uint64                 `protobuf:"varint,6,opt,name=block_size_bytes,json=blockSizeBytes,proto3" json:"block_size_bytes,omitempty"`
+	// auto_online_blocks is the kernel's own policy, reported for
+	// diagnostics: Berth does not rely on it.
+	AutoOnlineBlocks string `protobuf:"bytes,7,opt,name=auto_online_blocks,json=autoOnlineBlocks,proto3" json:"auto_online_blocks,omitempty"`
+	// errors lists blocks that could not be onlined, with the reason.
+	Errors []string `protobuf:"bytes,8,rep,name=errors,proto3" json:"errors,omitempty"`
+	// movable_bytes is memory in ZONE_MOVABLE (can be unplugged).
+	MovableBytes uint64 `protobuf:"varint,9,opt,name=movable_bytes,json=movableBytes,proto3" json:"movable_bytes,omitempty"`
+	// kernel_free_bytes is free memory outside ZONE_MOVABLE: what the
+	// kernel can use for its own allocations, including the page
+	// structures of memory hot-added next.
+	KernelFreeBytes uint64 `protobuf:"varint,10,opt,name=kernel_free_bytes,json=kernelFreeBytes,proto3" json:"kernel_free_bytes,omitempty"`
+	// kernel_blocks are the numbers of online memory blocks outside
+	// ZONE_MOVABLE: memory the guest cannot give back. The host checks a
+	// DIMM's blocks against it before asking the guest to eject it.
+	KernelBlocks  []uint64 `protobuf:"varint,11,rep,packed,name=kernel_blocks,json=kernelBlocks,proto3" json:"kernel_blocks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemoryInfo) Reset() {
+	*x = MemoryInfo{}
+	mi := &file_agent_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemoryInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemoryInfo) ProtoMessage() {}
+
+func (x *MemoryInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemoryInfo.ProtoReflect.Descriptor instead.
+func (*MemoryInfo) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *MemoryInfo) GetMemTotalBytes() uint64 {
+	if x != nil {
+		return x.MemTotalBytes
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetMemFreeBytes() uint64 {
+	if x != nil {
+		return x.MemFreeBytes
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetMemAvailableBytes() uint64 {
+	if x != nil {
+		return x.MemAvailableBytes
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetBlocksOnline() uint32 {
+	if x != nil {
+		return x.BlocksOnline
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetBlocksOffline() uint32 {
+	if x != nil {
+		return x.BlocksOffline
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetBlockSizeBytes() uint64 {
+	if x != nil {
+		return x.BlockSizeBytes
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetAutoOnlineBlocks() string {
+	if x != nil {
+		return x.AutoOnlineBlocks
+	}
+	return ""
+}
+
+func (x *MemoryInfo) GetErrors() []string {
+	if x != nil {
+		return x.Errors
+	}
+	return nil
+}
+
+func (x *MemoryInfo) GetMovableBytes() uint64 {
+	if x != nil {
+		return x.MovableBytes
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetKernelFreeBytes() uint64 {
+	if x != nil {
+		return x.KernelFreeBytes
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetKernelBlocks() []uint64 {
+	if x != nil {
+		return x.KernelBlocks
+	}
+	return nil
+}
+
 type WaitOOMRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
@@ -101,7 +235,7 @@ type WaitOOMRequest struct {
 
 func (x *WaitOOMRequest) Reset() {
 	*x = WaitOOMRequest{}
-	mi := &file_agent_proto_msgTypes[0]
+	mi := &file_agent_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -113,7 +247,7 @@ func (x *WaitOOMRequest) String() string {
 func (*WaitOOMRequest) ProtoMessage() {}
 
 func (x *WaitOOMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[0]
+	mi := &file_agent_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -126,7 +260,7 @@ func (x *WaitOOMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitOOMRequest.ProtoReflect.Descriptor instead.
 func (*WaitOOMRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{0}
+	return file_agent_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *WaitOOMRequest) GetContainerId() string {
@@ -152,7 +286,7 @@ type OOMResponse struct {
 
 func (x *OOMResponse) Reset() {
 	*x = OOMResponse{}
-	mi := &file_agent_proto_msgTypes[1]
+	mi := &file_agent_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -164,7 +298,7 @@ func (x *OOMResponse) String() string {
 func (*OOMResponse) ProtoMessage() {}
 
 func (x *OOMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[1]
+	mi := &file_agent_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -177,7 +311,7 @@ func (x *OOMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OOMResponse.ProtoReflect.Descriptor instead.
 func (*OOMResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{1}
+	return file_agent_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *OOMResponse) GetOomKillCount() uint64 {
@@ -196,7 +330,7 @@ type ContainerRequest struct {
 
 func (x *ContainerRequest) Reset() {
 	*x = ContainerRequest{}
-	mi := &file_agent_proto_msgTypes[2]
+	mi := &file_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -208,7 +342,7 @@ func (x *ContainerRequest) String() string {
 func (*ContainerRequest) ProtoMessage() {}
 
 func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[2]
+	mi := &file_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -221,7 +355,7 @@ func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerRequest.ProtoReflect.Descriptor instead.
 func (*ContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{2}
+	return file_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ContainerRequest) GetContainerId() string {
@@ -242,7 +376,7 @@ type UpdateRequest struct {
 
 func (x *UpdateRequest) Reset() {
 	*x = UpdateRequest{}
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -254,7 +388,7 @@ func (x *UpdateRequest) String() string {
 func (*UpdateRequest) ProtoMessage() {}
 
 func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -267,7 +401,7 @@ func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{3}
+	return file_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *UpdateRequest) GetContainerId() string {
@@ -315,7 +449,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -327,7 +461,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -340,7 +474,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{4}
+	return file_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *StatsResponse) GetCgroupVersion() uint32 {
@@ -476,7 +610,7 @@ type IOEntry struct {
 
 func (x *IOEntry) Reset() {
 	*x = IOEntry{}
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -488,7 +622,7 @@ func (x *IOEntry) String() string {
 func (*IOEntry) ProtoMessage() {}
 
 func (x *IOEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -501,7 +635,7 @@ func (x *IOEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOEntry.ProtoReflect.Descriptor instead.
 func (*IOEntry) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *IOEntry) GetMajor() uint64 {
@@ -554,7 +688,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -566,7 +700,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -579,7 +713,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_proto_rawDescGZIP(), []int{7}
 }
 
 type InfoResponse struct {
@@ -596,7 +730,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -608,7 +742,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -621,7 +755,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *InfoResponse) GetAgentVersion() string {
@@ -681,7 +815,7 @@ type Stdio struct {
 
 func (x *Stdio) Reset() {
 	*x = Stdio{}
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -693,7 +827,7 @@ func (x *Stdio) String() string {
 func (*Stdio) ProtoMessage() {}
 
 func (x *Stdio) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -706,7 +840,7 @@ func (x *Stdio) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stdio.ProtoReflect.Descriptor instead.
 func (*Stdio) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Stdio) GetStdin() bool {
@@ -750,7 +884,7 @@ type CreateRequest struct {
 
 func (x *CreateRequest) Reset() {
 	*x = CreateRequest{}
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -762,7 +896,7 @@ func (x *CreateRequest) String() string {
 func (*CreateRequest) ProtoMessage() {}
 
 func (x *CreateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -775,7 +909,7 @@ func (x *CreateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRequest.ProtoReflect.Descriptor instead.
 func (*CreateRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateRequest) GetContainerId() string {
@@ -808,7 +942,7 @@ type CreateResponse struct {
 
 func (x *CreateResponse) Reset() {
 	*x = CreateResponse{}
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -820,7 +954,7 @@ func (x *CreateResponse) String() string {
 func (*CreateResponse) ProtoMessage() {}
 
 func (x *CreateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -833,7 +967,7 @@ func (x *CreateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateResponse.ProtoReflect.Descriptor instead.
 func (*CreateResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateResponse) GetPid() uint32 {
@@ -853,7 +987,7 @@ type StartRequest struct {
 
 func (x *StartRequest) Reset() {
 	*x = StartRequest{}
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -865,7 +999,7 @@ func (x *StartRequest) String() string {
 func (*StartRequest) ProtoMessage() {}
 
 func (x *StartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -878,7 +1012,7 @@ func (x *StartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequest.ProtoReflect.Descriptor instead.
 func (*StartRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StartRequest) GetContainerId() string {
@@ -904,7 +1038,7 @@ type StartResponse struct {
 
 func (x *StartResponse) Reset() {
 	*x = StartResponse{}
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -916,7 +1050,7 @@ func (x *StartResponse) String() string {
 func (*StartResponse) ProtoMessage() {}
 
 func (x *StartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -929,7 +1063,7 @@ func (x *StartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartResponse.ProtoReflect.Descriptor instead.
 func (*StartResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StartResponse) GetPid() uint32 {
@@ -952,7 +1086,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -964,7 +1098,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -977,7 +1111,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ExecRequest) GetContainerId() string {
@@ -1020,7 +1154,7 @@ type KillRequest struct {
 
 func (x *KillRequest) Reset() {
 	*x = KillRequest{}
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1032,7 +1166,7 @@ func (x *KillRequest) String() string {
 func (*KillRequest) ProtoMessage() {}
 
 func (x *KillRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1045,7 +1179,7 @@ func (x *KillRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillRequest.ProtoReflect.Descriptor instead.
 func (*KillRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *KillRequest) GetContainerId() string {
@@ -1086,7 +1220,7 @@ type WaitRequest struct {
 
 func (x *WaitRequest) Reset() {
 	*x = WaitRequest{}
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1098,7 +1232,7 @@ func (x *WaitRequest) String() string {
 func (*WaitRequest) ProtoMessage() {}
 
 func (x *WaitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1111,7 +1245,7 @@ func (x *WaitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitRequest.ProtoReflect.Descriptor instead.
 func (*WaitRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WaitRequest) GetContainerId() string {
@@ -1140,7 +1274,7 @@ type WaitResponse struct {
 
 func (x *WaitResponse) Reset() {
 	*x = WaitResponse{}
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1152,7 +1286,7 @@ func (x *WaitResponse) String() string {
 func (*WaitResponse) ProtoMessage() {}
 
 func (x *WaitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1165,7 +1299,7 @@ func (x *WaitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitResponse.ProtoReflect.Descriptor instead.
 func (*WaitResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WaitResponse) GetExitStatus() uint32 {
@@ -1191,7 +1325,7 @@ type PidsRequest struct {
 
 func (x *PidsRequest) Reset() {
 	*x = PidsRequest{}
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1203,7 +1337,7 @@ func (x *PidsRequest) String() string {
 func (*PidsRequest) ProtoMessage() {}
 
 func (x *PidsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1216,7 +1350,7 @@ func (x *PidsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsRequest.ProtoReflect.Descriptor instead.
 func (*PidsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PidsRequest) GetContainerId() string {
@@ -1235,7 +1369,7 @@ type PidsResponse struct {
 
 func (x *PidsResponse) Reset() {
 	*x = PidsResponse{}
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1247,7 +1381,7 @@ func (x *PidsResponse) String() string {
 func (*PidsResponse) ProtoMessage() {}
 
 func (x *PidsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1260,7 +1394,7 @@ func (x *PidsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsResponse.ProtoReflect.Descriptor instead.
 func (*PidsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PidsResponse) GetPids() []uint32 {
@@ -1282,7 +1416,7 @@ type ResizePtyRequest struct {
 
 func (x *ResizePtyRequest) Reset() {
 	*x = ResizePtyRequest{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1294,7 +1428,7 @@ func (x *ResizePtyRequest) String() string {
 func (*ResizePtyRequest) ProtoMessage() {}
 
 func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1307,7 +1441,7 @@ func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizePtyRequest.ProtoReflect.Descriptor instead.
 func (*ResizePtyRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ResizePtyRequest) GetContainerId() string {
@@ -1348,7 +1482,7 @@ type CloseIORequest struct {
 
 func (x *CloseIORequest) Reset() {
 	*x = CloseIORequest{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1360,7 +1494,7 @@ func (x *CloseIORequest) String() string {
 func (*CloseIORequest) ProtoMessage() {}
 
 func (x *CloseIORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1373,7 +1507,7 @@ func (x *CloseIORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseIORequest.ProtoReflect.Descriptor instead.
 func (*CloseIORequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CloseIORequest) GetContainerId() string {
@@ -1400,7 +1534,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1412,7 +1546,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1425,7 +1559,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeleteRequest) GetContainerId() string {
@@ -1452,7 +1586,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1464,7 +1598,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1477,7 +1611,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeleteResponse) GetExitStatus() uint32 {
@@ -1509,7 +1643,7 @@ type StreamHeader struct {
 
 func (x *StreamHeader) Reset() {
 	*x = StreamHeader{}
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1521,7 +1655,7 @@ func (x *StreamHeader) String() string {
 func (*StreamHeader) ProtoMessage() {}
 
 func (x *StreamHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1534,7 +1668,7 @@ func (x *StreamHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamHeader.ProtoReflect.Descriptor instead.
 func (*StreamHeader) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StreamHeader) GetContainerId() string {
@@ -1562,7 +1696,21 @@ var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
 	"\n" +
-	"\vagent.proto\x12\x0eberth.agent.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"I\n" +
+	"\vagent.proto\x12\x0eberth.agent.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x03\n" +
+	"\n" +
+	"MemoryInfo\x12&\n" +
+	"\x0fmem_total_bytes\x18\x01 \x01(\x04R\rmemTotalBytes\x12$\n" +
+	"\x0emem_free_bytes\x18\x02 \x01(\x04R\fmemFreeBytes\x12.\n" +
+	"\x13mem_available_bytes\x18\x03 \x01(\x04R\x11memAvailableBytes\x12#\n" +
+	"\rblocks_online\x18\x04 \x01(\rR\fblocksOnline\x12%\n" +
+	"\x0eblocks_offline\x18\x05 \x01(\rR\rblocksOffline\x12(\n" +
+	"\x10block_size_bytes\x18\x06 \x01(\x04R\x0eblockSizeBytes\x12,\n" +
+	"\x12auto_online_blocks\x18\a \x01(\tR\x10autoOnlineBlocks\x12\x16\n" +
+	"\x06errors\x18\b \x03(\tR\x06errors\x12#\n" +
+	"\rmovable_bytes\x18\t \x01(\x04R\fmovableBytes\x12*\n" +
+	"\x11kernel_free_bytes\x18\n" +
+	" \x01(\x04R\x0fkernelFreeBytes\x12#\n" +
+	"\rkernel_blocks\x18\v \x03(\x04R\fkernelBlocks\"I\n" +
 	"\x0eWaitOOMRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x14\n" +
 	"\x05after\x18\x02 \x01(\x04R\x05after\"3\n" +
@@ -1675,7 +1823,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x12STREAM_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fSTREAM_STDIN\x10\x01\x12\x11\n" +
 	"\rSTREAM_STDOUT\x10\x02\x12\x11\n" +
-	"\rSTREAM_STDERR\x10\x032\xc2\b\n" +
+	"\rSTREAM_STDERR\x10\x032\x86\t\n" +
 	"\x05Agent\x12A\n" +
 	"\x04Info\x12\x1b.berth.agent.v1.InfoRequest\x1a\x1c.berth.agent.v1.InfoResponse\x12G\n" +
 	"\x06Create\x12\x1d.berth.agent.v1.CreateRequest\x1a\x1e.berth.agent.v1.CreateResponse\x12D\n" +
@@ -1692,7 +1840,8 @@ const file_agent_proto_rawDesc = "" +
 	"\x06Resume\x12 .berth.agent.v1.ContainerRequest\x1a\x16.google.protobuf.Empty\x12?\n" +
 	"\x06Update\x12\x1d.berth.agent.v1.UpdateRequest\x1a\x16.google.protobuf.Empty\x12H\n" +
 	"\x05Stats\x12 .berth.agent.v1.ContainerRequest\x1a\x1d.berth.agent.v1.StatsResponse\x12F\n" +
-	"\aWaitOOM\x12\x1e.berth.agent.v1.WaitOOMRequest\x1a\x1b.berth.agent.v1.OOMResponseB3Z1github.com/berth-runtime/berth/api/agent/v1;agentb\x06proto3"
+	"\aWaitOOM\x12\x1e.berth.agent.v1.WaitOOMRequest\x1a\x1b.berth.agent.v1.OOMResponse\x12B\n" +
+	"\fOnlineMemory\x12\x16.google.protobuf.Empty\x1a\x1a.berth.agent.v1.MemoryInfoB3Z1github.com/berth-runtime/berth/api/agent/v1;agentb\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -1707,79 +1856,82 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_agent_proto_goTypes = []any{
 	(StreamKind)(0),               // 0: berth.agent.v1.StreamKind
-	(*WaitOOMRequest)(nil),        // 1: berth.agent.v1.WaitOOMRequest
-	(*OOMResponse)(nil),           // 2: berth.agent.v1.OOMResponse
-	(*ContainerRequest)(nil),      // 3: berth.agent.v1.ContainerRequest
-	(*UpdateRequest)(nil),         // 4: berth.agent.v1.UpdateRequest
-	(*StatsResponse)(nil),         // 5: berth.agent.v1.StatsResponse
-	(*IOEntry)(nil),               // 6: berth.agent.v1.IOEntry
-	(*InfoRequest)(nil),           // 7: berth.agent.v1.InfoRequest
-	(*InfoResponse)(nil),          // 8: berth.agent.v1.InfoResponse
-	(*Stdio)(nil),                 // 9: berth.agent.v1.Stdio
-	(*CreateRequest)(nil),         // 10: berth.agent.v1.CreateRequest
-	(*CreateResponse)(nil),        // 11: berth.agent.v1.CreateResponse
-	(*StartRequest)(nil),          // 12: berth.agent.v1.StartRequest
-	(*StartResponse)(nil),         // 13: berth.agent.v1.StartResponse
-	(*ExecRequest)(nil),           // 14: berth.agent.v1.ExecRequest
-	(*KillRequest)(nil),           // 15: berth.agent.v1.KillRequest
-	(*WaitRequest)(nil),           // 16: berth.agent.v1.WaitRequest
-	(*WaitResponse)(nil),          // 17: berth.agent.v1.WaitResponse
-	(*PidsRequest)(nil),           // 18: berth.agent.v1.PidsRequest
-	(*PidsResponse)(nil),          // 19: berth.agent.v1.PidsResponse
-	(*ResizePtyRequest)(nil),      // 20: berth.agent.v1.ResizePtyRequest
-	(*CloseIORequest)(nil),        // 21: berth.agent.v1.CloseIORequest
-	(*DeleteRequest)(nil),         // 22: berth.agent.v1.DeleteRequest
-	(*DeleteResponse)(nil),        // 23: berth.agent.v1.DeleteResponse
-	(*StreamHeader)(nil),          // 24: berth.agent.v1.StreamHeader
-	nil,                           // 25: berth.agent.v1.StatsResponse.MemoryStatEntry
-	(*timestamppb.Timestamp)(nil), // 26: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),         // 27: google.protobuf.Empty
+	(*MemoryInfo)(nil),            // 1: berth.agent.v1.MemoryInfo
+	(*WaitOOMRequest)(nil),        // 2: berth.agent.v1.WaitOOMRequest
+	(*OOMResponse)(nil),           // 3: berth.agent.v1.OOMResponse
+	(*ContainerRequest)(nil),      // 4: berth.agent.v1.ContainerRequest
+	(*UpdateRequest)(nil),         // 5: berth.agent.v1.UpdateRequest
+	(*StatsResponse)(nil),         // 6: berth.agent.v1.StatsResponse
+	(*IOEntry)(nil),               // 7: berth.agent.v1.IOEntry
+	(*InfoRequest)(nil),           // 8: berth.agent.v1.InfoRequest
+	(*InfoResponse)(nil),          // 9: berth.agent.v1.InfoResponse
+	(*Stdio)(nil),                 // 10: berth.agent.v1.Stdio
+	(*CreateRequest)(nil),         // 11: berth.agent.v1.CreateRequest
+	(*CreateResponse)(nil),        // 12: berth.agent.v1.CreateResponse
+	(*StartRequest)(nil),          // 13: berth.agent.v1.StartRequest
+	(*StartResponse)(nil),         // 14: berth.agent.v1.StartResponse
+	(*ExecRequest)(nil),           // 15: berth.agent.v1.ExecRequest
+	(*KillRequest)(nil),           // 16: berth.agent.v1.KillRequest
+	(*WaitRequest)(nil),           // 17: berth.agent.v1.WaitRequest
+	(*WaitResponse)(nil),          // 18: berth.agent.v1.WaitResponse
+	(*PidsRequest)(nil),           // 19: berth.agent.v1.PidsRequest
+	(*PidsResponse)(nil),          // 20: berth.agent.v1.PidsResponse
+	(*ResizePtyRequest)(nil),      // 21: berth.agent.v1.ResizePtyRequest
+	(*CloseIORequest)(nil),        // 22: berth.agent.v1.CloseIORequest
+	(*DeleteRequest)(nil),         // 23: berth.agent.v1.DeleteRequest
+	(*DeleteResponse)(nil),        // 24: berth.agent.v1.DeleteResponse
+	(*StreamHeader)(nil),          // 25: berth.agent.v1.StreamHeader
+	nil,                           // 26: berth.agent.v1.StatsResponse.MemoryStatEntry
+	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),         // 28: google.protobuf.Empty
 }
 var file_agent_proto_depIdxs = []int32{
-	25, // 0: berth.agent.v1.StatsResponse.memory_stat:type_name -> berth.agent.v1.StatsResponse.MemoryStatEntry
-	6,  // 1: berth.agent.v1.StatsResponse.io:type_name -> berth.agent.v1.IOEntry
-	9,  // 2: berth.agent.v1.CreateRequest.stdio:type_name -> berth.agent.v1.Stdio
-	9,  // 3: berth.agent.v1.ExecRequest.stdio:type_name -> berth.agent.v1.Stdio
-	26, // 4: berth.agent.v1.WaitResponse.exited_at:type_name -> google.protobuf.Timestamp
-	26, // 5: berth.agent.v1.DeleteResponse.exited_at:type_name -> google.protobuf.Timestamp
+	26, // 0: berth.agent.v1.StatsResponse.memory_stat:type_name -> berth.agent.v1.StatsResponse.MemoryStatEntry
+	7,  // 1: berth.agent.v1.StatsResponse.io:type_name -> berth.agent.v1.IOEntry
+	10, // 2: berth.agent.v1.CreateRequest.stdio:type_name -> berth.agent.v1.Stdio
+	10, // 3: berth.agent.v1.ExecRequest.stdio:type_name -> berth.agent.v1.Stdio
+	27, // 4: berth.agent.v1.WaitResponse.exited_at:type_name -> google.protobuf.Timestamp
+	27, // 5: berth.agent.v1.DeleteResponse.exited_at:type_name -> google.protobuf.Timestamp
 	0,  // 6: berth.agent.v1.StreamHeader.kind:type_name -> berth.agent.v1.StreamKind
-	7,  // 7: berth.agent.v1.Agent.Info:input_type -> berth.agent.v1.InfoRequest
-	10, // 8: berth.agent.v1.Agent.Create:input_type -> berth.agent.v1.CreateRequest
-	12, // 9: berth.agent.v1.Agent.Start:input_type -> berth.agent.v1.StartRequest
-	14, // 10: berth.agent.v1.Agent.Exec:input_type -> berth.agent.v1.ExecRequest
-	15, // 11: berth.agent.v1.Agent.Kill:input_type -> berth.agent.v1.KillRequest
-	16, // 12: berth.agent.v1.Agent.Wait:input_type -> berth.agent.v1.WaitRequest
-	18, // 13: berth.agent.v1.Agent.Pids:input_type -> berth.agent.v1.PidsRequest
-	20, // 14: berth.agent.v1.Agent.ResizePty:input_type -> berth.agent.v1.ResizePtyRequest
-	21, // 15: berth.agent.v1.Agent.CloseIO:input_type -> berth.agent.v1.CloseIORequest
-	22, // 16: berth.agent.v1.Agent.Delete:input_type -> berth.agent.v1.DeleteRequest
-	27, // 17: berth.agent.v1.Agent.Shutdown:input_type -> google.protobuf.Empty
-	3,  // 18: berth.agent.v1.Agent.Pause:input_type -> berth.agent.v1.ContainerRequest
-	3,  // 19: berth.agent.v1.Agent.Resume:input_type -> berth.agent.v1.ContainerRequest
-	4,  // 20: berth.agent.v1.Agent.Update:input_type -> berth.agent.v1.UpdateRequest
-	3,  // 21: berth.agent.v1.Agent.Stats:input_type -> berth.agent.v1.ContainerRequest
-	1,  // 22: berth.agent.v1.Agent.WaitOOM:input_type -> berth.agent.v1.WaitOOMRequest
-	8,  // 23: berth.agent.v1.Agent.Info:output_type -> berth.agent.v1.InfoResponse
-	11, // 24: berth.agent.v1.Agent.Create:output_type -> berth.agent.v1.CreateResponse
-	13, // 25: berth.agent.v1.Agent.Start:output_type -> berth.agent.v1.StartResponse
-	27, // 26: berth.agent.v1.Agent.Exec:output_type -> google.protobuf.Empty
-	27, // 27: berth.agent.v1.Agent.Kill:output_type -> google.protobuf.Empty
-	17, // 28: berth.agent.v1.Agent.Wait:output_type -> berth.agent.v1.WaitResponse
-	19, // 29: berth.agent.v1.Agent.Pids:output_type -> berth.agent.v1.PidsResponse
-	27, // 30: berth.agent.v1.Agent.ResizePty:output_type -> google.protobuf.Empty
-	27, // 31: berth.agent.v1.Agent.CloseIO:output_type -> google.protobuf.Empty
-	23, // 32: berth.agent.v1.Agent.Delete:output_type -> berth.agent.v1.DeleteResponse
-	27, // 33: berth.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
-	27, // 34: berth.agent.v1.Agent.Pause:output_type -> google.protobuf.Empty
-	27, // 35: berth.agent.v1.Agent.Resume:output_type -> google.protobuf.Empty
-	27, // 36: berth.agent.v1.Agent.Update:output_type -> google.protobuf.Empty
-	5,  // 37: berth.agent.v1.Agent.Stats:output_type -> berth.agent.v1.StatsResponse
-	2,  // 38: berth.agent.v1.Agent.WaitOOM:output_type -> berth.agent.v1.OOMResponse
-	23, // [23:39] is the sub-list for method output_type
-	7,  // [7:23] is the sub-list for method input_type
+	8,  // 7: berth.agent.v1.Agent.Info:input_type -> berth.agent.v1.InfoRequest
+	11, // 8: berth.agent.v1.Agent.Create:input_type -> berth.agent.v1.CreateRequest
+	13, // 9: berth.agent.v1.Agent.Start:input_type -> berth.agent.v1.StartRequest
+	15, // 10: berth.agent.v1.Agent.Exec:input_type -> berth.agent.v1.ExecRequest
+	16, // 11: berth.agent.v1.Agent.Kill:input_type -> berth.agent.v1.KillRequest
+	17, // 12: berth.agent.v1.Agent.Wait:input_type -> berth.agent.v1.WaitRequest
+	19, // 13: berth.agent.v1.Agent.Pids:input_type -> berth.agent.v1.PidsRequest
+	21, // 14: berth.agent.v1.Agent.ResizePty:input_type -> berth.agent.v1.ResizePtyRequest
+	22, // 15: berth.agent.v1.Agent.CloseIO:input_type -> berth.agent.v1.CloseIORequest
+	23, // 16: berth.agent.v1.Agent.Delete:input_type -> berth.agent.v1.DeleteRequest
+	28, // 17: berth.agent.v1.Agent.Shutdown:input_type -> google.protobuf.Empty
+	4,  // 18: berth.agent.v1.Agent.Pause:input_type -> berth.agent.v1.ContainerRequest
+	4,  // 19: berth.agent.v1.Agent.Resume:input_type -> berth.agent.v1.ContainerRequest
+	5,  // 20: berth.agent.v1.Agent.Update:input_type -> berth.agent.v1.UpdateRequest
+	4,  // 21: berth.agent.v1.Agent.Stats:input_type -> berth.agent.v1.ContainerRequest
+	2,  // 22: berth.agent.v1.Agent.WaitOOM:input_type -> berth.agent.v1.WaitOOMRequest
+	28, // 23: berth.agent.v1.Agent.OnlineMemory:input_type -> google.protobuf.Empty
+	9,  // 24: berth.agent.v1.Agent.Info:output_type -> berth.agent.v1.InfoResponse
+	12, // 25: berth.agent.v1.Agent.Create:output_type -> berth.agent.v1.CreateResponse
+	14, // 26: berth.agent.v1.Agent.Start:output_type -> berth.agent.v1.StartResponse
+	28, // 27: berth.agent.v1.Agent.Exec:output_type -> google.protobuf.Empty
+	28, // 28: berth.agent.v1.Agent.Kill:output_type -> google.protobuf.Empty
+	18, // 29: berth.agent.v1.Agent.Wait:output_type -> berth.agent.v1.WaitResponse
+	20, // 30: berth.agent.v1.Agent.Pids:output_type -> berth.agent.v1.PidsResponse
+	28, // 31: berth.agent.v1.Agent.ResizePty:output_type -> google.protobuf.Empty
+	28, // 32: berth.agent.v1.Agent.CloseIO:output_type -> google.protobuf.Empty
+	24, // 33: berth.agent.v1.Agent.Delete:output_type -> berth.agent.v1.DeleteResponse
+	28, // 34: berth.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
+	28, // 35: berth.agent.v1.Agent.Pause:output_type -> google.protobuf.Empty
+	28, // 36: berth.agent.v1.Agent.Resume:output_type -> google.protobuf.Empty
+	28, // 37: berth.agent.v1.Agent.Update:output_type -> google.protobuf.Empty
+	6,  // 38: berth.agent.v1.Agent.Stats:output_type -> berth.agent.v1.StatsResponse
+	3,  // 39: berth.agent.v1.Agent.WaitOOM:output_type -> berth.agent.v1.OOMResponse
+	1,  // 40: berth.agent.v1.Agent.OnlineMemory:output_type -> berth.agent.v1.MemoryInfo
+	24, // [24:41] is the sub-list for method output_type
+	7,  // [7:24] is the sub-list for method input_type
 	7,  // [7:7] is the sub-list for extension type_name
 	7,  // [7:7] is the sub-list for extension extendee
 	0,  // [0:7] is the sub-list for field type_name
@@ -1796,7 +1948,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   25,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,7 @@ type AgentService interface {
 	Update(context.Context, *UpdateRequest) (*emptypb.Empty, error)
 	Stats(context.Context, *ContainerRequest) (*StatsResponse, error)
 	WaitOOM(context.Context, *WaitOOMRequest) (*OOMResponse, error)
+	OnlineMemory(context.Context, *emptypb.Empty) (*MemoryInfo, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -141,6 +142,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.WaitOOM(ctx, &req)
+			},
+			"OnlineMemory": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req emptypb.Empty
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.OnlineMemory(ctx, &req)
 			},
 		},
 	})
@@ -279,6 +287,14 @@ func (c *agentClient) Stats(ctx context.Context, req *ContainerRequest) (*StatsR
 func (c *agentClient) WaitOOM(ctx context.Context, req *WaitOOMRequest) (*OOMResponse, error) {
 	var resp OOMResponse
 	if err := c.client.Call(ctx, "berth.agent.v1.Agent", "WaitOOM", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) OnlineMemory(ctx context.Context, req *emptypb.Empty) (*MemoryInfo, error) {
+	var resp MemoryInfo
+	if err := c.client.Call(ctx, "berth.agent.v1.Agent", "OnlineMemory", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -1,0 +1,165 @@
+// Command memory measures memory hot-plug, in one run: the time from a
+// resize request until the guest can use +1 GiB, and until 1 GiB is gone
+// again, for virtio-mem and for ACPI DIMMs, next to the raw floor: a bare
+// QMP qom-set of virtio-mem's requested-size until the guest's MemTotal
+// has grown by the GiB (no validation, no stepping, no status checks).
+//
+// Usage (root, guest image built): go run ./bench/memory -n 5
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/containerd/ttrpc"
+
+	api "github.com/berth-runtime/berth/api/agent/v1"
+	"github.com/berth-runtime/berth/internal/config"
+	"github.com/berth-runtime/berth/internal/qemu"
+	"github.com/berth-runtime/berth/internal/sandbox"
+	"github.com/berth-runtime/berth/internal/transport"
+)
+
+func main() {
+	n := flag.Int("n", 5, "repetitions of each measurement")
+	stateDir := flag.String("state-dir", "/var/lib/berth", "Berth state directory (guest image)")
+	flag.Parse()
+	ctx := context.Background()
+
+	rows := map[string][]time.Duration{}
+	for _, mech := range []string{config.MemoryHotplugVirtioMem, config.MemoryHotplugDIMM} {
+		cfg, err := config.Load("", config.Overrides{StateDir: *stateDir})
+		if err != nil {
+			fatal(err)
+		}
+		cfg.Hypervisor.MemoryHotplug = mech
+		cfg.RunDir, _ = os.MkdirTemp("", "berth-bench-mem-")
+		defer os.RemoveAll(cfg.RunDir)
+		sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: "bench-" + mech, Accel: qemu.TCG})
+		if err != nil {
+			fatal(err)
+		}
+		boot := sb.MemoryStatus(ctx).GuestAtBootMiB
+		for i := 0; i < *n; i++ {
+			t0 := time.Now()
+			if _, err := sb.ResizeMemory(ctx, boot+1024); err != nil {
+				sb.Destroy(ctx)
+				fatal(fmt.Errorf("%s grow: %w", mech, err))
+			}
+			rows[mech+" +1 GiB (until usable)"] = append(rows[mech+" +1 GiB (until usable)"], time.Since(t0))
+			t0 = time.Now()
+			if _, err := sb.ResizeMemory(ctx, boot); err != nil {
+				sb.Destroy(ctx)
+				fatal(fmt.Errorf("%s shrink: %w", mech, err))
+			}
+			rows[mech+" -1 GiB (until removed)"] = append(rows[mech+" -1 GiB (until removed)"], time.Since(t0))
+		}
+		sb.Destroy(ctx)
+	}
+	raw, err := rawFloor(ctx, *stateDir, *n)
+	if err != nil {
+		fatal(err)
+	}
+	rows["raw floor: qom-set until MemTotal +1 GiB"] = raw
+
+	fmt.Printf("memory hot-plug, TCG, 256 MiB guest, %d runs each\n\n", *n)
+	fmt.Printf("%-48s %9s %9s %9s\n", "measurement", "median", "min", "max")
+	names := make([]string, 0, len(rows))
+	for k := range rows {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		s := sorted(rows[k])
+		fmt.Printf("%-48s %9s %9s %9s\n", k, ms(median(s)), ms(s[0]), ms(s[len(s)-1]))
+	}
+}
+
+// rawFloor boots the guest image with a virtio-mem device but no Berth
+// sandbox around it, sets requested-size over QMP and polls the agent's
+// MemTotal until it has grown by the GiB.
+func rawFloor(ctx context.Context, stateDir string, n int) ([]time.Duration, error) {
+	cfg, err := config.Load("", config.Overrides{StateDir: stateDir})
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "berth-bench-raw-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	m := qemu.Machine{
+		Binary: cfg.Hypervisor.Path, Type: qemu.Q35, Accel: qemu.TCG, VCPUs: 1, MemoryMiB: 256,
+		Kernel: cfg.Guest.Kernel, Initrd: cfg.Guest.Initrd, KernelParams: "berth.transport=virtio-serial swiotlb=4096",
+		QMPSocket:    filepath.Join(dir, "qmp.sock"),
+		SerialPorts:  []qemu.VirtioSerialPort{{ID: "agent", Name: transport.SerialPortName, SocketPath: filepath.Join(dir, "agent.sock")}},
+		MaxMemoryMiB: 256 + 2048,
+		VirtioMem:    &qemu.VirtioMemDevice{ID: "vm0", RegionMiB: 2048, BlockMiB: 2},
+	}
+	vm, err := qemu.Start(ctx, m, qemu.StartOptions{DieWithParent: true})
+	if err != nil {
+		return nil, err
+	}
+	defer vm.Kill()
+	d := transport.NewSerialDialer(filepath.Join(dir, "agent.sock"))
+	defer d.Close()
+	conn, err := d.Dial(ctx, transport.AgentPort)
+	if err != nil {
+		return nil, err
+	}
+	client := ttrpc.NewClient(conn)
+	defer client.Close()
+	agent := api.NewAgentClient(client)
+	memTotal := func() uint64 {
+		info, err := agent.Info(ctx, &api.InfoRequest{})
+		if err != nil {
+			fatal(err)
+		}
+		return info.MemTotalBytes
+	}
+	var out []time.Duration
+	for i := 0; i < n; i++ {
+		before := memTotal()
+		t0 := time.Now()
+		if err := vm.SetVirtioMemRequested(ctx, "vm0", 1024); err != nil {
+			return nil, err
+		}
+		// The floor for the same outcome: the guest uses the whole GiB
+		// (the agent onlines blocks as they arrive).
+		for memTotal() < before+1000<<20 {
+		}
+		out = append(out, time.Since(t0))
+		if _, err := vm.ResizeVirtioMem(ctx, "vm0", 0, 10*time.Second); err != nil {
+			return nil, err
+		}
+		for memTotal() != before {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	return out, nil
+}
+
+func sorted(ds []time.Duration) []time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s
+}
+
+func median(s []time.Duration) time.Duration {
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d)/float64(time.Millisecond)) }
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "bench:", err)
+	os.Exit(1)
+}

@@ -1,0 +1,277 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-runtime/berth/internal/sandbox"
+)
+
+const gib = 1 << 30
+
+// createLimitedContainer creates a busybox container with a memory limit.
+func (c *criClient) createLimitedContainer(t *testing.T, pod *criPod, name string, limitBytes int64, args ...string) string {
+	t.Helper()
+	config := &cri.ContainerConfig{
+		Metadata: &cri.ContainerMetadata{Name: name},
+		Image:    &cri.ImageSpec{Image: busyboxImage},
+		Command:  args,
+		LogPath:  name + ".log",
+		Linux: &cri.LinuxContainerConfig{
+			Resources:       &cri.LinuxContainerResources{MemoryLimitInBytes: limitBytes},
+			SecurityContext: &cri.LinuxContainerSecurityContext{NamespaceOptions: pod.config.Linux.SecurityContext.NamespaceOptions},
+		},
+	}
+	resp, err := c.rt.CreateContainer(criCtx(t, 2*time.Minute), &cri.CreateContainerRequest{PodSandboxId: pod.id, Config: config, SandboxConfig: pod.config})
+	if err != nil {
+		t.Fatalf("CreateContainer %s: %v", name, err)
+	}
+	return resp.ContainerId
+}
+
+// guestMemTotalKiB runs head -1 /proc/meminfo in the container.
+func (c *criClient) guestMemTotalKiB(t *testing.T, id string) int {
+	t.Helper()
+	ex, err := c.rt.ExecSync(criCtx(t, time.Minute), &cri.ExecSyncRequest{ContainerId: id, Cmd: []string{"head", "-1", "/proc/meminfo"}, Timeout: 30})
+	if err != nil || ex.ExitCode != 0 {
+		t.Fatalf("read meminfo: %v %+v", err, ex)
+	}
+	return memTotalKiB(t, string(ex.Stdout))
+}
+
+// berthStatus reads `berth status --json` for a sandbox.
+func berthStatus(t *testing.T, id string) sandbox.Status {
+	t.Helper()
+	return berthStatusWith(t, env.config, id)
+}
+
+func berthStatusWith(t *testing.T, cfg, id string) sandbox.Status {
+	t.Helper()
+	r := berth(t, "", "--config", cfg, "status", "--json", id)
+	if r.code != 0 {
+		t.Fatalf("berth status %s: %s", id, r.stderr)
+	}
+	var st sandbox.Status
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+		t.Fatalf("berth status --json: %v\n%s", err, r.stdout)
+	}
+	return st
+}
+
+// qemuRSSKiB reads VmRSS of the pod's QEMU.
+func qemuRSSKiB(t *testing.T) int {
+	t.Helper()
+	pids := qemuPids()
+	if len(pids) != 1 {
+		t.Fatalf("QEMU pids %v", pids)
+	}
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pids[0]))
+	m := regexp.MustCompile(`VmRSS:\s+(\d+) kB`).FindSubmatch(b)
+	if m == nil {
+		t.Fatal("no VmRSS")
+	}
+	v, _ := strconv.Atoi(string(m[1]))
+	return v
+}
+
+// TestMemoryFollowsContainerLimits is issue 4's main acceptance test,
+// through CRI as the kubelet drives it: a 256 MiB sandbox with a 1 GiB
+// container grows to hold it; an in-place resize up grows the guest, and
+// down shrinks the guest and gives memory back to the host.
+func TestMemoryFollowsContainerLimits(t *testing.T) {
+	c := newCRI(t)
+	defer assertNoLeaks(t)
+	pod := c.runPod(t, "memory")
+	defer c.removePod(t, pod.id)
+	id := c.createLimitedContainer(t, pod, "limited", gib, "sleep", "1000")
+	c.startContainer(t, id)
+
+	if kib := c.guestMemTotalKiB(t, id); kib < 12*gib/10/1024 {
+		t.Errorf("guest MemTotal %d KiB with a 1 GiB container in a 256 MiB sandbox, want >= 1.2 GiB", kib)
+	}
+	st := berthStatus(t, pod.id)
+	if m := st.Memory; m.GuestAtBootMiB != 256 || m.GuestCurrentMiB != 1280 || m.GuestRequestedMiB != 1280 || m.Mechanism != "virtio-mem" {
+		t.Errorf("berth status memory = %+v, want boot 256, current and requested 1280, virtio-mem", m)
+	}
+
+	// In-place resize up (KEP 1287): the guest must see the new memory.
+	if _, err := c.rt.UpdateContainerResources(criCtx(t, 2*time.Minute), &cri.UpdateContainerResourcesRequest{
+		ContainerId: id, Linux: &cri.LinuxContainerResources{MemoryLimitInBytes: 2 * gib},
+	}); err != nil {
+		t.Fatalf("UpdateContainerResources up: %v", err)
+	}
+	if kib := c.guestMemTotalKiB(t, id); kib < 22*gib/10/1024 {
+		t.Errorf("after resize to 2 GiB, guest MemTotal %d KiB, want >= 2.2 GiB", kib)
+	}
+	// Touch 1.2 GiB in the guest so the host backs it, then free it.
+	ex, err := c.rt.ExecSync(criCtx(t, 2*time.Minute), &cri.ExecSyncRequest{ContainerId: id,
+		Cmd: []string{"dd", "if=/dev/zero", "of=/dev/null", "bs=1200M", "count=1"}, Timeout: 120})
+	if err != nil || ex.ExitCode != 0 {
+		t.Fatalf("touch memory: %v %s", err, ex.GetStderr())
+	}
+	rssBefore := qemuRSSKiB(t)
+	totalBefore := c.guestMemTotalKiB(t, id)
+
+	// Resize down: guest MemTotal and QEMU's RSS must both drop.
+	if _, err := c.rt.UpdateContainerResources(criCtx(t, 2*time.Minute), &cri.UpdateContainerResourcesRequest{
+		ContainerId: id, Linux: &cri.LinuxContainerResources{MemoryLimitInBytes: 256 << 20},
+	}); err != nil {
+		t.Fatalf("UpdateContainerResources down: %v", err)
+	}
+	totalAfter := c.guestMemTotalKiB(t, id)
+	rssAfter := qemuRSSKiB(t)
+	t.Logf("shrink 2 GiB -> 256 MiB limit: guest MemTotal %d -> %d KiB, QEMU RSS %d -> %d KiB", totalBefore, totalAfter, rssBefore, rssAfter)
+	if totalAfter > totalBefore-1500*1024 {
+		t.Errorf("guest MemTotal only went from %d to %d KiB", totalBefore, totalAfter)
+	}
+	if rssAfter > rssBefore-500*1024 {
+		t.Errorf("QEMU RSS went from %d to %d KiB: shrinking did not return memory to the host", rssBefore, rssAfter)
+	}
+	if m := berthStatus(t, pod.id).Memory; m.GuestCurrentMiB != 512 || m.GuestRequestedMiB != 512 {
+		t.Errorf("after shrink: %+v, want current and requested 512 MiB", m)
+	}
+}
+
+// writeConfigVariant writes the test configuration plus extra TOML.
+func writeConfigVariant(t *testing.T, extra string) string {
+	t.Helper()
+	base, err := os.ReadFile(env.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := t.TempDir() + "/config.toml"
+	if err := os.WriteFile(p, append(base, []byte("\n"+extra)...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// berthRunBackground starts `berth run --name NAME ... sleep` and waits
+// until its sandbox answers `berth status`.
+func berthRunBackground(t *testing.T, name string) func() {
+	t.Helper()
+	return berthRunBackgroundWith(t, env.config, name)
+}
+
+func berthRunBackgroundWith(t *testing.T, cfg, name string) func() {
+	t.Helper()
+	args := []string{"--config", cfg, "run", "--name", name, "--rootfs", env.rootfs, "--", "sleep", "1000"}
+	cmd := berthCmd(args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stop := func() {
+		cmd.Process.Signal(os.Interrupt)
+		time.Sleep(200 * time.Millisecond)
+		cmd.Process.Signal(os.Interrupt) // second signal: SIGKILL the container
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if r := berth(t, "", "--config", cfg, "status", name); r.code == 0 {
+			return stop
+		}
+		if time.Now().After(deadline) {
+			stop()
+			t.Fatalf("sandbox %s never answered; berth run stderr:\n%s", name, stderr.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func TestMemoryInvalidResizeChangesNothing(t *testing.T) {
+	requireE2E(t)
+	defer assertNoLeaks(t)
+	stop := berthRunBackground(t, "mem-invalid")
+	defer stop()
+	before := berthStatus(t, "mem-invalid").Memory
+	for _, tc := range []struct{ size, want string }{
+		{"20000M", "default_maxmemory"}, // above maxGuest
+		{"513M", "not aligned"},         // not a 2 MiB block
+		{"128M", "booted with"},         // below boot memory
+	} {
+		// The host-MemAvailable check is unit-tested in internal/memory:
+		// this host has more free memory than a sandbox's maximum.
+		r := berth(t, "", "resize", "mem-invalid", "--memory", tc.size)
+		if r.code == 0 || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("resize to %s: exit %d, stderr %q; want a refusal mentioning %q", tc.size, r.code, r.stderr, tc.want)
+		}
+	}
+	after := berthStatus(t, "mem-invalid").Memory
+	if before.GuestCurrentMiB != after.GuestCurrentMiB || before.GuestRequestedMiB != after.GuestRequestedMiB || after.GuestCurrentMiB != 256 {
+		t.Errorf("refused resizes changed the sandbox: before %+v, after %+v", before, after)
+	}
+}
+
+// TestMemoryGrowToMaximum grows a 256 MiB guest to its 16 GiB ceiling in
+// one request: more page structures than the boot memory can hold, so it
+// only works because the grow is split and part is onlined as kernel
+// memory.
+func TestMemoryGrowToMaximum(t *testing.T) {
+	requireE2E(t)
+	defer assertNoLeaks(t)
+	stop := berthRunBackground(t, "mem-max")
+	defer stop()
+	r := berth(t, "", "resize", "mem-max", "--memory", "16384M")
+	if r.code != 0 {
+		t.Fatalf("grow to 16 GiB: %s", r.stderr)
+	}
+	st := berthStatus(t, "mem-max").Memory
+	t.Logf("16 GiB: %+v", st)
+	if st.GuestCurrentMiB != 16384 || st.GuestMemTotalMiB < 16000 {
+		t.Errorf("after growing to the maximum: %+v", st)
+	}
+}
+
+func TestMemoryGrow8GiBAtOnce(t *testing.T) {
+	requireE2E(t)
+	defer assertNoLeaks(t)
+	for _, mech := range []string{"virtio-mem", "dimm"} {
+		t.Run(mech, func(t *testing.T) {
+			cfg := writeConfigVariant(t, fmt.Sprintf("[hypervisor]\nmemory_hotplug = %q\n", mech))
+			name := "mem-8g-" + mech
+			stop := berthRunBackgroundWith(t, cfg, name)
+			defer stop()
+			start := time.Now()
+			r := berth(t, "", "--config", cfg, "resize", name, "--memory", strconv.Itoa(256+8192)+"M")
+			if r.code != 0 {
+				t.Fatalf("grow by 8 GiB: %s", r.stderr)
+			}
+			st := berthStatusWith(t, cfg, name).Memory
+			t.Logf("%s: +8 GiB took %v; guest MemTotal %d MiB", mech, time.Since(start), st.GuestMemTotalMiB)
+			if st.GuestCurrentMiB != 256+8192 || st.GuestMemTotalMiB < 8192 {
+				t.Errorf("after +8 GiB: %+v", st)
+			}
+			// Back down. Memory the guest had to online as kernel memory
+			// (to hold the page structures of the rest) cannot leave
+			// again: a partial shrink must say how far it got and leave
+			// the sandbox consistent, with its container running.
+			r = berth(t, "", "--config", cfg, "resize", name, "--memory", "256M")
+			st = berthStatusWith(t, cfg, name).Memory
+			t.Logf("%s: shrink to 256 MiB: exit %d %s; now %+v", mech, r.code, strings.TrimSpace(r.stderr), st)
+			if r.code != 0 && !strings.Contains(r.stderr, "reached") {
+				t.Errorf("a failed shrink must say how far it got: %s", r.stderr)
+			}
+			if st.GuestCurrentMiB != st.GuestRequestedMiB || st.GuestCurrentMiB >= 256+8192 {
+				t.Errorf("after shrinking: %+v; want current == requested, and memory returned", st)
+			}
+		})
+	}
+}
