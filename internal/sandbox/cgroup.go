@@ -96,7 +96,7 @@ func (s *Sandbox) createCgroup(ctx context.Context, opts Options, vmMiB int) (cg
 		return nil, err
 	}
 	path := CgroupPath(s.cfg, s.id, opts.CgroupsPath)
-	s.vmMiB, s.bootMiB = vmMiB, vmMiB
+	s.vmMiB = vmMiB
 	cg, err := m.New(ctx, path, cgroup.Limits{MemoryBytes: s.cfg.SandboxMemoryLimitBytes(vmMiB)})
 	if err != nil {
 		return nil, fmt.Errorf("sandbox cgroup: %w", err)

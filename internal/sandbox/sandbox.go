@@ -79,11 +79,11 @@ type Sandbox struct {
 	agent  api.AgentService
 	info   *api.InfoResponse
 
-	mu      sync.Mutex
-	mounts  map[string][]string // container id -> host mount points, in mount order
-	vmMiB   int                 // the VM's memory, which sizes the cgroup
-	bootMiB int                 // the VM's memory at boot
-	cpu     map[string]cpuLimit // container id -> its CPU limits
+	mu         sync.Mutex
+	mounts     map[string][]string // container id -> host mount points, in mount order
+	vmMiB      int                 // the VM's memory, which sizes the cgroup
+	lastMemMiB [2]int              // current and requested memory at the last metrics sample
+	cpu        map[string]cpuLimit // container id -> its CPU limits
 
 	memory memoryState
 	mgmt   io.Closer // management API server
