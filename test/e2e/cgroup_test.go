@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -241,4 +242,76 @@ func TestCtrMetricsFollowTheWorkload(t *testing.T) {
 	t.Logf("memory.usage %d -> %d, cpu.usage_usec %d -> %d, pids.current %d -> %d",
 		before["memory.usage"], after["memory.usage"], before["cpu.usage_usec"], after["cpu.usage_usec"],
 		before["pids.current"], after["pids.current"])
+}
+
+// TestSeed001CgroupMisconfigurationIsAnErrorNotACrash: seed 001's shim
+// died with a nil resource controller ("ttrpc: closed") under one cgroup
+// configuration. Here a configuration that cannot work on this host
+// (the systemd driver, where systemd is not PID 1) is refused when the
+// shim loads it: the container fails to start with an error naming
+// cgroup.manager, no VM is started and the shim does not crash.
+func TestSeed001CgroupMisconfigurationIsAnErrorNotACrash(t *testing.T) {
+	containerd(t)
+	if hostCgroups(t).Systemd {
+		t.Skip("systemd is PID 1 here: the systemd driver is a valid choice")
+	}
+	defer assertNoLeaks(t)
+	base, err := os.ReadFile(env.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(t.TempDir(), "systemd.toml")
+	body := strings.Replace(string(base), "[cgroup]\n", "[cgroup]\nmanager = \"systemd\"\n", 1)
+	body = strings.Replace(body, "parent = \""+env.cgroupParent+"\"", "parent = \"berth.slice\"", 1)
+	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A second private containerd whose shims read this configuration.
+	dir := filepath.Join(t.TempDir(), "containerd")
+	script := filepath.Join(repoRoot(), "scripts", "containerd-private.sh")
+	start := exec.Command(script, "start", dir, filepath.Join(repoRoot(), "bin"))
+	start.Env = append(os.Environ(), "BERTH_CONFIG="+cfg)
+	out, err := start.Output()
+	if err != nil {
+		t.Fatalf("start containerd: %v: %s", err, exitStderr(err))
+	}
+	defer exec.Command(script, "stop", dir).Run()
+	sock := strings.TrimSpace(string(out))
+	// The main instance (started above) packed the image archive.
+	archive := filepath.Join(ctrd.dir, "docker.io_library_busybox_berth.tar")
+	if out, err := exec.Command("ctr", "-a", sock, "images", "import", archive).CombinedOutput(); err != nil {
+		t.Fatalf("import: %v: %s", err, out)
+	}
+	r, _ := exec.Command("ctr", "-a", sock, "run", "--rm", "--runtime", berthRuntime, busyboxImage, "seed001", "true").CombinedOutput()
+	msg := string(r)
+	exec.Command("ctr", "-a", sock, "container", "rm", "seed001").Run()
+	if !strings.Contains(msg, "cgroup.manager") || !strings.Contains(msg, "systemd") {
+		t.Errorf("ctr run with the systemd driver on a host without systemd: want an error naming cgroup.manager, got:\n%s", msg)
+	}
+	if strings.Contains(msg, "ttrpc: closed") {
+		t.Errorf("the shim crashed (seed 001):\n%s", msg)
+	}
+	if p := qemuPids(); len(p) > 0 {
+		t.Errorf("a VM was started despite the rejected configuration: %v", p)
+	}
+	// The shim exits once its only task failed to be created.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		left := false
+		procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+		for _, p := range procs {
+			if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), "containerd-shim-berth-v2") && strings.Contains(string(b), sock) {
+				left = true
+			}
+		}
+		if !left {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("the shim of the refused container is still running")
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("ctr run: %s", strings.TrimSpace(msg))
 }
