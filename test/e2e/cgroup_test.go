@@ -315,3 +315,32 @@ func TestSeed001CgroupMisconfigurationIsAnErrorNotACrash(t *testing.T) {
 	}
 	t.Logf("ctr run: %s", strings.TrimSpace(msg))
 }
+
+// TestCgroupLimitFollowsResize: the sandbox cgroup's memory limit moves
+// with the VM's memory, up before a grow and down after a shrink
+// (berth resize, the path the shim takes for container limits too).
+func TestCgroupLimitFollowsResize(t *testing.T) {
+	requireE2E(t)
+	defer assertNoLeaks(t)
+	const name = "cg-resize"
+	stop := berthRunBackground(t, name)
+	defer stop()
+	dir := assertVMMInCgroup(t, env.cgroupParent+"/"+name, defaultLimitBytes)
+	_, limitFile := memoryCgroupDir(t, "/")
+	limit := func() string {
+		b, _ := os.ReadFile(filepath.Join(dir, limitFile))
+		return strings.TrimSpace(string(b))
+	}
+	for _, mib := range []int{1024, defaultVMMiB} {
+		r := berth(t, "", "resize", name, "--memory", strconv.Itoa(mib)+"M")
+		if r.code != 0 {
+			t.Fatalf("resize to %d MiB: %s", mib, r.stderr)
+		}
+		want := strconv.FormatInt(int64(mib+defaultOverheadMiB)<<20, 10)
+		if got := limit(); got != want {
+			t.Errorf("after resize to %d MiB the cgroup limit is %s, want %s (VM + overhead)", mib, got, want)
+		}
+	}
+	stop()
+	waitGoneDir(t, dir, 10*time.Second)
+}
