@@ -187,15 +187,17 @@ func (s *Sandbox) setContainerCPU(ctx context.Context, id string, res *specs.Lin
 // limitsLocked sizes the sandbox cgroup: memory is the VM plus overhead;
 // the CPU quota is the sum of the containers' quotas, but only when every
 // container has one (a single unlimited container makes the pod
-// unlimited, as it would be under runc); shares add up. The pod's
-// sandbox (pause) container asks for nothing and does not count.
+// unlimited, as it would be under runc); shares add up. The container
+// that shares the sandbox's id is either a CRI pod's pause container,
+// which asks for nothing and does not count, or a plain container (ctr
+// run) that is the whole pod, whose quota does count.
 func (s *Sandbox) limitsLocked() cgroup.Limits {
 	l := cgroup.Limits{MemoryBytes: s.cfg.SandboxMemoryLimitBytes(s.vmMiB)}
 	const period = 100000
 	var quota int64
 	limited, n := true, 0
 	for id, c := range s.cpu {
-		if id == s.id {
+		if id == s.id && c.quotaUsec == 0 {
 			continue
 		}
 		n++

@@ -344,3 +344,37 @@ func TestCgroupLimitFollowsResize(t *testing.T) {
 	stop()
 	waitGoneDir(t, dir, 10*time.Second)
 }
+
+// TestCgroupCPUQuotaFollowsContainer: a container's CPU limit (here half
+// a CPU, `ctr run --cpus 0.5`) is also the sandbox cgroup's quota on the
+// host. (Updates go through the same code; Debian's ctr has no `task
+// update`, so the unit tests cover them.)
+func TestCgroupCPUQuotaFollowsContainer(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	h := hostCgroups(t)
+	const id = "cg-cpu"
+	mustCtr(t, "run", "-d", "--runtime", berthRuntime, "--cpus", "0.5", busyboxImage, id, "sleep", "1000")
+	defer cleanupTask(t, id)
+	path := env.cgroupParent + "/" + id
+	read := func() string {
+		var p string
+		if h.Layout == cgroup.LayoutV2 {
+			p = filepath.Join(h.V2Mount, path, "cpu.max")
+		} else {
+			p = filepath.Join(h.V1Mounts["cpu"], path, "cpu.cfs_quota_us")
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatalf("cpu quota: %v", err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	want := "50000"
+	if h.Layout == cgroup.LayoutV2 {
+		want = "50000 100000"
+	}
+	if got := read(); got != want {
+		t.Errorf("host cgroup CPU quota %q, want %q (0.5 CPU)", got, want)
+	}
+}
