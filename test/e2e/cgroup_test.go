@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
+
 	"github.com/berth-runtime/berth/internal/cgroup"
 )
 
@@ -345,36 +347,75 @@ func TestCgroupLimitFollowsResize(t *testing.T) {
 	waitGoneDir(t, dir, 10*time.Second)
 }
 
+// hostCPUQuota reads the CPU quota of cgroup path on the host: v1's
+// cpu.cfs_quota_us, or v2's cpu.max.
+func hostCPUQuota(t *testing.T, path string) string {
+	t.Helper()
+	h := hostCgroups(t)
+	p := filepath.Join(h.V1Mounts["cpu"], path, "cpu.cfs_quota_us")
+	if h.Layout == cgroup.LayoutV2 {
+		p = filepath.Join(h.V2Mount, path, "cpu.max")
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("cpu quota: %v", err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func quotaString(t *testing.T, usec int) string {
+	if hostCgroups(t).Layout == cgroup.LayoutV2 {
+		return strconv.Itoa(usec) + " 100000"
+	}
+	return strconv.Itoa(usec)
+}
+
 // TestCgroupCPUQuotaFollowsContainer: a container's CPU limit (here half
 // a CPU, `ctr run --cpus 0.5`) is also the sandbox cgroup's quota on the
-// host. (Updates go through the same code; Debian's ctr has no `task
-// update`, so the unit tests cover them.)
+// host.
 func TestCgroupCPUQuotaFollowsContainer(t *testing.T) {
 	containerd(t)
 	defer assertNoLeaks(t)
-	h := hostCgroups(t)
 	const id = "cg-cpu"
 	mustCtr(t, "run", "-d", "--runtime", berthRuntime, "--cpus", "0.5", busyboxImage, id, "sleep", "1000")
 	defer cleanupTask(t, id)
-	path := env.cgroupParent + "/" + id
-	read := func() string {
-		var p string
-		if h.Layout == cgroup.LayoutV2 {
-			p = filepath.Join(h.V2Mount, path, "cpu.max")
-		} else {
-			p = filepath.Join(h.V1Mounts["cpu"], path, "cpu.cfs_quota_us")
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatalf("cpu quota: %v", err)
-		}
-		return strings.TrimSpace(string(b))
-	}
-	want := "50000"
-	if h.Layout == cgroup.LayoutV2 {
-		want = "50000 100000"
-	}
-	if got := read(); got != want {
+	if got, want := hostCPUQuota(t, env.cgroupParent+"/"+id), quotaString(t, 50000); got != want {
 		t.Errorf("host cgroup CPU quota %q, want %q (0.5 CPU)", got, want)
+	}
+}
+
+// TestCgroupCPUQuotaFollowsCRIUpdate: through CRI, the pod's host quota is
+// its app container's, and UpdateContainerResources moves it.
+func TestCgroupCPUQuotaFollowsCRIUpdate(t *testing.T) {
+	c := newCRI(t)
+	defer assertNoLeaks(t)
+	pod := c.runPod(t, "cpu")
+	defer c.removePod(t, pod.id)
+	config := &cri.ContainerConfig{
+		Metadata: &cri.ContainerMetadata{Name: "cpu"},
+		Image:    &cri.ImageSpec{Image: busyboxImage},
+		Command:  []string{"sleep", "1000"},
+		LogPath:  "cpu.log",
+		Linux: &cri.LinuxContainerConfig{
+			Resources:       &cri.LinuxContainerResources{CpuQuota: 50000, CpuPeriod: 100000},
+			SecurityContext: &cri.LinuxContainerSecurityContext{NamespaceOptions: pod.config.Linux.SecurityContext.NamespaceOptions},
+		},
+	}
+	resp, err := c.rt.CreateContainer(criCtx(t, 2*time.Minute), &cri.CreateContainerRequest{PodSandboxId: pod.id, Config: config, SandboxConfig: pod.config})
+	if err != nil {
+		t.Fatalf("CreateContainer: %v", err)
+	}
+	c.startContainer(t, resp.ContainerId)
+	path := env.cgroupParent + "/" + pod.id
+	if got, want := hostCPUQuota(t, path), quotaString(t, 50000); got != want {
+		t.Errorf("host cgroup CPU quota %q, want %q (0.5 CPU)", got, want)
+	}
+	if _, err := c.rt.UpdateContainerResources(criCtx(t, time.Minute), &cri.UpdateContainerResourcesRequest{
+		ContainerId: resp.ContainerId, Linux: &cri.LinuxContainerResources{CpuQuota: 20000, CpuPeriod: 100000},
+	}); err != nil {
+		t.Fatalf("UpdateContainerResources: %v", err)
+	}
+	if got, want := hostCPUQuota(t, path), quotaString(t, 20000); got != want {
+		t.Errorf("after the update the host cgroup CPU quota is %q, want %q (0.2 CPU)", got, want)
 	}
 }
