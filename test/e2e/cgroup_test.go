@@ -225,7 +225,14 @@ func TestCtrMetricsFollowTheWorkload(t *testing.T) {
 	const id = "ctr-metrics-move"
 	mustCtr(t, "run", "-d", "--runtime", berthRuntime, busyboxImage, id, "sleep", "1000")
 	defer cleanupTask(t, id)
+	// `ctr run -d` returns while libcontainer's init processes may still
+	// be in the container's cgroup: take the baseline once only the
+	// container's own process is left.
 	before := ctrMetrics(t, id)
+	for deadline := time.Now().Add(30 * time.Second); before["pids.current"] != 1 && time.Now().Before(deadline); {
+		time.Sleep(200 * time.Millisecond)
+		before = ctrMetrics(t, id)
+	}
 	mustCtr(t, "task", "exec", "--detach", "--exec-id", "load", id, "sh", "-c",
 		`dd if=/dev/zero of=/dev/shm/fill bs=1M count=50 2>/dev/null; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 1000`)
 	var after map[string]uint64
