@@ -12,7 +12,7 @@ AGENT_TAGS    := osusergo netgo
 AGENT_LDFLAGS := -s -w -extldflags -static
 GOFILES := $(shell find . -name '*.go' -not -path './bin/*' 2>/dev/null)
 
-.PHONY: help build deps guest rootfs demo install test test-unit test-e2e bench bench-stats proto clean
+.PHONY: help build deps guest rootfs demo install test test-unit test-e2e bench bench-ctr bench-stats bench-devices bench-memory proto clean
 
 help: ## list targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -67,6 +67,15 @@ bench: deps guest rootfs ## benchmark: berth run vs the raw QEMU boot floor (tab
 
 bench-stats: build guest rootfs ## benchmark: CRI ContainerStats latency, Berth vs runc (table)
 	$(GO) run ./bench/stats -n 200 -state-dir $(STATE_DIR) -rootfs $(ROOTFS)
+
+bench-devices: deps guest rootfs ## benchmark: block device hot-plug latency (table)
+	$(GO) run ./bench/devices -n 10 -state-dir $(STATE_DIR) -rootfs $(ROOTFS)
+
+bench-ctr: build guest rootfs ## benchmark: ctr run --rm /bin/true, runc vs berth vs the VM boot floor (table)
+	$(GO) run ./bench/ctr -n 5 -bin $(BIN) -state-dir $(STATE_DIR) -rootfs $(ROOTFS)
+
+bench-memory: deps guest ## benchmark: memory hot-plug +/-1 GiB, virtio-mem and DIMM, vs the raw QMP floor (table)
+	$(GO) run ./bench/memory -n 5 -state-dir $(STATE_DIR)
 
 proto: ## regenerate api/agent from its .proto (needs protoc)
 	cd api/agent/v1 && protoc -I. -I/usr/include --go_out=paths=source_relative:. --go-ttrpc_out=paths=source_relative:. agent.proto

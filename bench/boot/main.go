@@ -200,12 +200,12 @@ func run(ctx context.Context, o options) (retErr error) {
 		})
 		rows = append([]*series{runcRow}, rows...)
 	}
-	// Round 0 is the warm-up. Each round starts with the next step, so
-	// no measurement always follows the same one.
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	watch := watchVMs(watchCtx, tmp+"/")
 	crowded := 0 // timed rounds during which someone else's VM ran
+	// Round 0 is the warm-up. Each round starts with the next step, so
+	// no measurement always follows the same one.
 	for round := 0; round <= o.n; round++ {
 		watch.sawOthers()
 		for j := range steps {

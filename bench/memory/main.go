@@ -19,6 +19,7 @@ import (
 	"github.com/containerd/ttrpc"
 
 	api "github.com/berth-runtime/berth/api/agent/v1"
+	"github.com/berth-runtime/berth/bench/internal/benchtab"
 	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/qemu"
 	"github.com/berth-runtime/berth/internal/sandbox"
@@ -68,16 +69,16 @@ func main() {
 	rows["raw floor: qom-set until MemTotal +1 GiB"] = raw
 
 	fmt.Printf("memory hot-plug, TCG, 256 MiB guest, %d runs each\n\n", *n)
-	fmt.Printf("%-48s %9s %9s %9s\n", "measurement", "median", "min", "max")
 	names := make([]string, 0, len(rows))
 	for k := range rows {
 		names = append(names, k)
 	}
 	sort.Strings(names)
+	var series []benchtab.Series
 	for _, k := range names {
-		s := sorted(rows[k])
-		fmt.Printf("%-48s %9s %9s %9s\n", k, ms(median(s)), ms(s[0]), ms(s[len(s)-1]))
+		series = append(series, benchtab.Series{Name: k, Runs: rows[k]})
 	}
+	benchtab.Print(os.Stdout, series)
 }
 
 // rawFloor boots the guest image with a virtio-mem device but no Berth
@@ -143,21 +144,6 @@ func rawFloor(ctx context.Context, stateDir string, n int) ([]time.Duration, err
 	}
 	return out, nil
 }
-
-func sorted(ds []time.Duration) []time.Duration {
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s
-}
-
-func median(s []time.Duration) time.Duration {
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d)/float64(time.Millisecond)) }
 
 func fatal(err error) {
 	fmt.Fprintln(os.Stderr, "bench:", err)

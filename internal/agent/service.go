@@ -65,6 +65,9 @@ type Options struct {
 	PowerOff func()
 	// SysRoot is where /sys and /proc are found ("/" unless testing).
 	SysRoot string
+	// DeviceFS, when set, replaces /sys and /dev for finding hot-plugged
+	// devices (tests).
+	DeviceFS *deviceFS
 }
 
 // Service implements api.AgentService.
@@ -212,6 +215,11 @@ func (s *Service) create(ctx context.Context, req *api.CreateRequest) (int, erro
 		// boundary (as in Kata, whose guest seccomp is off by default).
 		log(ctx).WithField("container", id).Info("seccomp profile not applied inside the guest")
 		spec.Linux.Seccomp = nil
+	}
+	if len(req.Devices) > 0 {
+		if err := applyDevices(ctx, s.devfs(), &spec, req.Devices); err != nil {
+			return 0, fmt.Errorf("container %q: %w", id, err)
+		}
 	}
 	if err := mountPodShm(spec.Mounts); err != nil {
 		return 0, err

@@ -4,7 +4,9 @@
 package archtest
 
 import (
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -17,7 +19,7 @@ var forbidden = map[string][]string{
 	"internal/agent": {module + "internal/sandbox", module + "internal/shim", module + "internal/qemu",
 		module + "internal/config", module + "internal/hostcheck", "github.com/containerd/containerd/"},
 	"cmd/berth-agent":    {module + "internal/sandbox", module + "internal/shim", module + "internal/qemu", module + "internal/config"},
-	"internal/qemu":      {"github.com/opencontainers/runtime-spec", "github.com/containerd/containerd", module + "internal/oci", module + "internal/sandbox"},
+	"internal/qemu":      {"github.com/opencontainers/runtime-spec", "github.com/containerd/containerd", module + "internal/oci", module + "internal/sandbox", module + "internal/device"},
 	"internal/transport": {module + "api/", "github.com/containerd/containerd"},
 	"internal/config":    {"github.com/containerd/containerd", module + "internal/qemu", module + "internal/sandbox"},
 	"internal/stats":     {module + "internal/sandbox", module + "internal/shim", module + "internal/cgroup"},
@@ -28,6 +30,38 @@ var forbidden = map[string][]string{
 	"internal/monitor": {module + "internal/sandbox", module + "internal/shim", module + "internal/qemu"},
 	"internal/sandbox": {"github.com/containerd/containerd/", module + "internal/shim"},
 	"internal/oci":     {module + "internal/"},
+	// The device model knows PCI topology, not how QEMU spells it: the
+	// sandbox translates, the qemu package speaks QMP.
+	"internal/device": {module + "internal/qemu", module + "internal/sandbox", module + "internal/shim",
+		module + "internal/config", "github.com/containerd/"},
+}
+
+// qemuSyntax are spellings that only QEMU's command line or QMP use.
+var qemuSyntax = []string{`"-device"`, "pcie-root-port", "pcie-pci-bridge", "x3130-upstream", "xio3130-downstream",
+	"virtio-blk-pci", "blockdev-add", "device_add", "device_del", "DEVICE_DELETED", "host_device"}
+
+// TestDeviceKnowsNoQEMUSyntax keeps QEMU's flag and QMP syntax out of
+// internal/device, which an import rule alone cannot: strings need no
+// import.
+func TestDeviceKnowsNoQEMUSyntax(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("..", "device", "*.go"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no internal/device sources: %v", err)
+	}
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range qemuSyntax {
+			if strings.Contains(string(b), s) {
+				t.Errorf("%s mentions %s: QEMU syntax belongs in internal/qemu", f, s)
+			}
+		}
+	}
 }
 
 func TestImportDirection(t *testing.T) {

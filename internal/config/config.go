@@ -53,6 +53,15 @@ const (
 	MemoryHotplugVirtioMem = "virtio-mem"
 	MemoryHotplugDIMM      = "dimm"
 	MemoryHotplugNone      = "none"
+	// Placements of VFIO devices (devices.cold_plug_vfio and
+	// devices.hot_plug_vfio).
+	PortNone   = "no-port"
+	PortRoot   = "root-port"
+	PortBridge = "bridge-port"
+	PortSwitch = "switch-port"
+
+	VFIOModeVFIO        = "vfio"
+	VFIOModeGuestKernel = "guest-kernel"
 
 	TransportAuto         = "auto"
 	TransportVsock        = "vsock"
@@ -69,6 +78,11 @@ const (
 	// ceiling of q35 without an interrupt-remapping IOMMU (x2APIC IDs
 	// above 254 need one).
 	MaxVCPUs = 255
+	// MaxPCIeSlots is how many root-bus slots q35 leaves for Berth's
+	// ports and bridges (0x10 to 0x1e; see internal/device).
+	MaxPCIeSlots = 15
+	// MaxSwitchPorts is the most downstream ports one PCIe switch has.
+	MaxSwitchPorts = 32
 	// MinMemoryMiB is the smallest default_memory that boots the stock
 	// Debian cloud kernel with the Berth initramfs unpacked in RAM.
 	MinMemoryMiB = 128
@@ -103,6 +117,15 @@ func Default() *Config {
 			DefaultMaxMemoryMiB: 16384,
 			MemoryHotplug:       MemoryHotplugAuto,
 			MemorySlots:         8,
+		},
+		Devices: Devices{
+			// Two empty root ports cost nothing measurable at boot
+			// and let a container get two disks without any setting.
+			PCIeRootPort:  2,
+			ColdPlugVFIO:  PortNone,
+			HotPlugVFIO:   PortNone,
+			VFIOMode:      VFIOModeGuestKernel,
+			UnplugTimeout: Duration{20 * time.Second},
 		},
 		Agent: Agent{
 			Transport:   TransportAuto,
@@ -179,6 +202,7 @@ type Config struct {
 	RunDir string `toml:"run_dir"`
 
 	Hypervisor Hypervisor `toml:"hypervisor"`
+	Devices    Devices    `toml:"devices"`
 	Agent      Agent      `toml:"agent"`
 	Guest      Guest      `toml:"guest"`
 	Runtime    Runtime    `toml:"runtime"`
@@ -220,6 +244,30 @@ type Hypervisor struct {
 	MemoryOverheadMiB int `toml:"memory_overhead"`
 	// Pflashes are UEFI images [code, vars] for machine "virt" (arm64).
 	Pflashes []string `toml:"pflashes"`
+}
+
+// Devices configures the VM's PCIe topology and device plugging (q35).
+type Devices struct {
+	// PCIeRootPort is how many empty PCIe root ports the VM boots with
+	// for hot-plug; each hot-plugged disk or VFIO function takes one.
+	PCIeRootPort int `toml:"pcie_root_port"`
+	// PCIeSwitchPort is how many downstream ports a PCIe switch gets (0:
+	// no switch, unless cold_plug_vfio = "switch-port" needs one).
+	PCIeSwitchPort int `toml:"pcie_switch_port"`
+	// PCIBridges is how many PCIe-to-PCI bridges (31 slots each) the VM
+	// boots with.
+	PCIBridges int `toml:"pci_bridges"`
+	// ColdPlugVFIO places the VFIO devices of the container that boots
+	// the VM at boot: "no-port" (off), "root-port", "bridge-port" or
+	// "switch-port".
+	ColdPlugVFIO string `toml:"cold_plug_vfio"`
+	// HotPlugVFIO places VFIO devices plugged after boot, same values.
+	HotPlugVFIO string `toml:"hot_plug_vfio"`
+	// VFIOMode is "guest-kernel" (the guest's own driver takes the
+	// device) or "vfio" (the container gets /dev/vfio/<group>).
+	VFIOMode string `toml:"vfio_mode"`
+	// UnplugTimeout bounds the wait for the guest to release a device.
+	UnplugTimeout Duration `toml:"unplug_timeout"`
 }
 
 // Agent configures the host-guest channel.

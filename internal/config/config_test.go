@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -62,6 +63,18 @@ func TestValidationFail(t *testing.T) {
 		{"too many vcpus", "[hypervisor]\ndefault_vcpus = 256", "hypervisor.default_vcpus", "out of range"},
 		{"vcpus as string", "[hypervisor]\ndefault_vcpus = \"2\"", "hypervisor.default_vcpus", "without quotes"},
 		{"vcpus as float", "[hypervisor]\ndefault_vcpus = 1.5", "hypervisor.default_vcpus", "whole number"},
+		{"cold plug typo", "[devices]\ncold_plug_vfio = \"root_port\"", "devices.cold_plug_vfio", `use "no-port", "root-port", "bridge-port" or "switch-port"`},
+		{"hot plug typo", "[devices]\nhot_plug_vfio = \"yes\"", "devices.hot_plug_vfio", "not supported"},
+		{"vfio mode", "[devices]\nvfio_mode = \"passthrough\"", "devices.vfio_mode", `use "guest-kernel" or "vfio"`},
+		{"negative root ports", "[devices]\npcie_root_port = -1", "devices.pcie_root_port", "0 to 15"},
+		{"too many root ports", "[devices]\npcie_root_port = 16", "devices.pcie_root_port", "out of range"},
+		{"too many slots", "[devices]\npcie_root_port = 10\npci_bridges = 5\npcie_switch_port = 1", "devices.pcie_root_port", "16 root-bus slots"},
+		{"too many switch ports", "[devices]\npcie_switch_port = 33", "devices.pcie_switch_port", "0 to 32"},
+		{"hot plug without bridge", "[devices]\nhot_plug_vfio = \"bridge-port\"", "devices.hot_plug_vfio", "devices.pci_bridges is 0"},
+		{"hot plug without switch", "[devices]\nhot_plug_vfio = \"switch-port\"", "devices.hot_plug_vfio", "set devices.pcie_switch_port to at least 1"},
+		{"hot plug without root ports", "[devices]\npcie_root_port = 0\nhot_plug_vfio = \"root-port\"", "devices.hot_plug_vfio", "pcie_root_port is 0"},
+		{"vfio on microvm", "[hypervisor]\nmachine = \"microvm\"\n[devices]\ncold_plug_vfio = \"root-port\"", "devices.cold_plug_vfio", `hypervisor.machine = "q35"`},
+		{"unplug timeout", "[devices]\nunplug_timeout = \"0s\"", "devices.unplug_timeout", "not positive"},
 		{"memory too small", "[hypervisor]\ndefault_memory = 64", "hypervisor.default_memory", "at least 128"},
 		{"memory odd", "[hypervisor]\ndefault_memory = 257", "hypervisor.default_memory", "use 256 or 258"},
 		{"memory in bytes string", "[hypervisor]\ndefault_memory = \"256M\"", "hypervisor.default_memory", "whole number"},
@@ -401,6 +414,33 @@ func TestDocExamplesLoad(t *testing.T) {
 		body, _, _ := strings.Cut(b, "```")
 		if _, err := Load(writeConfig(t, body), Overrides{}); err != nil {
 			t.Errorf("example %d does not load: %v\n%s", i+1, err, body)
+		}
+	}
+}
+
+// TestDeviceCombinationsLoad crosses machine x vfio_mode x cold_plug_vfio x
+// hot_plug_vfio: every cell loads, or fails with an error naming a
+// [devices] key and a fix; none panics.
+func TestDeviceCombinationsLoad(t *testing.T) {
+	noDefaultFile(t)
+	ports := []string{PortNone, PortRoot, PortBridge, PortSwitch}
+	for _, machine := range []string{MachineQ35, MachineMicroVM} {
+		for _, mode := range []string{VFIOModeVFIO, VFIOModeGuestKernel} {
+			for _, cold := range ports {
+				for _, hot := range ports {
+					body := fmt.Sprintf("[hypervisor]\nmachine = %q\n[devices]\nvfio_mode = %q\ncold_plug_vfio = %q\nhot_plug_vfio = %q\npci_bridges = 1\npcie_switch_port = 2\n",
+						machine, mode, cold, hot)
+					_, err := Load(writeConfig(t, body), Overrides{})
+					wantErr := machine == MachineMicroVM && (cold != PortNone || hot != PortNone)
+					if (err != nil) != wantErr {
+						t.Errorf("%s/%s/cold=%s/hot=%s: Load = %v, want error %v", machine, mode, cold, hot, err, wantErr)
+						continue
+					}
+					if err != nil && !strings.Contains(err.Error(), "devices.") {
+						t.Errorf("%s/%s/cold=%s/hot=%s: error does not name a [devices] key: %v", machine, mode, cold, hot, err)
+					}
+				}
+			}
 		}
 	}
 }

@@ -145,6 +145,8 @@ func (c *Config) problems() []*KeyError {
 	for _, p := range h.Pflashes {
 		add(absPath("hypervisor.pflashes", p, true))
 	}
+	// [devices]
+	errs = append(errs, c.validateDevices()...)
 
 	// [agent]
 	add(oneOf("agent.transport", c.Agent.Transport, TransportAuto, TransportVsock, TransportVirtioSerial))
@@ -199,6 +201,59 @@ var (
 	cgroupfsPath = regexp.MustCompile(`^(/[A-Za-z0-9_.-]+)+$`)
 	systemdSlice = regexp.MustCompile(`^[A-Za-z0-9_.-]+\.slice$`)
 )
+
+// validateDevices checks [devices] and its combinations with the machine.
+func (c *Config) validateDevices() []*KeyError {
+	d := &c.Devices
+	var errs []*KeyError
+	add := func(e *KeyError) {
+		if e != nil {
+			errs = append(errs, e)
+		}
+	}
+	ports := []string{PortNone, PortRoot, PortBridge, PortSwitch}
+	add(oneOf("devices.cold_plug_vfio", d.ColdPlugVFIO, ports...))
+	add(oneOf("devices.hot_plug_vfio", d.HotPlugVFIO, ports...))
+	add(oneOf("devices.vfio_mode", d.VFIOMode, VFIOModeGuestKernel, VFIOModeVFIO))
+	add(positive("devices.unplug_timeout", d.UnplugTimeout, `use a positive duration such as "20s" (a TCG guest may take seconds to release a device)`))
+	inRange := func(key string, v, max int, fix string) bool {
+		if v < 0 || v > max {
+			add(keyError(key, v, "is out of range", fmt.Sprintf("use a whole number from 0 to %d%s", max, fix)))
+			return false
+		}
+		return true
+	}
+	ok := inRange("devices.pcie_root_port", d.PCIeRootPort, MaxPCIeSlots, "")
+	ok = inRange("devices.pci_bridges", d.PCIBridges, MaxPCIeSlots, " (each bridge has 31 slots)") && ok
+	ok = inRange("devices.pcie_switch_port", d.PCIeSwitchPort, MaxSwitchPorts, "") && ok
+	slots := d.PCIeRootPort + d.PCIBridges
+	if d.PCIeSwitchPort > 0 {
+		slots++
+	}
+	if ok && slots > MaxPCIeSlots {
+		add(keyError("devices.pcie_root_port", d.PCIeRootPort, fmt.Sprintf("needs, with pci_bridges and the switch, %d root-bus slots", slots),
+			fmt.Sprintf("keep pcie_root_port + pci_bridges (+1 with a switch) at or below %d; use pci_bridges (31 slots each) or pcie_switch_port for more devices", MaxPCIeSlots)))
+	}
+	if c.Hypervisor.Machine == MachineMicroVM {
+		// Ports are simply not created on microvm; a container asking
+		// for a disk there gets an error naming hypervisor.machine.
+		for _, kv := range [][2]string{{"devices.cold_plug_vfio", d.ColdPlugVFIO}, {"devices.hot_plug_vfio", d.HotPlugVFIO}} {
+			if key, v := kv[0], kv[1]; v != PortNone {
+				add(keyError(key, v, `needs PCI, which machine "microvm" does not have`, `set it to "no-port", or hypervisor.machine = "q35"`))
+			}
+		}
+		return errs
+	}
+	need := map[string]struct {
+		key string
+		n   int
+	}{PortRoot: {"devices.pcie_root_port", d.PCIeRootPort}, PortBridge: {"devices.pci_bridges", d.PCIBridges}, PortSwitch: {"devices.pcie_switch_port", d.PCIeSwitchPort}}
+	if r, ok := need[d.HotPlugVFIO]; ok && r.n == 0 {
+		add(keyError("devices.hot_plug_vfio", d.HotPlugVFIO, "has no port to plug into: "+r.key+" is 0",
+			fmt.Sprintf("set %s to at least 1, or hot_plug_vfio to another placement", r.key)))
+	}
+	return errs
+}
 
 // debPackageName is Debian policy §5.6.1: at least two characters, lower
 // case alphanumerics and + - ., starting with an alphanumeric.

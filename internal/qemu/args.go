@@ -36,6 +36,9 @@ func (m Machine) Args() ([]string, error) {
 	// looping, so a dead guest is a dead process that we notice.
 	a.add("-nodefaults", "-no-user-config", "-display", "none", "-no-reboot")
 	a.add("-machine", m.machineOpts())
+	if m.Paused {
+		a.add("-S")
+	}
 	if m.Type == MicroVM {
 		// QEMU's virtio-mmio transport defaults to the legacy (virtio
 		// 0.9) interface, which libvhost-user refuses: virtiofsd dies
@@ -120,6 +123,7 @@ func (m Machine) Args() ([]string, error) {
 		a.add("-device", m.virtioDev("vhost-user-fs")+",id="+fs.ID+",chardev="+chardevPrefix+fs.ID+
 			",tag="+opt(fs.Tag)+",queue-size="+strconv.Itoa(q))
 	}
+	m.pcieArgs(&a)
 	if m.Vsock != nil {
 		a.add("-device", m.virtioDev("vhost-vsock")+",id="+vsockID+",guest-cid="+strconv.FormatUint(uint64(m.Vsock.GuestCID), 10))
 	}

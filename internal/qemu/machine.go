@@ -101,6 +101,17 @@ type Machine struct {
 	// read-only code and a writable per-VM copy of the variable store.
 	// arm64 needs them for ACPI, and so for memory hot-plug.
 	Pflash []string
+	// Paused starts QEMU with its vCPUs stopped (-S): the devices exist
+	// and QMP works, but the guest does not run. Used to check a
+	// topology against QEMU itself without booting.
+	Paused bool
+
+	// PCIe topology (q35 only): ports reserved for hot-plug, and VFIO
+	// functions cold-plugged into them. See pcie.go.
+	PCIeRootPorts []PCIeRootPort
+	PCIBridges    []PCIBridge
+	PCIeSwitches  []PCIeSwitch
+	VFIODevices   []VFIODevice
 }
 
 // VirtioMemDevice is a virtio-mem device: a region of RegionMiB that the
@@ -270,6 +281,8 @@ func (m Machine) Validate() error {
 			bad(f+".QueueSize", "%d is not a power of two between 1 and %d (0 means %d)", q, maxFSQueueSize, DefaultFSQueueSize)
 		}
 	}
+
+	m.validatePCIe(bad, checkID)
 
 	if m.Vsock != nil {
 		// CIDs 0-2 are the hypervisor, local and host; U32_MAX is

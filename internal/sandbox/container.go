@@ -105,19 +105,32 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (_ *P
 			s.releaseMounts(id)
 		}
 	}()
+	// Devices first: a request that cannot be met fails before anything
+	// is mounted, and a failed create below unplugs them again.
+	devices, diskMounts, err := s.attachDevices(ctx, id, cc.Spec)
+	if err != nil {
+		return nil, fmt.Errorf("container %q devices: %w", id, err)
+	}
+	defer func() {
+		if retErr != nil {
+			if err := s.detachDevices(context.WithoutCancel(ctx), id); err != nil {
+				logrus.WithField("sandbox", s.id).WithField("container", id).WithError(err).Warn("unplug devices of a failed container")
+			}
+		}
+	}()
 	rootMnt := filepath.Join(s.path(sharedDirName), id, "rootfs")
 	if err := bindRootfs(cc.RootfsDir, rootMnt); err != nil {
 		return nil, err
 	}
 	s.addMount(id, rootMnt)
-	if err := s.shareMounts(id, guestSpec); err != nil {
+	if err := s.shareMounts(id, guestSpec, diskMounts); err != nil {
 		return nil, err
 	}
 	b, err := json.Marshal(guestSpec)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := s.agent.Create(ctx, &api.CreateRequest{ContainerId: id, Spec: b, Stdio: cc.IO.stdio()})
+	resp, err := s.agent.Create(ctx, &api.CreateRequest{ContainerId: id, Spec: b, Stdio: cc.IO.stdio(), Devices: devices})
 	if err != nil {
 		return nil, s.rpcError("create container", err)
 	}
@@ -138,9 +151,12 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (_ *P
 // sharing memory through virtio-fs would be slow and pointless. Every
 // container of the pod binds one guest tmpfs (oci.GuestPodShm, mounted by
 // the agent), so they share it as they do under runc.
-func (s *Sandbox) shareMounts(id string, spec *specs.Spec) error {
+//
+// Mounts whose source is a host disk (diskMounts) are not shared: the disk
+// is hot-plugged and the agent points the mount at the guest's node.
+func (s *Sandbox) shareMounts(id string, spec *specs.Spec, diskMounts map[int]bool) error {
 	for i, m := range spec.Mounts {
-		if !oci.IsBindMount(m) {
+		if !oci.IsBindMount(m) || diskMounts[i] {
 			continue
 		}
 		if m.Destination == "/dev/shm" {
@@ -186,6 +202,11 @@ func (s *Sandbox) Exec(ctx context.Context, containerID, execID string, process 
 
 // DeleteContainer removes a stopped container from the guest and its root
 // file system from the shared directory.
+//
+// The container's hot-plugged devices are unplugged once the guest has
+// deleted it (nothing in the guest holds them then), which also closes
+// the host devices in QEMU: after DeleteContainer, the host owns them
+// again (a loop device can be detached, its file read).
 func (s *Sandbox) DeleteContainer(ctx context.Context, id string) error {
 	_, err := s.agent.Delete(ctx, &api.DeleteRequest{ContainerId: id})
 	s.updateHostCPU(ctx, id, nil, true)
@@ -193,9 +214,12 @@ func (s *Sandbox) DeleteContainer(ctx context.Context, id string) error {
 		err = rerr
 	}
 	if err != nil {
-		return s.rpcError("delete container", err)
+		err = s.rpcError("delete container", err)
 	}
-	return nil
+	if derr := s.detachDevices(ctx, id); derr != nil {
+		err = errors.Join(err, fmt.Errorf("container %q: %w", id, derr))
+	}
+	return err
 }
 
 // releaseMounts undoes what CreateContainer mounted for a container, last

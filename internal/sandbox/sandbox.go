@@ -31,6 +31,7 @@ import (
 	api "github.com/berth-runtime/berth/api/agent/v1"
 	"github.com/berth-runtime/berth/internal/cgroup"
 	"github.com/berth-runtime/berth/internal/config"
+	"github.com/berth-runtime/berth/internal/device"
 	"github.com/berth-runtime/berth/internal/memory"
 	"github.com/berth-runtime/berth/internal/oci"
 	"github.com/berth-runtime/berth/internal/qemu"
@@ -51,6 +52,10 @@ type Options struct {
 	// sandbox container's linux.cgroupsPath); used only with
 	// cgroup.sandbox_cgroup_only = false. "" when there is none.
 	CgroupsPath string
+	// ColdPlugVFIO are VFIO groups to put on QEMU's command line (see
+	// ColdPlugVFIO); the container that asked for them finds them
+	// attached, other devices are hot-plugged.
+	ColdPlugVFIO []device.VFIOGroup
 }
 
 // VMM is what a sandbox needs from a running hypervisor process.
@@ -78,6 +83,11 @@ type Sandbox struct {
 	rpc    *ttrpc.Client
 	agent  api.AgentService
 	info   *api.InfoResponse
+
+	// devices tracks PCIe ports and which container holds which device;
+	// nil on machines without PCI (microvm).
+	devices     *device.Manager
+	hostDevices device.Host
 
 	mu         sync.Mutex
 	mounts     map[string][]string // container id -> host mount points, in mount order
@@ -126,7 +136,7 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	if err := validateID(opts.ID); err != nil {
 		return nil, err
 	}
-	s := &Sandbox{id: opts.ID, cfg: cfg, dir: Dir(cfg.RunDir, opts.ID), mounts: map[string][]string{}, cpu: map[string]cpuLimit{}}
+	s := &Sandbox{id: opts.ID, cfg: cfg, dir: Dir(cfg.RunDir, opts.ID), mounts: map[string][]string{}, cpu: map[string]cpuLimit{}, hostDevices: device.Sysfs{}}
 	log := logrus.WithField("sandbox", s.id)
 
 	var undo cleanupStack
@@ -164,6 +174,10 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 		return nil, err
 	}
 	s.memory.limits = memoryLayout(cfg, &m)
+	topo, cold, err := planTopology(cfg, &m, opts.ColdPlugVFIO)
+	if err != nil {
+		return nil, err
+	}
 	// The cgroup exists before the processes it will hold, and is
 	// removed after they are gone (the cleanup stack runs backwards).
 	cg, err := s.createCgroup(ctx, opts, m.MemoryMiB)
@@ -201,6 +215,9 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	s.vmm = vm
 	s.memory.hp = vm
 	undo.push(func() { vm.Kill() })
+	if m.Type == qemu.Q35 {
+		s.devices = device.NewManager(deviceConfig(cfg), topo, cold, qemuPlugger{vm, cfg}, qemuPlugger{vm, cfg})
+	}
 	// Recorded so that a fresh process (containerd's `shim delete` after a
 	// shim crash) can find and kill a VM whose owner is gone.
 	if err := os.WriteFile(s.path(vmmPidFileName), []byte(strconv.Itoa(vm.Pid())), 0o600); err != nil {

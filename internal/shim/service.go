@@ -30,6 +30,7 @@ import (
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/mount"
 	"github.com/containerd/containerd/namespaces"
+	runtimeoptions "github.com/containerd/containerd/pkg/runtimeoptions/v1"
 	"github.com/containerd/containerd/pkg/shutdown"
 	"github.com/containerd/containerd/runtime"
 	"github.com/containerd/containerd/runtime/v2/shim"
@@ -94,6 +95,25 @@ func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Servi
 // environment.
 func loadConfig() (*config.Config, error) {
 	return config.Load(os.Getenv("BERTH_CONFIG"), config.Overrides{StateDir: os.Getenv("BERTH_STATE_DIR"), Host: sandbox.HostFacts()})
+}
+
+// configFor is the configuration a create uses: the file named by the
+// runtime's ConfigPath option when containerd passes one (`ctr run
+// --runtime-config-path`, or `ConfigPath` in a CRI runtime's options, as
+// Kata does), so that one host can offer several configurations as
+// several runtime classes; otherwise the shim's own. Options are set by the
+// node's administrator, not by pods.
+func (s *service) configFor(r *taskAPI.CreateTaskRequest) (*config.Config, error) {
+	if r.Options != nil && r.Options.GetTypeUrl() != "" {
+		v, err := typeurl.UnmarshalAny(r.Options)
+		if err != nil {
+			return nil, fmt.Errorf("decode runtime options: %w", err)
+		}
+		if o, ok := v.(*runtimeoptions.Options); ok && o.ConfigPath != "" {
+			return config.Load(o.ConfigPath, config.Overrides{StateDir: os.Getenv("BERTH_STATE_DIR")})
+		}
+	}
+	return s.cfg, s.cfgErr
 }
 
 // forwardEvents publishes events in the order they were sent, so that a
@@ -161,8 +181,9 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 }
 
 func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ uint32, retErr error) {
-	if s.cfgErr != nil {
-		return 0, fmt.Errorf("berth configuration: %v: %w", s.cfgErr, errdefs.ErrFailedPrecondition)
+	base, err := s.configFor(r)
+	if err != nil {
+		return 0, fmt.Errorf("berth configuration: %v: %w", err, errdefs.ErrFailedPrecondition)
 	}
 	if r.Checkpoint != "" {
 		return 0, fmt.Errorf("checkpoint restore: %w", errdefs.ErrNotImplemented)
@@ -173,7 +194,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 	}
 	sandboxID, isSandbox := oci.PodInfo(r.ID, spec.Annotations)
 	// Pod annotations are untrusted: only allow-listed keys pass.
-	cfg, err := s.cfg.WithAnnotations(spec.Annotations)
+	cfg, err := base.WithAnnotations(spec.Annotations)
 	if err != nil {
 		return 0, fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
 	}
@@ -219,11 +240,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 		}()
 	}
 
-	cgroupsPath := ""
-	if spec.Linux != nil {
-		cgroupsPath = spec.Linux.CgroupsPath
-	}
-	sb, sandboxPid, err := s.sandboxFor(ctx, cfg, sandboxID, isSandbox, cgroupsPath)
+	sb, sandboxPid, err := s.sandboxFor(ctx, cfg, sandboxID, isSandbox, spec)
 	if err != nil {
 		return 0, err
 	}
@@ -270,7 +287,12 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 // sandboxFor returns the pod's VM, booting it for the pod's first
 // container. It also returns the guest pid of the sandbox container, whose
 // namespaces app containers join.
-func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID string, isSandbox bool, cgroupsPath string) (*sandbox.Sandbox, uint32, error) {
+//
+// VFIO devices of the container that boots the VM are cold-plugged when
+// devices.cold_plug_vfio says so; every other device is hot-plugged when
+// its container is created, and the container gets both. The pod's host
+// cgroup is the sandbox container's linux.cgroupsPath.
+func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID string, isSandbox bool, spec *specs.Spec) (*sandbox.Sandbox, uint32, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.sb != nil {
@@ -290,8 +312,16 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 	if err != nil {
 		return nil, 0, err
 	}
+	cold, err := sandbox.ColdPlugVFIO(cfg, spec)
+	if err != nil {
+		return nil, 0, err
+	}
 	sandbox.CleanupStale(cfg.RunDir)
-	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: sandboxID, Accel: accel, CgroupsPath: cgroupsPath})
+	cgroupsPath := ""
+	if spec.Linux != nil {
+		cgroupsPath = spec.Linux.CgroupsPath
+	}
+	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: sandboxID, Accel: accel, CgroupsPath: cgroupsPath, ColdPlugVFIO: cold})
 	if err != nil {
 		return nil, 0, fmt.Errorf("start sandbox VM: %w", err)
 	}

@@ -29,21 +29,10 @@ const (
 
 // virtiofsdPids finds the virtiofsd processes of this test run.
 func virtiofsdPids() []int {
-	var pids []int
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		c := string(b)
+	return pidsMatching(func(c string) bool {
 		argv0, _, _ := strings.Cut(c, "\x00")
-		if strings.Contains(filepath.Base(argv0), "virtiofsd") && strings.Contains(c, env.runDir) {
-			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+		return strings.Contains(filepath.Base(argv0), "virtiofsd") && strings.Contains(c, env.runDir)
+	})
 }
 
 // memoryCgroupOf returns pid's cgroup in the hierarchy that holds memory

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -222,20 +221,9 @@ func TestCtrQEMUKilledReportsExit(t *testing.T) {
 
 // shimPids finds Berth shims serving our containerd.
 func shimPids() []int {
-	var pids []int
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		c := string(b)
-		if strings.Contains(c, "containerd-shim-berth-v2") && strings.Contains(c, ctrd.sock) {
-			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+	return pidsMatching(func(c string) bool {
+		return strings.Contains(c, "containerd-shim-berth-v2") && strings.Contains(c, ctrd.sock)
+	})
 }
 
 func TestCtrShimKilledLeavesNothing(t *testing.T) {

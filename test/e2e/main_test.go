@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -217,4 +218,21 @@ func removeCgroupParent() {
 	for _, d := range cgroupParentDirs() {
 		os.Remove(d)
 	}
+}
+
+// pidsMatching lists the processes whose NUL-separated command line
+// satisfies match.
+func pidsMatching(match func(cmdline string) bool) []int {
+	var pids []int
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !match(string(b)) {
+			continue
+		}
+		if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }

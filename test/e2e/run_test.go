@@ -179,22 +179,9 @@ func bufioReadAll(br *bufio.Reader) (string, error) {
 	return sb.String(), err
 }
 
-// qemuPids finds the QEMU processes serving the sandbox of this test run.
+// qemuPids finds the QEMU processes of this test run's sandboxes.
 func qemuPids() []int {
-	var pids []int
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		c := string(b)
-		if strings.Contains(c, "qemu-system") && strings.Contains(c, env.runDir) {
-			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+	return pidsMatching(func(c string) bool { return strings.Contains(c, "qemu-system") && strings.Contains(c, env.runDir) })
 }
 
 func TestQEMUKilledMidRun(t *testing.T) {

@@ -13,9 +13,9 @@ import (
 	"github.com/containerd/console"
 )
 
-// ttyRun is a `berth run --tty` whose stdin, stdout and stderr are the
-// slave of a pty, as when a user types the command in a terminal; the test
-// plays the terminal through the master.
+// ttyRun is a `berth run --tty` whose stdin and stdout are the slave of a
+// pty, as when a user types the command in a terminal; the test plays the
+// terminal through the master.
 type ttyRun struct {
 	cmd    *exec.Cmd
 	master console.Console

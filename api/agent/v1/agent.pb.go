@@ -38,6 +38,58 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// DeviceKind is what the host plugged in.
+type DeviceKind int32
+
+const (
+	DeviceKind_DEVICE_UNSPECIFIED DeviceKind = 0
+	// DEVICE_BLOCK is a virtio-blk disk.
+	DeviceKind_DEVICE_BLOCK DeviceKind = 1
+	// DEVICE_VFIO is a PCI function passed through from the host.
+	DeviceKind_DEVICE_VFIO DeviceKind = 2
+)
+
+// Enum value maps for DeviceKind.
+var (
+	DeviceKind_name = map[int32]string{
+		0: "DEVICE_UNSPECIFIED",
+		1: "DEVICE_BLOCK",
+		2: "DEVICE_VFIO",
+	}
+	DeviceKind_value = map[string]int32{
+		"DEVICE_UNSPECIFIED": 0,
+		"DEVICE_BLOCK":       1,
+		"DEVICE_VFIO":        2,
+	}
+)
+
+func (x DeviceKind) Enum() *DeviceKind {
+	p := new(DeviceKind)
+	*p = x
+	return p
+}
+
+func (x DeviceKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DeviceKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_agent_proto_enumTypes[0].Descriptor()
+}
+
+func (DeviceKind) Type() protoreflect.EnumType {
+	return &file_agent_proto_enumTypes[0]
+}
+
+func (x DeviceKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DeviceKind.Descriptor instead.
+func (DeviceKind) EnumDescriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{0}
+}
+
 // StreamKind names one standard stream of a process.
 type StreamKind int32
 
@@ -75,11 +127,11 @@ func (x StreamKind) String() string {
 }
 
 func (StreamKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_agent_proto_enumTypes[0].Descriptor()
+	return file_agent_proto_enumTypes[1].Descriptor()
 }
 
 func (StreamKind) Type() protoreflect.EnumType {
-	return &file_agent_proto_enumTypes[0]
+	return &file_agent_proto_enumTypes[1]
 }
 
 func (x StreamKind) Number() protoreflect.EnumNumber {
@@ -88,50 +140,52 @@ func (x StreamKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StreamKind.Descriptor instead.
 func (StreamKind) EnumDescriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{0}
+	return file_agent_proto_rawDescGZIP(), []int{1}
 }
 
-type MemoryInfo struct {
-	state             protoimpl.MessageState `protogen:"open.v1"`
-	MemTotalBytes     uint64                 `protobuf:"varint,1,opt,name=mem_total_bytes,json=memTotalBytes,proto3" json:"mem_total_bytes,omitempty"`
-	MemFreeBytes      uint64                 `protobuf:"varint,2,opt,name=mem_free_bytes,json=memFreeBytes,proto3" json:"mem_free_bytes,omitempty"`
-	MemAvailableBytes uint64                 `protobuf:"varint,3,opt,name=mem_available_bytes,json=memAvailableBytes,proto3" json:"mem_available_bytes,omitempty"`
-	BlocksOnline      uint32                 `protobuf:"varint,4,opt,name=blocks_online,json=blocksOnline,proto3" json:"blocks_online,omitempty"`
-	BlocksOffline     uint32                 `protobuf:"varint,5,opt,name=blocks_offline,json=blocksOffline,proto3" json:"blocks_offline,omitempty"`
-	BlockSizeBytes    uint64                 `protobuf:"varint,6,opt,name=block_size_bytes,json=blockSizeBytes,proto3" json:"block_size_bytes,omitempty"`
-	// auto_online_blocks is the kernel's own policy, reported for
-	// diagnostics: Berth does not rely on it.
-	AutoOnlineBlocks string `protobuf:"bytes,7,opt,name=auto_online_blocks,json=autoOnlineBlocks,proto3" json:"auto_online_blocks,omitempty"`
-	// errors lists blocks that could not be onlined, with the reason.
-	Errors []string `protobuf:"bytes,8,rep,name=errors,proto3" json:"errors,omitempty"`
-	// movable_bytes is memory in ZONE_MOVABLE (can be unplugged).
-	MovableBytes uint64 `protobuf:"varint,9,opt,name=movable_bytes,json=movableBytes,proto3" json:"movable_bytes,omitempty"`
-	// kernel_free_bytes is free memory outside ZONE_MOVABLE: what the
-	// kernel can use for its own allocations, including the page
-	// structures of memory hot-added next.
-	KernelFreeBytes uint64 `protobuf:"varint,10,opt,name=kernel_free_bytes,json=kernelFreeBytes,proto3" json:"kernel_free_bytes,omitempty"`
-	// kernel_blocks are the numbers of online memory blocks outside
-	// ZONE_MOVABLE: memory the guest cannot give back. The host checks a
-	// DIMM's blocks against it before asking the guest to eject it.
-	KernelBlocks  []uint64 `protobuf:"varint,11,rep,packed,name=kernel_blocks,json=kernelBlocks,proto3" json:"kernel_blocks,omitempty"`
+// Device is a device the host plugged into the VM for a container. The
+// guest finds it by its PCI path, never by guessing a name such as vda:
+// names depend on probe order, PCI paths do not.
+type Device struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  DeviceKind             `protobuf:"varint,1,opt,name=kind,proto3,enum=berth.agent.v1.DeviceKind" json:"kind,omitempty"`
+	// pci_path is the device's slot on the root bus, then its slot on each
+	// bus behind a bridge or port, as two hex digits joined by '/':
+	// "10/00" is the device in the root port at 00:10.0.
+	PciPath string `protobuf:"bytes,2,opt,name=pci_path,json=pciPath,proto3" json:"pci_path,omitempty"`
+	// container_path is the linux.devices path the device is for, e.g.
+	// /dev/xda. The agent rewrites that entry to the guest device's
+	// major:minor. Empty for a mount.
+	ContainerPath string `protobuf:"bytes,3,opt,name=container_path,json=containerPath,proto3" json:"container_path,omitempty"`
+	// is_mount: the device is the source of spec.mounts[mount_index],
+	// which the agent points at the guest device node.
+	IsMount    bool   `protobuf:"varint,4,opt,name=is_mount,json=isMount,proto3" json:"is_mount,omitempty"`
+	MountIndex uint32 `protobuf:"varint,5,opt,name=mount_index,json=mountIndex,proto3" json:"mount_index,omitempty"`
+	// host_major and host_minor are the numbers the spec's cgroup rules
+	// (linux.resources.devices) use for the device; the agent rewrites
+	// those rules to the guest's numbers.
+	HostMajor int64 `protobuf:"varint,6,opt,name=host_major,json=hostMajor,proto3" json:"host_major,omitempty"`
+	HostMinor int64 `protobuf:"varint,7,opt,name=host_minor,json=hostMinor,proto3" json:"host_minor,omitempty"`
+	// vfio_mode is "guest-kernel" or "vfio" for DEVICE_VFIO.
+	VfioMode      string `protobuf:"bytes,8,opt,name=vfio_mode,json=vfioMode,proto3" json:"vfio_mode,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *MemoryInfo) Reset() {
-	*x = MemoryInfo{}
+func (x *Device) Reset() {
+	*x = Device{}
 	mi := &file_agent_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *MemoryInfo) String() string {
+func (x *Device) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*MemoryInfo) ProtoMessage() {}
+func (*Device) ProtoMessage() {}
 
-func (x *MemoryInfo) ProtoReflect() protoreflect.Message {
+func (x *Device) ProtoReflect() protoreflect.Message {
 	mi := &file_agent_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -143,86 +197,197 @@ func (x *MemoryInfo) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use MemoryInfo.ProtoReflect.Descriptor instead.
-func (*MemoryInfo) Descriptor() ([]byte, []int) {
+// Deprecated: Use Device.ProtoReflect.Descriptor instead.
+func (*Device) Descriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{0}
 }
 
-func (x *MemoryInfo) GetMemTotalBytes() uint64 {
+func (x *Device) GetKind() DeviceKind {
 	if x != nil {
-		return x.MemTotalBytes
+		return x.Kind
 	}
-	return 0
+	return DeviceKind_DEVICE_UNSPECIFIED
 }
 
-func (x *MemoryInfo) GetMemFreeBytes() uint64 {
+func (x *Device) GetPciPath() string {
 	if x != nil {
-		return x.MemFreeBytes
-	}
-	return 0
-}
-
-func (x *MemoryInfo) GetMemAvailableBytes() uint64 {
-	if x != nil {
-		return x.MemAvailableBytes
-	}
-	return 0
-}
-
-func (x *MemoryInfo) GetBlocksOnline() uint32 {
-	if x != nil {
-		return x.BlocksOnline
-	}
-	return 0
-}
-
-func (x *MemoryInfo) GetBlocksOffline() uint32 {
-	if x != nil {
-		return x.BlocksOffline
-	}
-	return 0
-}
-
-func (x *MemoryInfo) GetBlockSizeBytes() uint64 {
-	if x != nil {
-		return x.BlockSizeBytes
-	}
-	return 0
-}
-
-func (x *MemoryInfo) GetAutoOnlineBlocks() string {
-	if x != nil {
-		return x.AutoOnlineBlocks
+		return x.PciPath
 	}
 	return ""
 }
 
-func (x *MemoryInfo) GetErrors() []string {
+func (x *Device) GetContainerPath() string {
 	if x != nil {
-		return x.Errors
+		return x.ContainerPath
 	}
-	return nil
+	return ""
 }
 
-func (x *MemoryInfo) GetMovableBytes() uint64 {
+func (x *Device) GetIsMount() bool {
 	if x != nil {
-		return x.MovableBytes
+		return x.IsMount
+	}
+	return false
+}
+
+func (x *Device) GetMountIndex() uint32 {
+	if x != nil {
+		return x.MountIndex
 	}
 	return 0
 }
 
-func (x *MemoryInfo) GetKernelFreeBytes() uint64 {
+func (x *Device) GetHostMajor() int64 {
 	if x != nil {
-		return x.KernelFreeBytes
+		return x.HostMajor
 	}
 	return 0
 }
 
-func (x *MemoryInfo) GetKernelBlocks() []uint64 {
+func (x *Device) GetHostMinor() int64 {
 	if x != nil {
-		return x.KernelBlocks
+		return x.HostMinor
 	}
-	return nil
+	return 0
+}
+
+func (x *Device) GetVfioMode() string {
+	if x != nil {
+		return x.VfioMode
+	}
+	return ""
+}
+
+type WaitDeviceRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Kind    DeviceKind             `protobuf:"varint,1,opt,name=kind,proto3,enum=berth.agent.v1.DeviceKind" json:"kind,omitempty"`
+	PciPath string                 `protobuf:"bytes,2,opt,name=pci_path,json=pciPath,proto3" json:"pci_path,omitempty"`
+	// timeout_ms bounds the wait; 0 means the agent's default.
+	TimeoutMs     uint32 `protobuf:"varint,3,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaitDeviceRequest) Reset() {
+	*x = WaitDeviceRequest{}
+	mi := &file_agent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaitDeviceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaitDeviceRequest) ProtoMessage() {}
+
+func (x *WaitDeviceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaitDeviceRequest.ProtoReflect.Descriptor instead.
+func (*WaitDeviceRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *WaitDeviceRequest) GetKind() DeviceKind {
+	if x != nil {
+		return x.Kind
+	}
+	return DeviceKind_DEVICE_UNSPECIFIED
+}
+
+func (x *WaitDeviceRequest) GetPciPath() string {
+	if x != nil {
+		return x.PciPath
+	}
+	return ""
+}
+
+func (x *WaitDeviceRequest) GetTimeoutMs() uint32 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+type WaitDeviceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the guest's name under /dev (vda) or, for a PCI function
+	// without a node, its PCI address.
+	Name  string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Major int64  `protobuf:"varint,2,opt,name=major,proto3" json:"major,omitempty"`
+	Minor int64  `protobuf:"varint,3,opt,name=minor,proto3" json:"minor,omitempty"`
+	// sys_path is the device's directory under /sys/devices.
+	SysPath       string `protobuf:"bytes,4,opt,name=sys_path,json=sysPath,proto3" json:"sys_path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaitDeviceResponse) Reset() {
+	*x = WaitDeviceResponse{}
+	mi := &file_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaitDeviceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaitDeviceResponse) ProtoMessage() {}
+
+func (x *WaitDeviceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaitDeviceResponse.ProtoReflect.Descriptor instead.
+func (*WaitDeviceResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *WaitDeviceResponse) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *WaitDeviceResponse) GetMajor() int64 {
+	if x != nil {
+		return x.Major
+	}
+	return 0
+}
+
+func (x *WaitDeviceResponse) GetMinor() int64 {
+	if x != nil {
+		return x.Minor
+	}
+	return 0
+}
+
+func (x *WaitDeviceResponse) GetSysPath() string {
+	if x != nil {
+		return x.SysPath
+	}
+	return ""
 }
 
 type WaitOOMRequest struct {
@@ -235,7 +400,7 @@ type WaitOOMRequest struct {
 
 func (x *WaitOOMRequest) Reset() {
 	*x = WaitOOMRequest{}
-	mi := &file_agent_proto_msgTypes[1]
+	mi := &file_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -247,7 +412,7 @@ func (x *WaitOOMRequest) String() string {
 func (*WaitOOMRequest) ProtoMessage() {}
 
 func (x *WaitOOMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[1]
+	mi := &file_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -260,7 +425,7 @@ func (x *WaitOOMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitOOMRequest.ProtoReflect.Descriptor instead.
 func (*WaitOOMRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{1}
+	return file_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *WaitOOMRequest) GetContainerId() string {
@@ -286,7 +451,7 @@ type OOMResponse struct {
 
 func (x *OOMResponse) Reset() {
 	*x = OOMResponse{}
-	mi := &file_agent_proto_msgTypes[2]
+	mi := &file_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -298,7 +463,7 @@ func (x *OOMResponse) String() string {
 func (*OOMResponse) ProtoMessage() {}
 
 func (x *OOMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[2]
+	mi := &file_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -311,7 +476,7 @@ func (x *OOMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OOMResponse.ProtoReflect.Descriptor instead.
 func (*OOMResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{2}
+	return file_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *OOMResponse) GetOomKillCount() uint64 {
@@ -330,7 +495,7 @@ type ContainerRequest struct {
 
 func (x *ContainerRequest) Reset() {
 	*x = ContainerRequest{}
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -342,7 +507,7 @@ func (x *ContainerRequest) String() string {
 func (*ContainerRequest) ProtoMessage() {}
 
 func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -355,7 +520,7 @@ func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerRequest.ProtoReflect.Descriptor instead.
 func (*ContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{3}
+	return file_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ContainerRequest) GetContainerId() string {
@@ -376,7 +541,7 @@ type UpdateRequest struct {
 
 func (x *UpdateRequest) Reset() {
 	*x = UpdateRequest{}
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -388,7 +553,7 @@ func (x *UpdateRequest) String() string {
 func (*UpdateRequest) ProtoMessage() {}
 
 func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -401,7 +566,7 @@ func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{4}
+	return file_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *UpdateRequest) GetContainerId() string {
@@ -449,7 +614,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +626,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +639,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StatsResponse) GetCgroupVersion() uint32 {
@@ -610,7 +775,7 @@ type IOEntry struct {
 
 func (x *IOEntry) Reset() {
 	*x = IOEntry{}
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -622,7 +787,7 @@ func (x *IOEntry) String() string {
 func (*IOEntry) ProtoMessage() {}
 
 func (x *IOEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -635,7 +800,7 @@ func (x *IOEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOEntry.ProtoReflect.Descriptor instead.
 func (*IOEntry) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *IOEntry) GetMajor() uint64 {
@@ -688,7 +853,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -700,7 +865,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -713,7 +878,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_proto_rawDescGZIP(), []int{9}
 }
 
 type InfoResponse struct {
@@ -730,7 +895,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -742,7 +907,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -755,7 +920,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *InfoResponse) GetAgentVersion() string {
@@ -815,7 +980,7 @@ type Stdio struct {
 
 func (x *Stdio) Reset() {
 	*x = Stdio{}
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +992,7 @@ func (x *Stdio) String() string {
 func (*Stdio) ProtoMessage() {}
 
 func (x *Stdio) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +1005,7 @@ func (x *Stdio) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stdio.ProtoReflect.Descriptor instead.
 func (*Stdio) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Stdio) GetStdin() bool {
@@ -876,15 +1041,19 @@ type CreateRequest struct {
 	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
 	// spec is the OCI runtime spec (config.json) as JSON. root.path must be
 	// a path inside the guest (the host rewrites it to the virtio-fs share).
-	Spec          []byte `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
-	Stdio         *Stdio `protobuf:"bytes,3,opt,name=stdio,proto3" json:"stdio,omitempty"`
+	Spec  []byte `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
+	Stdio *Stdio `protobuf:"bytes,3,opt,name=stdio,proto3" json:"stdio,omitempty"`
+	// devices were plugged into the VM for this container; the agent
+	// waits for each and rewrites the spec's device entries, cgroup rules
+	// and mount sources to the guest's devices before creating it.
+	Devices       []*Device `protobuf:"bytes,4,rep,name=devices,proto3" json:"devices,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateRequest) Reset() {
 	*x = CreateRequest{}
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -896,7 +1065,7 @@ func (x *CreateRequest) String() string {
 func (*CreateRequest) ProtoMessage() {}
 
 func (x *CreateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -909,7 +1078,7 @@ func (x *CreateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRequest.ProtoReflect.Descriptor instead.
 func (*CreateRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateRequest) GetContainerId() string {
@@ -933,6 +1102,13 @@ func (x *CreateRequest) GetStdio() *Stdio {
 	return nil
 }
 
+func (x *CreateRequest) GetDevices() []*Device {
+	if x != nil {
+		return x.Devices
+	}
+	return nil
+}
+
 type CreateResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
@@ -942,7 +1118,7 @@ type CreateResponse struct {
 
 func (x *CreateResponse) Reset() {
 	*x = CreateResponse{}
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -954,7 +1130,7 @@ func (x *CreateResponse) String() string {
 func (*CreateResponse) ProtoMessage() {}
 
 func (x *CreateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -967,7 +1143,7 @@ func (x *CreateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateResponse.ProtoReflect.Descriptor instead.
 func (*CreateResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateResponse) GetPid() uint32 {
@@ -987,7 +1163,7 @@ type StartRequest struct {
 
 func (x *StartRequest) Reset() {
 	*x = StartRequest{}
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -999,7 +1175,7 @@ func (x *StartRequest) String() string {
 func (*StartRequest) ProtoMessage() {}
 
 func (x *StartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1012,7 +1188,7 @@ func (x *StartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequest.ProtoReflect.Descriptor instead.
 func (*StartRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StartRequest) GetContainerId() string {
@@ -1038,7 +1214,7 @@ type StartResponse struct {
 
 func (x *StartResponse) Reset() {
 	*x = StartResponse{}
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1050,7 +1226,7 @@ func (x *StartResponse) String() string {
 func (*StartResponse) ProtoMessage() {}
 
 func (x *StartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1063,7 +1239,7 @@ func (x *StartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartResponse.ProtoReflect.Descriptor instead.
 func (*StartResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StartResponse) GetPid() uint32 {
@@ -1086,7 +1262,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1098,7 +1274,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1111,7 +1287,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ExecRequest) GetContainerId() string {
@@ -1154,7 +1330,7 @@ type KillRequest struct {
 
 func (x *KillRequest) Reset() {
 	*x = KillRequest{}
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1166,7 +1342,7 @@ func (x *KillRequest) String() string {
 func (*KillRequest) ProtoMessage() {}
 
 func (x *KillRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1179,7 +1355,7 @@ func (x *KillRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillRequest.ProtoReflect.Descriptor instead.
 func (*KillRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *KillRequest) GetContainerId() string {
@@ -1220,7 +1396,7 @@ type WaitRequest struct {
 
 func (x *WaitRequest) Reset() {
 	*x = WaitRequest{}
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1232,7 +1408,7 @@ func (x *WaitRequest) String() string {
 func (*WaitRequest) ProtoMessage() {}
 
 func (x *WaitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1245,7 +1421,7 @@ func (x *WaitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitRequest.ProtoReflect.Descriptor instead.
 func (*WaitRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WaitRequest) GetContainerId() string {
@@ -1274,7 +1450,7 @@ type WaitResponse struct {
 
 func (x *WaitResponse) Reset() {
 	*x = WaitResponse{}
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1462,7 @@ func (x *WaitResponse) String() string {
 func (*WaitResponse) ProtoMessage() {}
 
 func (x *WaitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1475,7 @@ func (x *WaitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitResponse.ProtoReflect.Descriptor instead.
 func (*WaitResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WaitResponse) GetExitStatus() uint32 {
@@ -1325,7 +1501,7 @@ type PidsRequest struct {
 
 func (x *PidsRequest) Reset() {
 	*x = PidsRequest{}
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1337,7 +1513,7 @@ func (x *PidsRequest) String() string {
 func (*PidsRequest) ProtoMessage() {}
 
 func (x *PidsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1350,7 +1526,7 @@ func (x *PidsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsRequest.ProtoReflect.Descriptor instead.
 func (*PidsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PidsRequest) GetContainerId() string {
@@ -1369,7 +1545,7 @@ type PidsResponse struct {
 
 func (x *PidsResponse) Reset() {
 	*x = PidsResponse{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1381,7 +1557,7 @@ func (x *PidsResponse) String() string {
 func (*PidsResponse) ProtoMessage() {}
 
 func (x *PidsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1394,7 +1570,7 @@ func (x *PidsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsResponse.ProtoReflect.Descriptor instead.
 func (*PidsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PidsResponse) GetPids() []uint32 {
@@ -1416,7 +1592,7 @@ type ResizePtyRequest struct {
 
 func (x *ResizePtyRequest) Reset() {
 	*x = ResizePtyRequest{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1428,7 +1604,7 @@ func (x *ResizePtyRequest) String() string {
 func (*ResizePtyRequest) ProtoMessage() {}
 
 func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1441,7 +1617,7 @@ func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizePtyRequest.ProtoReflect.Descriptor instead.
 func (*ResizePtyRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ResizePtyRequest) GetContainerId() string {
@@ -1482,7 +1658,7 @@ type CloseIORequest struct {
 
 func (x *CloseIORequest) Reset() {
 	*x = CloseIORequest{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1494,7 +1670,7 @@ func (x *CloseIORequest) String() string {
 func (*CloseIORequest) ProtoMessage() {}
 
 func (x *CloseIORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1507,7 +1683,7 @@ func (x *CloseIORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseIORequest.ProtoReflect.Descriptor instead.
 func (*CloseIORequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CloseIORequest) GetContainerId() string {
@@ -1534,7 +1710,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +1722,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +1735,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DeleteRequest) GetContainerId() string {
@@ -1586,7 +1762,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1598,7 +1774,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1611,7 +1787,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeleteResponse) GetExitStatus() uint32 {
@@ -1643,7 +1819,7 @@ type StreamHeader struct {
 
 func (x *StreamHeader) Reset() {
 	*x = StreamHeader{}
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1655,7 +1831,7 @@ func (x *StreamHeader) String() string {
 func (*StreamHeader) ProtoMessage() {}
 
 func (x *StreamHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1668,7 +1844,7 @@ func (x *StreamHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamHeader.ProtoReflect.Descriptor instead.
 func (*StreamHeader) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StreamHeader) GetContainerId() string {
@@ -1692,25 +1868,167 @@ func (x *StreamHeader) GetKind() StreamKind {
 	return StreamKind_STREAM_UNSPECIFIED
 }
 
+type MemoryInfo struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	MemTotalBytes     uint64                 `protobuf:"varint,1,opt,name=mem_total_bytes,json=memTotalBytes,proto3" json:"mem_total_bytes,omitempty"`
+	MemFreeBytes      uint64                 `protobuf:"varint,2,opt,name=mem_free_bytes,json=memFreeBytes,proto3" json:"mem_free_bytes,omitempty"`
+	MemAvailableBytes uint64                 `protobuf:"varint,3,opt,name=mem_available_bytes,json=memAvailableBytes,proto3" json:"mem_available_bytes,omitempty"`
+	BlocksOnline      uint32                 `protobuf:"varint,4,opt,name=blocks_online,json=blocksOnline,proto3" json:"blocks_online,omitempty"`
+	BlocksOffline     uint32                 `protobuf:"varint,5,opt,name=blocks_offline,json=blocksOffline,proto3" json:"blocks_offline,omitempty"`
+	BlockSizeBytes    uint64                 `protobuf:"varint,6,opt,name=block_size_bytes,json=blockSizeBytes,proto3" json:"block_size_bytes,omitempty"`
+	// auto_online_blocks is the kernel's own policy, reported for
+	// diagnostics: Berth does not rely on it.
+	AutoOnlineBlocks string `protobuf:"bytes,7,opt,name=auto_online_blocks,json=autoOnlineBlocks,proto3" json:"auto_online_blocks,omitempty"`
+	// errors lists blocks that could not be onlined, with the reason.
+	Errors []string `protobuf:"bytes,8,rep,name=errors,proto3" json:"errors,omitempty"`
+	// movable_bytes is memory in ZONE_MOVABLE (can be unplugged).
+	MovableBytes uint64 `protobuf:"varint,9,opt,name=movable_bytes,json=movableBytes,proto3" json:"movable_bytes,omitempty"`
+	// kernel_free_bytes is free memory outside ZONE_MOVABLE: what the
+	// kernel can use for its own allocations, including the page
+	// structures of memory hot-added next.
+	KernelFreeBytes uint64 `protobuf:"varint,10,opt,name=kernel_free_bytes,json=kernelFreeBytes,proto3" json:"kernel_free_bytes,omitempty"`
+	// kernel_blocks are the numbers of online memory blocks outside
+	// ZONE_MOVABLE: memory the guest cannot give back. The host checks a
+	// DIMM's blocks against it before asking the guest to eject it.
+	KernelBlocks  []uint64 `protobuf:"varint,11,rep,packed,name=kernel_blocks,json=kernelBlocks,proto3" json:"kernel_blocks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemoryInfo) Reset() {
+	*x = MemoryInfo{}
+	mi := &file_agent_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemoryInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemoryInfo) ProtoMessage() {}
+
+func (x *MemoryInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemoryInfo.ProtoReflect.Descriptor instead.
+func (*MemoryInfo) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *MemoryInfo) GetMemTotalBytes() uint64 {
+	if x != nil {
+		return x.MemTotalBytes
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetMemFreeBytes() uint64 {
+	if x != nil {
+		return x.MemFreeBytes
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetMemAvailableBytes() uint64 {
+	if x != nil {
+		return x.MemAvailableBytes
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetBlocksOnline() uint32 {
+	if x != nil {
+		return x.BlocksOnline
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetBlocksOffline() uint32 {
+	if x != nil {
+		return x.BlocksOffline
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetBlockSizeBytes() uint64 {
+	if x != nil {
+		return x.BlockSizeBytes
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetAutoOnlineBlocks() string {
+	if x != nil {
+		return x.AutoOnlineBlocks
+	}
+	return ""
+}
+
+func (x *MemoryInfo) GetErrors() []string {
+	if x != nil {
+		return x.Errors
+	}
+	return nil
+}
+
+func (x *MemoryInfo) GetMovableBytes() uint64 {
+	if x != nil {
+		return x.MovableBytes
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetKernelFreeBytes() uint64 {
+	if x != nil {
+		return x.KernelFreeBytes
+	}
+	return 0
+}
+
+func (x *MemoryInfo) GetKernelBlocks() []uint64 {
+	if x != nil {
+		return x.KernelBlocks
+	}
+	return nil
+}
+
 var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
 	"\n" +
-	"\vagent.proto\x12\x0eberth.agent.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x03\n" +
+	"\vagent.proto\x12\x0eberth.agent.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x02\n" +
+	"\x06Device\x12.\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1a.berth.agent.v1.DeviceKindR\x04kind\x12\x19\n" +
+	"\bpci_path\x18\x02 \x01(\tR\apciPath\x12%\n" +
+	"\x0econtainer_path\x18\x03 \x01(\tR\rcontainerPath\x12\x19\n" +
+	"\bis_mount\x18\x04 \x01(\bR\aisMount\x12\x1f\n" +
+	"\vmount_index\x18\x05 \x01(\rR\n" +
+	"mountIndex\x12\x1d\n" +
 	"\n" +
-	"MemoryInfo\x12&\n" +
-	"\x0fmem_total_bytes\x18\x01 \x01(\x04R\rmemTotalBytes\x12$\n" +
-	"\x0emem_free_bytes\x18\x02 \x01(\x04R\fmemFreeBytes\x12.\n" +
-	"\x13mem_available_bytes\x18\x03 \x01(\x04R\x11memAvailableBytes\x12#\n" +
-	"\rblocks_online\x18\x04 \x01(\rR\fblocksOnline\x12%\n" +
-	"\x0eblocks_offline\x18\x05 \x01(\rR\rblocksOffline\x12(\n" +
-	"\x10block_size_bytes\x18\x06 \x01(\x04R\x0eblockSizeBytes\x12,\n" +
-	"\x12auto_online_blocks\x18\a \x01(\tR\x10autoOnlineBlocks\x12\x16\n" +
-	"\x06errors\x18\b \x03(\tR\x06errors\x12#\n" +
-	"\rmovable_bytes\x18\t \x01(\x04R\fmovableBytes\x12*\n" +
-	"\x11kernel_free_bytes\x18\n" +
-	" \x01(\x04R\x0fkernelFreeBytes\x12#\n" +
-	"\rkernel_blocks\x18\v \x03(\x04R\fkernelBlocks\"I\n" +
+	"host_major\x18\x06 \x01(\x03R\thostMajor\x12\x1d\n" +
+	"\n" +
+	"host_minor\x18\a \x01(\x03R\thostMinor\x12\x1b\n" +
+	"\tvfio_mode\x18\b \x01(\tR\bvfioMode\"}\n" +
+	"\x11WaitDeviceRequest\x12.\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1a.berth.agent.v1.DeviceKindR\x04kind\x12\x19\n" +
+	"\bpci_path\x18\x02 \x01(\tR\apciPath\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x03 \x01(\rR\ttimeoutMs\"o\n" +
+	"\x12WaitDeviceResponse\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05major\x18\x02 \x01(\x03R\x05major\x12\x14\n" +
+	"\x05minor\x18\x03 \x01(\x03R\x05minor\x12\x19\n" +
+	"\bsys_path\x18\x04 \x01(\tR\asysPath\"I\n" +
 	"\x0eWaitOOMRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x14\n" +
 	"\x05after\x18\x02 \x01(\x04R\x05after\"3\n" +
@@ -1766,11 +2084,12 @@ const file_agent_proto_rawDesc = "" +
 	"\x05stdin\x18\x01 \x01(\bR\x05stdin\x12\x16\n" +
 	"\x06stdout\x18\x02 \x01(\bR\x06stdout\x12\x16\n" +
 	"\x06stderr\x18\x03 \x01(\bR\x06stderr\x12\x1a\n" +
-	"\bterminal\x18\x04 \x01(\bR\bterminal\"s\n" +
+	"\bterminal\x18\x04 \x01(\bR\bterminal\"\xa5\x01\n" +
 	"\rCreateRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x12\n" +
 	"\x04spec\x18\x02 \x01(\fR\x04spec\x12+\n" +
-	"\x05stdio\x18\x03 \x01(\v2\x15.berth.agent.v1.StdioR\x05stdio\"\"\n" +
+	"\x05stdio\x18\x03 \x01(\v2\x15.berth.agent.v1.StdioR\x05stdio\x120\n" +
+	"\adevices\x18\x04 \x03(\v2\x16.berth.agent.v1.DeviceR\adevices\"\"\n" +
 	"\x0eCreateResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\"J\n" +
 	"\fStartRequest\x12!\n" +
@@ -1817,13 +2136,32 @@ const file_agent_proto_rawDesc = "" +
 	"\fStreamHeader\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aexec_id\x18\x02 \x01(\tR\x06execId\x12.\n" +
-	"\x04kind\x18\x03 \x01(\x0e2\x1a.berth.agent.v1.StreamKindR\x04kind*\\\n" +
+	"\x04kind\x18\x03 \x01(\x0e2\x1a.berth.agent.v1.StreamKindR\x04kind\"\xbc\x03\n" +
+	"\n" +
+	"MemoryInfo\x12&\n" +
+	"\x0fmem_total_bytes\x18\x01 \x01(\x04R\rmemTotalBytes\x12$\n" +
+	"\x0emem_free_bytes\x18\x02 \x01(\x04R\fmemFreeBytes\x12.\n" +
+	"\x13mem_available_bytes\x18\x03 \x01(\x04R\x11memAvailableBytes\x12#\n" +
+	"\rblocks_online\x18\x04 \x01(\rR\fblocksOnline\x12%\n" +
+	"\x0eblocks_offline\x18\x05 \x01(\rR\rblocksOffline\x12(\n" +
+	"\x10block_size_bytes\x18\x06 \x01(\x04R\x0eblockSizeBytes\x12,\n" +
+	"\x12auto_online_blocks\x18\a \x01(\tR\x10autoOnlineBlocks\x12\x16\n" +
+	"\x06errors\x18\b \x03(\tR\x06errors\x12#\n" +
+	"\rmovable_bytes\x18\t \x01(\x04R\fmovableBytes\x12*\n" +
+	"\x11kernel_free_bytes\x18\n" +
+	" \x01(\x04R\x0fkernelFreeBytes\x12#\n" +
+	"\rkernel_blocks\x18\v \x03(\x04R\fkernelBlocks*G\n" +
+	"\n" +
+	"DeviceKind\x12\x16\n" +
+	"\x12DEVICE_UNSPECIFIED\x10\x00\x12\x10\n" +
+	"\fDEVICE_BLOCK\x10\x01\x12\x0f\n" +
+	"\vDEVICE_VFIO\x10\x02*\\\n" +
 	"\n" +
 	"StreamKind\x12\x16\n" +
 	"\x12STREAM_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fSTREAM_STDIN\x10\x01\x12\x11\n" +
 	"\rSTREAM_STDOUT\x10\x02\x12\x11\n" +
-	"\rSTREAM_STDERR\x10\x032\x86\t\n" +
+	"\rSTREAM_STDERR\x10\x032\xdb\t\n" +
 	"\x05Agent\x12A\n" +
 	"\x04Info\x12\x1b.berth.agent.v1.InfoRequest\x1a\x1c.berth.agent.v1.InfoResponse\x12G\n" +
 	"\x06Create\x12\x1d.berth.agent.v1.CreateRequest\x1a\x1e.berth.agent.v1.CreateResponse\x12D\n" +
@@ -1840,7 +2178,9 @@ const file_agent_proto_rawDesc = "" +
 	"\x06Resume\x12 .berth.agent.v1.ContainerRequest\x1a\x16.google.protobuf.Empty\x12?\n" +
 	"\x06Update\x12\x1d.berth.agent.v1.UpdateRequest\x1a\x16.google.protobuf.Empty\x12H\n" +
 	"\x05Stats\x12 .berth.agent.v1.ContainerRequest\x1a\x1d.berth.agent.v1.StatsResponse\x12F\n" +
-	"\aWaitOOM\x12\x1e.berth.agent.v1.WaitOOMRequest\x1a\x1b.berth.agent.v1.OOMResponse\x12B\n" +
+	"\aWaitOOM\x12\x1e.berth.agent.v1.WaitOOMRequest\x1a\x1b.berth.agent.v1.OOMResponse\x12S\n" +
+	"\n" +
+	"WaitDevice\x12!.berth.agent.v1.WaitDeviceRequest\x1a\".berth.agent.v1.WaitDeviceResponse\x12B\n" +
 	"\fOnlineMemory\x12\x16.google.protobuf.Empty\x1a\x1a.berth.agent.v1.MemoryInfoB3Z1github.com/berth-runtime/berth/api/agent/v1;agentb\x06proto3"
 
 var (
@@ -1855,86 +2195,95 @@ func file_agent_proto_rawDescGZIP() []byte {
 	return file_agent_proto_rawDescData
 }
 
-var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_agent_proto_goTypes = []any{
-	(StreamKind)(0),               // 0: berth.agent.v1.StreamKind
-	(*MemoryInfo)(nil),            // 1: berth.agent.v1.MemoryInfo
-	(*WaitOOMRequest)(nil),        // 2: berth.agent.v1.WaitOOMRequest
-	(*OOMResponse)(nil),           // 3: berth.agent.v1.OOMResponse
-	(*ContainerRequest)(nil),      // 4: berth.agent.v1.ContainerRequest
-	(*UpdateRequest)(nil),         // 5: berth.agent.v1.UpdateRequest
-	(*StatsResponse)(nil),         // 6: berth.agent.v1.StatsResponse
-	(*IOEntry)(nil),               // 7: berth.agent.v1.IOEntry
-	(*InfoRequest)(nil),           // 8: berth.agent.v1.InfoRequest
-	(*InfoResponse)(nil),          // 9: berth.agent.v1.InfoResponse
-	(*Stdio)(nil),                 // 10: berth.agent.v1.Stdio
-	(*CreateRequest)(nil),         // 11: berth.agent.v1.CreateRequest
-	(*CreateResponse)(nil),        // 12: berth.agent.v1.CreateResponse
-	(*StartRequest)(nil),          // 13: berth.agent.v1.StartRequest
-	(*StartResponse)(nil),         // 14: berth.agent.v1.StartResponse
-	(*ExecRequest)(nil),           // 15: berth.agent.v1.ExecRequest
-	(*KillRequest)(nil),           // 16: berth.agent.v1.KillRequest
-	(*WaitRequest)(nil),           // 17: berth.agent.v1.WaitRequest
-	(*WaitResponse)(nil),          // 18: berth.agent.v1.WaitResponse
-	(*PidsRequest)(nil),           // 19: berth.agent.v1.PidsRequest
-	(*PidsResponse)(nil),          // 20: berth.agent.v1.PidsResponse
-	(*ResizePtyRequest)(nil),      // 21: berth.agent.v1.ResizePtyRequest
-	(*CloseIORequest)(nil),        // 22: berth.agent.v1.CloseIORequest
-	(*DeleteRequest)(nil),         // 23: berth.agent.v1.DeleteRequest
-	(*DeleteResponse)(nil),        // 24: berth.agent.v1.DeleteResponse
-	(*StreamHeader)(nil),          // 25: berth.agent.v1.StreamHeader
-	nil,                           // 26: berth.agent.v1.StatsResponse.MemoryStatEntry
-	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),         // 28: google.protobuf.Empty
+	(DeviceKind)(0),               // 0: berth.agent.v1.DeviceKind
+	(StreamKind)(0),               // 1: berth.agent.v1.StreamKind
+	(*Device)(nil),                // 2: berth.agent.v1.Device
+	(*WaitDeviceRequest)(nil),     // 3: berth.agent.v1.WaitDeviceRequest
+	(*WaitDeviceResponse)(nil),    // 4: berth.agent.v1.WaitDeviceResponse
+	(*WaitOOMRequest)(nil),        // 5: berth.agent.v1.WaitOOMRequest
+	(*OOMResponse)(nil),           // 6: berth.agent.v1.OOMResponse
+	(*ContainerRequest)(nil),      // 7: berth.agent.v1.ContainerRequest
+	(*UpdateRequest)(nil),         // 8: berth.agent.v1.UpdateRequest
+	(*StatsResponse)(nil),         // 9: berth.agent.v1.StatsResponse
+	(*IOEntry)(nil),               // 10: berth.agent.v1.IOEntry
+	(*InfoRequest)(nil),           // 11: berth.agent.v1.InfoRequest
+	(*InfoResponse)(nil),          // 12: berth.agent.v1.InfoResponse
+	(*Stdio)(nil),                 // 13: berth.agent.v1.Stdio
+	(*CreateRequest)(nil),         // 14: berth.agent.v1.CreateRequest
+	(*CreateResponse)(nil),        // 15: berth.agent.v1.CreateResponse
+	(*StartRequest)(nil),          // 16: berth.agent.v1.StartRequest
+	(*StartResponse)(nil),         // 17: berth.agent.v1.StartResponse
+	(*ExecRequest)(nil),           // 18: berth.agent.v1.ExecRequest
+	(*KillRequest)(nil),           // 19: berth.agent.v1.KillRequest
+	(*WaitRequest)(nil),           // 20: berth.agent.v1.WaitRequest
+	(*WaitResponse)(nil),          // 21: berth.agent.v1.WaitResponse
+	(*PidsRequest)(nil),           // 22: berth.agent.v1.PidsRequest
+	(*PidsResponse)(nil),          // 23: berth.agent.v1.PidsResponse
+	(*ResizePtyRequest)(nil),      // 24: berth.agent.v1.ResizePtyRequest
+	(*CloseIORequest)(nil),        // 25: berth.agent.v1.CloseIORequest
+	(*DeleteRequest)(nil),         // 26: berth.agent.v1.DeleteRequest
+	(*DeleteResponse)(nil),        // 27: berth.agent.v1.DeleteResponse
+	(*StreamHeader)(nil),          // 28: berth.agent.v1.StreamHeader
+	(*MemoryInfo)(nil),            // 29: berth.agent.v1.MemoryInfo
+	nil,                           // 30: berth.agent.v1.StatsResponse.MemoryStatEntry
+	(*timestamppb.Timestamp)(nil), // 31: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),         // 32: google.protobuf.Empty
 }
 var file_agent_proto_depIdxs = []int32{
-	26, // 0: berth.agent.v1.StatsResponse.memory_stat:type_name -> berth.agent.v1.StatsResponse.MemoryStatEntry
-	7,  // 1: berth.agent.v1.StatsResponse.io:type_name -> berth.agent.v1.IOEntry
-	10, // 2: berth.agent.v1.CreateRequest.stdio:type_name -> berth.agent.v1.Stdio
-	10, // 3: berth.agent.v1.ExecRequest.stdio:type_name -> berth.agent.v1.Stdio
-	27, // 4: berth.agent.v1.WaitResponse.exited_at:type_name -> google.protobuf.Timestamp
-	27, // 5: berth.agent.v1.DeleteResponse.exited_at:type_name -> google.protobuf.Timestamp
-	0,  // 6: berth.agent.v1.StreamHeader.kind:type_name -> berth.agent.v1.StreamKind
-	8,  // 7: berth.agent.v1.Agent.Info:input_type -> berth.agent.v1.InfoRequest
-	11, // 8: berth.agent.v1.Agent.Create:input_type -> berth.agent.v1.CreateRequest
-	13, // 9: berth.agent.v1.Agent.Start:input_type -> berth.agent.v1.StartRequest
-	15, // 10: berth.agent.v1.Agent.Exec:input_type -> berth.agent.v1.ExecRequest
-	16, // 11: berth.agent.v1.Agent.Kill:input_type -> berth.agent.v1.KillRequest
-	17, // 12: berth.agent.v1.Agent.Wait:input_type -> berth.agent.v1.WaitRequest
-	19, // 13: berth.agent.v1.Agent.Pids:input_type -> berth.agent.v1.PidsRequest
-	21, // 14: berth.agent.v1.Agent.ResizePty:input_type -> berth.agent.v1.ResizePtyRequest
-	22, // 15: berth.agent.v1.Agent.CloseIO:input_type -> berth.agent.v1.CloseIORequest
-	23, // 16: berth.agent.v1.Agent.Delete:input_type -> berth.agent.v1.DeleteRequest
-	28, // 17: berth.agent.v1.Agent.Shutdown:input_type -> google.protobuf.Empty
-	4,  // 18: berth.agent.v1.Agent.Pause:input_type -> berth.agent.v1.ContainerRequest
-	4,  // 19: berth.agent.v1.Agent.Resume:input_type -> berth.agent.v1.ContainerRequest
-	5,  // 20: berth.agent.v1.Agent.Update:input_type -> berth.agent.v1.UpdateRequest
-	4,  // 21: berth.agent.v1.Agent.Stats:input_type -> berth.agent.v1.ContainerRequest
-	2,  // 22: berth.agent.v1.Agent.WaitOOM:input_type -> berth.agent.v1.WaitOOMRequest
-	28, // 23: berth.agent.v1.Agent.OnlineMemory:input_type -> google.protobuf.Empty
-	9,  // 24: berth.agent.v1.Agent.Info:output_type -> berth.agent.v1.InfoResponse
-	12, // 25: berth.agent.v1.Agent.Create:output_type -> berth.agent.v1.CreateResponse
-	14, // 26: berth.agent.v1.Agent.Start:output_type -> berth.agent.v1.StartResponse
-	28, // 27: berth.agent.v1.Agent.Exec:output_type -> google.protobuf.Empty
-	28, // 28: berth.agent.v1.Agent.Kill:output_type -> google.protobuf.Empty
-	18, // 29: berth.agent.v1.Agent.Wait:output_type -> berth.agent.v1.WaitResponse
-	20, // 30: berth.agent.v1.Agent.Pids:output_type -> berth.agent.v1.PidsResponse
-	28, // 31: berth.agent.v1.Agent.ResizePty:output_type -> google.protobuf.Empty
-	28, // 32: berth.agent.v1.Agent.CloseIO:output_type -> google.protobuf.Empty
-	24, // 33: berth.agent.v1.Agent.Delete:output_type -> berth.agent.v1.DeleteResponse
-	28, // 34: berth.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
-	28, // 35: berth.agent.v1.Agent.Pause:output_type -> google.protobuf.Empty
-	28, // 36: berth.agent.v1.Agent.Resume:output_type -> google.protobuf.Empty
-	28, // 37: berth.agent.v1.Agent.Update:output_type -> google.protobuf.Empty
-	6,  // 38: berth.agent.v1.Agent.Stats:output_type -> berth.agent.v1.StatsResponse
-	3,  // 39: berth.agent.v1.Agent.WaitOOM:output_type -> berth.agent.v1.OOMResponse
-	1,  // 40: berth.agent.v1.Agent.OnlineMemory:output_type -> berth.agent.v1.MemoryInfo
-	24, // [24:41] is the sub-list for method output_type
-	7,  // [7:24] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	0,  // 0: berth.agent.v1.Device.kind:type_name -> berth.agent.v1.DeviceKind
+	0,  // 1: berth.agent.v1.WaitDeviceRequest.kind:type_name -> berth.agent.v1.DeviceKind
+	30, // 2: berth.agent.v1.StatsResponse.memory_stat:type_name -> berth.agent.v1.StatsResponse.MemoryStatEntry
+	10, // 3: berth.agent.v1.StatsResponse.io:type_name -> berth.agent.v1.IOEntry
+	13, // 4: berth.agent.v1.CreateRequest.stdio:type_name -> berth.agent.v1.Stdio
+	2,  // 5: berth.agent.v1.CreateRequest.devices:type_name -> berth.agent.v1.Device
+	13, // 6: berth.agent.v1.ExecRequest.stdio:type_name -> berth.agent.v1.Stdio
+	31, // 7: berth.agent.v1.WaitResponse.exited_at:type_name -> google.protobuf.Timestamp
+	31, // 8: berth.agent.v1.DeleteResponse.exited_at:type_name -> google.protobuf.Timestamp
+	1,  // 9: berth.agent.v1.StreamHeader.kind:type_name -> berth.agent.v1.StreamKind
+	11, // 10: berth.agent.v1.Agent.Info:input_type -> berth.agent.v1.InfoRequest
+	14, // 11: berth.agent.v1.Agent.Create:input_type -> berth.agent.v1.CreateRequest
+	16, // 12: berth.agent.v1.Agent.Start:input_type -> berth.agent.v1.StartRequest
+	18, // 13: berth.agent.v1.Agent.Exec:input_type -> berth.agent.v1.ExecRequest
+	19, // 14: berth.agent.v1.Agent.Kill:input_type -> berth.agent.v1.KillRequest
+	20, // 15: berth.agent.v1.Agent.Wait:input_type -> berth.agent.v1.WaitRequest
+	22, // 16: berth.agent.v1.Agent.Pids:input_type -> berth.agent.v1.PidsRequest
+	24, // 17: berth.agent.v1.Agent.ResizePty:input_type -> berth.agent.v1.ResizePtyRequest
+	25, // 18: berth.agent.v1.Agent.CloseIO:input_type -> berth.agent.v1.CloseIORequest
+	26, // 19: berth.agent.v1.Agent.Delete:input_type -> berth.agent.v1.DeleteRequest
+	32, // 20: berth.agent.v1.Agent.Shutdown:input_type -> google.protobuf.Empty
+	7,  // 21: berth.agent.v1.Agent.Pause:input_type -> berth.agent.v1.ContainerRequest
+	7,  // 22: berth.agent.v1.Agent.Resume:input_type -> berth.agent.v1.ContainerRequest
+	8,  // 23: berth.agent.v1.Agent.Update:input_type -> berth.agent.v1.UpdateRequest
+	7,  // 24: berth.agent.v1.Agent.Stats:input_type -> berth.agent.v1.ContainerRequest
+	5,  // 25: berth.agent.v1.Agent.WaitOOM:input_type -> berth.agent.v1.WaitOOMRequest
+	3,  // 26: berth.agent.v1.Agent.WaitDevice:input_type -> berth.agent.v1.WaitDeviceRequest
+	32, // 27: berth.agent.v1.Agent.OnlineMemory:input_type -> google.protobuf.Empty
+	12, // 28: berth.agent.v1.Agent.Info:output_type -> berth.agent.v1.InfoResponse
+	15, // 29: berth.agent.v1.Agent.Create:output_type -> berth.agent.v1.CreateResponse
+	17, // 30: berth.agent.v1.Agent.Start:output_type -> berth.agent.v1.StartResponse
+	32, // 31: berth.agent.v1.Agent.Exec:output_type -> google.protobuf.Empty
+	32, // 32: berth.agent.v1.Agent.Kill:output_type -> google.protobuf.Empty
+	21, // 33: berth.agent.v1.Agent.Wait:output_type -> berth.agent.v1.WaitResponse
+	23, // 34: berth.agent.v1.Agent.Pids:output_type -> berth.agent.v1.PidsResponse
+	32, // 35: berth.agent.v1.Agent.ResizePty:output_type -> google.protobuf.Empty
+	32, // 36: berth.agent.v1.Agent.CloseIO:output_type -> google.protobuf.Empty
+	27, // 37: berth.agent.v1.Agent.Delete:output_type -> berth.agent.v1.DeleteResponse
+	32, // 38: berth.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
+	32, // 39: berth.agent.v1.Agent.Pause:output_type -> google.protobuf.Empty
+	32, // 40: berth.agent.v1.Agent.Resume:output_type -> google.protobuf.Empty
+	32, // 41: berth.agent.v1.Agent.Update:output_type -> google.protobuf.Empty
+	9,  // 42: berth.agent.v1.Agent.Stats:output_type -> berth.agent.v1.StatsResponse
+	6,  // 43: berth.agent.v1.Agent.WaitOOM:output_type -> berth.agent.v1.OOMResponse
+	4,  // 44: berth.agent.v1.Agent.WaitDevice:output_type -> berth.agent.v1.WaitDeviceResponse
+	29, // 45: berth.agent.v1.Agent.OnlineMemory:output_type -> berth.agent.v1.MemoryInfo
+	28, // [28:46] is the sub-list for method output_type
+	10, // [10:28] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -1947,8 +2296,8 @@ func file_agent_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   26,
+			NumEnums:      2,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

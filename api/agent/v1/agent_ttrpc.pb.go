@@ -25,6 +25,7 @@ type AgentService interface {
 	Update(context.Context, *UpdateRequest) (*emptypb.Empty, error)
 	Stats(context.Context, *ContainerRequest) (*StatsResponse, error)
 	WaitOOM(context.Context, *WaitOOMRequest) (*OOMResponse, error)
+	WaitDevice(context.Context, *WaitDeviceRequest) (*WaitDeviceResponse, error)
 	OnlineMemory(context.Context, *emptypb.Empty) (*MemoryInfo, error)
 }
 
@@ -142,6 +143,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.WaitOOM(ctx, &req)
+			},
+			"WaitDevice": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req WaitDeviceRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.WaitDevice(ctx, &req)
 			},
 			"OnlineMemory": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req emptypb.Empty
@@ -287,6 +295,14 @@ func (c *agentClient) Stats(ctx context.Context, req *ContainerRequest) (*StatsR
 func (c *agentClient) WaitOOM(ctx context.Context, req *WaitOOMRequest) (*OOMResponse, error) {
 	var resp OOMResponse
 	if err := c.client.Call(ctx, "berth.agent.v1.Agent", "WaitOOM", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) WaitDevice(ctx context.Context, req *WaitDeviceRequest) (*WaitDeviceResponse, error) {
+	var resp WaitDeviceResponse
+	if err := c.client.Call(ctx, "berth.agent.v1.Agent", "WaitDevice", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

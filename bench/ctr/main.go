@@ -1,0 +1,158 @@
+// Command ctr measures a whole container run through a real containerd, in
+// one run: `ctr run --rm IMAGE /bin/true` with runc and with Berth, plus
+// the raw VM boot floor (QEMU with Berth's guest image until the agent
+// answers), and prints medians and ratios.
+//
+// It starts a private containerd (scripts/containerd-private.sh) with
+// Berth's shim from -bin on its PATH, imports a busybox image built from
+// -rootfs, and stops containerd at the end.
+//
+// Usage (root): go run ./bench/ctr -n 5
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/containerd/ttrpc"
+
+	api "github.com/berth-runtime/berth/api/agent/v1"
+	"github.com/berth-runtime/berth/bench/internal/benchtab"
+	"github.com/berth-runtime/berth/internal/config"
+	"github.com/berth-runtime/berth/internal/ociimage"
+	"github.com/berth-runtime/berth/internal/qemu"
+	"github.com/berth-runtime/berth/internal/transport"
+)
+
+const image = "docker.io/library/busybox:berth-bench"
+
+func main() {
+	n := flag.Int("n", 5, "runs of each measurement")
+	rootfs := flag.String("rootfs", "bin/rootfs-busybox", "busybox root file system")
+	binDir := flag.String("bin", "bin", "directory holding containerd-shim-berth-v2")
+	stateDir := flag.String("state-dir", "/var/lib/berth", "Berth state directory (guest image)")
+	flag.Parse()
+
+	work, err := os.MkdirTemp("", "berth-bench-ctr-")
+	if err != nil {
+		fatal(err)
+	}
+	defer os.RemoveAll(work)
+	script := filepath.Join("scripts", "containerd-private.sh")
+	bin, _ := filepath.Abs(*binDir)
+	start := exec.Command(script, "start", filepath.Join(work, "containerd"), bin)
+	start.Env = append(os.Environ(), "BERTH_STATE_DIR="+*stateDir)
+	out, err := start.Output()
+	if err != nil {
+		fatal(fmt.Errorf("start containerd: %v", err))
+	}
+	defer exec.Command(script, "stop", filepath.Join(work, "containerd")).Run()
+	sock := strings.TrimSpace(string(out))
+
+	archive := filepath.Join(work, "busybox.tar")
+	f, err := os.Create(archive)
+	if err != nil {
+		fatal(err)
+	}
+	if err := ociimage.Pack(f, *rootfs, ociimage.Options{Ref: image, Cmd: []string{"/bin/sh"}}); err != nil {
+		fatal(err)
+	}
+	f.Close()
+	if out, err := exec.Command("ctr", "-a", sock, "images", "import", archive).CombinedOutput(); err != nil {
+		fatal(fmt.Errorf("import: %v: %s", err, out))
+	}
+
+	cfg, err := config.Load("", config.Overrides{StateDir: *stateDir})
+	if err != nil {
+		fatal(err)
+	}
+	var runc, berth, floor []time.Duration
+	for i := 0; i < *n; i++ {
+		runc = append(runc, ctrRun(sock, "io.containerd.runc.v2", i))
+		berth = append(berth, ctrRun(sock, "io.containerd.berth.v2", i))
+		d, err := rawBoot(cfg)
+		if err != nil {
+			fatal(err)
+		}
+		floor = append(floor, d)
+	}
+	fmt.Printf("ctr run --rm %s /bin/true, private containerd %s, %d runs each (TCG, 2 vCPU host)\n\n", image, containerdVersion(), *n)
+	benchtab.Print(os.Stdout, []benchtab.Series{
+		{Name: "runc", Runs: runc},
+		{Name: "berth", Runs: berth},
+		{Name: "raw VM boot floor (QEMU to agent ready)", Runs: floor},
+	})
+	mr, mb, mf := benchtab.Median(runc), benchtab.Median(berth), benchtab.Median(floor)
+	fmt.Printf("\nberth / runc: %.1fx; berth over the VM boot floor: %s (%.2fx the floor)\n",
+		float64(mb)/float64(mr), benchtab.MS(mb-mf), float64(mb)/float64(mf))
+}
+
+func ctrRun(sock, runtime string, i int) time.Duration {
+	id := fmt.Sprintf("bench-%s-%d", strings.Split(runtime, ".")[2], i)
+	t0 := time.Now()
+	out, err := exec.Command("ctr", "-a", sock, "run", "--rm", "--runtime", runtime, image, id, "/bin/true").CombinedOutput()
+	if err != nil {
+		fatal(fmt.Errorf("ctr run (%s): %v: %s", runtime, err, out))
+	}
+	return time.Since(t0)
+}
+
+// rawBoot is bench/boot's floor: QEMU with the guest image and a
+// virtio-serial port, until the agent answers Info.
+func rawBoot(cfg *config.Config) (time.Duration, error) {
+	dir, err := os.MkdirTemp("", "berth-bench-raw-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	m := qemu.Machine{
+		Binary: cfg.Hypervisor.Path, Type: qemu.MachineType(cfg.Hypervisor.Machine), Accel: qemu.TCG,
+		VCPUs: cfg.Hypervisor.DefaultVCPUs, MemoryMiB: cfg.Hypervisor.DefaultMemoryMiB,
+		Kernel: cfg.Guest.Kernel, Initrd: cfg.Guest.Initrd, KernelParams: "berth.transport=virtio-serial",
+		QMPSocket:   filepath.Join(dir, "qmp.sock"),
+		SerialPorts: []qemu.VirtioSerialPort{{ID: "agent", Name: transport.SerialPortName, SocketPath: filepath.Join(dir, "agent.sock")}},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	t0 := time.Now()
+	vm, err := qemu.Start(ctx, m, qemu.StartOptions{DieWithParent: true})
+	if err != nil {
+		return 0, err
+	}
+	defer vm.Kill()
+	d := transport.NewSerialDialer(filepath.Join(dir, "agent.sock"))
+	defer d.Close()
+	conn, err := d.Dial(ctx, transport.AgentPort)
+	if err != nil {
+		return 0, err
+	}
+	c := ttrpc.NewClient(conn)
+	defer c.Close()
+	if _, err := api.NewAgentClient(c).Info(ctx, &api.InfoRequest{}); err != nil {
+		return 0, err
+	}
+	return time.Since(t0), nil
+}
+
+func containerdVersion() string {
+	out, err := exec.Command("containerd", "--version").Output()
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(out))
+	if len(f) >= 3 {
+		return f[2]
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "bench:", err)
+	os.Exit(1)
+}
