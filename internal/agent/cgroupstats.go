@@ -193,5 +193,54 @@ func readCgroup1Stats(paths map[string]string) (*api.StatsResponse, error) {
 	if v, ok := read("pids", "pids.max"); ok {
 		r.PidsLimit = parseCgroupValue(v)
 	}
+	bytes, _ := read("blkio", "blkio.throttle.io_service_bytes_recursive")
+	ios, _ := read("blkio", "blkio.throttle.io_serviced_recursive")
+	r.Io = parseBlkio(bytes, ios)
 	return r, nil
+}
+
+// parseBlkio merges v1's per-device byte and operation counts ("MAJ:MIN
+// Read N" lines, then a "Total N") into one entry per device.
+func parseBlkio(bytes, ios string) []*api.IOEntry {
+	byDev := map[string]*api.IOEntry{}
+	var order []string
+	add := func(text string, isBytes bool) {
+		sc := bufio.NewScanner(strings.NewReader(text))
+		for sc.Scan() {
+			f := strings.Fields(sc.Text())
+			if len(f) != 3 {
+				continue
+			}
+			maj, min, ok := strings.Cut(f[0], ":")
+			if !ok {
+				continue
+			}
+			e := byDev[f[0]]
+			if e == nil {
+				e = &api.IOEntry{}
+				e.Major, _ = strconv.ParseUint(maj, 10, 64)
+				e.Minor, _ = strconv.ParseUint(min, 10, 64)
+				byDev[f[0]] = e
+				order = append(order, f[0])
+			}
+			n, _ := strconv.ParseUint(f[2], 10, 64)
+			switch {
+			case f[1] == "Read" && isBytes:
+				e.Rbytes = n
+			case f[1] == "Write" && isBytes:
+				e.Wbytes = n
+			case f[1] == "Read":
+				e.Rios = n
+			case f[1] == "Write":
+				e.Wios = n
+			}
+		}
+	}
+	add(bytes, true)
+	add(ios, false)
+	out := make([]*api.IOEntry, 0, len(order))
+	for _, d := range order {
+		out = append(out, byDev[d])
+	}
+	return out
 }

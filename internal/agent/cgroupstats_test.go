@@ -68,6 +68,10 @@ func TestReadCgroup1Stats(t *testing.T) {
 		"cpuacct": {"cpuacct.usage": "1500000\n", "cpuacct.stat": "user 10\nsystem 5\n"},
 		"cpu":     {"cpu.stat": "nr_periods 4\nnr_throttled 1\nthrottled_time 2000\n"},
 		"pids":    {"pids.current": "2\n", "pids.max": "max\n"},
+		"blkio": {
+			"blkio.throttle.io_service_bytes_recursive": "254:0 Read 4096\n254:0 Write 209715200\n254:0 Sync 0\n254:0 Total 209719296\nTotal 209719296\n",
+			"blkio.throttle.io_serviced_recursive":      "254:0 Read 1\n254:0 Write 50\n254:0 Total 51\nTotal 51\n",
+		},
 	} {
 		dir := filepath.Join(root, ctrl)
 		os.MkdirAll(dir, 0o755)
@@ -98,6 +102,9 @@ func TestReadCgroup1Stats(t *testing.T) {
 	}
 	if r.PidsCurrent != 2 || r.PidsLimit != math.MaxUint64 {
 		t.Errorf("pids = %d/%d", r.PidsCurrent, r.PidsLimit)
+	}
+	if len(r.Io) != 1 || r.Io[0].Major != 254 || r.Io[0].Rbytes != 4096 || r.Io[0].Wbytes != 209715200 || r.Io[0].Rios != 1 || r.Io[0].Wios != 50 {
+		t.Errorf("io = %v", r.Io)
 	}
 	if _, err := readCgroup1Stats(map[string]string{}); err == nil {
 		t.Error("no error without a memory cgroup")

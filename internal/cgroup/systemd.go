@@ -2,6 +2,7 @@ package cgroup
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -155,7 +156,8 @@ func stopUnit(ctx context.Context, unit string) error {
 	defer conn.Close()
 	done := make(chan string, 1)
 	if _, err := conn.StopUnitContext(ctx, unit, "replace", done); err != nil {
-		if strings.Contains(err.Error(), "not loaded") {
+		var de dbus.Error
+		if errors.As(err, &de) && de.Name == "org.freedesktop.systemd1.NoSuchUnit" {
 			return nil // already gone
 		}
 		return fmt.Errorf("stop systemd scope %s: %w", unit, err)

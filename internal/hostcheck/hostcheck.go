@@ -143,7 +143,7 @@ func run(ctx context.Context, cfg *config.Config, e env) Report {
 		checkVirtiofsd(e, cfg.Hypervisor.VirtiofsdPath),
 		checkGuestFile(e, "kernel", "guest.kernel", cfg.ResolvedKernel()),
 		checkGuestFile(e, "initramfs", "guest.initrd", cfg.ResolvedInitrd()),
-		checkCgroups(e),
+		checkCgroups(e, cfg.Cgroup),
 		checkRunDir(e, cfg.RunDir),
 	)
 	if k, err := e.guestKernel(cfg); err == nil {

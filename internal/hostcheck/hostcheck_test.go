@@ -187,7 +187,7 @@ func TestRunGoodHost(t *testing.T) {
 	if got := find(t, r, CheckChannel)[0].Detail; !strings.HasPrefix(got, "vsock") {
 		t.Errorf("channel detail = %q", got)
 	}
-	if got := find(t, r, CheckCgroups)[0].Detail; got != "v2 (unified, /sys/fs/cgroup); systemd is PID 1" {
+	if got := find(t, r, CheckCgroups)[0].Detail; got != "v2 (unified, /sys/fs/cgroup); systemd is PID 1; sandboxes in cgroupfs below /berth" {
 		t.Errorf("cgroups detail = %q", got)
 	}
 	if got := find(t, r, CheckRunDir)[0].Detail; got != "/run/berth will be created (/run is writable)" {
@@ -268,6 +268,8 @@ func TestRunFailures(t *testing.T) {
 			CheckCgroups, Warn, "no cgroup file system mounted", "mount cgroup2"},
 		{"mount table unreadable", func(h *fakeHost, _ *config.Config) { delete(h.files, "/proc/self/mountinfo") },
 			CheckCgroups, Warn, "cannot tell the cgroup layout", "mount cgroup2"},
+		{"cgroup manager none", func(_ *fakeHost, c *config.Config) { c.Cgroup.Manager = config.CgroupManagerNone },
+			CheckCgroups, Warn, "without a host cgroup", `cgroup.manager = "cgroupfs"`},
 		{"run_dir exists", func(h *fakeHost, _ *config.Config) { h.files["/run/berth"] = fakeFile{dir: true} },
 			CheckRunDir, OK, "/run/berth is writable", ""},
 		{"run_dir not writable", func(h *fakeHost, _ *config.Config) {

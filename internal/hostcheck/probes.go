@@ -206,9 +206,11 @@ func checkGuestFile(e env, what, key, path string) Finding {
 
 // checkCgroups reports the host cgroup layout and whether systemd is PID 1
 // (which decides between the systemd and cgroupfs ways of making the
-// sandbox cgroup). Berth is meant to work on every layout, so this is
-// informational: at worst a warning when the layout cannot be read.
-func checkCgroups(e env) Finding {
+// sandbox cgroup), and where sandbox cgroups go. Berth works on every
+// layout, and the configuration loader has already refused a manager the
+// host cannot serve, so this is informational: at worst a warning when
+// the layout cannot be read, or when sandboxes get no cgroup at all.
+func checkCgroups(e env, cg config.Cgroup) Finding {
 	f := Finding{Check: CheckCgroups}
 	info, err := readCgroupInfo(e)
 	if err != nil {
@@ -232,6 +234,13 @@ func checkCgroups(e env) Finding {
 	} else {
 		f.Detail += "; PID 1 unknown: " + err.Error()
 	}
+	if cg.Manager == config.CgroupManagerNone {
+		f.Status = Warn
+		f.Detail += `; cgroup.manager = "none": sandboxes run without a host cgroup or limits`
+		f.Fix = `set cgroup.manager = "cgroupfs" (or "systemd" where systemd manages cgroup v2)`
+		return f
+	}
+	f.Detail += fmt.Sprintf("; sandboxes in %s below %s", cg.Manager, cg.Parent)
 	return f
 }
 

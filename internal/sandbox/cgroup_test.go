@@ -61,6 +61,17 @@ func TestSandboxCgroupFollowsResizeAndCPU(t *testing.T) {
 	}
 }
 
+// TestPlainContainerQuotaCounts: a container that is its own sandbox
+// (ctr run, no CRI) limits the sandbox with its quota.
+func TestPlainContainerQuotaCounts(t *testing.T) {
+	rec := &recordingCgroup{}
+	s := &Sandbox{id: "solo", cfg: config.Default(), cgroup: rec, vmMiB: 256, cpu: map[string]cpuLimit{}}
+	s.setContainerCPU(context.Background(), "solo", &specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: i64(50000), Period: u64(100000)}}, false)
+	if l := rec.limits[len(rec.limits)-1]; l.CPUQuotaUsec != 50000 || l.CPUPeriodUsec != 100000 {
+		t.Errorf("limits %+v, want half a CPU", l)
+	}
+}
+
 func TestCgroupPath(t *testing.T) {
 	cfg := config.Default()
 	if got := CgroupPath(cfg, "abc", "/kubepods/pod1/abc"); got != "/berth/abc" {

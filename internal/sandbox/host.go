@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -98,9 +99,10 @@ func unmount(path string) error {
 
 // virtiofsd is the daemon serving the shared directory to the guest.
 type virtiofsd struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	log  *os.File
+	cmd      *exec.Cmd
+	done     chan struct{}
+	log      *os.File
+	stopOnce sync.Once
 }
 
 // startVirtiofsd starts virtiofsd on source and waits for its socket.
@@ -148,13 +150,16 @@ func (v *virtiofsd) stop() {
 	if v == nil {
 		return
 	}
-	select {
-	case <-v.done:
-	case <-time.After(time.Second):
-		syscall.Kill(-v.cmd.Process.Pid, syscall.SIGKILL)
-		<-v.done
-	}
-	v.log.Close()
+	v.stopOnce.Do(func() {
+		select {
+		case <-v.done:
+		case <-time.After(time.Second):
+			syscall.Kill(-v.cmd.Process.Pid, syscall.SIGKILL)
+			<-v.done
+		}
+		v.log.Close()
+	})
+	<-v.done
 }
 
 // tail returns the last n lines of a file, for error messages.

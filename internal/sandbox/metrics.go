@@ -17,18 +17,19 @@ import (
 // serving the VM (every process in the sandbox cgroup, plus QEMU and
 // virtiofsd themselves in case there is no cgroup).
 func (s *Sandbox) Sample(ctx context.Context) (stats.Sample, error) {
+	boot, current, requested := s.memoryFigures()
 	s.mu.Lock()
-	vmBytes := uint64(s.vmMiB) << 20
-	boot := uint64(s.bootMiB) << 20
 	ids := make([]string, 0, len(s.mounts))
 	for id := range s.mounts {
 		ids = append(ids, id)
 	}
 	s.mu.Unlock()
 	sort.Strings(ids)
-	out := stats.Sample{GuestBootBytes: boot, GuestCurrentBytes: vmBytes, GuestRequestedBytes: vmBytes}
+	out := stats.Sample{GuestBootBytes: uint64(boot) << 20, GuestCurrentBytes: uint64(current) << 20, GuestRequestedBytes: uint64(requested) << 20}
 	if s.cfg.Cgroup.Manager != config.CgroupManagerNone {
-		out.CgroupMemoryLimitBytes = uint64(s.cfg.SandboxMemoryLimitBytes(int(vmBytes >> 20)))
+		s.mu.Lock()
+		out.CgroupMemoryLimitBytes = uint64(s.limitsLocked().MemoryBytes)
+		s.mu.Unlock()
 	}
 	if isClosed(s.vmm.Done()) {
 		return out, fmt.Errorf("the VM has exited")
@@ -53,6 +54,28 @@ func (s *Sandbox) Sample(ctx context.Context) (stats.Sample, error) {
 	}
 	sort.Slice(out.Processes, func(i, j int) bool { return out.Processes[i].Pid < out.Processes[j].Pid })
 	return out, nil
+}
+
+// memoryFigures are the VM's memory at boot, now and last requested, in
+// MiB. A resize holds the memory lock for as long as it takes (seconds);
+// a scrape does not wait for it but reports the figures of the previous
+// scrape, so they lag by one resize at most.
+func (s *Sandbox) memoryFigures() (boot, current, requested int) {
+	boot = s.memory.limits.BootMiB // set once, in Create
+	if s.memory.mu.TryLock() {
+		current, requested = s.memory.currentMiB, s.memory.requestedMiB
+		s.memory.mu.Unlock()
+		s.mu.Lock()
+		s.lastMemMiB = [2]int{current, requested}
+		s.mu.Unlock()
+		return boot, current, requested
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lastMemMiB == [2]int{} {
+		return boot, boot, boot
+	}
+	return boot, s.lastMemMiB[0], s.lastMemMiB[1]
 }
 
 func isClosed(ch <-chan struct{}) bool {

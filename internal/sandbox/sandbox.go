@@ -89,11 +89,11 @@ type Sandbox struct {
 	devices     *device.Manager
 	hostDevices device.Host
 
-	mu      sync.Mutex
-	mounts  map[string][]string // container id -> host mount points, in mount order
-	vmMiB   int                 // the VM's memory, which sizes the cgroup
-	bootMiB int                 // the VM's memory at boot
-	cpu     map[string]cpuLimit // container id -> its CPU limits
+	mu         sync.Mutex
+	mounts     map[string][]string // container id -> host mount points, in mount order
+	vmMiB      int                 // the VM's memory, which sizes the cgroup
+	lastMemMiB [2]int              // current and requested memory at the last metrics sample
+	cpu        map[string]cpuLimit // container id -> its CPU limits
 
 	memory memoryState
 	mgmt   io.Closer // management API server
@@ -238,6 +238,7 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	s.mgmt = mgmt
 	undo.push(func() { mgmt.Close() })
 	log.WithField("kernel", s.info.KernelRelease).WithField("qemu_pid", vm.Pid()).Debug("sandbox ready")
+	go s.releaseCgroupWhenVMExits()
 	return s, nil
 }
 
@@ -464,6 +465,20 @@ func (s *Sandbox) destroy(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// releaseCgroupWhenVMExits removes the host cgroup as soon as QEMU is
+// gone (killed, crashed or powered off), not only when the sandbox is
+// destroyed: containerd may keep a dead task around until someone deletes
+// it, and the cgroup would linger with it. virtiofsd, which serves nobody
+// once QEMU is gone, is stopped first so that the cgroup is empty.
+// Destroy removes it again, which is a no-op by then.
+func (s *Sandbox) releaseCgroupWhenVMExits() {
+	<-s.vmm.Done()
+	s.virtiofsd.stop()
+	if err := s.cgroup.Delete(context.Background()); err != nil {
+		logrus.WithField("sandbox", s.id).WithError(err).Warn("remove sandbox cgroup after the VM exited")
+	}
 }
 
 // cleanupStack undoes a half-finished Create in reverse order.

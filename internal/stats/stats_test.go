@@ -47,8 +47,12 @@ func TestCgroupV1Metrics(t *testing.T) {
 			"total_cache": 196 << 20, "cache": 196 << 20,
 		},
 		CpuUsageUsec: 30, CpuUserUsec: 20, CpuSystemUsec: 10, PidsCurrent: 3,
+		Io: []*api.IOEntry{{Major: 254, Rbytes: 4096, Wbytes: 8192, Rios: 1, Wios: 2}},
 	}
 	m := CgroupV1Metrics(r)
+	if b := m.Blkio.IoServiceBytesRecursive; len(b) != 2 || b[0].Op != "Read" || b[0].Value != 4096 || b[1].Value != 8192 || m.Blkio.IoServicedRecursive[1].Value != 2 {
+		t.Errorf("blkio %+v", m.Blkio)
+	}
 	// containerd's getWorkingSet for v1.
 	ws := uint64(0)
 	if m.Memory.TotalInactiveFile < m.Memory.Usage.Usage {

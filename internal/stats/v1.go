@@ -40,5 +40,24 @@ func CgroupV1Metrics(r *api.StatsResponse) *v1.Metrics {
 			},
 		},
 		MemoryOomControl: &v1.MemoryOomControl{OomKill: r.MemoryOomKillEvents},
+		Blkio:            blkio(r.Io),
 	}
+}
+
+// blkio lays the per-device counts out as v1's recursive service stats,
+// one entry per device and direction, as containerd reads them.
+func blkio(io []*api.IOEntry) *v1.BlkIOStat {
+	if len(io) == 0 {
+		return nil
+	}
+	b := &v1.BlkIOStat{}
+	for _, e := range io {
+		b.IoServiceBytesRecursive = append(b.IoServiceBytesRecursive,
+			&v1.BlkIOEntry{Op: "Read", Major: e.Major, Minor: e.Minor, Value: e.Rbytes},
+			&v1.BlkIOEntry{Op: "Write", Major: e.Major, Minor: e.Minor, Value: e.Wbytes})
+		b.IoServicedRecursive = append(b.IoServicedRecursive,
+			&v1.BlkIOEntry{Op: "Read", Major: e.Major, Minor: e.Minor, Value: e.Rios},
+			&v1.BlkIOEntry{Op: "Write", Major: e.Major, Minor: e.Minor, Value: e.Wios})
+	}
+	return b
 }

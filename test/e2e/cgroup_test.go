@@ -3,12 +3,15 @@ package e2e
 import (
 	"bufio"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/berth-runtime/berth/internal/cgroup"
 )
@@ -152,8 +155,9 @@ func TestCgroupRemovedAfterQEMUKilled(t *testing.T) {
 	dir := assertVMMInCgroup(t, env.cgroupParent+"/"+id, defaultLimitBytes)
 	syscall.Kill(qemuPids()[0], syscall.SIGKILL)
 	waitStatus(t, id, "STOPPED", 10*time.Second)
-	mustCtr(t, "task", "delete", id)
+	// Gone with QEMU, before anyone deletes the task.
 	waitGoneDir(t, dir, 10*time.Second)
+	mustCtr(t, "task", "delete", id)
 	mustCtr(t, "container", "rm", id)
 }
 
@@ -201,16 +205,25 @@ func ctrMetrics(t *testing.T, id string) map[string]uint64 {
 
 // TestCtrMetricsFollowTheWorkload: the figures `ctr task metrics` prints
 // for a Berth task are live: memory, CPU and pids grow when a process
-// starts that holds 60 MB and burns CPU.
+// starts that puts 50 MB in the container's /dev/shm (a tmpfs charged to
+// its cgroup; fast and deterministic even on a loaded TCG host, unlike a
+// shell building a big string) and burns CPU.
 func TestCtrMetricsFollowTheWorkload(t *testing.T) {
 	containerd(t)
 	defer assertNoLeaks(t)
 	const id = "ctr-metrics-move"
 	mustCtr(t, "run", "-d", "--runtime", berthRuntime, busyboxImage, id, "sleep", "1000")
 	defer cleanupTask(t, id)
+	// `ctr run -d` returns while libcontainer's init processes may still
+	// be in the container's cgroup: take the baseline once only the
+	// container's own process is left.
 	before := ctrMetrics(t, id)
+	for deadline := time.Now().Add(30 * time.Second); before["pids.current"] != 1 && time.Now().Before(deadline); {
+		time.Sleep(200 * time.Millisecond)
+		before = ctrMetrics(t, id)
+	}
 	mustCtr(t, "task", "exec", "--detach", "--exec-id", "load", id, "sh", "-c",
-		`x=$(head -c 60m /dev/zero | tr '\0' x); i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 1000`)
+		`dd if=/dev/zero of=/dev/shm/fill bs=1M count=50 2>/dev/null; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 1000`)
 	var after map[string]uint64
 	deadline := time.Now().Add(90 * time.Second)
 	for {
@@ -227,4 +240,178 @@ func TestCtrMetricsFollowTheWorkload(t *testing.T) {
 	t.Logf("memory.usage %d -> %d, cpu.usage_usec %d -> %d, pids.current %d -> %d",
 		before["memory.usage"], after["memory.usage"], before["cpu.usage_usec"], after["cpu.usage_usec"],
 		before["pids.current"], after["pids.current"])
+}
+
+// TestSeed001CgroupMisconfigurationIsAnErrorNotACrash: seed 001's shim
+// died with a nil resource controller ("ttrpc: closed") under one cgroup
+// configuration. Here a configuration that cannot work on this host
+// (the systemd driver, where systemd is not PID 1) is refused when the
+// shim loads it: the container fails to start with an error naming
+// cgroup.manager, no VM is started and the shim does not crash.
+func TestSeed001CgroupMisconfigurationIsAnErrorNotACrash(t *testing.T) {
+	containerd(t)
+	if hostCgroups(t).Systemd {
+		t.Skip("systemd is PID 1 here: the systemd driver is a valid choice")
+	}
+	defer assertNoLeaks(t)
+	base, err := os.ReadFile(env.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(t.TempDir(), "systemd.toml")
+	body := strings.Replace(string(base), "[cgroup]\n", "[cgroup]\nmanager = \"systemd\"\n", 1)
+	body = strings.Replace(body, "parent = \""+env.cgroupParent+"\"", "parent = \"berth.slice\"", 1)
+	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A second private containerd whose shims read this configuration.
+	dir := filepath.Join(t.TempDir(), "containerd")
+	script := filepath.Join(repoRoot(), "scripts", "containerd-private.sh")
+	start := exec.Command(script, "start", dir, filepath.Join(repoRoot(), "bin"))
+	start.Env = append(os.Environ(), "BERTH_CONFIG="+cfg)
+	out, err := start.Output()
+	if err != nil {
+		t.Fatalf("start containerd: %v: %s", err, exitStderr(err))
+	}
+	defer exec.Command(script, "stop", dir).Run()
+	sock := strings.TrimSpace(string(out))
+	// The main instance (started above) packed the image archive.
+	archive := filepath.Join(ctrd.dir, "docker.io_library_busybox_berth.tar")
+	if out, err := exec.Command("ctr", "-a", sock, "images", "import", archive).CombinedOutput(); err != nil {
+		t.Fatalf("import: %v: %s", err, out)
+	}
+	r, _ := exec.Command("ctr", "-a", sock, "run", "--rm", "--runtime", berthRuntime, busyboxImage, "seed001", "true").CombinedOutput()
+	msg := string(r)
+	exec.Command("ctr", "-a", sock, "container", "rm", "seed001").Run()
+	if !strings.Contains(msg, "cgroup.manager") || !strings.Contains(msg, "systemd") {
+		t.Errorf("ctr run with the systemd driver on a host without systemd: want an error naming cgroup.manager, got:\n%s", msg)
+	}
+	if strings.Contains(msg, "ttrpc: closed") {
+		t.Errorf("the shim crashed (seed 001):\n%s", msg)
+	}
+	if p := qemuPids(); len(p) > 0 {
+		t.Errorf("a VM was started despite the rejected configuration: %v", p)
+	}
+	// The shim exits once its only task failed to be created.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		left := false
+		procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+		for _, p := range procs {
+			if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), "containerd-shim-berth-v2") && strings.Contains(string(b), sock) {
+				left = true
+			}
+		}
+		if !left {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("the shim of the refused container is still running")
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("ctr run: %s", strings.TrimSpace(msg))
+}
+
+// TestCgroupLimitFollowsResize: the sandbox cgroup's memory limit moves
+// with the VM's memory, up before a grow and down after a shrink
+// (berth resize, the path the shim takes for container limits too).
+func TestCgroupLimitFollowsResize(t *testing.T) {
+	requireE2E(t)
+	defer assertNoLeaks(t)
+	const name = "cg-resize"
+	stop := berthRunBackground(t, name)
+	defer stop()
+	dir := assertVMMInCgroup(t, env.cgroupParent+"/"+name, defaultLimitBytes)
+	_, limitFile := memoryCgroupDir(t, "/")
+	limit := func() string {
+		b, _ := os.ReadFile(filepath.Join(dir, limitFile))
+		return strings.TrimSpace(string(b))
+	}
+	for _, mib := range []int{1024, defaultVMMiB} {
+		r := berth(t, "", "resize", name, "--memory", strconv.Itoa(mib)+"M")
+		if r.code != 0 {
+			t.Fatalf("resize to %d MiB: %s", mib, r.stderr)
+		}
+		want := strconv.FormatInt(int64(mib+defaultOverheadMiB)<<20, 10)
+		if got := limit(); got != want {
+			t.Errorf("after resize to %d MiB the cgroup limit is %s, want %s (VM + overhead)", mib, got, want)
+		}
+	}
+	stop()
+	waitGoneDir(t, dir, 10*time.Second)
+}
+
+// hostCPUQuota reads the CPU quota of cgroup path on the host: v1's
+// cpu.cfs_quota_us, or v2's cpu.max.
+func hostCPUQuota(t *testing.T, path string) string {
+	t.Helper()
+	h := hostCgroups(t)
+	p := filepath.Join(h.V1Mounts["cpu"], path, "cpu.cfs_quota_us")
+	if h.Layout == cgroup.LayoutV2 {
+		p = filepath.Join(h.V2Mount, path, "cpu.max")
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("cpu quota: %v", err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func quotaString(t *testing.T, usec int) string {
+	if hostCgroups(t).Layout == cgroup.LayoutV2 {
+		return strconv.Itoa(usec) + " 100000"
+	}
+	return strconv.Itoa(usec)
+}
+
+// TestCgroupCPUQuotaFollowsContainer: a container's CPU limit (here half
+// a CPU, `ctr run --cpus 0.5`) is also the sandbox cgroup's quota on the
+// host.
+func TestCgroupCPUQuotaFollowsContainer(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	const id = "cg-cpu"
+	mustCtr(t, "run", "-d", "--runtime", berthRuntime, "--cpus", "0.5", busyboxImage, id, "sleep", "1000")
+	defer cleanupTask(t, id)
+	if got, want := hostCPUQuota(t, env.cgroupParent+"/"+id), quotaString(t, 50000); got != want {
+		t.Errorf("host cgroup CPU quota %q, want %q (0.5 CPU)", got, want)
+	}
+}
+
+// TestCgroupCPUQuotaFollowsCRIUpdate: through CRI, the pod's host quota is
+// its app container's, and UpdateContainerResources moves it.
+func TestCgroupCPUQuotaFollowsCRIUpdate(t *testing.T) {
+	c := newCRI(t)
+	defer assertNoLeaks(t)
+	pod := c.runPod(t, "cpu")
+	defer c.removePod(t, pod.id)
+	config := &cri.ContainerConfig{
+		Metadata: &cri.ContainerMetadata{Name: "cpu"},
+		Image:    &cri.ImageSpec{Image: busyboxImage},
+		Command:  []string{"sleep", "1000"},
+		LogPath:  "cpu.log",
+		Linux: &cri.LinuxContainerConfig{
+			Resources:       &cri.LinuxContainerResources{CpuQuota: 50000, CpuPeriod: 100000},
+			SecurityContext: &cri.LinuxContainerSecurityContext{NamespaceOptions: pod.config.Linux.SecurityContext.NamespaceOptions},
+		},
+	}
+	resp, err := c.rt.CreateContainer(criCtx(t, 2*time.Minute), &cri.CreateContainerRequest{PodSandboxId: pod.id, Config: config, SandboxConfig: pod.config})
+	if err != nil {
+		t.Fatalf("CreateContainer: %v", err)
+	}
+	c.startContainer(t, resp.ContainerId)
+	path := env.cgroupParent + "/" + pod.id
+	if got, want := hostCPUQuota(t, path), quotaString(t, 50000); got != want {
+		t.Errorf("host cgroup CPU quota %q, want %q (0.5 CPU)", got, want)
+	}
+	if _, err := c.rt.UpdateContainerResources(criCtx(t, time.Minute), &cri.UpdateContainerResourcesRequest{
+		ContainerId: resp.ContainerId, Linux: &cri.LinuxContainerResources{CpuQuota: 20000, CpuPeriod: 100000},
+	}); err != nil {
+		t.Fatalf("UpdateContainerResources: %v", err)
+	}
+	if got, want := hostCPUQuota(t, path), quotaString(t, 20000); got != want {
+		t.Errorf("after the update the host cgroup CPU quota is %q, want %q (0.2 CPU)", got, want)
+	}
 }
