@@ -294,17 +294,9 @@ func TestSeed001CgroupMisconfigurationIsAnErrorNotACrash(t *testing.T) {
 	}
 	// The shim exits once its only task failed to be created.
 	deadline := time.Now().Add(10 * time.Second)
-	for {
-		left := false
-		procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-		for _, p := range procs {
-			if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), "containerd-shim-berth-v2") && strings.Contains(string(b), sock) {
-				left = true
-			}
-		}
-		if !left {
-			break
-		}
+	for len(pidsMatching(func(c string) bool {
+		return strings.Contains(c, "containerd-shim-berth-v2") && strings.Contains(c, sock)
+	})) > 0 {
 		if time.Now().After(deadline) {
 			t.Errorf("the shim of the refused container is still running")
 			break
