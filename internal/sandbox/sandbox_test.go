@@ -34,12 +34,6 @@ func TestValidateID(t *testing.T) {
 	}
 }
 
-func TestUnescapeMountPath(t *testing.T) {
-	if got := unescapeMountPath(`/tmp/a\040b\011c`); got != "/tmp/a b\tc" {
-		t.Fatalf("got %q", got)
-	}
-}
-
 func TestProcessAlive(t *testing.T) {
 	if !processAlive(os.Getpid()) {
 		t.Fatal("this process is not alive?")
