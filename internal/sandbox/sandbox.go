@@ -224,7 +224,11 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 		return nil, err
 	}
 
-	s.dialer = transport.NewSerialDialer(s.path(agentSockName))
+	if m.Vsock != nil {
+		s.dialer = transport.NewVsockDialer(m.Vsock.GuestCID)
+	} else {
+		s.dialer = transport.NewSerialDialer(s.path(agentSockName))
+	}
 	undo.push(func() { s.dialer.Close() })
 	if err := s.connectAgent(ctx); err != nil {
 		return nil, err
@@ -270,7 +274,8 @@ func (s *Sandbox) machine(opts Options) (qemu.Machine, error) {
 	if accel == "" {
 		accel = qemu.TCG
 	}
-	params := agentCmdlineTransport + "=" + string(transport.VirtioSerial)
+	kind := transportKind(s.cfg.Agent.Transport)
+	params := agentCmdlineTransport + "=" + string(kind)
 	if mechanismOf(s.cfg) != memory.None {
 		// Hot-plug room puts guest physical memory above 4 GiB, which
 		// makes the kernel reserve a 64 MiB SWIOTLB bounce buffer at boot
@@ -296,6 +301,11 @@ func (s *Sandbox) machine(opts Options) (qemu.Machine, error) {
 		SerialPorts:  []qemu.VirtioSerialPort{{ID: "agent", Name: transport.SerialPortName, SocketPath: s.path(agentSockName)}},
 		FileSystems:  []qemu.VhostUserFS{{ID: "shared", Tag: oci.SharedFSTag, SocketPath: s.path(fsSocketName)}},
 	}
+	if kind == transport.Vsock {
+		// The virtio-serial port stays (it costs nothing and keeps
+		// the guest's device set the same); the agent listens on vsock.
+		m.Vsock = &qemu.VsockDevice{GuestCID: guestCID(s.id)}
+	}
 	if len(h.Pflashes) == 2 {
 		// UEFI writes its variable store: each VM gets its own copy.
 		vars := s.path("efivars.fd")
@@ -305,6 +315,34 @@ func (s *Sandbox) machine(opts Options) (qemu.Machine, error) {
 		m.Pflash = []string{h.Pflashes[0], vars}
 	}
 	return m, nil
+}
+
+// vhostVsockDevice is the host device vsock needs.
+const vhostVsockDevice = "/dev/vhost-vsock"
+
+// transportKind resolves agent.transport: "auto" is vsock where the host
+// has vhost-vsock, virtio-serial (multiplexed with yamux) otherwise.
+func transportKind(setting string) transport.Kind {
+	switch setting {
+	case config.TransportVsock:
+		return transport.Vsock
+	case config.TransportVirtioSerial:
+		return transport.VirtioSerial
+	}
+	if _, err := os.Stat(vhostVsockDevice); err == nil {
+		return transport.Vsock
+	}
+	return transport.VirtioSerial
+}
+
+// guestCID derives a vsock context id from the sandbox id. CIDs must be
+// unique per host; 3 and above are free for guests, and 2^32-1 is "any".
+// A clash makes QEMU fail at start with "unable to set guest cid", which
+// Create reports.
+func guestCID(id string) uint32 {
+	sum := sha256.Sum256([]byte(id))
+	cid := uint32(sum[0])<<24 | uint32(sum[1])<<16 | uint32(sum[2])<<8 | uint32(sum[3])
+	return 3 + cid%(1<<31)
 }
 
 // agentCmdlineTransport must match agent.CmdlineTransport (the host does

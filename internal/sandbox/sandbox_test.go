@@ -87,3 +87,19 @@ func TestCleanupStaleSkipsLiveOwners(t *testing.T) {
 		t.Errorf("RemoveOrphan of a live sandbox: %v, want ErrOwnerAlive", err)
 	}
 }
+
+func TestTransportKind(t *testing.T) {
+	if transportKind("vsock") != "vsock" || transportKind("virtio-serial") != "virtio-serial" {
+		t.Fatal("explicit settings are taken as they are")
+	}
+	want := "virtio-serial"
+	if _, err := os.Stat(vhostVsockDevice); err == nil {
+		want = "vsock"
+	}
+	if got := transportKind("auto"); string(got) != want {
+		t.Fatalf("auto = %s, want %s on this host", got, want)
+	}
+	if c := guestCID("a"); c < 3 || c == guestCID("b") {
+		t.Fatalf("guestCID: %d", c)
+	}
+}
