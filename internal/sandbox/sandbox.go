@@ -302,6 +302,9 @@ func (s *Sandbox) machine(opts Options) (qemu.Machine, error) {
 		FileSystems:  []qemu.VhostUserFS{{ID: "shared", Tag: oci.SharedFSTag, SocketPath: s.path(fsSocketName)}},
 	}
 	if kind == transport.Vsock {
+		if _, err := os.Stat(vhostVsockDevice); err != nil {
+			return m, fmt.Errorf("agent.transport = \"vsock\" but %s is missing: load it with `modprobe vhost_vsock`, or set agent.transport = \"auto\": %w", vhostVsockDevice, errdefs.ErrFailedPrecondition)
+		}
 		// The virtio-serial port stays (it costs nothing and keeps
 		// the guest's device set the same); the agent listens on vsock.
 		m.Vsock = &qemu.VsockDevice{GuestCID: guestCID(s.id)}
