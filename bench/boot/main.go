@@ -261,7 +261,7 @@ func run(ctx context.Context, o options) (retErr error) {
 		fmt.Printf("note: in %d of %d raw boots the first Info call failed and was retried, as sandbox.Create does\n", rawRetried, o.n)
 	}
 	if discarded > 0 {
-		fmt.Printf("note: %d rounds during which other VMs ran were discarded and repeated (-quiet)\n", discarded)
+		fmt.Printf("note: repeated %d round(s) during which other VMs ran (-quiet)\n", discarded)
 	}
 	if crowded > 0 {
 		fmt.Printf("warning: other VMs ran during %d of the %d runs kept; these figures are not from a quiet host\n", crowded, o.n)

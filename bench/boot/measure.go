@@ -28,11 +28,14 @@ import (
 // reaching this means something hangs, not that the host is slow.
 const runLimit = 2 * time.Minute
 
-// rawBoot starts QEMU with the guest image and the agent's virtio-serial
-// port, as sandbox.Create would, and measures until the agent answers
-// Info. No virtiofsd and no shared memory: this is the floor any VM-based
-// run pays, whatever Berth does around it. It also returns how many Info
-// attempts failed before one succeeded.
+// rawBoot boots the smallest VM that reaches the agent: Berth's kernel,
+// initramfs, machine type, vCPUs and memory, and only the agent's
+// virtio-serial port; no virtio-fs (so no virtiofsd and no shared memory)
+// and none of the extras sandbox.Create may add (memory hot-plug room,
+// vsock). It measures from QEMU's start until the agent answers Info:
+// the floor any VM-based run pays, so that what sandbox.Create takes
+// beyond it is Berth's. It also returns how many Info attempts failed
+// before one succeeded.
 func rawBoot(ctx context.Context, cfg *config.Config, accel qemu.Accel, tmp string) (time.Duration, int, error) {
 	dir, err := os.MkdirTemp(tmp, "raw-")
 	if err != nil {

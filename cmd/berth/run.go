@@ -164,6 +164,13 @@ func runRun(ctx context.Context, f runFlags, args []string) error {
 			return fmt.Errorf("set terminal to raw mode: %w", err)
 		}
 		defer con.Reset()
+		// containerd/console's raw mode keeps output processing (OPOST)
+		// on, so the host would turn the guest's already translated
+		// "\r\n" into "\r\r\n" and break programs that move the cursor
+		// with a bare "\n". The guest's pty does the translation.
+		if err := disableOutputProcessing(int(os.Stdout.Fd())); err != nil {
+			logrus.WithError(err).Debug("clear OPOST on the terminal")
+		}
 	}
 	proc, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{ID: "main", Spec: spec, RootfsDir: rootfs, IO: stdio})
 	if err != nil {
@@ -253,6 +260,15 @@ func forwardSignals(ctx context.Context, sigs <-chan os.Signal, proc *sandbox.Pr
 		}
 		cancel()
 	}
+}
+
+func disableOutputProcessing(fd int) error {
+	t, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+	if err != nil {
+		return err
+	}
+	t.Oflag &^= unix.OPOST
+	return unix.IoctlSetTermios(fd, unix.TCSETS, t)
 }
 
 func resizeFromConsole(ctx context.Context, con console.Console, proc *sandbox.Process) {

@@ -362,8 +362,9 @@ func (s *Sandbox) connectAgent(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	type result struct {
-		info *api.InfoResponse
-		err  error
+		info   *api.InfoResponse
+		client *ttrpc.Client
+		err    error
 	}
 	done := make(chan result, 1)
 	go func() {
@@ -371,16 +372,17 @@ func (s *Sandbox) connectAgent(ctx context.Context) error {
 			conn, err := s.dialer.Dial(ctx, transport.AgentPort)
 			if err == nil {
 				client := ttrpc.NewClient(conn)
-				info, err := api.NewAgentClient(client).Info(ctx, &api.InfoRequest{})
-				if err == nil {
-					s.rpc, s.agent = client, api.NewAgentClient(client)
-					done <- result{info: info}
+				var info *api.InfoResponse
+				if info, err = api.NewAgentClient(client).Info(ctx, &api.InfoRequest{}); err == nil {
+					done <- result{info: info, client: client}
 					return
 				}
 				client.Close()
 			}
 			if ctx.Err() != nil {
-				done <- result{err: err}
+				// The deadline or a cancellation is the cause, whatever
+				// the last attempt said.
+				done <- result{err: ctx.Err()}
 				return
 			}
 			time.Sleep(50 * time.Millisecond)
@@ -388,16 +390,21 @@ func (s *Sandbox) connectAgent(ctx context.Context) error {
 	}()
 	select {
 	case r := <-done:
-		if r.err != nil {
-			if ctx.Err() == context.DeadlineExceeded {
+		if r.err != nil || r.info == nil {
+			if errors.Is(r.err, context.DeadlineExceeded) {
 				return fmt.Errorf("the guest agent did not answer within %s (hypervisor.boot_timeout); last console lines:\n%s", timeout, s.consoleTail())
 			}
 			return fmt.Errorf("connect to guest agent: %w", r.err)
 		}
-		s.info = r.info
+		s.rpc, s.agent, s.info = r.client, api.NewAgentClient(r.client), r.info
 		return nil
 	case <-s.vmm.Done():
 		cancel()
+		go func() {
+			if r := <-done; r.client != nil {
+				r.client.Close()
+			}
+		}()
 		return fmt.Errorf("the VM exited during boot: %v; last console lines:\n%s", s.vmm.ExitError(), s.consoleTail())
 	}
 }

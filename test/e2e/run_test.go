@@ -254,3 +254,16 @@ func TestCheckNamesAccelerator(t *testing.T) {
 		t.Fatalf("berth check does not name the accelerator:\n%s", r.stdout)
 	}
 }
+
+// TestBootTimeoutIsAClearError: a guest that does not answer in time is an
+// error naming hypervisor.boot_timeout, never a crash, and leaves nothing
+// behind (a nil agent reply once made this path panic).
+func TestBootTimeoutIsAClearError(t *testing.T) {
+	requireE2E(t)
+	defer assertNoLeaks(t)
+	cfg := writeConfigVariant(t, "[hypervisor]\nboot_timeout = \"1s\"\n")
+	r := berth(t, "", "--config", cfg, "run", "--rootfs", env.rootfs, "--", "true")
+	if r.code != 125 || !strings.Contains(r.stderr, "hypervisor.boot_timeout") || strings.Contains(r.stderr, "goroutine ") || strings.Contains(r.stderr, "nil pointer") {
+		t.Fatalf("exit %d, stderr:\n%s\nwant 125 and an error naming hypervisor.boot_timeout", r.code, r.stderr)
+	}
+}

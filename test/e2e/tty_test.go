@@ -163,14 +163,11 @@ func TestRunTTYSizeAndDevice(t *testing.T) {
 	if !strings.Contains(out, "/dev/pts/") {
 		t.Errorf("tty does not name a /dev/pts device; terminal:\n%q", out)
 	}
-	// The guest pty already turns \n into \r\n (onlcr); the host pty
-	// should pass bytes through untouched, but containerd/console's
-	// SetRaw, which berth run uses, leaves OPOST on, so the host adds a
-	// second \r. Harmless for line output, wrong for programs that move
-	// the cursor down with a bare \n. Logged rather than failed until
-	// berth run clears OPOST; then this should become t.Errorf.
+	// The guest pty already turns \n into \r\n (onlcr); berth run clears
+	// output processing (OPOST) on the host terminal so it is not done
+	// twice, which would break programs that move the cursor with \n.
 	if strings.Contains(out, "\r\r\n") {
-		t.Logf("known issue: host pty keeps output processing (OPOST), lines end in \\r\\r\\n: %q", out)
+		t.Errorf("host terminal translates output again, lines end in \\r\\r\\n: %q", out)
 	}
 }
 
