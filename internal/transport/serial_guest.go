@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/yamux"
+	"golang.org/x/sys/unix"
 )
 
 // FindSerialPort returns the /dev path of the virtio-serial port called
@@ -41,6 +42,10 @@ func FindSerialPort(sysRoot, name string) (string, error) {
 // header the host writes.
 type SerialMux struct {
 	open func() (io.ReadWriteCloser, error)
+	// persistent keeps one open device across sessions and waits for the
+	// host with poll(2) (the real port); otherwise every session gets a
+	// fresh open (tests).
+	persistent bool
 
 	mu        sync.Mutex
 	listeners map[uint32]*portListener
@@ -49,18 +54,27 @@ type SerialMux struct {
 }
 
 // NewSerialMux starts serving the virtio-serial port device at devPath.
+//
+// The device stays open for the mux's whole life. A virtio-serial port
+// reads EOF at once while no host is connected; closing and reopening it
+// then (as a first version did) lost host bytes that arrived in between,
+// and the host's first request failed with "ttrpc: closed" under load.
+// Instead the mux waits, with poll(2), until the port no longer reports
+// POLLHUP (a host is connected) before starting each session.
 func NewSerialMux(devPath string) *SerialMux {
-	return newSerialMux(func() (io.ReadWriteCloser, error) {
+	m := newSerialMux(func() (io.ReadWriteCloser, error) {
 		return os.OpenFile(devPath, os.O_RDWR, 0)
 	})
-}
-
-// newSerialMux serves sessions on whatever open returns; tests pass one end
-// of a socket pair instead of a device.
-func newSerialMux(open func() (io.ReadWriteCloser, error)) *SerialMux {
-	m := &SerialMux{open: open, listeners: map[uint32]*portListener{}, done: make(chan struct{})}
+	m.persistent = true
 	go m.run()
 	return m
+}
+
+// newSerialMux serves sessions on whatever open returns, opening it again
+// for every session; tests pass one end of a socket pair per session
+// instead of a device (and start run themselves).
+func newSerialMux(open func() (io.ReadWriteCloser, error)) *SerialMux {
+	return &SerialMux{open: open, listeners: map[uint32]*portListener{}, done: make(chan struct{})}
 }
 
 // Listen returns a listener for streams the host opens to port.
@@ -103,24 +117,68 @@ func (m *SerialMux) isClosed() bool {
 	}
 }
 
-// run opens the device and serves one yamux session per host connection.
+// run serves one yamux session per host connection.
 func (m *SerialMux) run() {
+	var f io.ReadWriteCloser
+	defer func() {
+		if f != nil {
+			f.Close()
+		}
+	}()
 	for !m.isClosed() {
-		f, err := m.open()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "berth-agent: open virtio-serial port: %v\n", err)
-			time.Sleep(500 * time.Millisecond)
-			continue
+		if f == nil {
+			var err error
+			if f, err = m.open(); err != nil {
+				fmt.Fprintf(os.Stderr, "berth-agent: open virtio-serial port: %v\n", err)
+				f = nil
+				time.Sleep(500 * time.Millisecond)
+				continue
+			}
+		}
+		if m.persistent {
+			if file, ok := f.(*os.File); ok && !m.waitHost(file) {
+				continue
+			}
 		}
 		start := time.Now()
-		m.serveSession(f)
-		f.Close()
-		// With no host connected the port reads EOF at once; don't spin.
+		m.serveSession(noClose{f})
+		if !m.persistent {
+			f.Close()
+			f = nil
+		}
+		// A session that ends at once (the host went away) must not spin.
 		if time.Since(start) < time.Second {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
 }
+
+// waitHost blocks until a host is connected to the port (poll reports no
+// POLLHUP) and reports true, or false once the mux is closed.
+func (m *SerialMux) waitHost(f *os.File) bool {
+	fd := int32(f.Fd())
+	for !m.isClosed() {
+		fds := []unix.PollFd{{Fd: fd, Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 200)
+		switch {
+		case err == unix.EINTR:
+		case err != nil:
+			time.Sleep(100 * time.Millisecond)
+		case n == 0, fds[0].Revents&unix.POLLHUP == 0:
+			// Connected: idle (timeout without POLLHUP) or data waiting.
+			return true
+		default:
+			time.Sleep(50 * time.Millisecond) // POLLHUP: no host yet
+		}
+	}
+	return false
+}
+
+// noClose keeps the yamux session from closing the device when it ends:
+// the mux owns it.
+type noClose struct{ io.ReadWriter }
+
+func (noClose) Close() error { return nil }
 
 func (m *SerialMux) serveSession(rw io.ReadWriteCloser) {
 	s, err := yamux.Server(rw, yamuxConfig())

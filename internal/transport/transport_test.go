@@ -24,6 +24,7 @@ func fakeQEMU(t *testing.T) (sock string, mux *SerialMux) {
 	}
 	t.Cleanup(func() { ln.Close() })
 	mux = newSerialMux(func() (io.ReadWriteCloser, error) { return ln.Accept() })
+	go mux.run()
 	t.Cleanup(func() { mux.Close() })
 	return sock, mux
 }
