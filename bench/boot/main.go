@@ -41,7 +41,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -49,6 +48,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/berth-runtime/berth/bench/internal/benchtab"
 	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/qemu"
 	"github.com/berth-runtime/berth/internal/sandbox"
@@ -424,18 +424,9 @@ func printTable(rows []*series) {
 	}
 }
 
-func sorted(ds []time.Duration) []time.Duration {
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := sorted(ds)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d)/float64(time.Millisecond)) }
+// The table's order statistics are the ones every bench command shares.
+var (
+	sorted = benchtab.Sorted
+	median = benchtab.Median
+	ms     = benchtab.MS
+)

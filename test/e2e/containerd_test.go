@@ -94,18 +94,7 @@ func exitStderr(err error) string {
 // ctr runs ctr against the private containerd.
 func ctr(t *testing.T, args ...string) result {
 	t.Helper()
-	cmd := exec.Command("ctr", append([]string{"-a", ctrd.sock}, args...)...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	start := time.Now()
-	err := cmd.Run()
-	r := result{stdout: stdout.String(), stderr: stderr.String(), elapsed: time.Since(start)}
-	if ee, ok := err.(*exec.ExitError); ok {
-		r.code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("ctr %v: %v", args, err)
-	}
-	return r
+	return runCommand(t, exec.Command("ctr", append([]string{"-a", ctrd.sock}, args...)...), "")
 }
 
 func mustCtr(t *testing.T, args ...string) string {

@@ -118,7 +118,13 @@ type result struct {
 // berth runs the berth CLI with the test configuration.
 func berth(t *testing.T, stdin string, args ...string) result {
 	t.Helper()
-	cmd := berthCmd(args...)
+	return runCommand(t, berthCmd(args...), stdin)
+}
+
+// runCommand runs cmd to completion and returns what it did; only a
+// failure to run it at all fails the test.
+func runCommand(t *testing.T, cmd *exec.Cmd, stdin string) result {
+	t.Helper()
 	if stdin != "" {
 		cmd.Stdin = strings.NewReader(stdin)
 	}
@@ -130,7 +136,7 @@ func berth(t *testing.T, stdin string, args ...string) result {
 	if ee, ok := err.(*exec.ExitError); ok {
 		r.code = ee.ExitCode()
 	} else if err != nil {
-		t.Fatalf("run berth %v: %v", args, err)
+		t.Fatalf("run %v: %v", cmd.Args, err)
 	}
 	return r
 }
