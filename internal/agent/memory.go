@@ -246,9 +246,18 @@ func (s *Service) OnlineMemory(ctx context.Context, _ *emptypb.Empty) (*api.Memo
 	return info, nil
 }
 
-// kernelBlocks lists online blocks that are not movable. valid_zones of an
-// online block names the zone it is in.
+// kernelBlocks lists online blocks that are not movable.
+//
+// It reads a block's state before its valid_zones, and valid_zones only
+// of online blocks: for an offline block the kernel computes the zones
+// the block could join (zone_for_pfn_range), and Debian's 6.1 kernel
+// oopses there with a NULL dereference while DIMMs are being hot-added,
+// killing the reader. For an online block valid_zones just names the zone
+// it is in. The onliner's lock keeps a block from changing state between
+// the two reads on the agent's side.
 func (o *memoryOnliner) kernelBlocks() []uint64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	entries, err := os.ReadDir(o.memDir())
 	if err != nil {
 		return nil
@@ -259,9 +268,15 @@ func (o *memoryOnliner) kernelBlocks() []uint64 {
 		if n < 0 || !strings.HasPrefix(e.Name(), "memory") {
 			continue
 		}
-		state, _ := os.ReadFile(filepath.Join(o.memDir(), e.Name(), "state"))
-		zones, _ := os.ReadFile(filepath.Join(o.memDir(), e.Name(), "valid_zones"))
-		if strings.TrimSpace(string(state)) == "online" && strings.TrimSpace(string(zones)) != "Movable" {
+		state, err := os.ReadFile(filepath.Join(o.memDir(), e.Name(), "state"))
+		if err != nil || strings.TrimSpace(string(state)) != "online" {
+			continue
+		}
+		zones, err := os.ReadFile(filepath.Join(o.memDir(), e.Name(), "valid_zones"))
+		if err != nil {
+			continue
+		}
+		if strings.TrimSpace(string(zones)) != "Movable" {
 			out = append(out, uint64(n))
 		}
 	}

@@ -1,6 +1,10 @@
 package agent
 
 import (
+	"time"
+
+	"golang.org/x/sys/unix"
+
 	"os"
 	"path/filepath"
 	"strings"
@@ -61,5 +65,44 @@ func TestOnlineAll(t *testing.T) {
 	}
 	if info := o.memoryInfo(); info.BlockSizeBytes != 128<<20 {
 		t.Errorf("block size %d", info.BlockSizeBytes)
+	}
+}
+
+// Reading valid_zones of an offline block makes Debian's 6.1 kernel oops
+// during DIMM hot-add (zone_for_pfn_range <- valid_zones_show), which once
+// killed the agent and hung CI. kernelBlocks must read it only of online
+// blocks. The offline block's valid_zones here is a FIFO with no writer:
+// opening it blocks, so reading it would hang the test.
+func TestKernelBlocksNeverReadsValidZonesOfOfflineBlocks(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "sys/devices/system/memory")
+	blocks := map[string][2]string{
+		"memory0": {"online", "Normal"},
+		"memory1": {"online", "Movable"},
+		"memory2": {"offline", ""},
+		"memory3": {"online", "Normal Movable"},
+	}
+	for name, b := range blocks {
+		os.MkdirAll(filepath.Join(dir, name), 0o755)
+		os.WriteFile(filepath.Join(dir, name, "state"), []byte(b[0]+"\n"), 0o644)
+		zones := filepath.Join(dir, name, "valid_zones")
+		if b[0] == "offline" {
+			if err := unix.Mkfifo(zones, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		os.WriteFile(zones, []byte(b[1]+"\n"), 0o644)
+	}
+	o := &memoryOnliner{sysRoot: root}
+	done := make(chan []uint64, 1)
+	go func() { done <- o.kernelBlocks() }()
+	select {
+	case got := <-done:
+		if len(got) != 2 || got[0] != 0 || got[1] != 3 {
+			t.Errorf("kernel blocks = %v, want [0 3]", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("kernelBlocks read valid_zones of an offline block")
 	}
 }

@@ -371,7 +371,7 @@ func (s *Sandbox) connectAgent(ctx context.Context) error {
 		for {
 			conn, err := s.dialer.Dial(ctx, transport.AgentPort)
 			if err == nil {
-				client := ttrpc.NewClient(conn)
+				client := newAgentRPCClient(conn)
 				var info *api.InfoResponse
 				if info, err = api.NewAgentClient(client).Info(ctx, &api.InfoRequest{}); err == nil {
 					done <- result{info: info, client: client}
