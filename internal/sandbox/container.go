@@ -82,7 +82,7 @@ type ContainerConfig struct {
 // stdio. The program starts with Start.
 func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (_ *Process, retErr error) {
 	id := cc.ID
-	if err := validateID(id); err != nil {
+	if err := oci.ValidateID("container id", id); err != nil {
 		return nil, err
 	}
 	if cc.Spec == nil || cc.Spec.Process == nil || cc.Spec.Root == nil {
@@ -183,6 +183,9 @@ func (s *Sandbox) addMount(id, mnt string) {
 // Exec registers process in a running container and attaches its stdio;
 // the program starts with Start.
 func (s *Sandbox) Exec(ctx context.Context, containerID, execID string, process *specs.Process, stdio IO) (*Process, error) {
+	if err := validateContainerExec(containerID, execID); err != nil {
+		return nil, err
+	}
 	proc := *process
 	proc.Terminal = stdio.Terminal
 	b, err := json.Marshal(&proc)
@@ -208,6 +211,9 @@ func (s *Sandbox) Exec(ctx context.Context, containerID, execID string, process 
 // the host devices in QEMU: after DeleteContainer, the host owns them
 // again (a loop device can be detached, its file read).
 func (s *Sandbox) DeleteContainer(ctx context.Context, id string) error {
+	if err := oci.ValidateID("container id", id); err != nil {
+		return err
+	}
 	_, err := s.agent.Delete(ctx, &api.DeleteRequest{ContainerId: id})
 	s.updateHostCPU(ctx, id, nil, true)
 	if rerr := s.releaseMounts(id); err == nil {
@@ -459,8 +465,19 @@ func (s *Sandbox) WaitOOM(ctx context.Context, id string, after uint64) (uint64,
 
 // DeleteExec removes an exited exec'd process from the guest.
 func (s *Sandbox) DeleteExec(ctx context.Context, containerID, execID string) error {
+	if err := validateContainerExec(containerID, execID); err != nil {
+		return err
+	}
 	if _, err := s.agent.Delete(ctx, &api.DeleteRequest{ContainerId: containerID, ExecId: execID}); err != nil {
 		return s.rpcError("delete exec", err)
 	}
 	return nil
+}
+
+// validateContainerExec checks the ids of an exec'd process.
+func validateContainerExec(containerID, execID string) error {
+	if err := oci.ValidateID("container id", containerID); err != nil {
+		return err
+	}
+	return oci.ValidateID("exec id", execID)
 }

@@ -95,6 +95,9 @@ type Client struct {
 // Connect returns a client for sandbox id under runDir, or an error
 // wrapping errdefs.ErrNotFound when no such sandbox runs.
 func Connect(runDir, id string) (*Client, error) {
+	if err := validateID(id); err != nil {
+		return nil, err
+	}
 	sock := filepath.Join(Dir(runDir, id), mgmtSocketName)
 	if _, err := os.Stat(sock); err != nil {
 		return nil, fmt.Errorf("sandbox %q is not running here (no %s): %w", id, sock, errdefs.ErrNotFound)

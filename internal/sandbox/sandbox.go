@@ -246,17 +246,9 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	return s, nil
 }
 
-func validateID(id string) error {
-	if id == "" || len(id) > 64 {
-		return fmt.Errorf("sandbox id %q must be 1-64 characters: %w", id, errdefs.ErrInvalidArgument)
-	}
-	for _, r := range id {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') || id[0] == '.' {
-			return fmt.Errorf("sandbox id %q may only hold letters, digits, '-', '_' and '.': %w", id, errdefs.ErrInvalidArgument)
-		}
-	}
-	return nil
-}
+// validateID checks a sandbox id before it names a directory (see
+// oci.ValidateID, the one check every entry point uses).
+func validateID(id string) error { return oci.ValidateID("sandbox id", id) }
 
 func (s *Sandbox) path(name string) string { return filepath.Join(s.dir, name) }
 

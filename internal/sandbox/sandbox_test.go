@@ -23,17 +23,6 @@ func TestDirKeepsSocketPathsShort(t *testing.T) {
 	}
 }
 
-func TestValidateID(t *testing.T) {
-	for id, ok := range map[string]bool{
-		"run-1a2b": true, "abc.DEF_1": true,
-		"": false, "../x": false, ".hidden": false, "a/b": false, strings.Repeat("x", 65): false,
-	} {
-		if err := validateID(id); (err == nil) != ok {
-			t.Errorf("validateID(%q) = %v, want ok=%v", id, err, ok)
-		}
-	}
-}
-
 func TestProcessAlive(t *testing.T) {
 	if !processAlive(os.Getpid()) {
 		t.Fatal("this process is not alive?")

@@ -27,6 +27,11 @@ func CleanupStale(runDir string) int {
 	}
 	removed := 0
 	for _, e := range entries {
+		// Only directories Create made: a name that is not a valid id
+		// (or its hash) is not a sandbox, whatever it holds.
+		if !e.IsDir() || validateID(e.Name()) != nil {
+			continue
+		}
 		dir := filepath.Join(base, e.Name())
 		b, err := os.ReadFile(filepath.Join(dir, ownerFileName))
 		if err != nil {
@@ -46,7 +51,14 @@ func CleanupStale(runDir string) int {
 // RemoveOrphan removes sandbox id if the process that owned it is gone:
 // it kills the VM if it still runs, unmounts and deletes the directory.
 // It returns ErrOwnerAlive, and touches nothing, if the owner still runs.
+//
+// id comes from a bundle's annotations in containerd's `shim delete`, which
+// whoever wrote the pod spec controls: it is validated first, so that the
+// directory removed is always one entry of <runDir>/sandboxes.
 func RemoveOrphan(runDir, id string) error {
+	if err := validateID(id); err != nil {
+		return err
+	}
 	dir := Dir(runDir, id)
 	b, err := os.ReadFile(filepath.Join(dir, ownerFileName))
 	if err != nil {

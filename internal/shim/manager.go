@@ -76,6 +76,9 @@ func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ str
 		return "", err
 	}
 	group, _ := oci.PodInfo(id, spec.Annotations)
+	if err := validateIDs(id, group); err != nil {
+		return "", err
+	}
 	address, err := shim.SocketAddress(ctx, opts.Address, group)
 	if err != nil {
 		return "", err
@@ -157,7 +160,12 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	}
 	if spec, err := readSpecAnnotations(bundle); err == nil {
 		group, _ := oci.PodInfo(id, spec.Annotations)
-		if cfg, err := loadConfig(); err == nil {
+		// The sandbox id comes from the bundle's annotations, which the
+		// pod spec's author writes: one that is not a plain id names no
+		// sandbox of ours, and nothing is removed for it.
+		if err := validateIDs(id, group); err != nil {
+			log.G(ctx).WithError(err).Warn("not removing a sandbox")
+		} else if cfg, err := loadConfig(); err == nil {
 			err := sandbox.RemoveOrphan(cfg.RunDir, group)
 			if err != nil && !errors.Is(err, sandbox.ErrOwnerAlive) {
 				log.G(ctx).WithError(err).Warn("remove sandbox")
@@ -165,6 +173,18 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 		}
 	}
 	return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(syscall.SIGKILL)}, nil
+}
+
+// validateIDs checks a container id and the sandbox id its annotations
+// name, before either builds a path.
+func validateIDs(containerID, sandboxID string) error {
+	if err := oci.ValidateID("container id", containerID); err != nil {
+		return err
+	}
+	if err := oci.ValidateID("sandbox id (annotation "+oci.SandboxIDAnnotations[0]+")", sandboxID); err != nil {
+		return err
+	}
+	return nil
 }
 
 // readSpecAnnotations reads only what the manager needs from config.json.

@@ -193,6 +193,9 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 		return 0, err
 	}
 	sandboxID, isSandbox := oci.PodInfo(r.ID, spec.Annotations)
+	if err := validateIDs(r.ID, sandboxID); err != nil {
+		return 0, err
+	}
 	// Pod annotations are untrusted: only allow-listed keys pass.
 	cfg, err := base.WithAnnotations(spec.Annotations)
 	if err != nil {
@@ -600,8 +603,8 @@ func (s *service) exec(ctx context.Context, r *taskAPI.ExecProcessRequest) error
 	if err != nil {
 		return err
 	}
-	if r.ExecID == "" {
-		return fmt.Errorf("exec id is empty: %w", errdefs.ErrInvalidArgument)
+	if err := oci.ValidateID("exec id", r.ExecID); err != nil {
+		return err
 	}
 	if _, err := c.process(r.ExecID); err == nil {
 		return fmt.Errorf("exec %q: %w", r.ExecID, errdefs.ErrAlreadyExists)
