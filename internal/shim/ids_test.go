@@ -54,9 +54,9 @@ func TestShimDeleteStaysInRunDir(t *testing.T) {
 	}
 	// The victims: directories an attacker would like removed.
 	victims := map[string]string{
-		"../victim":          filepath.Join(runDir, "victim"),
-		"../../victim":       filepath.Join(root, "victim"),
-		"../../../../victim": filepath.Join(root, "victim"), // clamped at /
+		"../victim":                    filepath.Join(runDir, "victim"),
+		"../../victim":                 filepath.Join(root, "victim"),
+		"../../../../victim":           filepath.Join(root, "victim"), // clamped at /
 		"/" + root[1:] + "/abs-victim": filepath.Join(root, "abs-victim"),
 	}
 	ids := append([]string{}, ocitest.TraversalIDs...)
