@@ -207,6 +207,7 @@ type Config struct {
 	Guest      Guest      `toml:"guest"`
 	Runtime    Runtime    `toml:"runtime"`
 	Cgroup     Cgroup     `toml:"cgroup"`
+	Debug      Debug      `toml:"debug"`
 
 	// source is the file Load read, "" for built-in defaults. It is not a
 	// TOML key (unexported fields are neither decoded nor encoded).
@@ -290,6 +291,15 @@ type Guest struct {
 	// KernelPackage is the Debian package `berth guest build` downloads,
 	// e.g. "linux-image-cloud-amd64" (a meta package is resolved).
 	KernelPackage string `toml:"kernel_package"`
+}
+
+// Debug holds switches for debugging and for the hostile-guest tests.
+// Everything here is off by default and weakens isolation when on.
+type Debug struct {
+	// GuestExec lets `berth debug exec SANDBOX -- CMD` run CMD as root in
+	// the VM itself, outside any container (the agent refuses unless the
+	// host enabled it at boot).
+	GuestExec bool `toml:"guest_exec"`
 }
 
 // Runtime configures what the containerd shim accepts from pods.

@@ -95,6 +95,21 @@ func IsBindMount(m specs.Mount) bool {
 	return m.Type == "bind" || slices.Contains(m.Options, "bind") || slices.Contains(m.Options, "rbind")
 }
 
+// IsReadOnly reports whether a mount's options make it read-only; as for
+// mount(8), the last of "ro" and "rw" wins.
+func IsReadOnly(m specs.Mount) bool {
+	ro := false
+	for _, o := range m.Options {
+		switch o {
+		case "ro":
+			ro = true
+		case "rw":
+			ro = false
+		}
+	}
+	return ro
+}
+
 // GuestMountPath is where the guest sees the i-th shared mount of a
 // container.
 func GuestMountPath(containerID string, i int, source string) string {

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/berth-runtime/berth/internal/oci"
 	"github.com/berth-runtime/berth/internal/oci/ocitest"
@@ -30,6 +31,14 @@ func TestValidateIDAcceptsContainerdIDs(t *testing.T) {
 	} {
 		if err := oci.ValidateID("container id", id); err != nil {
 			t.Errorf("ValidateID(%q) = %v", id, err)
+		}
+	}
+}
+
+func TestIsReadOnly(t *testing.T) {
+	for opts, want := range map[string]bool{"": false, "rbind,ro": true, "ro,rw": false, "rw,ro": true, "rbind,rprivate": false} {
+		if got := oci.IsReadOnly(specs.Mount{Options: strings.Split(opts, ",")}); got != want {
+			t.Errorf("IsReadOnly(%q) = %v, want %v", opts, got, want)
 		}
 	}
 }

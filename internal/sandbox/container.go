@@ -7,7 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"path/filepath"
+	"os"
+	"path"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,6 +21,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	api "github.com/berth-runtime/berth/api/agent/v1"
+	"github.com/berth-runtime/berth/internal/hostmount"
 	"github.com/berth-runtime/berth/internal/oci"
 	"github.com/berth-runtime/berth/internal/transport"
 )
@@ -118,9 +120,20 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (_ *P
 			}
 		}
 	}()
-	rootMnt := filepath.Join(s.path(sharedDirName), id, "rootfs")
-	if err := bindRootfs(cc.RootfsDir, rootMnt); err != nil {
-		return nil, err
+	if st, err := os.Stat(cc.RootfsDir); err != nil || !st.IsDir() {
+		return nil, fmt.Errorf("rootfs %s is not a directory: %v: %w", cc.RootfsDir, err, errdefs.ErrInvalidArgument)
+	}
+	// A read-only root is read-only on the host, so virtiofsd cannot
+	// write it whatever the guest asks; runc in the guest then cannot
+	// create mount points in it, so the host does, as runc would.
+	if cc.Spec.Root.Readonly {
+		if err := hostmount.PrepareMountPoints(cc.RootfsDir, mountPoints(guestSpec, diskMounts)); err != nil {
+			return nil, err
+		}
+	}
+	rootMnt, err := s.tree.Bind(cc.RootfsDir, path.Join(id, "rootfs"), hostmount.BindOptions{ReadOnly: cc.Spec.Root.Readonly})
+	if err != nil {
+		return nil, fmt.Errorf("share rootfs %s: %w", cc.RootfsDir, err)
 	}
 	s.addMount(id, rootMnt)
 	if err := s.shareMounts(id, guestSpec, diskMounts); err != nil {
@@ -164,17 +177,39 @@ func (s *Sandbox) shareMounts(id string, spec *specs.Spec, diskMounts map[int]bo
 			continue
 		}
 		guestPath := oci.GuestMountPath(id, i, m.Source)
-		hostPath := filepath.Join(s.path(sharedDirName), strings.TrimPrefix(guestPath, oci.GuestSharedDir))
-		if err := bindPath(m.Source, hostPath); err != nil {
+		rel := strings.TrimPrefix(guestPath, oci.GuestSharedDir+"/")
+		// A `ro` mount is read-only on the host already: the guest's
+		// own remount is not what keeps it read-only.
+		bind, err := s.tree.Bind(m.Source, rel, hostmount.BindOptions{ReadOnly: oci.IsReadOnly(m)})
+		if err != nil {
 			return fmt.Errorf("share mount %s: %w", m.Destination, err)
 		}
-		s.addMount(id, hostPath)
+		s.addMount(id, bind)
 		spec.Mounts[i].Source = guestPath
 	}
 	return nil
 }
 
-func (s *Sandbox) addMount(id, mnt string) {
+// mountPoints lists what runc in the guest will mount on in the
+// container's root, and its working directory.
+func mountPoints(spec *specs.Spec, diskMounts map[int]bool) []hostmount.MountPoint {
+	var out []hostmount.MountPoint
+	for i, m := range spec.Mounts {
+		dir := true
+		if oci.IsBindMount(m) && !diskMounts[i] {
+			if st, err := os.Stat(m.Source); err == nil && !st.IsDir() {
+				dir = false
+			}
+		}
+		out = append(out, hostmount.MountPoint{Path: m.Destination, Dir: dir})
+	}
+	if spec.Process != nil && spec.Process.Cwd != "" {
+		out = append(out, hostmount.MountPoint{Path: spec.Process.Cwd, Dir: true})
+	}
+	return out
+}
+
+func (s *Sandbox) addMount(id string, mnt hostmount.Mount) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.mounts[id] = append(s.mounts[id], mnt)
@@ -237,12 +272,12 @@ func (s *Sandbox) releaseMounts(id string) error {
 	s.mu.Unlock()
 	var errs []error
 	for i := len(mnts) - 1; i >= 0; i-- {
-		if err := unmount(mnts[i]); err != nil {
+		if err := s.tree.Unmount(mnts[i]); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	if len(errs) == 0 && mnts != nil {
-		errs = append(errs, removeDir(filepath.Join(s.path(sharedDirName), id)))
+		errs = append(errs, s.tree.RemoveAll(id))
 	}
 	return errors.Join(errs...)
 }

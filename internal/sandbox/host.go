@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,77 +19,10 @@ import (
 	api "github.com/berth-runtime/berth/api/agent/v1"
 )
 
-// makeSharedMount turns dir into a mount point with shared propagation.
-//
-// Why: virtiofsd runs in its own mount namespace whose mounts are slaves of
-// ours. Root file systems bind-mounted under dir after virtiofsd started
-// reach it only if dir is a shared mount; a host whose / is private (no
-// systemd) would otherwise hide them and the guest would see empty
-// directories.
-func makeSharedMount(dir string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("bind-mount shared dir %s: %w", dir, err)
-	}
-	if err := unix.Mount("", dir, "", unix.MS_SHARED, ""); err != nil {
-		unix.Unmount(dir, unix.MNT_DETACH)
-		return fmt.Errorf("make %s a shared mount: %w", dir, err)
-	}
-	return nil
-}
-
-// bindRootfs bind-mounts a container's root file system (recursively, so
-// mounts inside it come along) under the shared directory.
-func bindRootfs(src, dst string) error {
-	st, err := os.Stat(src)
-	if err != nil {
-		return fmt.Errorf("rootfs %s: %w", src, err)
-	}
-	if !st.IsDir() {
-		return fmt.Errorf("rootfs %s is not a directory", src)
-	}
-	if err := os.MkdirAll(dst, 0o755); err != nil {
-		return err
-	}
-	if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-		return fmt.Errorf("bind-mount rootfs %s: %w", src, err)
-	}
-	return nil
-}
-
-// bindPath bind-mounts a host file or directory at dst, creating dst as
-// the same kind of node.
-func bindPath(src, dst string) error {
-	st, err := os.Stat(src)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
-	}
-	if st.IsDir() {
-		err = os.MkdirAll(dst, 0o755)
-	} else {
-		var f *os.File
-		if f, err = os.OpenFile(dst, os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
-			f.Close()
-		}
-	}
-	if err != nil {
-		return err
-	}
-	if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-		return fmt.Errorf("bind-mount %s: %w", src, err)
-	}
-	return nil
-}
-
 // unmount detaches a mount point; a path that is not mounted (or gone) is
 // not an error, so teardown can run more than once.
 func unmount(path string) error {
-	err := unix.Unmount(path, unix.MNT_DETACH)
+	err := unix.Unmount(path, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
 	if err == nil || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
 		return nil
 	}
@@ -114,7 +46,10 @@ func startVirtiofsd(ctx context.Context, bin, socket, source, cache string) (*vi
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "--socket-path="+socket, "-o", "source="+source, "-o", "cache="+cache)
+	// modcaps=-mknod: the guest cannot create device nodes on the host
+	// (in a hostPath volume, say) through virtiofsd. FIFOs and sockets
+	// need no capability and still work.
+	cmd := exec.Command(bin, "--socket-path="+socket, "-o", "source="+source, "-o", "cache="+cache, "-o", "modcaps=-mknod")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := cmd.Start(); err != nil {

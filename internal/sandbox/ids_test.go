@@ -10,6 +10,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/berth-runtime/berth/internal/config"
+	"github.com/berth-runtime/berth/internal/hostmount"
 	"github.com/berth-runtime/berth/internal/oci/ocitest"
 )
 
@@ -24,7 +25,7 @@ func TestEntryPointsRejectTraversalIDs(t *testing.T) {
 	victim := filepath.Join(root, "victim")
 	os.MkdirAll(victim, 0o700)
 	os.WriteFile(filepath.Join(victim, ownerFileName), []byte("2147483646"), 0o600)
-	sb := &Sandbox{id: "pod", dir: Dir(runDir, "pod"), mounts: map[string][]string{}}
+	sb := &Sandbox{id: "pod", dir: Dir(runDir, "pod"), mounts: map[string][]hostmount.Mount{}}
 	spec := &specs.Spec{Process: &specs.Process{Args: []string{"true"}}, Root: &specs.Root{Path: "rootfs"}}
 	ids := append([]string{"../../victim", "../victim"}, ocitest.TraversalIDs...)
 	for _, id := range ids {

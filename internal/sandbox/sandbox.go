@@ -32,6 +32,7 @@ import (
 	"github.com/berth-runtime/berth/internal/cgroup"
 	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/device"
+	"github.com/berth-runtime/berth/internal/hostmount"
 	"github.com/berth-runtime/berth/internal/memory"
 	"github.com/berth-runtime/berth/internal/oci"
 	"github.com/berth-runtime/berth/internal/qemu"
@@ -90,7 +91,9 @@ type Sandbox struct {
 	hostDevices device.Host
 
 	mu         sync.Mutex
-	mounts     map[string][]string // container id -> host mount points, in mount order
+	// tree is the host-only mount tree and its read-only share.
+	tree       *hostmount.Tree
+	mounts     map[string][]hostmount.Mount // container id -> binds, in mount order
 	vmMiB      int                 // the VM's memory, which sizes the cgroup
 	lastMemMiB [2]int              // current and requested memory at the last metrics sample
 	cpu        map[string]cpuLimit // container id -> its CPU limits
@@ -105,6 +108,9 @@ type Sandbox struct {
 // Paths of a sandbox's files inside its directory.
 const (
 	sharedDirName  = "shared"
+	// mountsDirName is the host-only tree where binds are made; the
+	// guest sees it only through the read-only shared directory.
+	mountsDirName  = "mounts"
 	consoleLogName = "console.log"
 	qmpSocketName  = "qmp.sock"
 	agentSockName  = "agent.sock"
@@ -136,7 +142,7 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	if err := validateID(opts.ID); err != nil {
 		return nil, err
 	}
-	s := &Sandbox{id: opts.ID, cfg: cfg, dir: Dir(cfg.RunDir, opts.ID), mounts: map[string][]string{}, cpu: map[string]cpuLimit{}, hostDevices: device.Sysfs{}}
+	s := &Sandbox{id: opts.ID, cfg: cfg, dir: Dir(cfg.RunDir, opts.ID), mounts: map[string][]hostmount.Mount{}, cpu: map[string]cpuLimit{}, hostDevices: device.Sysfs{}}
 	log := logrus.WithField("sandbox", s.id)
 
 	var undo cleanupStack
@@ -164,10 +170,12 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	}
 
 	shared := s.path(sharedDirName)
-	if err := makeSharedMount(shared); err != nil {
+	tree, err := hostmount.New(s.path(mountsDirName), shared)
+	if err != nil {
 		return nil, err
 	}
-	undo.push(func() { unmount(shared) })
+	s.tree = tree
+	undo.push(func() { tree.Close() })
 
 	m, err := s.machine(opts)
 	if err != nil {
@@ -276,6 +284,9 @@ func (s *Sandbox) machine(opts Options) (qemu.Machine, error) {
 		// a small 8 MiB pool for anything that might.
 		params += " swiotlb=4096"
 	}
+	if s.cfg.Debug.GuestExec {
+		params += " " + agentCmdlineDebugExec + "=1"
+	}
 	if h.KernelParams != "" {
 		params += " " + h.KernelParams
 	}
@@ -343,6 +354,9 @@ func guestCID(id string) uint32 {
 // agentCmdlineTransport must match agent.CmdlineTransport (the host does
 // not import the guest package).
 const agentCmdlineTransport = "berth.transport"
+
+// agentCmdlineDebugExec must match agent.CmdlineDebugExec.
+const agentCmdlineDebugExec = "berth.debug_exec"
 
 // connectAgent waits until the agent answers Info, the VM dies, or the
 // boot timeout passes. Over virtio-serial the first request simply waits
@@ -498,7 +512,7 @@ func (s *Sandbox) destroy(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("unmount container %s: %w", id, err))
 		}
 	}
-	if err := unmount(s.path(sharedDirName)); err != nil {
+	if err := s.tree.Close(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := removeDir(s.dir); err != nil {

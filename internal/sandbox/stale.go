@@ -6,13 +6,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/moby/sys/mountinfo"
+	"github.com/berth-runtime/berth/internal/hostmount"
 )
 
 // CleanupStale removes sandboxes whose owner process is gone: a `berth run`
@@ -125,26 +124,10 @@ func processAlive(pid int) bool {
 }
 
 // mountsUnder lists mount points at or below dir, deepest first.
-func mountsUnder(dir string) []string {
-	infos, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
-	if err != nil {
-		return nil
-	}
-	out := make([]string, 0, len(infos))
-	for _, m := range infos {
-		out = append(out, m.Mountpoint)
-	}
-	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
-	return out
-}
+func mountsUnder(dir string) []string { return hostmount.MountsUnder(dir) }
 
 // removeDir deletes a sandbox directory, but only once nothing is mounted
 // below it: a container's root file system is bind-mounted there, and a
 // recursive delete through a mount that failed to detach would destroy the
 // user's files.
-func removeDir(dir string) error {
-	if m := mountsUnder(dir); len(m) > 0 {
-		return fmt.Errorf("not removing %s: still mounted: %s", dir, strings.Join(m, ", "))
-	}
-	return os.RemoveAll(dir)
-}
+func removeDir(dir string) error { return hostmount.RemoveUnmounted(dir) }
