@@ -68,7 +68,7 @@ func newRootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&global.configPath, "config", "", "configuration file (default $BERTH_CONFIG or "+config.DefaultPath+")")
 	root.PersistentFlags().StringVar(&global.stateDir, "state-dir", "", "state directory for guest artefacts (default $BERTH_STATE_DIR or state_dir from the config)")
 	root.PersistentFlags().StringVar(&global.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
-	root.AddCommand(newRunCmd(), newCheckCmd(), newEnvCmd(), newGuestCmd(), newImageCmd(), newStatusCmd(), newResizeCmd(), newMonitorCmd())
+	root.AddCommand(newRunCmd(), newCheckCmd(), newEnvCmd(), newGuestCmd(), newImageCmd(), newStatusCmd(), newResizeCmd(), newMonitorCmd(), newDebugCmd())
 	return root
 }
 

@@ -40,6 +40,7 @@ func Serve(ctx context.Context) error {
 		StateRoot:     "/run/berth/libcontainer",
 		PrepareRootfs: (&sharedFS{}).ensure,
 		PowerOff:      powerOff,
+		DebugExec:     cmdlineValue(string(cmdline), CmdlineDebugExec) == "1",
 	})
 	srv, err := ttrpc.NewServer()
 	if err != nil {

@@ -63,6 +63,8 @@ type Options struct {
 	PrepareRootfs func(ctx context.Context, rootPath string) error
 	// PowerOff ends the VM; called by Shutdown after it has replied.
 	PowerOff func()
+	// DebugExec enables the DebugExec RPC (see CmdlineDebugExec).
+	DebugExec bool
 	// SysRoot is where /sys and /proc are found ("/" unless testing).
 	SysRoot string
 	// DeviceFS, when set, replaces /sys and /dev for finding hot-plugged

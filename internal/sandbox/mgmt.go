@@ -75,6 +75,24 @@ func (s *Sandbox) serveManagement() (io.Closer, error) {
 			writeJSON(w, http.StatusInternalServerError, apiError{err.Error()})
 		}
 	})
+	mux.HandleFunc("POST /debug/exec", func(w http.ResponseWriter, r *http.Request) {
+		var req debugExecRequest
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<20)).Decode(&req); err != nil {
+			writeJSON(w, http.StatusBadRequest, apiError{"decode request: " + err.Error()})
+			return
+		}
+		res, err := s.DebugExec(r.Context(), req.Args, req.Stdin, req.TimeoutSeconds)
+		switch {
+		case err == nil:
+			writeJSON(w, http.StatusOK, res)
+		case errdefs.IsInvalidArgument(err):
+			writeJSON(w, http.StatusBadRequest, apiError{err.Error()})
+		case errdefs.IsFailedPrecondition(err):
+			writeJSON(w, http.StatusForbidden, apiError{err.Error()})
+		default:
+			writeJSON(w, http.StatusInternalServerError, apiError{err.Error()})
+		}
+	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(l)
 	return srv, nil
@@ -146,6 +164,8 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 			return remoteError{e.Error, errdefs.ErrInvalidArgument}
 		case http.StatusConflict:
 			return remoteError{e.Error, ErrPartialResize}
+		case http.StatusForbidden:
+			return remoteError{e.Error, errdefs.ErrFailedPrecondition}
 		}
 		return errors.New(e.Error)
 	}

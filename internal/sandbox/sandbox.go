@@ -90,13 +90,13 @@ type Sandbox struct {
 	devices     *device.Manager
 	hostDevices device.Host
 
-	mu         sync.Mutex
+	mu sync.Mutex
 	// tree is the host-only mount tree and its read-only share.
 	tree       *hostmount.Tree
 	mounts     map[string][]hostmount.Mount // container id -> binds, in mount order
-	vmMiB      int                 // the VM's memory, which sizes the cgroup
-	lastMemMiB [2]int              // current and requested memory at the last metrics sample
-	cpu        map[string]cpuLimit // container id -> its CPU limits
+	vmMiB      int                          // the VM's memory, which sizes the cgroup
+	lastMemMiB [2]int                       // current and requested memory at the last metrics sample
+	cpu        map[string]cpuLimit          // container id -> its CPU limits
 
 	memory memoryState
 	mgmt   io.Closer // management API server
@@ -107,7 +107,7 @@ type Sandbox struct {
 
 // Paths of a sandbox's files inside its directory.
 const (
-	sharedDirName  = "shared"
+	sharedDirName = "shared"
 	// mountsDirName is the host-only tree where binds are made; the
 	// guest sees it only through the read-only shared directory.
 	mountsDirName  = "mounts"

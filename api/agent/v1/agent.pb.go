@@ -2002,6 +2002,133 @@ func (x *MemoryInfo) GetKernelBlocks() []uint64 {
 	return nil
 }
 
+type DebugExecRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// args is the command and its arguments; args[0] is looked up in PATH.
+	Args []string `protobuf:"bytes,1,rep,name=args,proto3" json:"args,omitempty"`
+	// stdin is fed to the command's standard input.
+	Stdin []byte `protobuf:"bytes,2,opt,name=stdin,proto3" json:"stdin,omitempty"`
+	// timeout_seconds bounds the run (0: 60 s); the command is killed
+	// when it passes.
+	TimeoutSeconds uint32 `protobuf:"varint,3,opt,name=timeout_seconds,json=timeoutSeconds,proto3" json:"timeout_seconds,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DebugExecRequest) Reset() {
+	*x = DebugExecRequest{}
+	mi := &file_agent_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DebugExecRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DebugExecRequest) ProtoMessage() {}
+
+func (x *DebugExecRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DebugExecRequest.ProtoReflect.Descriptor instead.
+func (*DebugExecRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *DebugExecRequest) GetArgs() []string {
+	if x != nil {
+		return x.Args
+	}
+	return nil
+}
+
+func (x *DebugExecRequest) GetStdin() []byte {
+	if x != nil {
+		return x.Stdin
+	}
+	return nil
+}
+
+func (x *DebugExecRequest) GetTimeoutSeconds() uint32 {
+	if x != nil {
+		return x.TimeoutSeconds
+	}
+	return 0
+}
+
+type DebugExecResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// exit_code is the command's exit code, 128+signal if a signal
+	// killed it.
+	ExitCode int32 `protobuf:"varint,1,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	// stdout and stderr are the command's output, each cut at 1 MiB.
+	Stdout        []byte `protobuf:"bytes,2,opt,name=stdout,proto3" json:"stdout,omitempty"`
+	Stderr        []byte `protobuf:"bytes,3,opt,name=stderr,proto3" json:"stderr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DebugExecResponse) Reset() {
+	*x = DebugExecResponse{}
+	mi := &file_agent_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DebugExecResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DebugExecResponse) ProtoMessage() {}
+
+func (x *DebugExecResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DebugExecResponse.ProtoReflect.Descriptor instead.
+func (*DebugExecResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *DebugExecResponse) GetExitCode() int32 {
+	if x != nil {
+		return x.ExitCode
+	}
+	return 0
+}
+
+func (x *DebugExecResponse) GetStdout() []byte {
+	if x != nil {
+		return x.Stdout
+	}
+	return nil
+}
+
+func (x *DebugExecResponse) GetStderr() []byte {
+	if x != nil {
+		return x.Stderr
+	}
+	return nil
+}
+
 var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
@@ -2150,7 +2277,15 @@ const file_agent_proto_rawDesc = "" +
 	"\rmovable_bytes\x18\t \x01(\x04R\fmovableBytes\x12*\n" +
 	"\x11kernel_free_bytes\x18\n" +
 	" \x01(\x04R\x0fkernelFreeBytes\x12#\n" +
-	"\rkernel_blocks\x18\v \x03(\x04R\fkernelBlocks*G\n" +
+	"\rkernel_blocks\x18\v \x03(\x04R\fkernelBlocks\"e\n" +
+	"\x10DebugExecRequest\x12\x12\n" +
+	"\x04args\x18\x01 \x03(\tR\x04args\x12\x14\n" +
+	"\x05stdin\x18\x02 \x01(\fR\x05stdin\x12'\n" +
+	"\x0ftimeout_seconds\x18\x03 \x01(\rR\x0etimeoutSeconds\"`\n" +
+	"\x11DebugExecResponse\x12\x1b\n" +
+	"\texit_code\x18\x01 \x01(\x05R\bexitCode\x12\x16\n" +
+	"\x06stdout\x18\x02 \x01(\fR\x06stdout\x12\x16\n" +
+	"\x06stderr\x18\x03 \x01(\fR\x06stderr*G\n" +
 	"\n" +
 	"DeviceKind\x12\x16\n" +
 	"\x12DEVICE_UNSPECIFIED\x10\x00\x12\x10\n" +
@@ -2161,7 +2296,8 @@ const file_agent_proto_rawDesc = "" +
 	"\x12STREAM_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fSTREAM_STDIN\x10\x01\x12\x11\n" +
 	"\rSTREAM_STDOUT\x10\x02\x12\x11\n" +
-	"\rSTREAM_STDERR\x10\x032\xdb\t\n" +
+	"\rSTREAM_STDERR\x10\x032\xad\n" +
+	"\n" +
 	"\x05Agent\x12A\n" +
 	"\x04Info\x12\x1b.berth.agent.v1.InfoRequest\x1a\x1c.berth.agent.v1.InfoResponse\x12G\n" +
 	"\x06Create\x12\x1d.berth.agent.v1.CreateRequest\x1a\x1e.berth.agent.v1.CreateResponse\x12D\n" +
@@ -2181,7 +2317,8 @@ const file_agent_proto_rawDesc = "" +
 	"\aWaitOOM\x12\x1e.berth.agent.v1.WaitOOMRequest\x1a\x1b.berth.agent.v1.OOMResponse\x12S\n" +
 	"\n" +
 	"WaitDevice\x12!.berth.agent.v1.WaitDeviceRequest\x1a\".berth.agent.v1.WaitDeviceResponse\x12B\n" +
-	"\fOnlineMemory\x12\x16.google.protobuf.Empty\x1a\x1a.berth.agent.v1.MemoryInfoB3Z1github.com/berth-runtime/berth/api/agent/v1;agentb\x06proto3"
+	"\fOnlineMemory\x12\x16.google.protobuf.Empty\x1a\x1a.berth.agent.v1.MemoryInfo\x12P\n" +
+	"\tDebugExec\x12 .berth.agent.v1.DebugExecRequest\x1a!.berth.agent.v1.DebugExecResponseB3Z1github.com/berth-runtime/berth/api/agent/v1;agentb\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -2196,7 +2333,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_agent_proto_goTypes = []any{
 	(DeviceKind)(0),               // 0: berth.agent.v1.DeviceKind
 	(StreamKind)(0),               // 1: berth.agent.v1.StreamKind
@@ -2228,20 +2365,22 @@ var file_agent_proto_goTypes = []any{
 	(*DeleteResponse)(nil),        // 27: berth.agent.v1.DeleteResponse
 	(*StreamHeader)(nil),          // 28: berth.agent.v1.StreamHeader
 	(*MemoryInfo)(nil),            // 29: berth.agent.v1.MemoryInfo
-	nil,                           // 30: berth.agent.v1.StatsResponse.MemoryStatEntry
-	(*timestamppb.Timestamp)(nil), // 31: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),         // 32: google.protobuf.Empty
+	(*DebugExecRequest)(nil),      // 30: berth.agent.v1.DebugExecRequest
+	(*DebugExecResponse)(nil),     // 31: berth.agent.v1.DebugExecResponse
+	nil,                           // 32: berth.agent.v1.StatsResponse.MemoryStatEntry
+	(*timestamppb.Timestamp)(nil), // 33: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),         // 34: google.protobuf.Empty
 }
 var file_agent_proto_depIdxs = []int32{
 	0,  // 0: berth.agent.v1.Device.kind:type_name -> berth.agent.v1.DeviceKind
 	0,  // 1: berth.agent.v1.WaitDeviceRequest.kind:type_name -> berth.agent.v1.DeviceKind
-	30, // 2: berth.agent.v1.StatsResponse.memory_stat:type_name -> berth.agent.v1.StatsResponse.MemoryStatEntry
+	32, // 2: berth.agent.v1.StatsResponse.memory_stat:type_name -> berth.agent.v1.StatsResponse.MemoryStatEntry
 	10, // 3: berth.agent.v1.StatsResponse.io:type_name -> berth.agent.v1.IOEntry
 	13, // 4: berth.agent.v1.CreateRequest.stdio:type_name -> berth.agent.v1.Stdio
 	2,  // 5: berth.agent.v1.CreateRequest.devices:type_name -> berth.agent.v1.Device
 	13, // 6: berth.agent.v1.ExecRequest.stdio:type_name -> berth.agent.v1.Stdio
-	31, // 7: berth.agent.v1.WaitResponse.exited_at:type_name -> google.protobuf.Timestamp
-	31, // 8: berth.agent.v1.DeleteResponse.exited_at:type_name -> google.protobuf.Timestamp
+	33, // 7: berth.agent.v1.WaitResponse.exited_at:type_name -> google.protobuf.Timestamp
+	33, // 8: berth.agent.v1.DeleteResponse.exited_at:type_name -> google.protobuf.Timestamp
 	1,  // 9: berth.agent.v1.StreamHeader.kind:type_name -> berth.agent.v1.StreamKind
 	11, // 10: berth.agent.v1.Agent.Info:input_type -> berth.agent.v1.InfoRequest
 	14, // 11: berth.agent.v1.Agent.Create:input_type -> berth.agent.v1.CreateRequest
@@ -2253,34 +2392,36 @@ var file_agent_proto_depIdxs = []int32{
 	24, // 17: berth.agent.v1.Agent.ResizePty:input_type -> berth.agent.v1.ResizePtyRequest
 	25, // 18: berth.agent.v1.Agent.CloseIO:input_type -> berth.agent.v1.CloseIORequest
 	26, // 19: berth.agent.v1.Agent.Delete:input_type -> berth.agent.v1.DeleteRequest
-	32, // 20: berth.agent.v1.Agent.Shutdown:input_type -> google.protobuf.Empty
+	34, // 20: berth.agent.v1.Agent.Shutdown:input_type -> google.protobuf.Empty
 	7,  // 21: berth.agent.v1.Agent.Pause:input_type -> berth.agent.v1.ContainerRequest
 	7,  // 22: berth.agent.v1.Agent.Resume:input_type -> berth.agent.v1.ContainerRequest
 	8,  // 23: berth.agent.v1.Agent.Update:input_type -> berth.agent.v1.UpdateRequest
 	7,  // 24: berth.agent.v1.Agent.Stats:input_type -> berth.agent.v1.ContainerRequest
 	5,  // 25: berth.agent.v1.Agent.WaitOOM:input_type -> berth.agent.v1.WaitOOMRequest
 	3,  // 26: berth.agent.v1.Agent.WaitDevice:input_type -> berth.agent.v1.WaitDeviceRequest
-	32, // 27: berth.agent.v1.Agent.OnlineMemory:input_type -> google.protobuf.Empty
-	12, // 28: berth.agent.v1.Agent.Info:output_type -> berth.agent.v1.InfoResponse
-	15, // 29: berth.agent.v1.Agent.Create:output_type -> berth.agent.v1.CreateResponse
-	17, // 30: berth.agent.v1.Agent.Start:output_type -> berth.agent.v1.StartResponse
-	32, // 31: berth.agent.v1.Agent.Exec:output_type -> google.protobuf.Empty
-	32, // 32: berth.agent.v1.Agent.Kill:output_type -> google.protobuf.Empty
-	21, // 33: berth.agent.v1.Agent.Wait:output_type -> berth.agent.v1.WaitResponse
-	23, // 34: berth.agent.v1.Agent.Pids:output_type -> berth.agent.v1.PidsResponse
-	32, // 35: berth.agent.v1.Agent.ResizePty:output_type -> google.protobuf.Empty
-	32, // 36: berth.agent.v1.Agent.CloseIO:output_type -> google.protobuf.Empty
-	27, // 37: berth.agent.v1.Agent.Delete:output_type -> berth.agent.v1.DeleteResponse
-	32, // 38: berth.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
-	32, // 39: berth.agent.v1.Agent.Pause:output_type -> google.protobuf.Empty
-	32, // 40: berth.agent.v1.Agent.Resume:output_type -> google.protobuf.Empty
-	32, // 41: berth.agent.v1.Agent.Update:output_type -> google.protobuf.Empty
-	9,  // 42: berth.agent.v1.Agent.Stats:output_type -> berth.agent.v1.StatsResponse
-	6,  // 43: berth.agent.v1.Agent.WaitOOM:output_type -> berth.agent.v1.OOMResponse
-	4,  // 44: berth.agent.v1.Agent.WaitDevice:output_type -> berth.agent.v1.WaitDeviceResponse
-	29, // 45: berth.agent.v1.Agent.OnlineMemory:output_type -> berth.agent.v1.MemoryInfo
-	28, // [28:46] is the sub-list for method output_type
-	10, // [10:28] is the sub-list for method input_type
+	34, // 27: berth.agent.v1.Agent.OnlineMemory:input_type -> google.protobuf.Empty
+	30, // 28: berth.agent.v1.Agent.DebugExec:input_type -> berth.agent.v1.DebugExecRequest
+	12, // 29: berth.agent.v1.Agent.Info:output_type -> berth.agent.v1.InfoResponse
+	15, // 30: berth.agent.v1.Agent.Create:output_type -> berth.agent.v1.CreateResponse
+	17, // 31: berth.agent.v1.Agent.Start:output_type -> berth.agent.v1.StartResponse
+	34, // 32: berth.agent.v1.Agent.Exec:output_type -> google.protobuf.Empty
+	34, // 33: berth.agent.v1.Agent.Kill:output_type -> google.protobuf.Empty
+	21, // 34: berth.agent.v1.Agent.Wait:output_type -> berth.agent.v1.WaitResponse
+	23, // 35: berth.agent.v1.Agent.Pids:output_type -> berth.agent.v1.PidsResponse
+	34, // 36: berth.agent.v1.Agent.ResizePty:output_type -> google.protobuf.Empty
+	34, // 37: berth.agent.v1.Agent.CloseIO:output_type -> google.protobuf.Empty
+	27, // 38: berth.agent.v1.Agent.Delete:output_type -> berth.agent.v1.DeleteResponse
+	34, // 39: berth.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
+	34, // 40: berth.agent.v1.Agent.Pause:output_type -> google.protobuf.Empty
+	34, // 41: berth.agent.v1.Agent.Resume:output_type -> google.protobuf.Empty
+	34, // 42: berth.agent.v1.Agent.Update:output_type -> google.protobuf.Empty
+	9,  // 43: berth.agent.v1.Agent.Stats:output_type -> berth.agent.v1.StatsResponse
+	6,  // 44: berth.agent.v1.Agent.WaitOOM:output_type -> berth.agent.v1.OOMResponse
+	4,  // 45: berth.agent.v1.Agent.WaitDevice:output_type -> berth.agent.v1.WaitDeviceResponse
+	29, // 46: berth.agent.v1.Agent.OnlineMemory:output_type -> berth.agent.v1.MemoryInfo
+	31, // 47: berth.agent.v1.Agent.DebugExec:output_type -> berth.agent.v1.DebugExecResponse
+	29, // [29:48] is the sub-list for method output_type
+	10, // [10:29] is the sub-list for method input_type
 	10, // [10:10] is the sub-list for extension type_name
 	10, // [10:10] is the sub-list for extension extendee
 	0,  // [0:10] is the sub-list for field type_name
@@ -2297,7 +2438,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   29,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,7 @@ type AgentService interface {
 	WaitOOM(context.Context, *WaitOOMRequest) (*OOMResponse, error)
 	WaitDevice(context.Context, *WaitDeviceRequest) (*WaitDeviceResponse, error)
 	OnlineMemory(context.Context, *emptypb.Empty) (*MemoryInfo, error)
+	DebugExec(context.Context, *DebugExecRequest) (*DebugExecResponse, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -157,6 +158,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.OnlineMemory(ctx, &req)
+			},
+			"DebugExec": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req DebugExecRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.DebugExec(ctx, &req)
 			},
 		},
 	})
@@ -311,6 +319,14 @@ func (c *agentClient) WaitDevice(ctx context.Context, req *WaitDeviceRequest) (*
 func (c *agentClient) OnlineMemory(ctx context.Context, req *emptypb.Empty) (*MemoryInfo, error) {
 	var resp MemoryInfo
 	if err := c.client.Call(ctx, "berth.agent.v1.Agent", "OnlineMemory", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) DebugExec(ctx context.Context, req *DebugExecRequest) (*DebugExecResponse, error) {
+	var resp DebugExecResponse
+	if err := c.client.Call(ctx, "berth.agent.v1.Agent", "DebugExec", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
