@@ -45,7 +45,15 @@ started with [debug] guest_exec = true in its configuration (docs/security.md).`
 					return err
 				}
 			}
-			r, err := c.DebugExec(cmd.Context(), args[1:], in, timeout)
+			// Flags stop at SANDBOX, so "--" reaches us as an argument.
+			argv := args[1:]
+			if argv[0] == "--" {
+				argv = argv[1:]
+			}
+			if len(argv) == 0 {
+				return fmt.Errorf("give the command to run after %s --", args[0])
+			}
+			r, err := c.DebugExec(cmd.Context(), argv, in, timeout)
 			if err != nil {
 				return err
 			}
