@@ -30,6 +30,9 @@ var forbidden = map[string][]string{
 	"internal/monitor": {module + "internal/sandbox", module + "internal/shim", module + "internal/qemu"},
 	"internal/sandbox": {"github.com/containerd/containerd/", module + "internal/shim"},
 	"internal/oci":     {module + "internal/"},
+	// The host mount tree knows paths and mounts: not sandboxes, specs
+	// or containerd.
+	"internal/hostmount": {module + "internal/", "github.com/containerd/", "github.com/opencontainers/"},
 	// The device model knows PCI topology, not how QEMU spells it: the
 	// sandbox translates, the qemu package speaks QMP.
 	"internal/device": {module + "internal/qemu", module + "internal/sandbox", module + "internal/shim",
