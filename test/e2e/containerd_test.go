@@ -37,7 +37,9 @@ func isExecutable(p string) bool {
 }
 
 // containerdV2 reports whether the containerd under test is 2.x.
-func containerdV2() bool { return os.Getenv("BERTH_CONTAINERD") != "" && !strings.Contains(containerdVersion(), " 1.") }
+func containerdV2() bool {
+	return os.Getenv("BERTH_CONTAINERD") != "" && !strings.Contains(containerdVersion(), " 1.")
+}
 
 func containerdVersion() string {
 	bin := os.Getenv("BERTH_CONTAINERD")

@@ -28,7 +28,7 @@ var env struct {
 	config   string // config file pointing at runDir
 	// configSplit is config with cgroup.sandbox_cgroup_only = false.
 	configSplit string
-	rootfs   string // busybox root file system
+	rootfs      string // busybox root file system
 	// cgroupParent is cgroup.parent of the test configuration: private to
 	// this test binary, so that its leak check sees only its sandboxes.
 	cgroupParent string
