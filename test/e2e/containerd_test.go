@@ -78,7 +78,7 @@ func containerd(t *testing.T) string {
 func startContainerd() error {
 	ctrd.dir = filepath.Join(filepath.Dir(env.runDir), "containerd")
 	cmd := exec.Command(filepath.Join(repoRoot(), "scripts", "containerd-private.sh"), "start", ctrd.dir, filepath.Join(repoRoot(), "bin"))
-	cmd.Env = append(os.Environ(), "BERTH_CONFIG="+env.config, "BERTH_RUNTIME_CONFIGS="+criSplitHandler+"="+env.configSplit)
+	cmd.Env = containerdEnv()
 	out, err := cmd.Output()
 	if err != nil {
 		return fmt.Errorf("start: %v: %s", err, exitStderr(err))
@@ -108,6 +108,13 @@ func startContainerd() error {
 		}
 	}
 	return nil
+}
+
+// containerdEnv is the environment of the private containerd: its shims
+// read the test configuration, and handler berth-split reads the one with
+// per-container host cgroups.
+func containerdEnv() []string {
+	return append(os.Environ(), "BERTH_CONFIG="+env.config, "BERTH_RUNTIME_CONFIGS="+criSplitHandler+"="+env.configSplit)
 }
 
 func stopContainerd() {
@@ -303,7 +310,7 @@ func TestCtrContainerdRestartKeepsTask(t *testing.T) {
 // restartContainerd starts containerd again on the same directories.
 func restartContainerd() error {
 	cmd := exec.Command(filepath.Join(repoRoot(), "scripts", "containerd-private.sh"), "start", ctrd.dir, filepath.Join(repoRoot(), "bin"))
-	cmd.Env = append(os.Environ(), "BERTH_CONFIG="+env.config)
+	cmd.Env = containerdEnv()
 	if out, err := cmd.Output(); err != nil {
 		return fmt.Errorf("restart containerd: %v: %s %s", err, out, exitStderr(err))
 	}
