@@ -48,7 +48,7 @@ state = "$dir/state"
     [$cri.containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
 TOML
-    rt="$cri.containerd.runtimes"
+    rt="$cri.containerd.runtimes" major=1
     ;;
   *)
     # containerd 2.x: configuration version 3 (2.0 and later read it;
@@ -73,9 +73,18 @@ state = "$dir/state"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
 TOML
-    rt="plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes"
+    rt="plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes" major=2
     ;;
   esac
+  if [ -n "${BERTH_SHIM_SANDBOXER_HANDLER:-}" ] && [ "$major" = 2 ]; then
+    # containerd 2.x only: a handler using the Sandbox API, which Berth
+    # refuses (docs/containerd.md); the tests check the refusal.
+    cat >> "$dir/config.toml" <<TOML
+[$rt.$BERTH_SHIM_SANDBOXER_HANDLER]
+  runtime_type = "io.containerd.berth.v2"
+  sandboxer = "shim"
+TOML
+  fi
   for h in "${extra[@]}"; do
     cat >> "$dir/config.toml" <<TOML
 [$rt.${h%%=*}]

@@ -114,7 +114,8 @@ func startContainerd() error {
 // read the test configuration, and handler berth-split reads the one with
 // per-container host cgroups.
 func containerdEnv() []string {
-	return append(os.Environ(), "BERTH_CONFIG="+env.config, "BERTH_RUNTIME_CONFIGS="+criSplitHandler+"="+env.configSplit)
+	return append(os.Environ(), "BERTH_CONFIG="+env.config, "BERTH_RUNTIME_CONFIGS="+criSplitHandler+"="+env.configSplit,
+		"BERTH_SHIM_SANDBOXER_HANDLER="+criSandboxAPIHandler)
 }
 
 func stopContainerd() {

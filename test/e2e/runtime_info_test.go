@@ -7,9 +7,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	apitypes "github.com/containerd/containerd/api/types"
 	"google.golang.org/protobuf/proto"
+	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // TestShimRuntimeInfo: `containerd-shim-berth-v2 -info` prints a
@@ -50,6 +52,50 @@ func TestShimRuntimeInfo(t *testing.T) {
 	for _, line := range strings.Split(string(log), "\n") {
 		if strings.Contains(line, "-info") && strings.Contains(strings.ToLower(line), "level=error") || strings.Contains(line, "flag provided but not defined") {
 			t.Errorf("containerd logged an error about -info: %s", line)
+		}
+	}
+}
+
+// criSandboxAPIHandler is a containerd 2.x runtime handler with
+// sandboxer = "shim" (containerd's Sandbox API), which Berth refuses.
+const criSandboxAPIHandler = "berth-sandbox-api"
+
+// TestContainerd2SandboxAPIRefused: a pod on a handler configured with
+// containerd 2.x's Sandbox API fails to start with an error naming the
+// setting (not "open config.json: no such file or directory"), and
+// leaves nothing behind.
+func TestContainerd2SandboxAPIRefused(t *testing.T) {
+	c := newCRI(t)
+	if !containerdV2() {
+		t.Skip("containerd 1.x has no Sandbox API")
+	}
+	defer assertNoLeaks(t)
+	parent := "/kubepods/besteffort/podsbapi" + strings.ReplaceAll(t.Name(), "/", "")
+	trackPodCgroup(t, parent)
+	config := &cri.PodSandboxConfig{
+		Metadata: &cri.PodSandboxMetadata{Name: "sbapi", Uid: "sbapi", Namespace: "berth-e2e"},
+		Linux: &cri.LinuxPodSandboxConfig{
+			CgroupParent: parent,
+			SecurityContext: &cri.LinuxSandboxSecurityContext{NamespaceOptions: &cri.NamespaceOption{
+				Network: cri.NamespaceMode_NODE, Pid: cri.NamespaceMode_CONTAINER, Ipc: cri.NamespaceMode_POD,
+			}},
+		},
+	}
+	resp, err := c.rt.RunPodSandbox(criCtx(t, 2*time.Minute), &cri.RunPodSandboxRequest{Config: config, RuntimeHandler: criSandboxAPIHandler})
+	if err == nil {
+		c.removePod(t, resp.PodSandboxId)
+		t.Fatal("RunPodSandbox with sandboxer = \"shim\" succeeded; Berth does not serve the Sandbox API")
+	}
+	if !strings.Contains(err.Error(), `sandboxer = "shim"`) {
+		t.Errorf("RunPodSandbox: %v\nwant an error naming sandboxer = \"shim\"", err)
+	}
+	t.Logf("RunPodSandbox: %v", err)
+	// CRI keeps nothing of a pod that failed to start; remove what it
+	// may list anyway.
+	list, _ := c.rt.ListPodSandbox(criCtx(t, time.Minute), &cri.ListPodSandboxRequest{})
+	for _, p := range list.GetItems() {
+		if p.GetMetadata().GetName() == "sbapi" {
+			c.removePod(t, p.Id)
 		}
 	}
 }
