@@ -11,6 +11,8 @@ import (
 	"time"
 
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-runtime/berth/internal/cgroup"
 )
 
 // The pod cgroup tests play the kubelet: they make the pod's cgroup
@@ -252,3 +254,80 @@ func podCgroupCase(t *testing.T, handler string, split bool) {
 }
 
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// podFixedMemory is the RuntimeClass overhead.podFixed memory that
+// docs/containerd.md publishes: default_memory + cgroup.overhead_memory
+// (256 + 384 MiB), so that the kubelet's pod limit (the containers'
+// limits + podFixed) is never below the VM cgroup's own (VM memory +
+// overhead).
+const podFixedMemory = int64(defaultVMMiB+defaultOverheadMiB) << 20
+
+// TestPodFixedOverheadHoldsTheVM: a pod whose container uses nearly all
+// of its 256 MiB limit runs inside a kubelet pod cgroup limited to that
+// limit plus the published podFixed, and its measured host cost stays
+// below it. The figures it logs are the ones docs/containerd.md quotes.
+func TestPodFixedOverheadHoldsTheVM(t *testing.T) {
+	c := newCRI(t)
+	defer assertNoLeaks(t)
+	const appLimit = 256 << 20
+	parent := fmt.Sprintf("/kubepods/burstable/podfx%d", time.Now().UnixNano())
+	makeKubeletPodCgroup(t, parent, appLimit+podFixedMemory)
+	pod := c.runPodIn(t, "podfixed", criHandler, nil, parent)
+	defer c.removePod(t, pod.id)
+	dir, _ := memoryCgroupDir(t, parent)
+	h := hostCgroups(t)
+	cpuFile := filepath.Join(h.V1Mounts["cpuacct"], parent, "cpuacct.usage")
+	if h.Layout == cgroup.LayoutV2 {
+		cpuFile = ""
+	}
+	cpuNs := func() int64 {
+		if cpuFile == "" {
+			return 0
+		}
+		return readCgroupInt(t, cpuFile)
+	}
+	usageFile, peakFile := "memory.usage_in_bytes", "memory.max_usage_in_bytes"
+	if h.Layout == cgroup.LayoutV2 {
+		usageFile, peakFile = "memory.current", "memory.peak"
+	}
+	bootCPU := cpuNs()
+
+	config := &cri.ContainerConfig{
+		Metadata: &cri.ContainerMetadata{Name: "app"},
+		Image:    &cri.ImageSpec{Image: busyboxImage},
+		Command:  []string{"sh", "-c", "echo ready; sleep 1000"},
+		LogPath:  "app.log",
+		Linux: &cri.LinuxContainerConfig{
+			Resources:       &cri.LinuxContainerResources{MemoryLimitInBytes: appLimit},
+			SecurityContext: &cri.LinuxContainerSecurityContext{NamespaceOptions: pod.config.Linux.SecurityContext.NamespaceOptions},
+		},
+	}
+	resp, err := c.rt.CreateContainer(criCtx(t, 2*time.Minute), &cri.CreateContainerRequest{PodSandboxId: pod.id, Config: config, SandboxConfig: pod.config})
+	if err != nil {
+		t.Fatalf("CreateContainer: %v", err)
+	}
+	app := resp.ContainerId
+	c.startContainer(t, app)
+	waitLogLine(t, filepath.Join(pod.logDir, "app.log"), "ready", 30*time.Second)
+	time.Sleep(5 * time.Second)
+	idle0, idleUsage := cpuNs(), readCgroupInt(t, filepath.Join(dir, usageFile))
+	time.Sleep(10 * time.Second)
+	idleCPU := (cpuNs() - idle0) / 10 / 1e6 // ms per s
+	// dd's 240 MiB buffer is anonymous memory of the container, filled
+	// from /dev/zero: the guest touches it, so the host pays for it.
+	ex, err := c.rt.ExecSync(criCtx(t, 2*time.Minute), &cri.ExecSyncRequest{ContainerId: app,
+		Cmd: []string{"dd", "if=/dev/zero", "of=/dev/null", "bs=240M", "count=2"}, Timeout: 110})
+	if err != nil || ex.ExitCode != 0 {
+		t.Fatalf("fill the container: %v %s %s", err, ex.GetStdout(), ex.GetStderr())
+	}
+	peak := readCgroupInt(t, filepath.Join(dir, peakFile))
+	t.Logf("measured: boot %d ms CPU; idle %d MiB host memory, %d ms/s CPU; container at 240 of 256 MiB: pod peak %d MiB, %d MiB above the container limit (podFixed %d MiB)",
+		bootCPU/1e6, idleUsage>>20, idleCPU, peak>>20, (peak-appLimit)>>20, podFixedMemory>>20)
+	if peak >= appLimit+podFixedMemory {
+		t.Errorf("pod peak %d MiB reached the kubelet's limit %d MiB (container limit + podFixed)", peak>>20, (appLimit+podFixedMemory)>>20)
+	}
+	st, err := c.rt.ContainerStatus(criCtx(t, time.Minute), &cri.ContainerStatusRequest{ContainerId: app})
+	if err != nil || st.GetStatus().GetState() != cri.ContainerState_CONTAINER_RUNNING {
+		t.Errorf("the container after the fill: %v %v (an OOM kill of the VM ends it)", st.GetStatus().GetState(), err)
+	}
+}
