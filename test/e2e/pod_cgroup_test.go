@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -329,5 +330,49 @@ func TestPodFixedOverheadHoldsTheVM(t *testing.T) {
 	st, err := c.rt.ContainerStatus(criCtx(t, time.Minute), &cri.ContainerStatusRequest{ContainerId: app})
 	if err != nil || st.GetStatus().GetState() != cri.ContainerState_CONTAINER_RUNNING {
 		t.Errorf("the container after the fill: %v %v (an OOM kill of the VM ends it)", st.GetStatus().GetState(), err)
+	}
+}
+
+// TestPodCgroupRemovedAfterShimKilled: with per-container host cgroups
+// (sandbox_cgroup_only = false), a shim killed with SIGKILL leaves nothing
+// below the pod cgroup: containerd's `shim delete` removes the VM's and the
+// containers' cgroups from the sandbox's cgroup.json.
+func TestPodCgroupRemovedAfterShimKilled(t *testing.T) {
+	c := newCRI(t)
+	defer assertNoLeaks(t)
+	parent := fmt.Sprintf("/kubepods/burstable/podsk%d", time.Now().UnixNano())
+	makeKubeletPodCgroup(t, parent, 2<<30)
+	pod := c.runPodIn(t, "shimkill", criSplitHandler, nil, parent)
+	defer c.removePod(t, pod.id)
+	app, _ := c.createContainer(t, pod, "app", "sleep", "1000")
+	c.startContainer(t, app)
+	dir, _ := memoryCgroupDir(t, parent)
+	children := func() []string {
+		entries, _ := os.ReadDir(dir)
+		var out []string
+		for _, e := range entries {
+			if e.IsDir() {
+				out = append(out, e.Name())
+			}
+		}
+		return out
+	}
+	if got := children(); len(got) != 3 {
+		t.Fatalf("pod cgroup children %v: want the VM's, the sandbox container's and the app container's", got)
+	}
+	shims := shimPids()
+	if len(shims) != 1 {
+		t.Fatalf("shim pids %v", shims)
+	}
+	syscall.Kill(shims[0], syscall.SIGKILL)
+	deadline := time.Now().Add(30 * time.Second)
+	for len(children()) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("30 s after the shim was killed the pod cgroup still holds %v", children())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !exists(dir) {
+		t.Errorf("the kubelet's pod cgroup %s was removed", dir)
 	}
 }
