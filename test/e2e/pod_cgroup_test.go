@@ -375,4 +375,17 @@ func TestPodCgroupRemovedAfterShimKilled(t *testing.T) {
 	if !exists(dir) {
 		t.Errorf("the kubelet's pod cgroup %s was removed", dir)
 	}
+	// containerd learns of the exit through the dead shim's Wait; the
+	// kubelet removes the pod only after that (it retries), and so does
+	// this test.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		st, err := c.rt.ContainerStatus(criCtx(t, time.Minute), &cri.ContainerStatusRequest{ContainerId: app})
+		if err == nil && st.GetStatus().GetState() == cri.ContainerState_CONTAINER_EXITED {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("30 s after the shim was killed CRI still reports the app container %v (%v)", st.GetStatus().GetState(), err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
