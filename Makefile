@@ -12,7 +12,7 @@ AGENT_TAGS    := osusergo netgo
 AGENT_LDFLAGS := -s -w -extldflags -static
 GOFILES := $(shell find . -name '*.go' -not -path './bin/*' 2>/dev/null)
 
-.PHONY: help build deps guest rootfs demo install test test-unit test-e2e bench bench-ctr bench-stats bench-devices bench-memory proto clean
+.PHONY: help build deps guest rootfs demo install test test-unit test-e2e test-e2e-containerd2 bench bench-ctr bench-stats bench-devices bench-memory proto clean
 
 help: ## list targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -61,7 +61,17 @@ test-e2e: deps guest ## end-to-end tests: boot real VMs, drive a real containerd
 	$(GO) test -count=1 -timeout 5m ./internal/sandbox/... ./internal/cgroup/...
 	BERTH_E2E=1 BERTH_STATE_DIR=$(STATE_DIR) $(GO) test -count=1 -v -timeout 40m ./test/e2e/...
 
-test: test-unit test-e2e ## all tests (what CI runs)
+# The containerd 2.x lane: the tests where containerd's version matters,
+# again against containerd 2.x (built once from the Go module proxy into
+# /var/cache/berth by scripts/containerd-v2.sh, then reused).
+CONTAINERD2_VERSION ?= v2.4.2
+CONTAINERD2_TESTS   := TestCtrRunExitCodeAndGuestKernel|TestCtrDetachedExecMetricsPauseKillDelete|TestCtrContainerdRestartKeepsTask|TestCRIPodWithTwoContainersSharesOneVM|TestCRIContainerStats|TestPodCgroupHoldsTheVM|TestPodCgroupRemovedAfterShimKilled|TestShimRuntimeInfo|TestContainerd2SandboxAPIRefused
+
+test-e2e-containerd2: deps guest ## the containerd 2.x lane of the e2e tests (root)
+	bin=$$(scripts/containerd-v2.sh $(CONTAINERD2_VERSION)) && \
+	BERTH_CONTAINERD=$$bin/containerd BERTH_E2E=1 BERTH_STATE_DIR=$(STATE_DIR) $(GO) test -count=1 -v -timeout 15m -run '^($(CONTAINERD2_TESTS))$$' ./test/e2e/...
+
+test: test-unit test-e2e test-e2e-containerd2 ## all tests (what CI runs)
 
 bench: deps guest rootfs ## benchmark: berth run vs the raw QEMU boot floor (table)
 	$(GO) run ./bench/boot -n 5 -berth $(BIN)/berth -state-dir $(STATE_DIR) -rootfs $(ROOTFS)

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"os"
 
 	"github.com/containerd/containerd/runtime/v2/shim"
 
@@ -12,6 +13,9 @@ import (
 )
 
 func main() {
+	if berthshim.InfoRequested(os.Args[1:]) {
+		os.Exit(berthshim.RunInfo(os.Stdin, os.Stdout, os.Stderr))
+	}
 	berthshim.Register()
 	shim.RunManager(context.Background(), berthshim.NewManager(), berthshim.Options)
 }

@@ -53,3 +53,21 @@ func TestPodInfo(t *testing.T) {
 		}
 	}
 }
+
+func TestCgroupsPath(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"", ""},
+		{"/default/abc", ""}, // containerd's placeholder
+		{"/other/abc", "/other/abc"},
+		{"/kubepods/burstable/pod1/abc", "/kubepods/burstable/pod1/abc"},
+		{"kubepods-pod1.slice:cri-containerd:abc", "kubepods-pod1.slice:cri-containerd:abc"},
+	} {
+		spec := &specs.Spec{Linux: &specs.Linux{CgroupsPath: tc.in}}
+		if got := CgroupsPath(spec, "default", "abc"); got != tc.want {
+			t.Errorf("CgroupsPath(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	if got := CgroupsPath(&specs.Spec{}, "default", "abc"); got != "" {
+		t.Errorf("no linux section: %q", got)
+	}
+}

@@ -25,6 +25,9 @@ const cgroupFileName = "cgroup.json"
 type cgroupRecord struct {
 	Driver string `json:"driver"`
 	Path   string `json:"path"`
+	// Containers are the containers' own host cgroups (only with
+	// sandbox_cgroup_only = false and a pod cgroup from the spec).
+	Containers []string `json:"containers,omitempty"`
 }
 
 // detectHost reads the host's cgroup layout once per process: it does not
@@ -73,20 +76,41 @@ func hostCgroupManager(cfg *config.Config) (cgroup.Manager, error) {
 	return actual.(cgroup.Manager), nil
 }
 
-// CgroupPath is the host cgroup of sandbox id: Berth's own
-// "<parent>/<id>" (a scope in the parent slice with systemd), or with
-// sandbox_cgroup_only = false the pod cgroup containerd passed
-// (podCgroupsPath, the sandbox container's linux.cgroupsPath) when there
-// is one.
-func CgroupPath(cfg *config.Config, id, podCgroupsPath string) string {
+// CgroupPath is the host cgroup that holds sandbox id's VMM (QEMU with
+// all its threads, and virtiofsd). specPath is the sandbox container's
+// linux.cgroupsPath as the caller chose it ("" when the spec names none,
+// see oci.CgroupsPath):
+//
+//   - no spec path (`berth run`, `ctr run`): Berth's own "<parent>/<id>"
+//     (a scope in the parent slice with systemd);
+//   - sandbox_cgroup_only = true: the spec's path itself (below the
+//     kubelet's pod cgroup), one cgroup for the whole VM;
+//   - sandbox_cgroup_only = false: "berth-<id>" beside it, in the pod
+//     cgroup, while the containers' own paths get their limits (see
+//     perContainerCgroups).
+//
+// Either way the VM's cost is inside the pod's cgroup, where the kubelet
+// and containerd's PodSandboxStats read it.
+func CgroupPath(cfg *config.Config, id, specPath string) (string, error) {
 	c := cfg.Cgroup
-	if !c.SandboxCgroupOnly && podCgroupsPath != "" {
-		return podCgroupsPath
+	if specPath == "" {
+		if c.Manager == config.CgroupManagerSystemd {
+			return c.Parent + ":berth:" + id, nil
+		}
+		return c.Parent + "/" + id, nil
 	}
-	if c.Manager == config.CgroupManagerSystemd {
-		return c.Parent + ":berth:" + id
+	p, err := cgroup.SpecPath(c.Manager, specPath)
+	if err != nil {
+		return "", fmt.Errorf("pod cgroup: %w: %w", err, errdefs.ErrInvalidArgument)
 	}
-	return c.Parent + "/" + id
+	if c.SandboxCgroupOnly {
+		return p, nil
+	}
+	p, err = cgroup.Sibling(c.Manager, p, id)
+	if err != nil {
+		return "", fmt.Errorf("pod cgroup: %w: %w", err, errdefs.ErrInvalidArgument)
+	}
+	return p, nil
 }
 
 // createCgroup makes the sandbox's cgroup and records it.
@@ -95,18 +119,39 @@ func (s *Sandbox) createCgroup(ctx context.Context, opts Options, vmMiB int) (cg
 	if err != nil {
 		return nil, err
 	}
-	path := CgroupPath(s.cfg, s.id, opts.CgroupsPath)
+	path, err := CgroupPath(s.cfg, s.id, opts.CgroupsPath)
+	if err != nil {
+		return nil, err
+	}
 	s.vmMiB = vmMiB
+	s.pod.perContainer = opts.CgroupsPath != "" && !s.cfg.Cgroup.SandboxCgroupOnly
 	cg, err := m.New(ctx, path, cgroup.Limits{MemoryBytes: s.cfg.SandboxMemoryLimitBytes(vmMiB)})
 	if err != nil {
 		return nil, fmt.Errorf("sandbox cgroup: %w", err)
 	}
-	b, _ := json.Marshal(cgroupRecord{Driver: s.cfg.Cgroup.Manager, Path: cg.Path()})
-	if err := os.WriteFile(s.path(cgroupFileName), b, 0o600); err != nil {
+	s.cgroup = cg
+	if err := s.writeCgroupRecordLocked(); err != nil {
 		cg.Delete(ctx)
 		return nil, err
 	}
 	return cg, nil
+}
+
+// writeCgroupRecordLocked records every host cgroup of the sandbox (its
+// own and, with sandbox_cgroup_only = false, its containers'), replacing
+// the file atomically so that a reader after a crash sees one whole
+// version.
+func (s *Sandbox) writeCgroupRecordLocked() error {
+	rec := cgroupRecord{Driver: s.cfg.Cgroup.Manager, Path: s.cgroup.Path()}
+	for _, c := range s.pod.containers {
+		rec.Containers = append(rec.Containers, c.Path())
+	}
+	b, _ := json.Marshal(rec)
+	tmp := s.path(cgroupFileName + ".tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, s.path(cgroupFileName))
 }
 
 // removeRecordedCgroup removes the cgroup recorded in dir (Remove kills
@@ -132,7 +177,11 @@ func removeRecordedCgroup(ctx context.Context, dir string) error {
 	if err != nil {
 		return err
 	}
-	return m.Remove(ctx, rec.Path)
+	var errs []error
+	for _, p := range append(rec.Containers, rec.Path) {
+		errs = append(errs, m.Remove(ctx, p))
+	}
+	return errors.Join(errs...)
 }
 
 // SetVMMemory records that the VM now has memoryMiB of memory and moves

@@ -90,9 +90,21 @@ func cell(ctx context.Context, t *testing.T, machine string, only bool, layout c
 	if err != nil || m == nil {
 		t.Fatalf("NewCgroupManager = %v, %v", m, err)
 	}
-	path := CgroupPath(cfg, id, podPath)
-	if only && !strings.Contains(path, "berth") || !only && path != podPath {
-		t.Errorf("sandbox_cgroup_only=%v: cgroup path %q", only, path)
+	path, err := CgroupPath(cfg, id, podPath)
+	if err != nil {
+		t.Fatalf("CgroupPath: %v", err)
+	}
+	// true: the pod's sandbox cgroup itself; false: the VMM's own
+	// cgroup beside it, inside the pod cgroup.
+	want := podPath
+	if !only {
+		want = "/kubepods/besteffort/pod42/berth-" + id
+		if manager == config.CgroupManagerSystemd {
+			want = "kubepods-besteffort-pod42.slice:berth:" + id
+		}
+	}
+	if path != want {
+		t.Errorf("sandbox_cgroup_only=%v: cgroup path %q, want %q", only, path, want)
 	}
 	cg, err := m.New(ctx, path, cgroup.Limits{MemoryBytes: cfg.SandboxMemoryLimitBytes(cfg.Hypervisor.DefaultMemoryMiB)})
 	if err != nil || cg == nil {

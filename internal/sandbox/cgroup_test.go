@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -74,18 +75,43 @@ func TestPlainContainerQuotaCounts(t *testing.T) {
 
 func TestCgroupPath(t *testing.T) {
 	cfg := config.Default()
-	if got := CgroupPath(cfg, "abc", "/kubepods/pod1/abc"); got != "/berth/abc" {
-		t.Errorf("sandbox_cgroup_only: %q", got)
-	}
-	cfg.Cgroup.SandboxCgroupOnly = false
-	if got := CgroupPath(cfg, "abc", "/kubepods/pod1/abc"); got != "/kubepods/pod1/abc" {
-		t.Errorf("pod cgroup: %q", got)
-	}
-	if got := CgroupPath(cfg, "abc", ""); got != "/berth/abc" {
-		t.Errorf("no pod cgroup: %q", got)
-	}
-	cfg.Cgroup.Manager, cfg.Cgroup.Parent, cfg.Cgroup.SandboxCgroupOnly = config.CgroupManagerSystemd, "berth.slice", true
-	if got := CgroupPath(cfg, "abc", ""); got != "berth.slice:berth:abc" {
-		t.Errorf("systemd: %q", got)
+	for _, tc := range []struct {
+		manager  string
+		only     bool
+		spec     string
+		want     string
+		wantFail bool
+	}{
+		// No path from the spec (berth run, ctr run): Berth's own parent.
+		{config.CgroupManagerCgroupfs, true, "", "/berth/abc", false},
+		{config.CgroupManagerCgroupfs, false, "", "/berth/abc", false},
+		{config.CgroupManagerSystemd, true, "", "berth.slice:berth:abc", false},
+		// The kubelet's pod cgroup: the VM is the sandbox's cgroup...
+		{config.CgroupManagerCgroupfs, true, "/kubepods/pod1/abc", "/kubepods/pod1/abc", false},
+		// ...or beside the containers' own cgroups, in the pod cgroup.
+		{config.CgroupManagerCgroupfs, false, "/kubepods/pod1/abc", "/kubepods/pod1/berth-abc", false},
+		// systemd syntax on a cgroupfs host: where systemd would put it.
+		{config.CgroupManagerCgroupfs, true, "kubepods-pod1.slice:cri-containerd:abc", "/kubepods.slice/kubepods-pod1.slice/cri-containerd-abc.scope", false},
+		{config.CgroupManagerSystemd, true, "kubepods-pod1.slice:cri-containerd:abc", "kubepods-pod1.slice:cri-containerd:abc", false},
+		{config.CgroupManagerSystemd, false, "kubepods-pod1.slice:cri-containerd:abc", "kubepods-pod1.slice:berth:abc", false},
+		// A cgroupfs path cannot name a systemd scope.
+		{config.CgroupManagerSystemd, true, "/kubepods/pod1/abc", "", true},
+		{config.CgroupManagerCgroupfs, true, "/kubepods/../abc", "", true},
+		{config.CgroupManagerCgroupfs, false, "/abc", "/berth-abc", false},
+	} {
+		cfg.Cgroup.Manager, cfg.Cgroup.SandboxCgroupOnly, cfg.Cgroup.Parent = tc.manager, tc.only, "/berth"
+		if tc.manager == config.CgroupManagerSystemd {
+			cfg.Cgroup.Parent = "berth.slice"
+		}
+		got, err := CgroupPath(cfg, "abc", tc.spec)
+		if tc.wantFail {
+			if err == nil || !strings.Contains(err.Error(), "cgroup") {
+				t.Errorf("%s only=%v %q: %q, %v; want an error", tc.manager, tc.only, tc.spec, got, err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%s only=%v %q: %q, %v; want %q", tc.manager, tc.only, tc.spec, got, err, tc.want)
+		}
 	}
 }

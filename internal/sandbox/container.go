@@ -77,6 +77,10 @@ type ContainerConfig struct {
 	// namespaces CRI app containers join; 0 when there is none.
 	SandboxInitPid uint32
 	IO             IO
+	// CgroupsPath is the container's linux.cgroupsPath as the caller
+	// chose it (see oci.CgroupsPath), "" for none; with
+	// sandbox_cgroup_only = false it exists on the host (podCgroups).
+	CgroupsPath string
 }
 
 // CreateContainer shares the container's root file system and host bind
@@ -105,6 +109,14 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (_ *P
 	defer func() {
 		if retErr != nil {
 			s.releaseMounts(id)
+		}
+	}()
+	if err := s.addContainerCgroup(ctx, id, cc.CgroupsPath, linuxResources(cc.Spec.Linux)); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			s.removeContainerCgroup(context.WithoutCancel(ctx), id)
 		}
 	}()
 	// Devices first: a request that cannot be met fails before anything
@@ -251,6 +263,7 @@ func (s *Sandbox) DeleteContainer(ctx context.Context, id string) error {
 	}
 	_, err := s.agent.Delete(ctx, &api.DeleteRequest{ContainerId: id})
 	s.updateHostCPU(ctx, id, nil, true)
+	s.removeContainerCgroup(ctx, id)
 	if rerr := s.releaseMounts(id); err == nil {
 		err = rerr
 	}
@@ -476,6 +489,7 @@ func (s *Sandbox) UpdateContainer(ctx context.Context, id string, res *specs.Lin
 		return s.rpcError("update", err)
 	}
 	s.updateHostCPU(ctx, id, &specs.Linux{Resources: res}, false)
+	s.updateContainerCgroup(ctx, id, res)
 	return nil
 }
 

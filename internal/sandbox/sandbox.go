@@ -50,8 +50,8 @@ type Options struct {
 	// (see qemu.CachedAccel) so that every sandbox does not probe again.
 	Accel qemu.Accel
 	// CgroupsPath is the host cgroup containerd asked for the pod (the
-	// sandbox container's linux.cgroupsPath); used only with
-	// cgroup.sandbox_cgroup_only = false. "" when there is none.
+	// sandbox container's linux.cgroupsPath, see oci.CgroupsPath); ""
+	// when there is none. CgroupPath says what becomes of it.
 	CgroupsPath string
 	// ColdPlugVFIO are VFIO groups to put on QEMU's command line (see
 	// ColdPlugVFIO); the container that asked for them finds them
@@ -80,6 +80,7 @@ type Sandbox struct {
 	// cgroup holds the VMM and virtiofsd; never nil once Create
 	// succeeded (cgroup.manager = "none" gives a no-op one).
 	cgroup cgroup.Cgroup
+	pod    podCgroups // the containers' own host cgroups, if any
 	dialer transport.Dialer
 	rpc    *ttrpc.Client
 	agent  api.AgentService
@@ -501,6 +502,7 @@ func (s *Sandbox) destroy(ctx context.Context) error {
 	if err := s.cgroup.Delete(ctx); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, s.deleteContainerCgroups(ctx))
 	s.mu.Lock()
 	ids := make([]string, 0, len(s.mounts))
 	for id := range s.mounts {

@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/containerd/pkg/shutdown"
 	"github.com/containerd/containerd/plugin"
 	"github.com/containerd/containerd/runtime/v2/shim"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -72,6 +73,9 @@ func (Manager) Name() string { return RuntimeName }
 // containerd 1.6 (which cannot parse 2.x's JSON bootstrap) and 2.x accept.
 func (Manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ string, retErr error) {
 	spec, err := readSpecAnnotations(".")
+	if errors.Is(err, os.ErrNotExist) {
+		return "", errSandboxAPI(id)
+	}
 	if err != nil {
 		return "", err
 	}
@@ -185,6 +189,15 @@ func validateIDs(containerID, sandboxID string) error {
 		return err
 	}
 	return nil
+}
+
+// errSandboxAPI explains a bundle without config.json: containerd 2.x
+// starts a shim that way only for its Sandbox API (the CRI runtime's
+// `sandboxer = "shim"`), and then drives it through a sandbox service
+// Berth does not serve; the task API path (sandboxer = "podsandbox", the
+// default) runs the same pods.
+func errSandboxAPI(id string) error {
+	return fmt.Errorf("bundle of %q has no config.json: containerd is using its Sandbox API (sandboxer = \"shim\" in the berth runtime's CRI settings), which Berth does not serve; remove the sandboxer setting or set sandboxer = \"podsandbox\" (docs/containerd.md): %w", id, errdefs.ErrNotImplemented)
 }
 
 // readSpecAnnotations reads only what the manager needs from config.json.

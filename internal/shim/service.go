@@ -265,6 +265,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 	}
 	sp, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{
 		ID: r.ID, Spec: spec, RootfsDir: rootfs, SandboxInitPid: sandboxPid, IO: hio.IO,
+		CgroupsPath: oci.CgroupsPath(spec, ns, r.ID),
 	})
 	if err != nil {
 		hio.Close()
@@ -320,10 +321,8 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 		return nil, 0, err
 	}
 	sandbox.CleanupStale(cfg.RunDir)
-	cgroupsPath := ""
-	if spec.Linux != nil {
-		cgroupsPath = spec.Linux.CgroupsPath
-	}
+	ns, _ := namespaces.Namespace(ctx)
+	cgroupsPath := oci.CgroupsPath(spec, ns, sandboxID)
 	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: sandboxID, Accel: accel, CgroupsPath: cgroupsPath, ColdPlugVFIO: cold})
 	if err != nil {
 		return nil, 0, fmt.Errorf("start sandbox VM: %w", err)

@@ -277,12 +277,12 @@ func TestSeed001CgroupMisconfigurationIsAnErrorNotACrash(t *testing.T) {
 	sock := strings.TrimSpace(string(out))
 	// The main instance (started above) packed the image archive.
 	archive := filepath.Join(ctrd.dir, "docker.io_library_busybox_berth.tar")
-	if out, err := exec.Command("ctr", "-a", sock, "images", "import", archive).CombinedOutput(); err != nil {
+	if out, err := exec.Command(ctrBinary(), "-a", sock, "images", "import", archive).CombinedOutput(); err != nil {
 		t.Fatalf("import: %v: %s", err, out)
 	}
-	r, _ := exec.Command("ctr", "-a", sock, "run", "--rm", "--runtime", berthRuntime, busyboxImage, "seed001", "true").CombinedOutput()
+	r, _ := exec.Command(ctrBinary(), "-a", sock, "run", "--rm", "--runtime", berthRuntime, busyboxImage, "seed001", "true").CombinedOutput()
 	msg := string(r)
-	exec.Command("ctr", "-a", sock, "container", "rm", "seed001").Run()
+	exec.Command(ctrBinary(), "-a", sock, "container", "rm", "seed001").Run()
 	if !strings.Contains(msg, "cgroup.manager") || !strings.Contains(msg, "systemd") {
 		t.Errorf("ctr run with the systemd driver on a host without systemd: want an error naming cgroup.manager, got:\n%s", msg)
 	}
@@ -394,7 +394,8 @@ func TestCgroupCPUQuotaFollowsCRIUpdate(t *testing.T) {
 		t.Fatalf("CreateContainer: %v", err)
 	}
 	c.startContainer(t, resp.ContainerId)
-	path := env.cgroupParent + "/" + pod.id
+	// The pod's VM is the sandbox's cgroup below the pod cgroup.
+	path := pod.config.Linux.CgroupParent + "/" + pod.id
 	if got, want := hostCPUQuota(t, path), quotaString(t, 50000); got != want {
 		t.Errorf("host cgroup CPU quota %q, want %q (0.5 CPU)", got, want)
 	}

@@ -17,6 +17,38 @@ import (
 
 // The containerd tests run Debian's containerd (1.6.20 on Debian 12) with a
 // private root, state and socket, and Berth's shim from bin/ on its PATH.
+// BERTH_CONTAINERD=/path/to/containerd runs them against another build
+// (the containerd 2.x lane: scripts/containerd-v2.sh), with the ctr found
+// next to it.
+
+// ctrBinary is the ctr that matches the containerd under test.
+func ctrBinary() string {
+	if c := os.Getenv("BERTH_CONTAINERD"); c != "" {
+		if p := filepath.Join(filepath.Dir(c), "ctr"); isExecutable(p) {
+			return p
+		}
+	}
+	return "ctr"
+}
+
+func isExecutable(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode()&0o111 != 0
+}
+
+// containerdV2 reports whether the containerd under test is 2.x.
+func containerdV2() bool {
+	return os.Getenv("BERTH_CONTAINERD") != "" && !strings.Contains(containerdVersion(), " 1.")
+}
+
+func containerdVersion() string {
+	bin := os.Getenv("BERTH_CONTAINERD")
+	if bin == "" {
+		bin = "containerd"
+	}
+	out, _ := exec.Command(bin, "--version").Output()
+	return string(out)
+}
 
 const (
 	busyboxImage = "docker.io/library/busybox:berth"
@@ -46,7 +78,7 @@ func containerd(t *testing.T) string {
 func startContainerd() error {
 	ctrd.dir = filepath.Join(filepath.Dir(env.runDir), "containerd")
 	cmd := exec.Command(filepath.Join(repoRoot(), "scripts", "containerd-private.sh"), "start", ctrd.dir, filepath.Join(repoRoot(), "bin"))
-	cmd.Env = append(os.Environ(), "BERTH_CONFIG="+env.config)
+	cmd.Env = containerdEnv()
 	out, err := cmd.Output()
 	if err != nil {
 		return fmt.Errorf("start: %v: %s", err, exitStderr(err))
@@ -70,12 +102,20 @@ func startContainerd() error {
 			return err
 		}
 		for _, ns := range []string{"default", "k8s.io"} {
-			if out, err := exec.Command("ctr", "-a", ctrd.sock, "-n", ns, "images", "import", archive).CombinedOutput(); err != nil {
+			if out, err := exec.Command(ctrBinary(), "-a", ctrd.sock, "-n", ns, "images", "import", archive).CombinedOutput(); err != nil {
 				return fmt.Errorf("import %s: %v: %s", img.ref, err, out)
 			}
 		}
 	}
 	return nil
+}
+
+// containerdEnv is the environment of the private containerd: its shims
+// read the test configuration, and handler berth-split reads the one with
+// per-container host cgroups.
+func containerdEnv() []string {
+	return append(os.Environ(), "BERTH_CONFIG="+env.config, "BERTH_RUNTIME_CONFIGS="+criSplitHandler+"="+env.configSplit,
+		"BERTH_SHIM_SANDBOXER_HANDLER="+criSandboxAPIHandler)
 }
 
 func stopContainerd() {
@@ -94,7 +134,7 @@ func exitStderr(err error) string {
 // ctr runs ctr against the private containerd.
 func ctr(t *testing.T, args ...string) result {
 	t.Helper()
-	return runCommand(t, exec.Command("ctr", append([]string{"-a", ctrd.sock}, args...)...), "")
+	return runCommand(t, exec.Command(ctrBinary(), append([]string{"-a", ctrd.sock}, args...)...), "")
 }
 
 func mustCtr(t *testing.T, args ...string) string {
@@ -271,7 +311,7 @@ func TestCtrContainerdRestartKeepsTask(t *testing.T) {
 // restartContainerd starts containerd again on the same directories.
 func restartContainerd() error {
 	cmd := exec.Command(filepath.Join(repoRoot(), "scripts", "containerd-private.sh"), "start", ctrd.dir, filepath.Join(repoRoot(), "bin"))
-	cmd.Env = append(os.Environ(), "BERTH_CONFIG="+env.config)
+	cmd.Env = containerdEnv()
 	if out, err := cmd.Output(); err != nil {
 		return fmt.Errorf("restart containerd: %v: %s %s", err, out, exitStderr(err))
 	}
@@ -305,7 +345,7 @@ func TestCtrPodAnnotationsAreAllowListed(t *testing.T) {
 func TestCtrOOMKillPublishesTaskOOM(t *testing.T) {
 	containerd(t)
 	defer assertNoLeaks(t)
-	events := exec.Command("ctr", "-a", ctrd.sock, "events")
+	events := exec.Command(ctrBinary(), "-a", ctrd.sock, "events")
 	var out syncBuffer
 	events.Stdout = &out
 	if err := events.Start(); err != nil {

@@ -88,6 +88,16 @@ func (c *criClient) runPod(t *testing.T, name string) *criPod {
 func (c *criClient) runPodWith(t *testing.T, name, handler string, annotations map[string]string) *criPod {
 	t.Helper()
 	uid := fmt.Sprintf("%s-%d", name, time.Now().UnixNano())
+	return c.runPodIn(t, name, handler, annotations, "/kubepods/besteffort/pod"+uid)
+}
+
+// runPodIn starts a pod whose CRI cgroup_parent is cgroupParent (the pod
+// cgroup the kubelet would have made); the pod's host cgroups are below
+// it, and the leak check looks there (trackPodCgroup).
+func (c *criClient) runPodIn(t *testing.T, name, handler string, annotations map[string]string, cgroupParent string) *criPod {
+	t.Helper()
+	uid := strings.TrimPrefix(filepath.Base(cgroupParent), "pod")
+	trackPodCgroup(t, cgroupParent)
 	logDir := t.TempDir()
 	config := &cri.PodSandboxConfig{
 		Metadata: &cri.PodSandboxMetadata{Name: name, Uid: uid, Namespace: "berth-e2e", Attempt: 0},
@@ -100,7 +110,7 @@ func (c *criClient) runPodWith(t *testing.T, name, handler string, annotations m
 		Linux: &cri.LinuxPodSandboxConfig{
 			// What the kubelet passes with the cgroupfs driver; the guest
 			// must not care.
-			CgroupParent: "/kubepods/besteffort/pod" + uid,
+			CgroupParent: cgroupParent,
 			SecurityContext: &cri.LinuxSandboxSecurityContext{
 				NamespaceOptions: &cri.NamespaceOption{
 					Network: cri.NamespaceMode_NODE,

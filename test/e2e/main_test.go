@@ -26,7 +26,9 @@ var env struct {
 	stateDir string // holds the built guest image
 	runDir   string // private run_dir of this test binary
 	config   string // config file pointing at runDir
-	rootfs   string // busybox root file system
+	// configSplit is config with cgroup.sandbox_cgroup_only = false.
+	configSplit string
+	rootfs      string // busybox root file system
 	// cgroupParent is cgroup.parent of the test configuration: private to
 	// this test binary, so that its leak check sees only its sandboxes.
 	cgroupParent string
@@ -85,6 +87,12 @@ func setup() error {
 	cfg := fmt.Sprintf("state_dir = %q\nrun_dir = %q\n[runtime]\nenable_annotations = [\"hypervisor.default_memory\"]\n[cgroup]\nparent = %q\n",
 		env.stateDir, env.runDir, env.cgroupParent)
 	if err := os.WriteFile(env.config, []byte(cfg), 0o644); err != nil {
+		return err
+	}
+	// The same with per-container host cgroups: containerd's runtime
+	// handler "berth-split" passes it as the shim's ConfigPath.
+	env.configSplit = filepath.Join(tmp, "config-split.toml")
+	if err := os.WriteFile(env.configSplit, []byte(cfg+"sandbox_cgroup_only = false\n"), 0o644); err != nil {
 		return err
 	}
 	env.rootfs = filepath.Join(tmp, "rootfs")
@@ -193,8 +201,9 @@ func leaks() []string {
 		out = append(out, "sandbox dir "+e.Name())
 	}
 	// Sandbox cgroups: each is a directory below the parent in every
-	// hierarchy; the memory one (or the unified one) stands for all.
-	for _, d := range cgroupParentDirs() {
+	// hierarchy; the memory one (or the unified one) stands for all. CRI
+	// pods' cgroups are below their pod cgroups (podCgroupParents).
+	for _, d := range append(cgroupParentDirs(), podCgroupDirs()...) {
 		sub, _ := os.ReadDir(d)
 		for _, e := range sub {
 			if e.IsDir() {
