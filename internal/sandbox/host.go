@@ -99,8 +99,10 @@ func unmount(path string) error {
 
 // virtiofsd is the daemon serving the shared directory to the guest.
 type virtiofsd struct {
-	cmd      *exec.Cmd
-	done     chan struct{}
+	cmd  *exec.Cmd
+	done chan struct{}
+	// waitErr is how it ended; set before done is closed.
+	waitErr  error
 	log      *os.File
 	stopOnce sync.Once
 }
@@ -122,7 +124,7 @@ func startVirtiofsd(ctx context.Context, bin, socket, source, cache string) (*vi
 		return nil, fmt.Errorf("start virtiofsd %s: %w (check hypervisor.virtiofsd_path; Debian ships it in qemu-system-common)", bin, err)
 	}
 	v := &virtiofsd{cmd: cmd, done: make(chan struct{}), log: logFile}
-	go func() { cmd.Wait(); close(v.done) }()
+	go func() { v.waitErr = cmd.Wait(); close(v.done) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if _, err := os.Stat(socket); err == nil {

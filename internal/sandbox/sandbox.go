@@ -98,6 +98,9 @@ type Sandbox struct {
 	memory memoryState
 	mgmt   io.Closer // management API server
 
+	// failure is why a helper process took the sandbox down (watch.go).
+	failure failure
+
 	destroyOnce sync.Once
 	destroyErr  error
 }
@@ -215,6 +218,7 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	s.vmm = vm
 	s.memory.hp = vm
 	undo.push(func() { vm.Kill() })
+	s.watchHelpers(virtiofsdHelper(fsd))
 	if m.Type == qemu.Q35 {
 		s.devices = device.NewManager(deviceConfig(cfg), topo, cold, qemuPlugger{vm, cfg}, qemuPlugger{vm, cfg})
 	}
@@ -405,7 +409,7 @@ func (s *Sandbox) connectAgent(ctx context.Context) error {
 				r.client.Close()
 			}
 		}()
-		return fmt.Errorf("the VM exited during boot: %v; last console lines:\n%s", s.vmm.ExitError(), s.consoleTail())
+		return fmt.Errorf("the VM exited during boot: %v; last console lines:\n%s", s.VMError(), s.consoleTail())
 	}
 }
 
@@ -432,8 +436,12 @@ func (s *Sandbox) VMMPid() int { return s.vmm.Pid() }
 // Done is closed when the VM has exited.
 func (s *Sandbox) Done() <-chan struct{} { return s.vmm.Done() }
 
-// VMError explains why the VM exited; call it after Done.
+// VMError explains why the VM exited; call it after Done. A helper's
+// failure that stopped the VM comes first: it is the cause.
 func (s *Sandbox) VMError() error {
+	if err := s.failure.reason(); err != nil {
+		return err
+	}
 	if err := s.vmm.ExitError(); err != nil {
 		return err
 	}
@@ -462,6 +470,7 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 
 func (s *Sandbox) destroy(ctx context.Context) error {
 	log := logrus.WithField("sandbox", s.id)
+	s.failure.closing.Store(true)
 	var errs []error
 	select {
 	case <-s.vmm.Done():

@@ -371,6 +371,10 @@ func (s *service) watchVM(sb *sandbox.Sandbox) {
 	}
 	s.mu.Unlock()
 	for _, p := range procs {
+		if !p.hasExited() {
+			log.G(s.ctx).WithError(sb.VMError()).WithField("container", p.containerID).WithField("exec", p.execID).
+				Warnf("reporting the process exited with status %d: its VM is gone", exitStatusVMGone)
+		}
 		s.markExited(p, exitStatusVMGone, time.Now())
 	}
 }
