@@ -54,3 +54,53 @@ func TestCtrVirtiofsdKilledStopsTask(t *testing.T) {
 		t.Errorf("the shim's log does not say virtiofsd died")
 	}
 }
+
+// TestCtrExecIntoPausedTaskRefused: runc's shim refuses an exec into a
+// paused task at once (containerd 1.6 and 2.x used to hang on Berth, and
+// resume, kill and delete with it); the task still resumes.
+func TestCtrExecIntoPausedTaskRefused(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	const id = "ctr-exec-paused"
+	mustCtr(t, "run", "-d", "--runtime", berthRuntime, busyboxImage, id, "sleep", "1000")
+	defer cleanupTask(t, id)
+	mustCtr(t, "task", "pause", id)
+	r := ctr(t, "task", "exec", "--exec-id", "in-paused", id, "echo", "no")
+	if r.code == 0 || !strings.Contains(r.stderr, "cannot exec in a paused state") || !strings.Contains(r.stderr, "failed precondition") {
+		t.Fatalf("exec into a paused task: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if r.elapsed > 2*time.Second {
+		t.Errorf("refusing the exec took %v", r.elapsed)
+	}
+	mustCtr(t, "task", "resume", id)
+	if st := taskStatus(t, id); st != "RUNNING" {
+		t.Fatalf("status %q after resume", st)
+	}
+	r = ctr(t, "task", "exec", "--exec-id", "after-resume", id, "echo", "yes")
+	if r.code != 0 || r.stdout != "yes\n" {
+		t.Fatalf("exec after resume: exit %d, %q, %s", r.code, r.stdout, r.stderr)
+	}
+	mustCtr(t, "task", "kill", "-s", "KILL", id)
+	waitStatus(t, id, "STOPPED", 10*time.Second)
+	// Kill of an exited task succeeds, as CRI expects.
+	mustCtr(t, "task", "kill", "-s", "KILL", id)
+	mustCtr(t, "task", "delete", id)
+	mustCtr(t, "container", "rm", id)
+}
+
+// TestCtrExecIntoStoppedTaskRefused: the exec never reaches the guest
+// (it used to fail there with "lstat /proc/N/ns/ipc" and a TaskExit 255).
+func TestCtrExecIntoStoppedTaskRefused(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	const id = "ctr-exec-stopped"
+	mustCtr(t, "run", "-d", "--runtime", berthRuntime, busyboxImage, id, "true")
+	defer cleanupTask(t, id)
+	waitStatus(t, id, "STOPPED", 30*time.Second)
+	r := ctr(t, "task", "exec", "--exec-id", "in-stopped", id, "echo", "no")
+	if r.code == 0 || !strings.Contains(r.stderr, "cannot exec in a stopped state") || !strings.Contains(r.stderr, "failed precondition") {
+		t.Fatalf("exec into a stopped task: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	mustCtr(t, "task", "delete", id)
+	mustCtr(t, "container", "rm", id)
+}
