@@ -7,6 +7,7 @@ import (
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/memory"
 	"github.com/berth-runtime/berth/internal/sandbox"
 )
@@ -28,7 +29,8 @@ func memoryLimit(res *specs.LinuxResources) int64 {
 
 // memoryTarget sums the limits of the pod's containers, with override
 // replacing (or adding) one container's limit.
-func (s *service) memoryTarget(sb *sandbox.Sandbox, overrideID string, overrideLimit int64) int {
+// The overhead is cfg's: the configuration of the request at hand.
+func (s *service) memoryTarget(cfg *config.Config, sb *sandbox.Sandbox, overrideID string, overrideLimit int64) int {
 	s.mu.Lock()
 	var limits []int64
 	for id, c := range s.containers {
@@ -42,12 +44,24 @@ func (s *service) memoryTarget(sb *sandbox.Sandbox, overrideID string, overrideL
 	}
 	st := sb.MemoryStatus(s.ctx)
 	l := memory.Limits{Mechanism: st.Mechanism, BootMiB: st.GuestAtBootMiB, MaxMiB: st.MaxGuestMiB}
-	return memory.Target(l, s.cfg.Hypervisor.MemoryOverheadMiB, limits)
+	return memory.Target(l, cfg.Hypervisor.MemoryOverheadMiB, limits)
+}
+
+// podConfig is the configuration the pod's VM was booted with.
+func (s *service) podConfig() *config.Config {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.podCfg == nil {
+		// No VM yet, or it is gone: nothing is sized with it then, but
+		// never hand out nil.
+		return config.Default()
+	}
+	return s.podCfg
 }
 
 // growFor makes room for a container's new limit before it takes effect.
-func (s *service) growFor(ctx context.Context, sb *sandbox.Sandbox, id string, limit int64) error {
-	target := s.memoryTarget(sb, id, limit)
+func (s *service) growFor(ctx context.Context, cfg *config.Config, sb *sandbox.Sandbox, id string, limit int64) error {
+	target := s.memoryTarget(cfg, sb, id, limit)
 	if st := sb.MemoryStatus(ctx); st.Mechanism == memory.None || target <= st.GuestCurrentMiB {
 		return nil
 	}
@@ -59,8 +73,8 @@ func (s *service) growFor(ctx context.Context, sb *sandbox.Sandbox, id string, l
 
 // shrinkToFit returns memory no container needs any more. Failure is
 // logged, not returned: the containers run either way.
-func (s *service) shrinkToFit(ctx context.Context, sb *sandbox.Sandbox) {
-	target := s.memoryTarget(sb, "", 0)
+func (s *service) shrinkToFit(ctx context.Context, cfg *config.Config, sb *sandbox.Sandbox) {
+	target := s.memoryTarget(cfg, sb, "", 0)
 	st := sb.MemoryStatus(ctx)
 	if st.Mechanism == memory.None || target >= st.GuestCurrentMiB {
 		return

@@ -65,9 +65,13 @@ type service struct {
 
 	mu sync.Mutex
 	// booting is closed when a boot of the pod's VM in progress ends.
-	booting    chan struct{}
-	sb         *sandbox.Sandbox
-	sandboxID  string
+	booting   chan struct{}
+	sb        *sandbox.Sandbox
+	sandboxID string
+	// podCfg is the configuration the pod's VM was booted with (its
+	// sandbox container's, annotations applied); requests that carry no
+	// configuration of their own (Update, Delete) use it.
+	podCfg     *config.Config
 	containers map[string]*container
 }
 
@@ -112,10 +116,20 @@ func (s *service) configFor(r *taskAPI.CreateTaskRequest) (*config.Config, error
 			return nil, fmt.Errorf("decode runtime options: %w", err)
 		}
 		if o, ok := v.(*runtimeoptions.Options); ok && o.ConfigPath != "" {
-			return config.Load(o.ConfigPath, config.Overrides{StateDir: os.Getenv("BERTH_STATE_DIR")})
+			// Validated exactly like the default: with the host's facts,
+			// so that a combination this host cannot run fails here,
+			// naming the key, rather than when a sandbox starts.
+			return config.Load(o.ConfigPath, config.Overrides{StateDir: os.Getenv("BERTH_STATE_DIR"), Host: sandbox.HostFacts()})
 		}
 	}
-	return s.cfg, s.cfgErr
+	if s.cfgErr != nil {
+		return nil, s.cfgErr
+	}
+	if s.cfg == nil {
+		// Never reached: newService sets one of the two.
+		return nil, fmt.Errorf("no configuration loaded: %w", config.ErrInvalid)
+	}
+	return s.cfg, nil
 }
 
 // forwardEvents publishes events in the order they were sent, so that a
@@ -250,7 +264,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 	if spec.Linux != nil {
 		limit = memoryLimit(spec.Linux.Resources)
 	}
-	if err := s.growFor(ctx, sb, r.ID, limit); err != nil {
+	if err := s.growFor(ctx, cfg, sb, r.ID, limit); err != nil {
 		s.destroySandboxIfEmpty(ctx, c)
 		return 0, err
 	}
@@ -357,7 +371,7 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 		return nil, 0, fmt.Errorf("start sandbox VM: %w", err)
 	}
 	s.mu.Lock()
-	s.sb, s.sandboxID = sb, sandboxID
+	s.sb, s.sandboxID, s.podCfg = sb, sandboxID, cfg
 	s.mu.Unlock()
 	go s.watchVM(sb)
 	if err := serveMetrics(s.ctx, sb); err != nil {
@@ -602,7 +616,7 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 			// Publish the delete before the slow VM teardown.
 			defer sb.Destroy(context.WithoutCancel(ctx))
 		} else if vmAlive && c.memLimit() > 0 {
-			defer s.shrinkToFit(context.WithoutCancel(ctx), sb)
+			defer s.shrinkToFit(context.WithoutCancel(ctx), s.podConfig(), sb)
 		}
 	}
 	status, at := p.exit()
@@ -853,7 +867,7 @@ func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*em
 	// shrink it after lowering.
 	newLimit, oldLimit := memoryLimit(res), c.memLimit()
 	if res.Memory != nil && res.Memory.Limit != nil {
-		if err := s.growFor(ctx, sb, r.ID, newLimit); err != nil {
+		if err := s.growFor(ctx, s.podConfig(), sb, r.ID, newLimit); err != nil {
 			return nil, toGRPC(err)
 		}
 	}
@@ -863,7 +877,7 @@ func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*em
 	if res.Memory != nil && res.Memory.Limit != nil {
 		c.setMemLimit(newLimit)
 		if newLimit < oldLimit {
-			s.shrinkToFit(ctx, sb)
+			s.shrinkToFit(ctx, s.podConfig(), sb)
 		}
 	}
 	return &emptypb.Empty{}, nil

@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -103,4 +105,108 @@ func TestCtrExecIntoStoppedTaskRefused(t *testing.T) {
 	}
 	mustCtr(t, "task", "delete", id)
 	mustCtr(t, "container", "rm", id)
+}
+
+// badConfig writes a test-private configuration with a value of the wrong
+// type (the machine's /etc/berth is never touched).
+func badConfig(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "bad.toml")
+	cfg := fmt.Sprintf("state_dir = %q\nrun_dir = %q\n[hypervisor]\ndefault_memory = \"lots\"\n[cgroup]\nparent = %q\n", env.stateDir, env.runDir, env.cgroupParent)
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestCtrBadConfigPathFailsCreateNotShim: a runtime's ConfigPath naming a
+// malformed file fails the create with the key named; the pod's shim,
+// serving a running container, survives the request.
+func TestCtrBadConfigPathFailsCreateNotShim(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	const pod = "ctr-badcfg-pod"
+	mustCtr(t, "run", "-d", "--runtime", berthRuntime, busyboxImage, pod, "sleep", "1000")
+	defer cleanupTask(t, pod)
+	shims := shimPids()
+	if len(shims) != 1 {
+		t.Fatalf("shim pids %v, want one", shims)
+	}
+	bad := badConfig(t)
+	for i := 0; i < 2; i++ {
+		const app = "ctr-badcfg-app"
+		// The CRI annotations send the container to the pod's shim.
+		r := ctr(t, "run", "--rm", "--runtime", berthRuntime, "--runtime-config-path", bad,
+			"--annotation", "io.kubernetes.cri.sandbox-id="+pod, "--annotation", "io.kubernetes.cri.container-type=container",
+			busyboxImage, app, "true")
+		ctr(t, "container", "rm", app)
+		if r.code == 0 || !strings.Contains(r.stderr, "hypervisor.default_memory") {
+			t.Fatalf("create %d with a malformed ConfigPath: exit %d, stderr %q; want an error naming hypervisor.default_memory", i, r.code, r.stderr)
+		}
+		if err := syscall.Kill(shims[0], 0); err != nil {
+			t.Fatalf("the pod's shim (pid %d) died of the request: %v", shims[0], err)
+		}
+	}
+	if st := taskStatus(t, pod); st != "RUNNING" {
+		t.Fatalf("pod task %q after the failed creates", st)
+	}
+}
+
+// TestCtrBadDefaultConfigFailsEveryCreate: a malformed default
+// configuration (BERTH_CONFIG, which the shim inherits from containerd)
+// gives every create an error naming the key, not a crashed shim ("ttrpc:
+// closed"); no VM is started.
+func TestCtrBadDefaultConfigFailsEveryCreate(t *testing.T) {
+	containerd(t) // imports the image archives
+	defer assertNoLeaks(t)
+	dir := filepath.Join(filepath.Dir(env.runDir), "containerd-badcfg")
+	script := filepath.Join(repoRoot(), "scripts", "containerd-private.sh")
+	cmd := exec.Command(script, "start", dir, filepath.Join(repoRoot(), "bin"))
+	cmd.Env = append(os.Environ(), "BERTH_CONFIG="+badConfig(t))
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("start containerd: %v: %s", err, exitStderr(err))
+	}
+	defer exec.Command(script, "stop", dir).Run()
+	sock := strings.TrimSpace(string(out))
+	archive := filepath.Join(ctrd.dir, "docker.io_library_busybox_berth.tar")
+	if out, err := exec.Command("ctr", "-a", sock, "images", "import", archive).CombinedOutput(); err != nil {
+		t.Fatalf("import: %v: %s", err, out)
+	}
+	for i := 0; i < 2; i++ {
+		id := fmt.Sprintf("ctr-badcfg-%d", i)
+		r := runCommand(t, exec.Command("ctr", "-a", sock, "run", "--rm", "--runtime", berthRuntime, busyboxImage, id, "true"), "")
+		exec.Command("ctr", "-a", sock, "container", "rm", id).Run()
+		if r.code == 0 || !strings.Contains(r.stderr, "hypervisor.default_memory") || strings.Contains(r.stderr, "ttrpc: closed") {
+			t.Fatalf("create %d: exit %d, stderr %q; want an error naming hypervisor.default_memory", i, r.code, r.stderr)
+		}
+	}
+	if p := qemuPids(); len(p) > 0 {
+		t.Errorf("a VM was started with a malformed configuration: %v", p)
+	}
+	// A valid ConfigPath still works next to the malformed default, all
+	// the way through (sizing the VM used the missing default config and
+	// crashed the shim: a nil pointer, "ttrpc: closed").
+	r := runCommand(t, exec.Command("ctr", "-a", sock, "run", "--rm", "--runtime", berthRuntime, "--runtime-config-path", env.config,
+		"--memory-limit", "67108864", busyboxImage, "ctr-goodcfg", "echo", "ok"), "")
+	exec.Command("ctr", "-a", sock, "container", "rm", "ctr-goodcfg").Run()
+	if r.code != 0 || r.stdout != "ok\n" {
+		t.Fatalf("a good ConfigPath next to a malformed default: exit %d, %q, %s", r.code, r.stdout, r.stderr)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "containerd.log"))
+	if strings.Contains(string(b), "panic:") {
+		t.Errorf("a shim panicked:\n%s", b)
+	}
+	// Its shims exit once containerd has given up on the tasks.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		left := pidsMatching(func(c string) bool { return strings.Contains(c, "containerd-shim-berth-v2") && strings.Contains(c, sock) })
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("shims %v outlived their failed creates", left)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
