@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -100,6 +101,8 @@ type Sandbox struct {
 
 	// failure is why a helper process took the sandbox down (watch.go).
 	failure failure
+	// memFloor is what a resize must leave (floor.go).
+	memFloor atomic.Pointer[func() int]
 
 	destroyOnce sync.Once
 	destroyErr  error

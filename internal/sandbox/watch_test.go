@@ -106,3 +106,12 @@ func TestHelperExitedDescribesStatus(t *testing.T) {
 		}
 	}
 }
+
+func TestParseMemTotalMiB(t *testing.T) {
+	if got := parseMemTotalMiB("MemFree:  100 kB\nMemTotal:       24683568 kB\n"); got != 24105 {
+		t.Fatalf("got %d", got)
+	}
+	if got := parseMemTotalMiB("garbage"); got != 0 {
+		t.Fatalf("got %d", got)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -60,15 +61,56 @@ func (s *service) podConfig() *config.Config {
 }
 
 // growFor makes room for a container's new limit before it takes effect.
+//
+// A limit the VM could not give the container even alone is refused: it
+// used to be clamped silently, and the container then OOM-killed below
+// its limit.
 func (s *service) growFor(ctx context.Context, cfg *config.Config, sb *sandbox.Sandbox, id string, limit int64) error {
+	st := sb.MemoryStatus(ctx)
+	if st.Mechanism == memory.None {
+		return nil
+	}
+	if err := limitFits(st, cfg.Hypervisor.MemoryOverheadMiB, id, limit); err != nil {
+		return err
+	}
 	target := s.memoryTarget(cfg, sb, id, limit)
-	if st := sb.MemoryStatus(ctx); st.Mechanism == memory.None || target <= st.GuestCurrentMiB {
+	if target <= st.GuestCurrentMiB {
 		return nil
 	}
 	if _, err := sb.ResizeMemory(ctx, target); err != nil {
 		return fmt.Errorf("grow the pod's VM to %d MiB for container %s: %w", target, id, err)
 	}
 	return nil
+}
+
+// limitFits says whether a container's memory limit fits in the VM at
+// all: boot memory, overhead and the limit within hypervisor.default_maxmemory.
+func limitFits(st sandbox.MemoryStatus, overheadMiB int, id string, limit int64) error {
+	if limit <= 0 {
+		return nil
+	}
+	limitMiB := int((limit + (1 << 20) - 1) >> 20)
+	need := st.GuestAtBootMiB + overheadMiB + limitMiB
+	if need <= st.MaxGuestMiB {
+		return nil
+	}
+	return fmt.Errorf("container %s: its memory limit of %d MiB needs a VM of %d MiB (boot memory %d + hypervisor.memory_overhead %d + the limit), above the VM's maximum of %d MiB (hypervisor.default_maxmemory): lower the limit, or raise default_maxmemory: %w",
+		id, limitMiB, need, st.GuestAtBootMiB, overheadMiB, st.MaxGuestMiB, errdefs.ErrInvalidArgument)
+}
+
+// memoryFloor is the least memory the pod's containers need, for
+// `berth resize` to respect; 0 when no container has a limit.
+func (s *service) memoryFloor(sb *sandbox.Sandbox) int {
+	s.mu.Lock()
+	any := false
+	for _, c := range s.containers {
+		any = any || c.memLimit() > 0
+	}
+	s.mu.Unlock()
+	if !any {
+		return 0
+	}
+	return s.memoryTarget(s.podConfig(), sb, "", 0)
 }
 
 // shrinkToFit returns memory no container needs any more. Failure is

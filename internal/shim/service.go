@@ -374,6 +374,7 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 	s.sb, s.sandboxID, s.podCfg = sb, sandboxID, cfg
 	s.mu.Unlock()
 	go s.watchVM(sb)
+	sb.SetMemoryFloor(func() int { return s.memoryFloor(sb) })
 	if err := serveMetrics(s.ctx, sb); err != nil {
 		// Metrics are an observer's convenience; the pod runs without.
 		log.G(ctx).WithError(err).Warn("serve sandbox metrics")

@@ -210,3 +210,33 @@ func TestCtrBadDefaultConfigFailsEveryCreate(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestCtrMemoryLimitBounds: a container limit above what the VM can ever
+// have (hypervisor.default_maxmemory) is refused at create, naming the
+// key, instead of being clamped; `berth resize` below a running
+// container's limit is refused and changes nothing.
+func TestCtrMemoryLimitBounds(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	r := ctr(t, "run", "--rm", "--runtime", berthRuntime, "--memory-limit", "34359738368", busyboxImage, "ctr-limit-huge", "true")
+	ctr(t, "container", "rm", "ctr-limit-huge")
+	if r.code == 0 || !strings.Contains(r.stderr, "hypervisor.default_maxmemory") {
+		t.Fatalf("32 GiB limit: exit %d, stderr %q; want an error naming hypervisor.default_maxmemory", r.code, r.stderr)
+	}
+
+	const id = "ctr-limit-floor"
+	mustCtr(t, "run", "-d", "--runtime", berthRuntime, "--memory-limit", "1073741824", busyboxImage, id, "sleep", "1000")
+	defer cleanupTask(t, id)
+	before := berthStatus(t, id).Memory.GuestCurrentMiB
+	r = berth(t, "", "resize", id, "--memory", "512M")
+	if r.code == 0 || !strings.Contains(r.stderr, "memory limits") {
+		t.Fatalf("resize below the container's 1 GiB limit: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if after := berthStatus(t, id).Memory.GuestCurrentMiB; after != before {
+		t.Errorf("a refused resize changed the VM from %d to %d MiB", before, after)
+	}
+	mustCtr(t, "task", "kill", "-s", "KILL", id)
+	waitStatus(t, id, "STOPPED", 10*time.Second)
+	mustCtr(t, "task", "delete", id)
+	mustCtr(t, "container", "rm", id)
+}
