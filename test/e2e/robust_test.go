@@ -200,7 +200,9 @@ func TestCtrBadDefaultConfigFailsEveryCreate(t *testing.T) {
 	// Its shims exit once containerd has given up on the tasks.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		left := pidsMatching(func(c string) bool { return strings.Contains(c, "containerd-shim-berth-v2") && strings.Contains(c, sock) })
+		left := pidsMatching(func(c string) bool {
+			return strings.Contains(c, "containerd-shim-berth-v2") && strings.Contains(c, sock)
+		})
 		if len(left) == 0 {
 			break
 		}
