@@ -216,7 +216,10 @@ func (s *Service) create(ctx context.Context, req *api.CreateRequest) (int, erro
 		}
 	}
 	if _, err := os.Stat(spec.Root.Path); err != nil {
-		return 0, fmt.Errorf("container root %s: %w", spec.Root.Path, errdefs.ErrNotFound)
+		// Not NotFound: that class means "the program does not exist"
+		// (exit 127); a root file system that did not reach the guest
+		// is Berth's failure.
+		return 0, fmt.Errorf("container root %s is missing in the guest: %v: %w", spec.Root.Path, err, errdefs.ErrFailedPrecondition)
 	}
 	if spec.Linux.Seccomp != nil {
 		// The agent is built without libseccomp; the VM is the isolation
@@ -263,7 +266,7 @@ func (s *Service) create(ctx context.Context, req *api.CreateRequest) (int, erro
 	if err != nil {
 		p.release()
 		lc.Destroy()
-		return 0, fmt.Errorf("start init of container %q: %w", id, err)
+		return 0, classifyExecFailure(fmt.Errorf("start init of container %q: %w", id, err))
 	}
 	c := &container{id: id, lc: lc, init: p, execs: map[string]*process{}, privatePidNS: lcConfig.Namespaces.IsPrivate(configs.NEWPID)}
 	if err := p.markStarted(nil); err != nil {
@@ -363,7 +366,7 @@ func (s *Service) Start(ctx context.Context, req *api.StartRequest) (*api.StartR
 		if !p.hasExited() {
 			close(p.exited)
 		}
-		return nil, toGRPC(fmt.Errorf("start exec %q in container %q: %w", p.id, c.id, err))
+		return nil, toGRPC(classifyExecFailure(fmt.Errorf("start exec %q in container %q: %w", p.id, c.id, err)))
 	}
 	return &api.StartResponse{Pid: uint32(p.pid)}, nil
 }

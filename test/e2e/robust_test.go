@@ -242,3 +242,36 @@ func TestCtrMemoryLimitBounds(t *testing.T) {
 	mustCtr(t, "task", "delete", id)
 	mustCtr(t, "container", "rm", id)
 }
+
+// TestCtrExecFailureClasses: the shim reports a program that does not
+// exist as NotFound and one that cannot be executed as PermissionDenied
+// (containerd's classes), for a task and for an exec, and the task stays
+// usable after a failed exec.
+func TestCtrExecFailureClasses(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	r := ctr(t, "run", "--rm", "--runtime", berthRuntime, busyboxImage, "ctr-nosuch", "/no/such/cmd")
+	ctr(t, "container", "rm", "ctr-nosuch")
+	if r.code == 0 || !strings.Contains(r.stderr, "no such file or directory: not found") {
+		t.Fatalf("run /no/such/cmd: exit %d, stderr %q; want a NotFound error", r.code, r.stderr)
+	}
+	const id = "ctr-exec-classes"
+	mustCtr(t, "run", "-d", "--runtime", berthRuntime, busyboxImage, id, "sleep", "1000")
+	defer cleanupTask(t, id)
+	r = ctr(t, "task", "exec", "--exec-id", "nosuch", id, "no-such-cmd")
+	if r.code == 0 || !strings.Contains(r.stderr, "executable file not found in $PATH: not found") {
+		t.Errorf("exec no-such-cmd: exit %d, stderr %q; want a NotFound error", r.code, r.stderr)
+	}
+	r = ctr(t, "task", "exec", "--exec-id", "noexec", id, "/etc/passwd")
+	if r.code == 0 || !strings.Contains(r.stderr, "permission denied") {
+		t.Errorf("exec /etc/passwd: exit %d, stderr %q; want a PermissionDenied error", r.code, r.stderr)
+	}
+	r = ctr(t, "task", "exec", "--exec-id", "ok", id, "echo", "fine")
+	if r.code != 0 || r.stdout != "fine\n" {
+		t.Fatalf("exec after failed execs: exit %d, %q, %s", r.code, r.stdout, r.stderr)
+	}
+	mustCtr(t, "task", "kill", "-s", "KILL", id)
+	waitStatus(t, id, "STOPPED", 10*time.Second)
+	mustCtr(t, "task", "delete", id)
+	mustCtr(t, "container", "rm", id)
+}
