@@ -209,6 +209,9 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 		return 0, err
 	}
 	sandboxID, isSandbox := oci.PodInfo(r.ID, spec.Annotations)
+	if err := oci.CheckHostNamespaces(spec, !isSandbox); err != nil {
+		return 0, fmt.Errorf("%v: %w", err, errdefs.ErrNotImplemented)
+	}
 	// Pod annotations are untrusted: only allow-listed keys pass.
 	cfg, err := base.WithAnnotations(spec.Annotations)
 	if err != nil {
