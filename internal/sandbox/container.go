@@ -155,6 +155,7 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (_ *P
 // Mounts whose source is a host disk (diskMounts) are not shared: the disk
 // is hot-plugged and the agent points the mount at the guest's node.
 func (s *Sandbox) shareMounts(id string, spec *specs.Spec, diskMounts map[int]bool) error {
+	subs := map[int][]string{} // see withWritableSubmounts
 	for i, m := range spec.Mounts {
 		if !oci.IsBindMount(m) || diskMounts[i] {
 			continue
@@ -170,7 +171,11 @@ func (s *Sandbox) shareMounts(id string, spec *specs.Spec, diskMounts map[int]bo
 		}
 		s.addMount(id, hostPath)
 		spec.Mounts[i].Source = guestPath
+		if rel := readOnlySubmounts(m); rel != nil {
+			subs[i] = rel
+		}
 	}
+	spec.Mounts = withWritableSubmounts(spec.Mounts, subs)
 	return nil
 }
 

@@ -116,7 +116,8 @@ func startVirtiofsd(ctx context.Context, bin, socket, source, cache string) (*vi
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "--socket-path="+socket, "-o", "source="+source, "-o", "cache="+cache)
+	args := append([]string{"--socket-path=" + socket, "-o", "source=" + source, "-o", "cache=" + cache}, announceSubmountsArgs(bin)...)
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := cmd.Start(); err != nil {

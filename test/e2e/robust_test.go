@@ -275,3 +275,34 @@ func TestCtrExecFailureClasses(t *testing.T) {
 	mustCtr(t, "task", "delete", id)
 	mustCtr(t, "container", "rm", id)
 }
+
+// TestCtrNonRecursiveReadOnlyMount: a read-only bind mount ("rbind,ro",
+// what CRI gives a readOnly volume) of a directory holding a writable
+// mount is read-only at the top and writable in the submount, as under
+// runc: virtiofsd announces submounts, so the guest keeps them apart.
+func TestCtrNonRecursiveReadOnlyMount(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	dir := t.TempDir()
+	vol, subSrc := filepath.Join(dir, "vol"), filepath.Join(dir, "sub-src")
+	for _, d := range []string{filepath.Join(vol, "sub"), subSrc} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := syscall.Mount(subSrc, filepath.Join(vol, "sub"), "", syscall.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Unmount(filepath.Join(vol, "sub"), syscall.MNT_DETACH)
+	script := `touch /vol/sub/ok && echo sub-writable; touch /vol/top 2>/dev/null && echo top-writable || echo top-read-only`
+	want := "sub-writable\ntop-read-only\n"
+	for _, rt := range []string{"io.containerd.runc.v2", berthRuntime} {
+		id := "ctr-rro-" + strings.ReplaceAll(rt, ".", "-")
+		r := ctr(t, "run", "--rm", "--runtime", rt, "--mount", "type=bind,src="+vol+",dst=/vol,options=rbind:ro", busyboxImage, id, "sh", "-c", script)
+		ctr(t, "container", "rm", id)
+		if r.code != 0 || r.stdout != want {
+			t.Errorf("%s: exit %d, stdout %q, want %q; stderr:\n%s", rt, r.code, r.stdout, want, r.stderr)
+		}
+		os.Remove(filepath.Join(subSrc, "ok"))
+	}
+}
