@@ -27,7 +27,7 @@ func TestMemoryFloor(t *testing.T) {
 
 func TestSubmountArgsFromHelp(t *testing.T) {
 	for help, want := range map[string]string{
-		"    -o announce_submounts      Announce sub-mount points to the guest": "-o announce_submounts",
+		"    -o announce_submounts      Announce sub-mount points to the guest":         "-o announce_submounts",
 		"      --announce-submounts  Tell the guest which directories are mount points": "--announce-submounts",
 		"usage: virtiofsd [options]": "",
 	} {
