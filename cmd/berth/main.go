@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
@@ -65,6 +66,7 @@ func newRootCmd() *cobra.Command {
 			return nil
 		},
 	}
+	root.SetFlagErrorFunc(flagError)
 	root.PersistentFlags().StringVar(&global.configPath, "config", "", "configuration file (default $BERTH_CONFIG or "+config.DefaultPath+")")
 	root.PersistentFlags().StringVar(&global.stateDir, "state-dir", "", "state directory for guest artefacts (default $BERTH_STATE_DIR or state_dir from the config)")
 	root.PersistentFlags().StringVar(&global.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
@@ -83,4 +85,16 @@ func main() {
 		fmt.Fprintln(os.Stderr, "berth:", err)
 		os.Exit(1)
 	}
+}
+
+// flagNumberRE matches pflag's error for a malformed number, which ends
+// in strconv's words ("strconv.ParseInt: parsing \"x\": invalid syntax").
+var flagNumberRE = regexp.MustCompile(`^invalid argument "(.*)" for "(.*)" flag: strconv\.`)
+
+// flagError rewords flag errors that would show strconv's internals.
+func flagError(cmd *cobra.Command, err error) error {
+	if m := flagNumberRE.FindStringSubmatch(err.Error()); m != nil {
+		return fmt.Errorf("%s %q: not a whole number; write digits only, such as %s 2", m[2], m[1], m[2])
+	}
+	return err
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/containerd/console"
+	"github.com/containerd/errdefs"
 	"github.com/docker/go-units"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/sirupsen/logrus"
@@ -25,10 +26,17 @@ import (
 	"github.com/berth-runtime/berth/internal/sandbox"
 )
 
-// exitVMFailure is berth run's exit code when the sandbox itself failed
-// (the VM died, the agent did not answer), as opposed to the program's own
-// exit code. Docker uses 125 for the same purpose.
-const exitVMFailure = 125
+// berth run's own exit codes, as Docker, Podman and a shell have them:
+// exitVMFailure when the sandbox itself failed (the VM died, the agent did
+// not answer), as opposed to the program's own exit code; exitNotFound and
+// exitCannotExec when the program does not exist or cannot be executed in
+// the container (the guest classifies those as NotFound and
+// PermissionDenied).
+const (
+	exitVMFailure  = 125
+	exitCannotExec = 126
+	exitNotFound   = 127
+)
 
 type runFlags struct {
 	memory  string
@@ -48,7 +56,8 @@ func newRunCmd() *cobra.Command {
 		Short: "Run a command in a container inside a new VM",
 		Long: `Boot a sandbox VM, run CMD in a container whose root file system is DIR,
 relay stdin, stdout and stderr, and exit with CMD's exit code (128+signal when
-a signal killed it; 125 when the VM itself failed). SIGINT, SIGTERM and SIGHUP
+a signal killed it; 127 when CMD does not exist in the container, 126 when it
+cannot be executed, 125 when Berth or the VM failed). SIGINT, SIGTERM and SIGHUP
 are forwarded to CMD; a second one kills it. The VM and everything it used on
 the host are removed when CMD ends.`,
 		Args: cobra.MinimumNArgs(1),
@@ -174,7 +183,7 @@ func runRun(ctx context.Context, f runFlags, args []string) error {
 	}
 	proc, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{ID: "main", Spec: spec, RootfsDir: rootfs, IO: stdio})
 	if err != nil {
-		return vmFailure(err)
+		return startFailure(err)
 	}
 	if con != nil {
 		resizeFromConsole(ctx, con, proc)
@@ -189,7 +198,7 @@ func runRun(ctx context.Context, f runFlags, args []string) error {
 	}
 	if err := proc.Start(ctx); err != nil {
 		sb.DeleteContainer(ctx, "main")
-		return vmFailure(err)
+		return startFailure(err)
 	}
 	go forwardSignals(ctx, sigs, proc)
 	status, err := proc.Wait(ctx)
@@ -275,6 +284,20 @@ func resizeFromConsole(ctx context.Context, con console.Console, proc *sandbox.P
 	if ws, err := con.Size(); err == nil {
 		proc.Resize(ctx, uint32(ws.Width), uint32(ws.Height))
 	}
+}
+
+// startFailure prints why the program did not start and exits 127 (not
+// found), 126 (not executable) or, for anything else, 125.
+func startFailure(err error) error {
+	code := exitVMFailure
+	switch {
+	case errdefs.IsNotFound(err):
+		code = exitNotFound
+	case errdefs.IsPermissionDenied(err):
+		code = exitCannotExec
+	}
+	fmt.Fprintln(os.Stderr, "berth:", err)
+	return exitError{code: code}
 }
 
 // vmFailure prints err and exits with exitVMFailure.

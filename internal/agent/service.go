@@ -26,6 +26,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -87,6 +88,13 @@ type container struct {
 	lc    *libcontainer.Container
 	init  *process
 	execs map[string]*process
+	// privatePidNS: the container has its own pid namespace (signal.go).
+	privatePidNS bool
+	// paused is set between a successful Pause and Resume.
+	paused atomic.Bool
+	// cgroupPaths are libcontainer's cgroup directories, read once at
+	// create: Stats and WaitOOM then never wait for libcontainer's lock.
+	cgroupPaths map[string]string
 }
 
 // New returns the agent service.
@@ -210,7 +218,10 @@ func (s *Service) create(ctx context.Context, req *api.CreateRequest) (int, erro
 		}
 	}
 	if _, err := os.Stat(spec.Root.Path); err != nil {
-		return 0, fmt.Errorf("container root %s: %w", spec.Root.Path, errdefs.ErrNotFound)
+		// Not NotFound: that class means "the program does not exist"
+		// (exit 127); a root file system that did not reach the guest
+		// is Berth's failure.
+		return 0, fmt.Errorf("container root %s is missing in the guest: %v: %w", spec.Root.Path, err, errdefs.ErrFailedPrecondition)
 	}
 	if spec.Linux.Seccomp != nil {
 		// The agent is built without libseccomp; the VM is the isolation
@@ -257,13 +268,16 @@ func (s *Service) create(ctx context.Context, req *api.CreateRequest) (int, erro
 	if err != nil {
 		p.release()
 		lc.Destroy()
-		return 0, fmt.Errorf("start init of container %q: %w", id, err)
+		return 0, classifyExecFailure(fmt.Errorf("start init of container %q: %w", id, err))
 	}
-	c := &container{id: id, lc: lc, init: p, execs: map[string]*process{}}
+	c := &container{id: id, lc: lc, init: p, execs: map[string]*process{}, privatePidNS: lcConfig.Namespaces.IsPrivate(configs.NEWPID)}
 	if err := p.markStarted(nil); err != nil {
 		p.release()
 		lc.Destroy()
 		return 0, err
+	}
+	if st, err := lc.State(); err == nil {
+		c.cgroupPaths = st.CgroupPaths
 	}
 	s.mu.Lock()
 	s.containers[id] = c
@@ -335,6 +349,9 @@ func (s *Service) Start(ctx context.Context, req *api.StartRequest) (*api.StartR
 	if p.isStarted() {
 		return nil, toGRPC(fmt.Errorf("exec %q already started: %w", p.id, errdefs.ErrFailedPrecondition))
 	}
+	if c.paused.Load() {
+		return nil, toGRPC(errPaused(c.id))
+	}
 	err = c.lc.Run(p.lp)
 	if err == nil {
 		err = p.afterStart()
@@ -351,7 +368,7 @@ func (s *Service) Start(ctx context.Context, req *api.StartRequest) (*api.StartR
 		if !p.hasExited() {
 			close(p.exited)
 		}
-		return nil, toGRPC(fmt.Errorf("start exec %q in container %q: %w", p.id, c.id, err))
+		return nil, toGRPC(classifyExecFailure(fmt.Errorf("start exec %q in container %q: %w", p.id, c.id, err)))
 	}
 	return &api.StartResponse{Pid: uint32(p.pid)}, nil
 }
@@ -410,8 +427,8 @@ func (s *Service) Kill(ctx context.Context, req *api.KillRequest) (*emptypb.Empt
 			unix.Kill(pid, sig)
 		}
 	case req.ExecId == "":
-		if err := c.lc.Signal(sig); err != nil && !p.hasExited() {
-			return nil, toGRPC(fmt.Errorf("signal container %q: %w", c.id, err))
+		if err := signalInit(c, p, sig); err != nil {
+			return nil, toGRPC(err)
 		}
 	default:
 		if !p.isStarted() {
@@ -514,7 +531,7 @@ func (s *Service) Shutdown(ctx context.Context, _ *emptypb.Empty) (*emptypb.Empt
 	s.mu.Lock()
 	for _, c := range s.containers {
 		if c != nil {
-			c.lc.Signal(unix.SIGKILL)
+			signalInit(c, c.init, unix.SIGKILL)
 		}
 	}
 	s.mu.Unlock()
@@ -595,6 +612,7 @@ func (s *Service) Pause(ctx context.Context, req *api.ContainerRequest) (*emptyp
 	if err := c.lc.Pause(); err != nil {
 		return nil, toGRPC(fmt.Errorf("pause %q: %w", c.id, err))
 	}
+	c.paused.Store(true)
 	return &emptypb.Empty{}, nil
 }
 
@@ -607,6 +625,7 @@ func (s *Service) Resume(ctx context.Context, req *api.ContainerRequest) (*empty
 	if err := c.lc.Resume(); err != nil {
 		return nil, toGRPC(fmt.Errorf("resume %q: %w", c.id, err))
 	}
+	c.paused.Store(false)
 	return &emptypb.Empty{}, nil
 }
 
@@ -672,18 +691,15 @@ func (s *Service) Stats(ctx context.Context, req *api.ContainerRequest) (*api.St
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	st, err := c.lc.State()
-	if err != nil {
-		return nil, toGRPC(fmt.Errorf("state of %q: %w", c.id, err))
-	}
+	paths := c.cgroupPaths
 	// libcontainer names the unified directory ""; on a guest booted
 	// with cgroup v1 it names one directory per controller instead.
 	var r *api.StatsResponse
 	switch {
-	case st.CgroupPaths[""] != "":
-		r, err = readCgroup2Stats(st.CgroupPaths[""])
-	case st.CgroupPaths["memory"] != "":
-		r, err = readCgroup1Stats(st.CgroupPaths)
+	case paths[""] != "":
+		r, err = readCgroup2Stats(paths[""])
+	case paths["memory"] != "":
+		r, err = readCgroup1Stats(paths)
 	default:
 		return nil, toGRPC(fmt.Errorf("container %q has no cgroup: %w", c.id, errdefs.ErrNotImplemented))
 	}
@@ -705,8 +721,8 @@ func (s *Service) WaitOOM(ctx context.Context, req *api.WaitOOMRequest) (*api.OO
 		if err != nil {
 			return nil, toGRPC(err)
 		}
-		if st, err := c.lc.State(); err == nil && st.CgroupPaths[""] != "" {
-			if b, err := os.ReadFile(filepath.Join(st.CgroupPaths[""], "memory.events")); err == nil {
+		if dir := c.cgroupPaths[""]; dir != "" {
+			if b, err := os.ReadFile(filepath.Join(dir, "memory.events")); err == nil {
 				if n := parseFlatKeyed(strings.NewReader(string(b)))["oom_kill"]; n > req.After {
 					return &api.OOMResponse{OomKillCount: n}, nil
 				}

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 )
 
@@ -24,12 +23,12 @@ type annotationRule func(c *Config, value string) error
 // configuration is validated like a file, so the usual bounds hold.
 var annotatable = map[string]annotationRule{
 	"hypervisor.default_memory": func(c *Config, v string) error {
-		n, err := strconv.Atoi(v)
+		n, err := wholeNumber(v, " of MiB")
 		c.Hypervisor.DefaultMemoryMiB = n
 		return err
 	},
 	"hypervisor.default_vcpus": func(c *Config, v string) error {
-		n, err := strconv.Atoi(v)
+		n, err := wholeNumber(v, "")
 		c.Hypervisor.DefaultVCPUs = n
 		return err
 	},
@@ -81,7 +80,11 @@ func (c *Config) WithAnnotations(annotations map[string]string) (*Config, error)
 			return nil, fmt.Errorf("annotation %s = %q: %v: %w", ann, annotations[ann], err, ErrInvalid)
 		}
 	}
-	if errs := out.problems(); len(errs) > 0 {
+	errs := out.problems()
+	if out.host != nil {
+		errs = append(errs, out.hostProblems(*out.host)...)
+	}
+	if len(errs) > 0 {
 		return nil, fmt.Errorf("pod annotations make the configuration invalid: %v: %w", joinErrors(errs), ErrInvalid)
 	}
 	return &out, nil

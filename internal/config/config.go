@@ -212,6 +212,10 @@ type Config struct {
 	// source is the file Load read, "" for built-in defaults. It is not a
 	// TOML key (unexported fields are neither decoded nor encoded).
 	source string
+	// host is what Load was told about the host (nil: nothing), so
+	// that a configuration derived from pod annotations gets the same
+	// host checks.
+	host *Host
 }
 
 // Hypervisor configures the QEMU driver.

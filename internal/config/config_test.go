@@ -51,7 +51,7 @@ func TestValidationFail(t *testing.T) {
 		{"relative qemu", "[hypervisor]\npath = \"qemu-system-x86_64\"", "hypervisor.path", "absolute path"},
 		{"empty qemu", "[hypervisor]\npath = \"\"", "hypervisor.path", "is empty"},
 		{"machine pc", "[hypervisor]\nmachine = \"pc\"", "hypervisor.machine", `use "q35", "microvm" or "virt"`},
-		{"virt without firmware (seed 000)", "[hypervisor]\nmachine = \"virt\"\nmemory_hotplug = \"dimm\"\npflashes = [\"/nonexistent/code.fd\"]", "hypervisor.pflashes", "has 1 images"},
+		{"virt without firmware (seed 000)", "[hypervisor]\npath = \"/usr/bin/qemu-system-aarch64\"\nmachine = \"virt\"\nmemory_hotplug = \"dimm\"\npflashes = [\"/nonexistent/code.fd\"]", "hypervisor.pflashes", "has 1 images"},
 		{"virtio-mem on microvm", "[hypervisor]\nmachine = \"microvm\"\nmemory_hotplug = \"virtio-mem\"", "hypervisor.memory_hotplug", "microvm"},
 		{"maxmemory below boot", "[hypervisor]\ndefault_memory = 512\ndefault_maxmemory = 256", "hypervisor.default_maxmemory", "below"},
 		{"dimm without slots", "[hypervisor]\nmemory_hotplug = \"dimm\"\nmemory_slots = 0", "hypervisor.memory_slots", "dimm"},

@@ -89,7 +89,9 @@ func Load(path string, ov Overrides) (*Config, error) {
 		errs = append(errs, e)
 	}
 	if ov.Host != nil {
-		for _, e := range cfg.hostProblems(*ov.Host) {
+		h := *ov.Host
+		cfg.host = &h
+		for _, e := range cfg.hostProblems(h) {
 			e.File = cfg.source
 			errs = append(errs, e)
 		}

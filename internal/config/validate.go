@@ -30,6 +30,8 @@ type Host struct {
 	CgroupLayout string
 	// Systemd is true when PID 1 is systemd.
 	Systemd bool
+	// MemTotalMiB is the host's RAM (MemTotal); 0 when unknown.
+	MemTotalMiB int
 }
 
 // Layouts as Host.CgroupLayout spells them.
@@ -44,10 +46,10 @@ const (
 // work. They are errors at load time, naming the key and the fix, so that
 // no sandbox (and no shim) ever meets them at run time.
 func (c *Config) hostProblems(h Host) []*KeyError {
-	var errs []*KeyError
+	errs := c.hostMemoryProblems(h)
 	switch c.Cgroup.Manager {
 	case CgroupManagerNone:
-		return nil
+		return errs
 	case CgroupManagerSystemd:
 		if !h.Systemd {
 			errs = append(errs, keyError("cgroup.manager", c.Cgroup.Manager, "needs systemd, which is not running on this host (PID 1 is not systemd)",
@@ -141,7 +143,11 @@ func (c *Config) problems() []*KeyError {
 	if n := len(h.Pflashes); n != 0 && n != 2 {
 		add(keyError("hypervisor.pflashes", fmt.Sprint(h.Pflashes), fmt.Sprintf("has %d images", n),
 			"give two: the firmware code, then the variable store template"))
+	} else {
+		errs = append(errs, c.pflashesExist()...)
 	}
+	errs = append(errs, c.memoryBounds()...)
+	add(c.machineMatchesBinary())
 	for _, p := range h.Pflashes {
 		add(absPath("hypervisor.pflashes", p, true))
 	}

@@ -62,8 +62,15 @@ type Mount struct {
 // BindOptions say how a bind is made. Every bind is recursive (submounts
 // of the source come along), nosuid and nodev.
 type BindOptions struct {
-	// ReadOnly makes the bind and every submount read-only.
-	ReadOnly bool
+	// Recursive binds the mounts below src too ("rbind"); otherwise only
+	// src's own mount is bound, as runc does for "bind".
+	Recursive bool
+	// ReadOnly makes the bind read-only. Submounts keep their own flags,
+	// as runc leaves them for "rbind,ro" (a Kubernetes readOnly volume
+	// with a writable mount inside stays writable there), unless
+	// RecursiveReadOnly ("rro") asks for every one to be read-only.
+	ReadOnly          bool
+	RecursiveReadOnly bool
 }
 
 // New creates the host-only tree at dir and its read-only share at share
@@ -137,17 +144,29 @@ func (t *Tree) Bind(src, rel string, opts BindOptions) (Mount, error) {
 	// Clone the source first: the flags are set on the detached copy,
 	// so the bind is never visible, to the share or to virtiofsd, with
 	// more rights than it should have.
-	treeFd, err := unix.OpenTree(unix.AT_FDCWD, src, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+	cloneFlags := unix.OPEN_TREE_CLONE | unix.OPEN_TREE_CLOEXEC
+	if opts.Recursive || opts.RecursiveReadOnly {
+		cloneFlags |= unix.AT_RECURSIVE
+	}
+	treeFd, err := unix.OpenTree(unix.AT_FDCWD, src, uint(cloneFlags))
 	if err != nil {
 		return Mount{}, fmt.Errorf("clone mount of %s: %w", src, err)
 	}
 	defer unix.Close(treeFd)
+	// nosuid,nodev (and "rro") hold for every mount of the clone; a
+	// plain "ro" only for its top.
 	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV, Propagation: unix.MS_SLAVE}
-	if opts.ReadOnly {
+	if opts.RecursiveReadOnly {
 		attr.Attr_set |= unix.MOUNT_ATTR_RDONLY
 	}
 	if err := unix.MountSetattr(treeFd, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &attr); err != nil {
-		return Mount{}, fmt.Errorf("set nosuid,nodev%s on the bind of %s: %w", map[bool]string{true: ",ro"}[opts.ReadOnly], src, err)
+		return Mount{}, fmt.Errorf("set nosuid,nodev on the bind of %s: %w", src, err)
+	}
+	if opts.ReadOnly && !opts.RecursiveReadOnly {
+		top := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
+		if err := unix.MountSetattr(treeFd, "", unix.AT_EMPTY_PATH, &top); err != nil {
+			return Mount{}, fmt.Errorf("make the bind of %s read-only: %w", src, err)
+		}
 	}
 	var stx unix.Statx_t
 	if err := unix.Statx(treeFd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &stx); err != nil || stx.Mask&unix.STATX_MNT_ID == 0 {

@@ -40,9 +40,9 @@ var detectHost = sync.OnceValues(cgroup.Detect)
 func HostFacts() *config.Host {
 	h, err := detectHost()
 	if err != nil {
-		return &config.Host{CgroupLayout: config.LayoutNone}
+		return &config.Host{CgroupLayout: config.LayoutNone, MemTotalMiB: hostMemTotalMiB()}
 	}
-	return &config.Host{CgroupLayout: string(h.Layout), Systemd: h.Systemd}
+	return &config.Host{CgroupLayout: string(h.Layout), Systemd: h.Systemd, MemTotalMiB: hostMemTotalMiB()}
 }
 
 // NewCgroupManager picks the cgroup implementation for cfg on host h.

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -143,7 +144,7 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (_ *P
 			return nil, err
 		}
 	}
-	rootMnt, err := s.tree.Bind(cc.RootfsDir, path.Join(id, "rootfs"), hostmount.BindOptions{ReadOnly: cc.Spec.Root.Readonly})
+	rootMnt, err := s.tree.Bind(cc.RootfsDir, path.Join(id, "rootfs"), hostmount.BindOptions{Recursive: true, RecursiveReadOnly: cc.Spec.Root.Readonly})
 	if err != nil {
 		return nil, fmt.Errorf("share rootfs %s: %w", cc.RootfsDir, err)
 	}
@@ -180,6 +181,7 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (_ *P
 // Mounts whose source is a host disk (diskMounts) are not shared: the disk
 // is hot-plugged and the agent points the mount at the guest's node.
 func (s *Sandbox) shareMounts(id string, spec *specs.Spec, diskMounts map[int]bool) error {
+	subs := map[int][]string{} // see withWritableSubmounts
 	for i, m := range spec.Mounts {
 		if !oci.IsBindMount(m) || diskMounts[i] {
 			continue
@@ -192,13 +194,19 @@ func (s *Sandbox) shareMounts(id string, spec *specs.Spec, diskMounts map[int]bo
 		rel := strings.TrimPrefix(guestPath, oci.GuestSharedDir+"/")
 		// A `ro` mount is read-only on the host already: the guest's
 		// own remount is not what keeps it read-only.
-		bind, err := s.tree.Bind(m.Source, rel, hostmount.BindOptions{ReadOnly: oci.IsReadOnly(m)})
+		bind, err := s.tree.Bind(m.Source, rel, hostmount.BindOptions{
+			Recursive: slices.Contains(m.Options, "rbind"), ReadOnly: oci.IsReadOnly(m), RecursiveReadOnly: slices.Contains(m.Options, "rro"),
+		})
 		if err != nil {
 			return fmt.Errorf("share mount %s: %w", m.Destination, err)
 		}
 		s.addMount(id, bind)
 		spec.Mounts[i].Source = guestPath
+		if rel := readOnlySubmounts(m); rel != nil {
+			subs[i] = rel
+		}
 	}
+	spec.Mounts = withWritableSubmounts(spec.Mounts, subs)
 	return nil
 }
 

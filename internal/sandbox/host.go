@@ -31,8 +31,10 @@ func unmount(path string) error {
 
 // virtiofsd is the daemon serving the shared directory to the guest.
 type virtiofsd struct {
-	cmd      *exec.Cmd
-	done     chan struct{}
+	cmd  *exec.Cmd
+	done chan struct{}
+	// waitErr is how it ended; set before done is closed.
+	waitErr  error
 	log      *os.File
 	stopOnce sync.Once
 }
@@ -49,7 +51,8 @@ func startVirtiofsd(ctx context.Context, bin, socket, source, cache string) (*vi
 	// modcaps=-mknod: the guest cannot create device nodes on the host
 	// (in a hostPath volume, say) through virtiofsd. FIFOs and sockets
 	// need no capability and still work.
-	cmd := exec.Command(bin, "--socket-path="+socket, "-o", "source="+source, "-o", "cache="+cache, "-o", "modcaps=-mknod")
+	args := append([]string{"--socket-path=" + socket, "-o", "source=" + source, "-o", "cache=" + cache, "-o", "modcaps=-mknod"}, announceSubmountsArgs(bin)...)
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -57,7 +60,7 @@ func startVirtiofsd(ctx context.Context, bin, socket, source, cache string) (*vi
 		return nil, fmt.Errorf("start virtiofsd %s: %w (check hypervisor.virtiofsd_path; Debian ships it in qemu-system-common)", bin, err)
 	}
 	v := &virtiofsd{cmd: cmd, done: make(chan struct{}), log: logFile}
-	go func() { cmd.Wait(); close(v.done) }()
+	go func() { v.waitErr = cmd.Wait(); close(v.done) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if _, err := os.Stat(socket); err == nil {

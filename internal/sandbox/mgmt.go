@@ -63,7 +63,11 @@ func (s *Sandbox) serveManagement() (io.Closer, error) {
 			writeJSON(w, http.StatusBadRequest, apiError{"decode request: " + err.Error()})
 			return
 		}
-		st, err := s.ResizeMemory(r.Context(), req.MemoryMiB)
+		err := s.checkMemoryFloor(req.MemoryMiB)
+		var st MemoryStatus
+		if err == nil {
+			st, err = s.ResizeMemory(r.Context(), req.MemoryMiB)
+		}
 		switch {
 		case err == nil:
 			writeJSON(w, http.StatusOK, st)

@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -101,6 +102,11 @@ type Sandbox struct {
 
 	memory memoryState
 	mgmt   io.Closer // management API server
+
+	// failure is why a helper process took the sandbox down (watch.go).
+	failure failure
+	// memFloor is what a resize must leave (floor.go).
+	memFloor atomic.Pointer[func() int]
 
 	destroyOnce sync.Once
 	destroyErr  error
@@ -224,6 +230,7 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	s.vmm = vm
 	s.memory.hp = vm
 	undo.push(func() { vm.Kill() })
+	s.watchHelpers(virtiofsdHelper(fsd))
 	if m.Type == qemu.Q35 {
 		s.devices = device.NewManager(deviceConfig(cfg), topo, cold, qemuPlugger{vm, cfg}, qemuPlugger{vm, cfg})
 	}
@@ -412,7 +419,7 @@ func (s *Sandbox) connectAgent(ctx context.Context) error {
 				r.client.Close()
 			}
 		}()
-		return fmt.Errorf("the VM exited during boot: %v; last console lines:\n%s", s.vmm.ExitError(), s.consoleTail())
+		return fmt.Errorf("the VM exited during boot: %v; last console lines:\n%s", s.VMError(), s.consoleTail())
 	}
 }
 
@@ -439,8 +446,12 @@ func (s *Sandbox) VMMPid() int { return s.vmm.Pid() }
 // Done is closed when the VM has exited.
 func (s *Sandbox) Done() <-chan struct{} { return s.vmm.Done() }
 
-// VMError explains why the VM exited; call it after Done.
+// VMError explains why the VM exited; call it after Done. A helper's
+// failure that stopped the VM comes first: it is the cause.
 func (s *Sandbox) VMError() error {
+	if err := s.failure.reason(); err != nil {
+		return err
+	}
 	if err := s.vmm.ExitError(); err != nil {
 		return err
 	}
@@ -469,6 +480,7 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 
 func (s *Sandbox) destroy(ctx context.Context) error {
 	log := logrus.WithField("sandbox", s.id)
+	s.failure.closing.Store(true)
 	var errs []error
 	select {
 	case <-s.vmm.Done():

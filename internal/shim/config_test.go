@@ -2,8 +2,10 @@ package shim
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
@@ -11,6 +13,7 @@ import (
 	"github.com/containerd/typeurl/v2"
 
 	"github.com/berth-runtime/berth/internal/config"
+	"github.com/berth-runtime/berth/internal/sandbox"
 )
 
 // TestConfigForHonoursConfigPath: a runtime's ConfigPath option (ctr run
@@ -41,5 +44,42 @@ func TestConfigForHonoursConfigPath(t *testing.T) {
 	}
 	if _, err := s.configFor(opts(bad)); !errors.Is(err, config.ErrInvalid) {
 		t.Fatalf("bad file: %v", err)
+	}
+}
+
+// TestConfigForWithoutDefault: when the shim's own configuration failed to
+// load, a request without ConfigPath gets that error, and one with a valid
+// ConfigPath gets its configuration, never a nil one.
+func TestConfigForWithoutDefault(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.toml")
+	os.WriteFile(good, []byte("[hypervisor]\nmemory_overhead = 64\n"), 0o644)
+	loadErr := fmt.Errorf("hypervisor.default_memory is not a whole number: %w", config.ErrInvalid)
+	s := &service{cfgErr: loadErr}
+	if cfg, err := s.configFor(&taskAPI.CreateTaskRequest{}); cfg != nil || !errors.Is(err, loadErr) {
+		t.Fatalf("no options: %v, %v", cfg, err)
+	}
+	a, _ := typeurl.MarshalAnyToProto(&runtimeoptions.Options{ConfigPath: good})
+	cfg, err := s.configFor(&taskAPI.CreateTaskRequest{Options: a})
+	if err != nil || cfg == nil || cfg.Hypervisor.MemoryOverheadMiB != 64 {
+		t.Fatalf("ConfigPath next to a failed default: %v, %+v", err, cfg)
+	}
+	if got := s.podConfig(); got == nil {
+		t.Fatal("podConfig is nil before any VM")
+	}
+}
+
+// TestConfigPathValidatedWithHostFacts: a ConfigPath configuration gets
+// the same host checks as the default one, at load.
+func TestConfigPathValidatedWithHostFacts(t *testing.T) {
+	if sandbox.HostFacts().Systemd {
+		t.Skip("this host runs systemd")
+	}
+	path := filepath.Join(t.TempDir(), "systemd.toml")
+	os.WriteFile(path, []byte("[cgroup]\nmanager = \"systemd\"\nparent = \"berth.slice\"\n"), 0o644)
+	a, _ := typeurl.MarshalAnyToProto(&runtimeoptions.Options{ConfigPath: path})
+	s := &service{cfg: config.Default()}
+	if _, err := s.configFor(&taskAPI.CreateTaskRequest{Options: a}); err == nil || !strings.Contains(err.Error(), "cgroup.manager") {
+		t.Fatalf("systemd driver without systemd: %v", err)
 	}
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/memory"
 	"github.com/berth-runtime/berth/internal/sandbox"
 )
@@ -28,7 +30,8 @@ func memoryLimit(res *specs.LinuxResources) int64 {
 
 // memoryTarget sums the limits of the pod's containers, with override
 // replacing (or adding) one container's limit.
-func (s *service) memoryTarget(sb *sandbox.Sandbox, overrideID string, overrideLimit int64) int {
+// The overhead is cfg's: the configuration of the request at hand.
+func (s *service) memoryTarget(cfg *config.Config, sb *sandbox.Sandbox, overrideID string, overrideLimit int64) int {
 	s.mu.Lock()
 	var limits []int64
 	for id, c := range s.containers {
@@ -42,13 +45,36 @@ func (s *service) memoryTarget(sb *sandbox.Sandbox, overrideID string, overrideL
 	}
 	st := sb.MemoryStatus(s.ctx)
 	l := memory.Limits{Mechanism: st.Mechanism, BootMiB: st.GuestAtBootMiB, MaxMiB: st.MaxGuestMiB}
-	return memory.Target(l, s.cfg.Hypervisor.MemoryOverheadMiB, limits)
+	return memory.Target(l, cfg.Hypervisor.MemoryOverheadMiB, limits)
+}
+
+// podConfig is the configuration the pod's VM was booted with.
+func (s *service) podConfig() *config.Config {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.podCfg == nil {
+		// No VM yet, or it is gone: nothing is sized with it then, but
+		// never hand out nil.
+		return config.Default()
+	}
+	return s.podCfg
 }
 
 // growFor makes room for a container's new limit before it takes effect.
-func (s *service) growFor(ctx context.Context, sb *sandbox.Sandbox, id string, limit int64) error {
-	target := s.memoryTarget(sb, id, limit)
-	if st := sb.MemoryStatus(ctx); st.Mechanism == memory.None || target <= st.GuestCurrentMiB {
+//
+// A limit the VM could not give the container even alone is refused: it
+// used to be clamped silently, and the container then OOM-killed below
+// its limit.
+func (s *service) growFor(ctx context.Context, cfg *config.Config, sb *sandbox.Sandbox, id string, limit int64) error {
+	st := sb.MemoryStatus(ctx)
+	if st.Mechanism == memory.None {
+		return nil
+	}
+	if err := limitFits(st, cfg.Hypervisor.MemoryOverheadMiB, id, limit); err != nil {
+		return err
+	}
+	target := s.memoryTarget(cfg, sb, id, limit)
+	if target <= st.GuestCurrentMiB {
 		return nil
 	}
 	if _, err := sb.ResizeMemory(ctx, target); err != nil {
@@ -57,10 +83,40 @@ func (s *service) growFor(ctx context.Context, sb *sandbox.Sandbox, id string, l
 	return nil
 }
 
+// limitFits says whether a container's memory limit fits in the VM at
+// all: boot memory, overhead and the limit within hypervisor.default_maxmemory.
+func limitFits(st sandbox.MemoryStatus, overheadMiB int, id string, limit int64) error {
+	if limit <= 0 {
+		return nil
+	}
+	limitMiB := int((limit + (1 << 20) - 1) >> 20)
+	need := st.GuestAtBootMiB + overheadMiB + limitMiB
+	if need <= st.MaxGuestMiB {
+		return nil
+	}
+	return fmt.Errorf("container %s: its memory limit of %d MiB needs a VM of %d MiB (boot memory %d + hypervisor.memory_overhead %d + the limit), above the VM's maximum of %d MiB (hypervisor.default_maxmemory): lower the limit, or raise default_maxmemory: %w",
+		id, limitMiB, need, st.GuestAtBootMiB, overheadMiB, st.MaxGuestMiB, errdefs.ErrInvalidArgument)
+}
+
+// memoryFloor is the least memory the pod's containers need, for
+// `berth resize` to respect; 0 when no container has a limit.
+func (s *service) memoryFloor(sb *sandbox.Sandbox) int {
+	s.mu.Lock()
+	any := false
+	for _, c := range s.containers {
+		any = any || c.memLimit() > 0
+	}
+	s.mu.Unlock()
+	if !any {
+		return 0
+	}
+	return s.memoryTarget(s.podConfig(), sb, "", 0)
+}
+
 // shrinkToFit returns memory no container needs any more. Failure is
 // logged, not returned: the containers run either way.
-func (s *service) shrinkToFit(ctx context.Context, sb *sandbox.Sandbox) {
-	target := s.memoryTarget(sb, "", 0)
+func (s *service) shrinkToFit(ctx context.Context, cfg *config.Config, sb *sandbox.Sandbox) {
+	target := s.memoryTarget(cfg, sb, "", 0)
 	st := sb.MemoryStatus(ctx)
 	if st.Mechanism == memory.None || target >= st.GuestCurrentMiB {
 		return

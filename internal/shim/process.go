@@ -25,7 +25,6 @@ type container struct {
 
 	mu          sync.Mutex
 	execs       map[string]*process
-	paused      bool
 	oomReported uint64 // OOM kills already reported
 	// memLimitBytes is the container's memory limit (0: none), which
 	// sizes the pod's VM.
@@ -99,19 +98,8 @@ func (c *container) execList() []*process {
 	return out
 }
 
-func (c *container) setPaused(v bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.paused = v
-}
-
-func (c *container) isPaused() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.paused
-}
-
-// process is a task's init or an exec, as containerd sees it.
+// process is a task's init or an exec, as containerd sees it. Its state
+// changes only through next (state.go), under mu.
 type process struct {
 	containerID string
 	execID      string
@@ -119,12 +107,15 @@ type process struct {
 	io          *hostIO
 	sp          *sandbox.Process
 
-	mu         sync.Mutex
-	started    bool
-	exited     chan struct{}
-	exitStatus uint32
-	exitedAt   time.Time
-	closeOnce  sync.Once
+	mu    sync.Mutex
+	state procState
+	// execsStarting counts exec starts in flight in an init's container:
+	// a Pause meanwhile would freeze the exec half-way into the container.
+	execsStarting int
+	exited        chan struct{}
+	exitStatus    uint32
+	exitedAt      time.Time
+	closeOnce     sync.Once
 }
 
 func newProcess(containerID, execID string, paths stdioPaths, io *hostIO, sp *sandbox.Process) *process {
@@ -140,46 +131,95 @@ func (p *process) id() string {
 	return p.execID
 }
 
-func (p *process) start(ctx context.Context) error {
+// do applies op to the process's state.
+func (p *process) do(op procOp) error {
 	p.mu.Lock()
-	if p.started {
-		p.mu.Unlock()
-		return fmt.Errorf("process %q already started: %w", p.id(), errdefs.ErrFailedPrecondition)
+	defer p.mu.Unlock()
+	return p.doLocked(op)
+}
+
+func (p *process) doLocked(op procOp) error {
+	st, err := next(p.state, op)
+	if err != nil {
+		return fmt.Errorf("%s %q: %w", p.kind(), p.id(), err)
 	}
-	p.mu.Unlock()
-	if p.hasExited() {
-		return fmt.Errorf("process %q has exited: %w", p.id(), errdefs.ErrFailedPrecondition)
+	p.state = st
+	return nil
+}
+
+func (p *process) kind() string {
+	if p.execID == "" {
+		return "container"
 	}
-	if err := p.sp.Start(ctx); err != nil {
+	return "exec"
+}
+
+func (p *process) currentState() procState {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.state
+}
+
+// start runs the process in the guest; init is the container's init, which
+// must let an exec start (not paused, not stopped) for as long as it takes.
+func (p *process) start(ctx context.Context, init *process) error {
+	if p != init {
+		if err := init.beginExecStart(); err != nil {
+			return err
+		}
+		defer init.endExecStart()
+	}
+	if err := p.do(opStart); err != nil {
 		return err
 	}
+	if err := p.sp.Start(ctx); err != nil {
+		p.do(opStartFailed)
+		return err
+	}
+	return p.do(opStarted)
+}
+
+func (p *process) beginExecStart() error {
 	p.mu.Lock()
-	p.started = true
-	p.mu.Unlock()
+	defer p.mu.Unlock()
+	if err := p.doLocked(opExec); err != nil {
+		return err
+	}
+	p.execsStarting++
 	return nil
+}
+
+func (p *process) endExecStart() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.execsStarting--
+}
+
+// beginPause moves a running init to pausing, unless an exec is being
+// started in its container.
+func (p *process) beginPause() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.execsStarting > 0 && p.state == stateRunning {
+		return fmt.Errorf("container %q: an exec is being started, retry: %w", p.id(), errdefs.ErrFailedPrecondition)
+	}
+	return p.doLocked(opPause)
 }
 
 // setExited records the exit; it reports false if it was already recorded.
 func (p *process) setExited(status uint32, at time.Time) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	select {
-	case <-p.exited:
+	if isDone(p.exited) {
 		return false
-	default:
 	}
 	p.exitStatus, p.exitedAt = status, at
+	p.doLocked(opExit) // cannot fail
 	close(p.exited)
 	return true
 }
 
 func (p *process) hasExited() bool { return isDone(p.exited) }
-
-func (p *process) running() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.started && !isDone(p.exited)
-}
 
 func (p *process) exit() (uint32, time.Time) {
 	p.mu.Lock()
@@ -187,19 +227,7 @@ func (p *process) exit() (uint32, time.Time) {
 	return p.exitStatus, p.exitedAt
 }
 
-func (p *process) status(c *container) task.Status {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	switch {
-	case isDone(p.exited):
-		return task.Status_STOPPED
-	case !p.started:
-		return task.Status_CREATED
-	case c.isPaused():
-		return task.Status_PAUSED
-	}
-	return task.Status_RUNNING
-}
+func (p *process) status() task.Status { return p.currentState().taskStatus() }
 
 // closeIO closes the host ends of the process's stdio once.
 func (p *process) closeIO() {

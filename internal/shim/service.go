@@ -63,9 +63,15 @@ type service struct {
 	cfg    *config.Config
 	cfgErr error
 
-	mu         sync.Mutex
-	sb         *sandbox.Sandbox
-	sandboxID  string
+	mu sync.Mutex
+	// booting is closed when a boot of the pod's VM in progress ends.
+	booting   chan struct{}
+	sb        *sandbox.Sandbox
+	sandboxID string
+	// podCfg is the configuration the pod's VM was booted with (its
+	// sandbox container's, annotations applied); requests that carry no
+	// configuration of their own (Update, Delete) use it.
+	podCfg     *config.Config
 	containers map[string]*container
 }
 
@@ -110,10 +116,20 @@ func (s *service) configFor(r *taskAPI.CreateTaskRequest) (*config.Config, error
 			return nil, fmt.Errorf("decode runtime options: %w", err)
 		}
 		if o, ok := v.(*runtimeoptions.Options); ok && o.ConfigPath != "" {
-			return config.Load(o.ConfigPath, config.Overrides{StateDir: os.Getenv("BERTH_STATE_DIR")})
+			// Validated exactly like the default: with the host's facts,
+			// so that a combination this host cannot run fails here,
+			// naming the key, rather than when a sandbox starts.
+			return config.Load(o.ConfigPath, config.Overrides{StateDir: os.Getenv("BERTH_STATE_DIR"), Host: sandbox.HostFacts()})
 		}
 	}
-	return s.cfg, s.cfgErr
+	if s.cfgErr != nil {
+		return nil, s.cfgErr
+	}
+	if s.cfg == nil {
+		// Never reached: newService sets one of the two.
+		return nil, fmt.Errorf("no configuration loaded: %w", config.ErrInvalid)
+	}
+	return s.cfg, nil
 }
 
 // forwardEvents publishes events in the order they were sent, so that a
@@ -196,6 +212,9 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 	if err := validateIDs(r.ID, sandboxID); err != nil {
 		return 0, err
 	}
+	if err := oci.CheckHostNamespaces(spec, !isSandbox); err != nil {
+		return 0, fmt.Errorf("%v: %w", err, errdefs.ErrNotImplemented)
+	}
 	// Pod annotations are untrusted: only allow-listed keys pass.
 	cfg, err := base.WithAnnotations(spec.Annotations)
 	if err != nil {
@@ -251,7 +270,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 	if spec.Linux != nil {
 		limit = memoryLimit(spec.Linux.Resources)
 	}
-	if err := s.growFor(ctx, sb, r.ID, limit); err != nil {
+	if err := s.growFor(ctx, cfg, sb, r.ID, limit); err != nil {
 		s.destroySandboxIfEmpty(ctx, c)
 		return 0, err
 	}
@@ -296,9 +315,28 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 // devices.cold_plug_vfio says so; every other device is hot-plugged when
 // its container is created, and the container gets both. The pod's host
 // cgroup is the sandbox container's linux.cgroupsPath.
+//
+// The boot takes seconds and is done without the service's lock (every
+// other request would wait for it); a second create meanwhile waits for
+// the boot's outcome.
 func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID string, isSandbox bool, spec *specs.Spec) (*sandbox.Sandbox, uint32, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	for s.booting != nil {
+		ch := s.booting
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, 0, ctx.Err()
+		}
+		s.mu.Lock()
+	}
+	locked := true
+	defer func() {
+		if locked {
+			s.mu.Unlock()
+		}
+	}()
 	if s.sb != nil {
 		if sandboxID != s.sandboxID {
 			return nil, 0, fmt.Errorf("this shim serves sandbox %q, not %q: %w", s.sandboxID, sandboxID, errdefs.ErrInvalidArgument)
@@ -312,6 +350,16 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 	if !isSandbox {
 		return nil, 0, fmt.Errorf("sandbox %q is not running in this shim: %w", sandboxID, errdefs.ErrFailedPrecondition)
 	}
+	booting := make(chan struct{})
+	s.booting = booting
+	s.mu.Unlock()
+	locked = false
+	defer func() {
+		s.mu.Lock()
+		s.booting = nil
+		s.mu.Unlock()
+		close(booting)
+	}()
 	accel, err := resolveAccel(ctx, cfg)
 	if err != nil {
 		return nil, 0, err
@@ -327,8 +375,11 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 	if err != nil {
 		return nil, 0, fmt.Errorf("start sandbox VM: %w", err)
 	}
-	s.sb, s.sandboxID = sb, sandboxID
+	s.mu.Lock()
+	s.sb, s.sandboxID, s.podCfg = sb, sandboxID, cfg
+	s.mu.Unlock()
 	go s.watchVM(sb)
+	sb.SetMemoryFloor(func() int { return s.memoryFloor(sb) })
 	if err := serveMetrics(s.ctx, sb); err != nil {
 		// Metrics are an observer's convenience; the pod runs without.
 		log.G(ctx).WithError(err).Warn("serve sandbox metrics")
@@ -373,6 +424,10 @@ func (s *service) watchVM(sb *sandbox.Sandbox) {
 	}
 	s.mu.Unlock()
 	for _, p := range procs {
+		if !p.hasExited() {
+			log.G(s.ctx).WithError(sb.VMError()).WithField("container", p.containerID).WithField("exec", p.execID).
+				Warnf("reporting the process exited with status %d: its VM is gone", exitStatusVMGone)
+		}
 		s.markExited(p, exitStatusVMGone, time.Now())
 	}
 }
@@ -506,7 +561,7 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	if err := p.start(ctx); err != nil {
+	if err := p.start(ctx, c.init); err != nil {
 		return nil, toGRPC(err)
 	}
 	pid := s.vmmPid()
@@ -525,8 +580,8 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	if p.running() {
-		return nil, toGRPC(fmt.Errorf("process %q is running; kill it first: %w", p.id(), errdefs.ErrFailedPrecondition))
+	if err := p.do(opDelete); err != nil {
+		return nil, toGRPC(err)
 	}
 	s.mu.Lock()
 	sb := s.sb
@@ -567,7 +622,7 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 			// Publish the delete before the slow VM teardown.
 			defer sb.Destroy(context.WithoutCancel(ctx))
 		} else if vmAlive && c.memLimit() > 0 {
-			defer s.shrinkToFit(context.WithoutCancel(ctx), sb)
+			defer s.shrinkToFit(context.WithoutCancel(ctx), s.podConfig(), sb)
 		}
 	}
 	status, at := p.exit()
@@ -607,6 +662,16 @@ func (s *service) exec(ctx context.Context, r *taskAPI.ExecProcessRequest) error
 	}
 	if _, err := c.process(r.ExecID); err == nil {
 		return fmt.Errorf("exec %q: %w", r.ExecID, errdefs.ErrAlreadyExists)
+	}
+	// Refused before the guest is asked: runc's shim refuses an exec into
+	// a paused or stopped task at once, and the guest would hang (frozen
+	// cgroup) or fail obscurely (the init's namespaces are gone).
+	init, err := c.process("")
+	if err != nil {
+		return err
+	}
+	if err := init.do(opExec); err != nil {
+		return err
 	}
 	v, err := typeurl.UnmarshalAny(r.Spec)
 	if err != nil {
@@ -664,7 +729,7 @@ func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 		ID:         p.id(),
 		Bundle:     c.bundle,
 		Pid:        s.vmmPid(),
-		Status:     p.status(c),
+		Status:     p.status(),
 		Stdin:      p.paths.stdin,
 		Stdout:     p.paths.stdout,
 		Stderr:     p.paths.stderr,
@@ -685,22 +750,35 @@ func (s *service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*emptyp
 	return s.setPaused(ctx, r.ID, false)
 }
 
+// setPaused freezes or thaws a container. Its init goes through pausing
+// or resuming while the guest works (state.go).
 func (s *service) setPaused(ctx context.Context, id string, paused bool) (*emptypb.Empty, error) {
-	c, sb, err := s.containerAndVM(id)
+	_, init, err := s.getProcess(id, "")
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	topic, ev := runtime.TaskResumedEventTopic, any(&eventstypes.TaskResumed{ContainerID: id})
-	if paused {
-		err = sb.PauseContainer(ctx, id)
-		topic, ev = runtime.TaskPausedEventTopic, &eventstypes.TaskPaused{ContainerID: id}
-	} else {
-		err = sb.ResumeContainer(ctx, id)
+	begin, done, failed := init.beginPause, opPaused, opPauseFailed
+	topic, ev := runtime.TaskPausedEventTopic, any(&eventstypes.TaskPaused{ContainerID: id})
+	if !paused {
+		begin, done, failed = func() error { return init.do(opResume) }, opResumed, opResumeFailed
+		topic, ev = runtime.TaskResumedEventTopic, &eventstypes.TaskResumed{ContainerID: id}
 	}
-	if err != nil {
+	if err := begin(); err != nil {
 		return nil, toGRPC(err)
 	}
-	c.setPaused(paused)
+	_, sb, err := s.containerAndVM(id)
+	if err == nil {
+		if paused {
+			err = sb.PauseContainer(ctx, id)
+		} else {
+			err = sb.ResumeContainer(ctx, id)
+		}
+	}
+	if err != nil {
+		init.do(failed)
+		return nil, toGRPC(err)
+	}
+	init.do(done)
 	s.send(topic, ev)
 	return &emptypb.Empty{}, nil
 }
@@ -724,6 +802,9 @@ func (s *service) containerAndVM(id string) (*container, *sandbox.Sandbox, error
 func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Empty, error) {
 	_, p, err := s.getProcess(r.ID, r.ExecID)
 	if err != nil {
+		return nil, toGRPC(err)
+	}
+	if err := p.do(opKill); err != nil {
 		return nil, toGRPC(err)
 	}
 	if p.hasExited() {
@@ -769,7 +850,14 @@ func (s *service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 
 // Update changes a container's resources inside the guest.
 func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*emptypb.Empty, error) {
-	c, sb, err := s.containerAndVM(r.ID)
+	c, init, err := s.getProcess(r.ID, "")
+	if err != nil {
+		return nil, toGRPC(err)
+	}
+	if err := init.do(opUpdate); err != nil {
+		return nil, toGRPC(err)
+	}
+	_, sb, err := s.containerAndVM(r.ID)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
@@ -785,7 +873,7 @@ func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*em
 	// shrink it after lowering.
 	newLimit, oldLimit := memoryLimit(res), c.memLimit()
 	if res.Memory != nil && res.Memory.Limit != nil {
-		if err := s.growFor(ctx, sb, r.ID, newLimit); err != nil {
+		if err := s.growFor(ctx, s.podConfig(), sb, r.ID, newLimit); err != nil {
 			return nil, toGRPC(err)
 		}
 	}
@@ -795,7 +883,7 @@ func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*em
 	if res.Memory != nil && res.Memory.Limit != nil {
 		c.setMemLimit(newLimit)
 		if newLimit < oldLimit {
-			s.shrinkToFit(ctx, sb)
+			s.shrinkToFit(ctx, s.podConfig(), sb)
 		}
 	}
 	return &emptypb.Empty{}, nil

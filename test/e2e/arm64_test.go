@@ -267,7 +267,7 @@ func arm64Config(t *testing.T, hypervisor string) string {
 		t.Fatal(err)
 	}
 	path := filepath.Join(t.TempDir(), "arm64.toml")
-	if err := os.WriteFile(path, []byte(string(base)+"\n[hypervisor]\n"+hypervisor), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(string(base)+"\n[hypervisor]\npath = \""+arm64QEMU+"\"\n"+hypervisor), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return path

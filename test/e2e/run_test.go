@@ -267,3 +267,24 @@ func TestBootTimeoutIsAClearError(t *testing.T) {
 		t.Fatalf("exit %d, stderr:\n%s\nwant 125 and an error naming hypervisor.boot_timeout", r.code, r.stderr)
 	}
 }
+
+// TestRunExitCodesForExecFailures: as with Docker, Podman or a shell, a
+// program that does not exist exits 127 and one that cannot be executed
+// 126; 125 stays Berth's (and the VM's) own failure.
+func TestRunExitCodesForExecFailures(t *testing.T) {
+	requireE2E(t)
+	defer assertNoLeaks(t)
+	for _, tc := range []struct {
+		cmd  string
+		code int
+	}{
+		{"/no/such/cmd", 127},
+		{"no-such-cmd-in-path", 127},
+		{"/etc/passwd", 126}, // a file without the execute bit
+	} {
+		r := berth(t, "", "run", "--rootfs", env.rootfs, "--", tc.cmd)
+		if r.code != tc.code || !strings.Contains(r.stderr, tc.cmd) {
+			t.Errorf("berth run -- %s: exit %d, want %d; stderr:\n%s", tc.cmd, r.code, tc.code, r.stderr)
+		}
+	}
+}
