@@ -63,6 +63,9 @@ const (
 	VFIOModeVFIO        = "vfio"
 	VFIOModeGuestKernel = "guest-kernel"
 
+	KernelSourceDebian = "debian"
+	KernelSourceBerth  = "berth"
+
 	TransportAuto         = "auto"
 	TransportVsock        = "vsock"
 	TransportVirtioSerial = "virtio-serial"
@@ -133,6 +136,7 @@ func Default() *Config {
 		},
 		Guest: Guest{
 			KernelPackage: "linux-image-cloud-amd64",
+			KernelSource:  KernelSourceDebian,
 		},
 		Cgroup: Cgroup{
 			Manager:           CgroupManagerCgroupfs,
@@ -290,6 +294,12 @@ type Guest struct {
 	// KernelPackage is the Debian package `berth guest build` downloads,
 	// e.g. "linux-image-cloud-amd64" (a meta package is resolved).
 	KernelPackage string `toml:"kernel_package"`
+	// KernelSource is where `berth guest build` gets the kernel:
+	// "debian" (the package named by KernelPackage, with its virtio
+	// modules packed in the initramfs) or "berth" (Berth's own kernel,
+	// built from Debian's linux-source package with guest/kernel's
+	// configuration, everything built in).
+	KernelSource string `toml:"kernel_source"`
 }
 
 // Runtime configures what the containerd shim accepts from pods.

@@ -132,6 +132,10 @@ func (f *fakeSource) resolve(ctx context.Context, name string, progress func(str
 	return f.pkg, nil
 }
 
+func (f *fakeSource) lookup(ctx context.Context, name string) (debPackage, error) {
+	return debPackage{Name: name, Version: "1.0-1", Arch: "amd64"}, nil
+}
+
 func (f *fakeSource) fetch(ctx context.Context, p debPackage, cacheDir string) (string, bool, error) {
 	f.fetches++
 	deb := filepath.Join(cacheDir, p.fileName())
