@@ -17,6 +17,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/berth-runtime/berth/guest/kernel"
 )
 
@@ -98,6 +100,9 @@ func berthKernel(ctx context.Context, src packageSource, pkg debPackage, arch st
 	sum := sha256.Sum256(frag)
 	fragSum := hex.EncodeToString(sum[:])
 	dir := filepath.Join(o.CacheDir, kernelCacheName(pkg.Version, kernelCacheKey(pkg.Version, frag)))
+	if o.Force {
+		os.RemoveAll(filepath.Join(o.CacheDir, ".kbuild-"+kernelCacheKey(pkg.Version, frag)))
+	}
 	if !o.Force {
 		if t, ck, err := openCompiledKernel(dir); err == nil {
 			progress("using cached kernel %s (%s, compiled in %ds)", ck.Release, dir, ck.BuildSeconds)
@@ -128,33 +133,24 @@ func berthKernel(ctx context.Context, src packageSource, pkg debPackage, arch st
 		return nil, nil, err
 	}
 
-	work, err := os.MkdirTemp(o.CacheDir, ".kbuild-")
+	// The build directory is kept until the kernel is in the cache, so an
+	// interrupted or failed build resumes where it stopped (make is
+	// incremental) instead of compiling everything again.
+	key := kernelCacheKey(pkg.Version, frag)
+	work := filepath.Join(o.CacheDir, ".kbuild-"+key)
+	srcDir, err := unpackKernelSource(ctx, src, deb, work, progress)
 	if err != nil {
 		return nil, nil, err
 	}
-	defer os.RemoveAll(work)
-	progress("unpacking %s", filepath.Base(deb))
-	if err := src.extract(ctx, deb, filepath.Join(work, "deb")); err != nil {
-		return nil, nil, err
-	}
-	tarballs, _ := filepath.Glob(filepath.Join(work, "deb", "usr", "src", "linux-source-*.tar.xz"))
-	if len(tarballs) != 1 {
-		return nil, nil, fmt.Errorf("%s holds %d usr/src/linux-source-*.tar.xz (want one)", filepath.Base(deb), len(tarballs))
-	}
-	if err := run(ctx, work, nil, nil, "tar", "-xf", tarballs[0], "-C", work); err != nil {
-		return nil, nil, fmt.Errorf("unpack kernel source: %w", err)
-	}
-	os.RemoveAll(filepath.Join(work, "deb"))
-	srcDir := filepath.Join(work, strings.TrimSuffix(filepath.Base(tarballs[0]), ".tar.xz"))
 	objDir := filepath.Join(work, "obj")
-	if err := os.Mkdir(objDir, 0o755); err != nil {
+	if err := os.MkdirAll(objDir, 0o755); err != nil {
 		return nil, nil, err
 	}
 	fragPath := filepath.Join(work, fragName)
 	if err := os.WriteFile(fragPath, frag, 0o644); err != nil {
 		return nil, nil, err
 	}
-	logFile, err := os.Create(filepath.Join(work, "build.log"))
+	logFile, err := os.OpenFile(filepath.Join(work, "build.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -206,6 +202,7 @@ func berthKernel(ctx context.Context, src packageSource, pkg debPackage, arch st
 	// Assemble the cache directory under a temporary name and rename it
 	// into place: a crash never leaves a directory that looks complete.
 	out := filepath.Join(work, "out")
+	os.RemoveAll(out)
 	modDir := filepath.Join(out, "lib", "modules", ck.Release)
 	if err := os.MkdirAll(modDir, 0o755); err != nil {
 		return nil, nil, err
@@ -238,6 +235,7 @@ func berthKernel(ctx context.Context, src packageSource, pkg debPackage, arch st
 	if err := os.Rename(out, dir); err != nil {
 		return nil, nil, err
 	}
+	os.RemoveAll(work)
 	removeStaleKernels(o.CacheDir, dir)
 	t, ck, err := openCompiledKernel(dir)
 	if err != nil {
@@ -245,6 +243,42 @@ func berthKernel(ctx context.Context, src packageSource, pkg debPackage, arch st
 	}
 	progress("compiled kernel %s in %ds (%s)", ck.Release, ck.BuildSeconds, dir)
 	return t, ck, nil
+}
+
+// unpackKernelSource unpacks the source package's tarball into work once
+// (a marker file records that it finished) and returns the source tree.
+func unpackKernelSource(ctx context.Context, src packageSource, deb, work string, progress func(string, ...any)) (string, error) {
+	marker := filepath.Join(work, ".unpacked")
+	if b, err := os.ReadFile(marker); err == nil {
+		if dir := strings.TrimSpace(string(b)); filepath.Dir(dir) == work {
+			progress("resuming the build in %s", work)
+			return dir, nil
+		}
+	}
+	if err := os.RemoveAll(work); err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		return "", err
+	}
+	progress("unpacking %s", filepath.Base(deb))
+	debDir := filepath.Join(work, "deb")
+	if err := src.extract(ctx, deb, debDir); err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(debDir)
+	tarballs, _ := filepath.Glob(filepath.Join(debDir, "usr", "src", "linux-source-*.tar.xz"))
+	if len(tarballs) != 1 {
+		return "", fmt.Errorf("%s holds %d usr/src/linux-source-*.tar.xz (want one)", filepath.Base(deb), len(tarballs))
+	}
+	if err := run(ctx, work, nil, nil, "tar", "-xf", tarballs[0], "-C", work); err != nil {
+		return "", fmt.Errorf("unpack kernel source: %w", err)
+	}
+	dir := filepath.Join(work, strings.TrimSuffix(filepath.Base(tarballs[0]), ".tar.xz"))
+	if _, err := os.Stat(filepath.Join(dir, "Makefile")); err != nil {
+		return "", fmt.Errorf("unpacked kernel source: %w", err)
+	}
+	return dir, os.WriteFile(marker, []byte(dir+"\n"), 0o644)
 }
 
 // kernelCacheKey hashes what decides the compiled kernel: the source
@@ -415,6 +449,13 @@ func hostLibelf(root string) (libDir, host string, err error) {
 func run(ctx context.Context, dir string, env []string, out io.Writer, name string, args ...string) error {
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Dir, cmd.Env = dir, env
+	// make re-invokes itself (O= builds run a sub-make) and forks
+	// compilers: killing only the direct child on cancel (Ctrl-C, SIGTERM)
+	// would leave them compiling, and holding the output pipe open. Run
+	// the command in its own process group and kill the whole group.
+	cmd.SysProcAttr = &unix.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return unix.Kill(-cmd.Process.Pid, unix.SIGKILL) }
+	cmd.WaitDelay = 10 * time.Second
 	var buf bytes.Buffer
 	if out == nil {
 		cmd.Stdout, cmd.Stderr = &buf, &buf
