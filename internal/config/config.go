@@ -106,14 +106,15 @@ func Default() *Config {
 		StateDir: "/var/lib/berth",
 		RunDir:   "/run/berth",
 		Hypervisor: Hypervisor{
-			Path:             "/usr/bin/qemu-system-x86_64",
-			Machine:          MachineQ35,
-			Accel:            AccelAuto,
-			DefaultVCPUs:     1,
-			DefaultMemoryMiB: 256,
-			KernelParams:     "",
-			VirtiofsdPath:    "/usr/lib/qemu/virtiofsd",
-			VirtiofsCache:    VirtiofsCacheAuto,
+			Path:              "/usr/bin/qemu-system-x86_64",
+			Machine:           MachineQ35,
+			Accel:             AccelAuto,
+			DefaultVCPUs:      1,
+			DefaultMemoryMiB:  256,
+			KernelParams:      "",
+			VirtiofsdPath:     "/usr/lib/qemu/virtiofsd",
+			VirtiofsCache:     VirtiofsCacheAuto,
+			FreePageReporting: true,
 			// Generous because under TCG (no KVM) a Debian kernel
 			// takes tens of seconds to reach the agent.
 			BootTimeout:         Duration{60 * time.Second},
@@ -237,6 +238,9 @@ type Hypervisor struct {
 	VirtiofsCache string `toml:"virtiofs_cache"`
 	// BootTimeout bounds the time from QEMU start until the agent answers.
 	BootTimeout Duration `toml:"boot_timeout"`
+	// FreePageReporting gives each VM a virtio-balloon device with free
+	// page reporting, so memory the guest frees goes back to the host.
+	FreePageReporting bool `toml:"free_page_reporting"`
 	// DefaultMaxMemoryMiB is the ceiling a sandbox can grow to (maxGuest).
 	DefaultMaxMemoryMiB int `toml:"default_maxmemory"`
 	// MemoryHotplug is "auto" (virtio-mem on q35, DIMMs on virt, none on
