@@ -158,7 +158,7 @@ func build(ctx context.Context, o BuildOptions, src packageSource) (*Artefacts, 
 	var pkg debPackage
 	var buildKey string
 	if o.KernelSource == KernelSourceBerth {
-		if pkg, err = src.lookup(ctx, SourcePackage); err != nil {
+		if pkg, err = cachedLookup(ctx, src, o.CacheDir, SourcePackage); err != nil {
 			return nil, fmt.Errorf("find the kernel source package (guest.kernel_source = \"berth\"): %w", err)
 		}
 		debArch := debianArch(runtime.GOARCH)
@@ -228,7 +228,11 @@ func build(ctx context.Context, o BuildOptions, src packageSource) (*Artefacts, 
 	for i, n := range names {
 		paths[i] = ix.paths[n]
 	}
-	step(3, "kernel %s: %d modules to load: %s", tree.version, len(names), strings.Join(names, " "))
+	if len(names) == 0 {
+		step(3, "kernel %s: no modules to load (all built in)", tree.version)
+	} else {
+		step(3, "kernel %s: %d modules to load: %s", tree.version, len(names), strings.Join(names, " "))
+	}
 
 	// From here on the directory is being changed: drop the manifest first
 	// so that a crash part-way leaves "not built", never a kernel from one

@@ -479,3 +479,37 @@ func logTail(path string) string {
 	}
 	return tail(data)
 }
+
+// aptListsDir is where apt keeps the package lists; apt-get update
+// replaces files in it, which changes its modification time.
+var aptListsDir = "/var/lib/apt/lists"
+
+// cachedLookup is src.lookup, remembered in cacheDir until apt's package
+// lists change: apt-cache show parses every list and takes seconds on a
+// loaded host, and an unchanged `berth guest build` should take well under
+// one.
+func cachedLookup(ctx context.Context, src packageSource, cacheDir, name string) (debPackage, error) {
+	fi, err := os.Stat(aptListsDir)
+	if err != nil {
+		return src.lookup(ctx, name)
+	}
+	type memo struct {
+		Lists   int64
+		Package debPackage
+	}
+	file := filepath.Join(cacheDir, "apt-"+name+".json")
+	if b, err := os.ReadFile(file); err == nil {
+		var m memo
+		if json.Unmarshal(b, &m) == nil && m.Lists == fi.ModTime().UnixNano() && m.Package.Name == name && m.Package.Version != "" {
+			return m.Package, nil
+		}
+	}
+	p, err := src.lookup(ctx, name)
+	if err != nil {
+		return p, err
+	}
+	if b, err := json.Marshal(memo{Lists: fi.ModTime().UnixNano(), Package: p}); err == nil {
+		writeFileAtomic(file, 0o644, func(w io.Writer) error { _, err := w.Write(b); return err })
+	}
+	return p, nil
+}
