@@ -193,7 +193,7 @@ func printKernelFeatures(w io.Writer, configPath string) {
 		case len(s.Modular) > 0:
 			state = "module"
 		}
-		fmt.Fprintf(w, "  %-54s %s\n", s.Name, state)
+		fmt.Fprintf(w, "  %-58s %s\n", s.Name, state)
 	}
 }
 

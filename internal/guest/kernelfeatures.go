@@ -25,7 +25,7 @@ type KernelFeature struct {
 // fragment; the Debian cloud kernel has all of it (some as modules).
 var KernelFeatures = []KernelFeature{
 	{"virtio PCI", []string{"CONFIG_VIRTIO_PCI"}, true},
-	{"virtio MMIO (microvm)", []string{"CONFIG_VIRTIO_MMIO", "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES"}, true},
+	{"virtio MMIO (microvm; QEMU describes the devices in ACPI)", []string{"CONFIG_VIRTIO_MMIO"}, true},
 	{"virtio-serial (agent channel)", []string{"CONFIG_VIRTIO_CONSOLE"}, true},
 	{"virtio-blk", []string{"CONFIG_VIRTIO_BLK"}, true},
 	{"virtio-fs", []string{"CONFIG_FUSE_FS", "CONFIG_VIRTIO_FS"}, true},
