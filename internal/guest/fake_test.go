@@ -121,6 +121,7 @@ type fakeSource struct {
 	t                  *testing.T
 	pkg                debPackage
 	fetches, downloads int
+	lookups            int
 	extracts           int
 }
 
@@ -133,6 +134,7 @@ func (f *fakeSource) resolve(ctx context.Context, name string, progress func(str
 }
 
 func (f *fakeSource) lookup(ctx context.Context, name string) (debPackage, error) {
+	f.lookups++
 	return debPackage{Name: name, Version: "1.0-1", Arch: "amd64"}, nil
 }
 

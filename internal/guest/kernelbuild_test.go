@@ -171,3 +171,27 @@ func TestCompileProgressPlainLines(t *testing.T) {
 		t.Errorf("terminal control characters in a log: %q", out.String())
 	}
 }
+
+// TestCachedLookup: apt is asked once, then again only after apt's lists
+// change (apt-get update).
+func TestCachedLookup(t *testing.T) {
+	lists := t.TempDir()
+	defer func(d string) { aptListsDir = d }(aptListsDir)
+	aptListsDir = lists
+	src, cache := newFakeSource(t), t.TempDir()
+	for i := 0; i < 3; i++ {
+		p, err := cachedLookup(context.Background(), src, cache, SourcePackage)
+		if err != nil || p.Name != SourcePackage || p.Version != "1.0-1" {
+			t.Fatalf("lookup %d: %+v %v", i, p, err)
+		}
+	}
+	if src.lookups != 1 {
+		t.Errorf("%d apt lookups for 3 unchanged builds, want 1", src.lookups)
+	}
+	later := time.Now().Add(time.Minute)
+	os.Chtimes(lists, later, later)
+	cachedLookup(context.Background(), src, cache, SourcePackage)
+	if src.lookups != 2 {
+		t.Errorf("apt lists changed but the memo was used (%d lookups)", src.lookups)
+	}
+}
