@@ -19,7 +19,7 @@ help: ## list targets
 
 build: $(BIN)/berth $(BIN)/berth-agent $(BIN)/containerd-shim-berth-v2 ## build the binaries into bin/
 
-$(BIN)/berth: $(GOFILES) go.mod
+$(BIN)/berth: $(GOFILES) go.mod $(wildcard guest/kernel/*.config)
 	$(GO) build -o $@ ./cmd/berth
 
 $(BIN)/containerd-shim-berth-v2: $(GOFILES) go.mod

@@ -50,6 +50,7 @@ import (
 
 	"github.com/berth-runtime/berth/bench/internal/benchtab"
 	"github.com/berth-runtime/berth/internal/config"
+	"github.com/berth-runtime/berth/internal/guest"
 	"github.com/berth-runtime/berth/internal/qemu"
 	"github.com/berth-runtime/berth/internal/sandbox"
 )
@@ -63,6 +64,9 @@ type options struct {
 	machine  string
 	runc     string
 	quiet    bool
+	// compareStateDir holds a second guest image (another kernel) whose
+	// raw boot and berth run are measured in the same rounds.
+	compareStateDir string
 }
 
 func main() {
@@ -74,6 +78,7 @@ func main() {
 	flag.StringVar(&o.config, "config", "", "base configuration file (default: "+config.DefaultPath+" if it exists, else the built-in defaults)")
 	flag.StringVar(&o.machine, "machine", "", "QEMU machine type, q35 or microvm (default: hypervisor.machine of the configuration)")
 	flag.StringVar(&o.runc, "runc", "runc", `runc binary for the no-VM baseline row; "" skips it`)
+	flag.StringVar(&o.compareStateDir, "compare-state-dir", "", "a second state directory (e.g. one whose guest image has the other guest.kernel_source): its raw boot and berth run are measured in the same rounds")
 	flag.BoolVar(&o.quiet, "quiet", true, "repeat rounds during which another VM ran on the host (at most 3n rounds in all)")
 	flag.Parse()
 
@@ -138,9 +143,16 @@ func run(ctx context.Context, o options) (retErr error) {
 			retErr = err
 		}
 	}()
-	cfg, cfgPath, err := benchConfig(o, tmp)
+	cfg, cfgPath, err := benchConfig(o, o.stateDir, tmp, "")
 	if err != nil {
 		return err
+	}
+	var cfg2 *config.Config
+	var cfgPath2 string
+	if o.compareStateDir != "" {
+		if cfg2, cfgPath2, err = benchConfig(o, o.compareStateDir, tmp, "2"); err != nil {
+			return err
+		}
 	}
 	for _, p := range []string{cfg.Guest.Kernel, cfg.Guest.Initrd} {
 		if _, err := os.Stat(p); err != nil {
@@ -172,6 +184,8 @@ func run(ctx context.Context, o options) (retErr error) {
 		teardownRow = &series{name: "  teardown (delete, destroy VM)", short: "teardown"}
 		berthRow    = &series{name: "berth run /bin/true (end to end)", short: "berth run"}
 	)
+	rawRow.name += " [" + kernelLabel(cfg) + "]"
+	berthRow.name += " [" + kernelLabel(cfg) + "]"
 	rawRetried := 0 // raw boots whose first Info call failed
 	// One step per measurement; each appends its timings to its rows.
 	steps := []func() error{
@@ -196,6 +210,26 @@ func run(ctx context.Context, o options) (retErr error) {
 		},
 	}
 	rows := []*series{rawRow, sandboxRow, createRow, startRow, teardownRow, berthRow}
+	if cfg2 != nil {
+		raw2 := &series{name: "raw QEMU boot to agent ready [" + kernelLabel(cfg2) + "]", short: "raw2"}
+		berth2 := &series{name: "berth run /bin/true (end to end) [" + kernelLabel(cfg2) + "]", short: "berth run2"}
+		steps = append(steps, func() error {
+			d, failures, err := rawBoot(ctx, cfg2, accel, tmp)
+			raw2.add(d)
+			rawRetried += min(failures, 1)
+			return wrap("raw boot ("+o.compareStateDir+")", err)
+		}, func() error {
+			d, err := berthRun(ctx, berthBin, cfgPath2, rootfs)
+			berth2.add(d)
+			return wrap("berth run ("+o.compareStateDir+")", err)
+		})
+		rows = append(rows, raw2, berth2)
+		defer func() {
+			if retErr == nil {
+				fmt.Printf("%s: berth run / raw boot: %.2fx\n", kernelLabel(cfg2), float64(median(berth2.ds))/float64(median(raw2.ds)))
+			}
+		}()
+	}
 	if rc != nil {
 		steps = append(steps, func() error {
 			d, err := rc.run(ctx)
@@ -333,12 +367,12 @@ func (w *vmWatch) foreignQEMU() bool {
 // the base file with -state-dir and -machine applied and run_dir moved
 // into tmp. Writing it out and loading it back means both sides read, and
 // validate, exactly the same file.
-func benchConfig(o options, tmp string) (*config.Config, string, error) {
-	cfg, err := config.Load(o.config, config.Overrides{StateDir: o.stateDir})
+func benchConfig(o options, stateDir, tmp, suffix string) (*config.Config, string, error) {
+	cfg, err := config.Load(o.config, config.Overrides{StateDir: stateDir})
 	if err != nil {
 		return nil, "", err
 	}
-	cfg.RunDir = filepath.Join(tmp, "run")
+	cfg.RunDir = filepath.Join(tmp, "run"+suffix)
 	if o.machine != "" {
 		cfg.Hypervisor.Machine = o.machine
 	}
@@ -346,7 +380,7 @@ func benchConfig(o options, tmp string) (*config.Config, string, error) {
 	if err := cfg.Marshal(&buf); err != nil {
 		return nil, "", err
 	}
-	path := filepath.Join(tmp, "config.toml")
+	path := filepath.Join(tmp, "config"+suffix+".toml")
 	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
 		return nil, "", err
 	}
@@ -430,3 +464,12 @@ var (
 	median = benchtab.Median
 	ms     = benchtab.MS
 )
+
+// kernelLabel names the kernel of cfg's guest image, for the table.
+func kernelLabel(cfg *config.Config) string {
+	a, err := guest.Inspect(filepath.Dir(cfg.Guest.Kernel))
+	if err != nil {
+		return filepath.Base(cfg.Guest.Kernel)
+	}
+	return a.KernelVersion
+}

@@ -52,7 +52,13 @@ linux-image-<version> package), without installing it, and writes:
 
 The initramfs holds berth-agent as /init and the virtio, vsock, virtiofs and
 overlay modules with the order to load them in. Nothing is rebuilt when the
-kernel package version and the agent are unchanged; --force rebuilds.`,
+kernel package version and the agent are unchanged; --force rebuilds.
+
+With guest.kernel_source = "berth", the kernel is instead compiled from
+Debian's linux-source-6.1 package with the configuration in guest/kernel
+(everything built in, so the initramfs holds no modules). The first build
+takes minutes and shows its progress; the result is cached in
+<state_dir>/cache/kernel-<version>-<hash>, so later builds reuse it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := loadConfig()
@@ -86,6 +92,7 @@ func buildOptions(cfg *config.Config, agent string, force bool, progress io.Writ
 		InitrdPath:    cfg.ResolvedInitrd(),
 		CacheDir:      filepath.Join(cfg.StateDir, "cache"),
 		KernelPackage: cfg.Guest.KernelPackage,
+		KernelSource:  cfg.Guest.KernelSource,
 		AgentBinary:   agent,
 		Force:         force,
 		Progress:      progress,
@@ -148,13 +155,46 @@ func printArtefacts(w io.Writer, a *guest.Artefacts) {
 	row("kernel config", a.Config)
 	row("kernel version", a.KernelVersion)
 	pkg := fmt.Sprintf("%s %s", a.KernelPackage, a.KernelPackageVersion)
-	if a.RequestedPackage != "" && a.RequestedPackage != a.KernelPackage {
-		pkg += " (from " + a.RequestedPackage + ")"
+	if a.Source() == guest.KernelSourceBerth {
+		row("kernel source", fmt.Sprintf("berth: compiled from %s, configuration %s (guest/kernel)", pkg, a.KernelBuildKey))
+	} else {
+		if a.RequestedPackage != "" && a.RequestedPackage != a.KernelPackage {
+			pkg += " (from " + a.RequestedPackage + ")"
+		}
+		row("kernel source", "debian: package "+pkg)
 	}
-	row("kernel package", pkg)
 	row("agent sha256", a.AgentSHA256)
-	row("modules", strings.Join(a.Modules, " "))
+	mods := strings.Join(a.Modules, " ")
+	if mods == "" {
+		mods = "none (every driver is built in)"
+	}
+	row("modules", mods)
 	row("built", a.BuiltAt.Local().Format("2006-01-02 15:04:05 MST"))
+	printKernelFeatures(w, a.Config)
+}
+
+// printKernelFeatures lists guest.KernelFeatures as the kernel's config
+// has them: built in, module (loaded by the agent) or missing.
+func printKernelFeatures(w io.Writer, configPath string) {
+	cfg, err := guest.ReadKernelConfig(configPath)
+	if err != nil {
+		fmt.Fprintf(w, "kernel features: unknown: %v\n", err)
+		return
+	}
+	fmt.Fprintln(w, "kernel features (from the kernel config):")
+	for _, s := range guest.CheckKernelFeatures(cfg) {
+		state := "built in"
+		switch {
+		case !s.OK():
+			state = "MISSING " + strings.Join(s.Missing, " ")
+			if !s.Required {
+				state += " (optional)"
+			}
+		case len(s.Modular) > 0:
+			state = "module"
+		}
+		fmt.Fprintf(w, "  %-58s %s\n", s.Name, state)
+	}
 }
 
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }

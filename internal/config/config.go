@@ -63,6 +63,9 @@ const (
 	VFIOModeVFIO        = "vfio"
 	VFIOModeGuestKernel = "guest-kernel"
 
+	KernelSourceDebian = "debian"
+	KernelSourceBerth  = "berth"
+
 	TransportAuto         = "auto"
 	TransportVsock        = "vsock"
 	TransportVirtioSerial = "virtio-serial"
@@ -103,14 +106,15 @@ func Default() *Config {
 		StateDir: "/var/lib/berth",
 		RunDir:   "/run/berth",
 		Hypervisor: Hypervisor{
-			Path:             "/usr/bin/qemu-system-x86_64",
-			Machine:          MachineQ35,
-			Accel:            AccelAuto,
-			DefaultVCPUs:     1,
-			DefaultMemoryMiB: 256,
-			KernelParams:     "",
-			VirtiofsdPath:    "/usr/lib/qemu/virtiofsd",
-			VirtiofsCache:    VirtiofsCacheAuto,
+			Path:              "/usr/bin/qemu-system-x86_64",
+			Machine:           MachineQ35,
+			Accel:             AccelAuto,
+			DefaultVCPUs:      1,
+			DefaultMemoryMiB:  256,
+			KernelParams:      "",
+			VirtiofsdPath:     "/usr/lib/qemu/virtiofsd",
+			VirtiofsCache:     VirtiofsCacheAuto,
+			FreePageReporting: true,
 			// Generous because under TCG (no KVM) a Debian kernel
 			// takes tens of seconds to reach the agent.
 			BootTimeout:         Duration{60 * time.Second},
@@ -133,6 +137,7 @@ func Default() *Config {
 		},
 		Guest: Guest{
 			KernelPackage: "linux-image-cloud-amd64",
+			KernelSource:  KernelSourceDebian,
 		},
 		Cgroup: Cgroup{
 			Manager:           CgroupManagerCgroupfs,
@@ -238,6 +243,9 @@ type Hypervisor struct {
 	VirtiofsCache string `toml:"virtiofs_cache"`
 	// BootTimeout bounds the time from QEMU start until the agent answers.
 	BootTimeout Duration `toml:"boot_timeout"`
+	// FreePageReporting gives each VM a virtio-balloon device with free
+	// page reporting, so memory the guest frees goes back to the host.
+	FreePageReporting bool `toml:"free_page_reporting"`
 	// DefaultMaxMemoryMiB is the ceiling a sandbox can grow to (maxGuest).
 	DefaultMaxMemoryMiB int `toml:"default_maxmemory"`
 	// MemoryHotplug is "auto" (virtio-mem on q35, DIMMs on virt, none on
@@ -295,6 +303,12 @@ type Guest struct {
 	// KernelPackage is the Debian package `berth guest build` downloads,
 	// e.g. "linux-image-cloud-amd64" (a meta package is resolved).
 	KernelPackage string `toml:"kernel_package"`
+	// KernelSource is where `berth guest build` gets the kernel:
+	// "debian" (the package named by KernelPackage, with its virtio
+	// modules packed in the initramfs) or "berth" (Berth's own kernel,
+	// built from Debian's linux-source package with guest/kernel's
+	// configuration, everything built in).
+	KernelSource string `toml:"kernel_source"`
 }
 
 // Debug holds switches for debugging and for the hostile-guest tests.

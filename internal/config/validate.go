@@ -165,6 +165,7 @@ func (c *Config) problems() []*KeyError {
 		add(keyError("guest.kernel_package", c.Guest.KernelPackage, "is not a Debian package name",
 			`use a package such as "linux-image-cloud-amd64" (lower case letters, digits and + - .)`))
 	}
+	add(oneOf("guest.kernel_source", c.Guest.KernelSource, KernelSourceDebian, KernelSourceBerth))
 	// [runtime]
 	for _, k := range c.Runtime.EnableAnnotations {
 		if _, ok := annotatable[k]; !ok {

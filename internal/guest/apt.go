@@ -38,6 +38,10 @@ type packageSource interface {
 	// linux-image-cloud-amd64, or a concrete linux-image-<kver>) into the
 	// concrete package holding the kernel.
 	resolve(ctx context.Context, name string, progress func(string, ...any)) (debPackage, error)
+	// lookup returns the candidate version of a package by its exact name
+	// (the kernel source, build tools), running apt-get update once if apt
+	// does not know it.
+	lookup(ctx context.Context, name string) (debPackage, error)
 	// fetch returns the path of the package's .deb in cacheDir, downloading
 	// it unless a copy with the right hash is already there.
 	fetch(ctx context.Context, p debPackage, cacheDir string) (path string, cached bool, err error)
@@ -87,6 +91,20 @@ func (aptSource) resolve(ctx context.Context, name string, progress func(string,
 		return debPackage{}, fmt.Errorf("package %s does not resolve to a linux-image-<version> package (got %q): set guest.kernel_package to a Debian kernel image package such as linux-image-cloud-amd64", name, p.Name)
 	}
 	return p, nil
+}
+
+func (aptSource) lookup(ctx context.Context, name string) (debPackage, error) {
+	fields, err := aptShow(ctx, name)
+	if errors.Is(err, errUnknownPackage) {
+		if out, uerr := exec.CommandContext(ctx, "apt-get", "update").CombinedOutput(); uerr != nil {
+			return debPackage{}, fmt.Errorf("apt-get update (to find %s): %w\n%s", name, uerr, tail(out))
+		}
+		fields, err = aptShow(ctx, name)
+	}
+	if err != nil {
+		return debPackage{}, err
+	}
+	return debPackage{Name: fields["Package"], Version: fields["Version"], Arch: fields["Architecture"], SHA256: fields["SHA256"]}, nil
 }
 
 // kernelDependency returns the first linux-image-<version> package named in

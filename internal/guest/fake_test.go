@@ -121,6 +121,7 @@ type fakeSource struct {
 	t                  *testing.T
 	pkg                debPackage
 	fetches, downloads int
+	lookups            int
 	extracts           int
 }
 
@@ -130,6 +131,11 @@ func newFakeSource(t *testing.T) *fakeSource {
 
 func (f *fakeSource) resolve(ctx context.Context, name string, progress func(string, ...any)) (debPackage, error) {
 	return f.pkg, nil
+}
+
+func (f *fakeSource) lookup(ctx context.Context, name string) (debPackage, error) {
+	f.lookups++
+	return debPackage{Name: name, Version: "1.0-1", Arch: "amd64"}, nil
 }
 
 func (f *fakeSource) fetch(ctx context.Context, p debPackage, cacheDir string) (string, bool, error) {

@@ -22,11 +22,14 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-runtime/berth/guest/kernel"
 )
 
 // DefaultKernelPackage is the Debian package the guest kernel comes from.
@@ -53,6 +56,10 @@ type BuildOptions struct {
 	KernelPackage string
 	// AgentBinary is the static berth-agent installed as /init.
 	AgentBinary string
+	// KernelSource is KernelSourceDebian (the default: KernelPackage's
+	// kernel and modules) or KernelSourceBerth (Berth's own kernel,
+	// compiled from SourcePackage; KernelPackage is then ignored).
+	KernelSource string
 	// Modules are the kernel modules the agent loads at boot; dependencies
 	// are added. Default: DefaultModules.
 	Modules []string
@@ -102,6 +109,13 @@ func build(ctx context.Context, o BuildOptions, src packageSource) (*Artefacts, 
 	if o.KernelPackage == "" {
 		o.KernelPackage = DefaultKernelPackage
 	}
+	switch o.KernelSource {
+	case "":
+		o.KernelSource = KernelSourceDebian
+	case KernelSourceDebian, KernelSourceBerth:
+	default:
+		return nil, fmt.Errorf("guest build: kernel source %q is neither %q nor %q (guest.kernel_source)", o.KernelSource, KernelSourceDebian, KernelSourceBerth)
+	}
 	optional := map[string]bool{}
 	if o.Modules == nil {
 		o.Modules = DefaultModules
@@ -140,36 +154,64 @@ func build(ctx context.Context, o BuildOptions, src packageSource) (*Artefacts, 
 		defer unlock()
 	}
 
-	pkg, err := src.resolve(ctx, o.KernelPackage, progress)
-	if err != nil {
-		return nil, fmt.Errorf("resolve kernel package: %w", err)
-	}
-	step(1, "resolving kernel package %s -> %s (%s)", o.KernelPackage, pkg.Name, pkg.Version)
-	if err := checkAgent(o.AgentBinary, pkg.Arch); err != nil {
-		return nil, err
-	}
-
-	if prev, err := Inspect(outDir); err == nil && !o.Force &&
-		prev.KernelPackage == pkg.Name && prev.KernelPackageVersion == pkg.Version &&
-		prev.AgentSHA256 == agentSum && slices.Equal(prev.RequestedModules, o.Modules) &&
-		prev.Kernel == o.KernelPath && prev.Initrd == o.InitrdPath {
-		progress("guest image up to date (kernel %s, agent sha256 %.12s): use --force to rebuild", prev.KernelVersion, agentSum)
-		return prev, nil
-	}
-
-	deb, cached, err := src.fetch(ctx, pkg, o.CacheDir)
-	if err != nil {
-		return nil, fmt.Errorf("download kernel package: %w", err)
-	}
-	if cached {
-		step(2, "using cached %s", deb)
+	var tree *kernelTree
+	var pkg debPackage
+	var buildKey string
+	if o.KernelSource == KernelSourceBerth {
+		if pkg, err = cachedLookup(ctx, src, o.CacheDir, SourcePackage); err != nil {
+			return nil, fmt.Errorf("find the kernel source package (guest.kernel_source = \"berth\"): %w", err)
+		}
+		debArch := debianArch(runtime.GOARCH)
+		_, frag, err := kernel.Fragment(debArch)
+		if err != nil {
+			return nil, err
+		}
+		buildKey = kernelCacheKey(pkg.Version, frag)
+		step(1, "kernel source %s %s, configuration %s", pkg.Name, pkg.Version, buildKey)
+		if err := checkAgent(o.AgentBinary, debArch); err != nil {
+			return nil, err
+		}
+		if prev, err := Inspect(outDir); err == nil && !o.Force && prev.KernelSource == KernelSourceBerth &&
+			prev.KernelBuildKey == buildKey && prev.AgentSHA256 == agentSum && slices.Equal(prev.RequestedModules, o.Modules) &&
+			prev.Kernel == o.KernelPath && prev.Initrd == o.InitrdPath {
+			progress("guest image up to date (kernel %s, agent sha256 %.12s): use --force to rebuild", prev.KernelVersion, agentSum)
+			return prev, nil
+		}
+		t, ck, err := berthKernel(ctx, src, pkg, debArch, o, progress)
+		if err != nil {
+			return nil, err
+		}
+		step(2, "kernel %s compiled from %s %s (cached in %s)", ck.Release, ck.SourcePackage, ck.SourceVersion, filepath.Dir(t.vmlinuz))
+		tree = t
 	} else {
-		step(2, "downloaded %s", deb)
-	}
+		if pkg, err = src.resolve(ctx, o.KernelPackage, progress); err != nil {
+			return nil, fmt.Errorf("resolve kernel package: %w", err)
+		}
+		step(1, "resolving kernel package %s -> %s (%s)", o.KernelPackage, pkg.Name, pkg.Version)
+		if err := checkAgent(o.AgentBinary, pkg.Arch); err != nil {
+			return nil, err
+		}
 
-	tree, err := extractCached(ctx, src, deb, o.CacheDir, o.Force)
-	if err != nil {
-		return nil, err
+		if prev, err := Inspect(outDir); err == nil && !o.Force && prev.Source() == KernelSourceDebian &&
+			prev.KernelPackage == pkg.Name && prev.KernelPackageVersion == pkg.Version &&
+			prev.AgentSHA256 == agentSum && slices.Equal(prev.RequestedModules, o.Modules) &&
+			prev.Kernel == o.KernelPath && prev.Initrd == o.InitrdPath {
+			progress("guest image up to date (kernel %s, agent sha256 %.12s): use --force to rebuild", prev.KernelVersion, agentSum)
+			return prev, nil
+		}
+
+		deb, cached, err := src.fetch(ctx, pkg, o.CacheDir)
+		if err != nil {
+			return nil, fmt.Errorf("download kernel package: %w", err)
+		}
+		if cached {
+			step(2, "using cached %s", deb)
+		} else {
+			step(2, "downloaded %s", deb)
+		}
+		if tree, err = extractCached(ctx, src, deb, o.CacheDir, o.Force); err != nil {
+			return nil, err
+		}
 	}
 	ix, err := openModuleIndex(tree.modDir, tree.version)
 	if err != nil {
@@ -186,7 +228,11 @@ func build(ctx context.Context, o BuildOptions, src packageSource) (*Artefacts, 
 	for i, n := range names {
 		paths[i] = ix.paths[n]
 	}
-	step(3, "kernel %s: %d modules to load: %s", tree.version, len(names), strings.Join(names, " "))
+	if len(names) == 0 {
+		step(3, "kernel %s: no modules to load (all built in)", tree.version)
+	} else {
+		step(3, "kernel %s: %d modules to load: %s", tree.version, len(names), strings.Join(names, " "))
+	}
 
 	// From here on the directory is being changed: drop the manifest first
 	// so that a crash part-way leaves "not built", never a kernel from one
@@ -202,6 +248,8 @@ func build(ctx context.Context, o BuildOptions, src packageSource) (*Artefacts, 
 		KernelPackage:        pkg.Name,
 		KernelPackageVersion: pkg.Version,
 		RequestedPackage:     o.KernelPackage,
+		KernelSource:         o.KernelSource,
+		KernelBuildKey:       buildKey,
 		AgentSHA256:          agentSum,
 		Modules:              names,
 		RequestedModules:     o.Modules,
@@ -268,6 +316,17 @@ func extractCached(ctx context.Context, src packageSource, deb, cacheDir string,
 		}
 	}
 	return openKernelTree(dir)
+}
+
+// debianArch is Debian's name for a Go architecture.
+func debianArch(goarch string) string {
+	switch goarch {
+	case "386":
+		return "i386"
+	case "arm":
+		return "armhf"
+	}
+	return goarch // amd64, arm64, riscv64, ppc64le, s390x
 }
 
 func copyFileAtomic(src, dst string) (int64, error) {

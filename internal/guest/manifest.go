@@ -38,6 +38,13 @@ type Artefacts struct {
 	KernelPackage        string `json:"kernelPackage"`
 	KernelPackageVersion string `json:"kernelPackageVersion"`
 	RequestedPackage     string `json:"requestedPackage"`
+	// KernelSource is KernelSourceDebian or KernelSourceBerth ("" in
+	// manifests written before Berth built its own kernel: debian). For
+	// Berth's kernel, KernelPackage is the source package and
+	// KernelBuildKey hashes the source version, configuration fragment
+	// and recipe, naming the cache directory of the compiled kernel.
+	KernelSource   string `json:"kernelSource,omitempty"`
+	KernelBuildKey string `json:"kernelBuildKey,omitempty"`
 
 	// AgentSHA256 is the hash of the agent installed as /init.
 	AgentSHA256 string `json:"agentSHA256"`
@@ -55,6 +62,14 @@ type Artefacts struct {
 
 	BuiltAt time.Time `json:"builtAt"`
 	Format  int       `json:"format"`
+}
+
+// Source is KernelSource with the default of old manifests filled in.
+func (a *Artefacts) Source() string {
+	if a.KernelSource == "" {
+		return KernelSourceDebian
+	}
+	return a.KernelSource
 }
 
 // notBuiltError says the output directory holds no complete guest image.

@@ -92,6 +92,7 @@ const (
 	CheckChannel    = "channel"
 	CheckVirtiofsd  = "virtiofsd"
 	CheckGuestImage = "guest image"
+	CheckKernel     = "guest kernel"
 	CheckCgroups    = "cgroups"
 	CheckRunDir     = "run_dir"
 	CheckConfig     = "config" // for callers that report a config error as a finding
@@ -147,7 +148,7 @@ func run(ctx context.Context, cfg *config.Config, e env) Report {
 		checkRunDir(e, cfg.RunDir),
 	)
 	if k, err := e.guestKernel(cfg); err == nil {
-		r.Findings = append(r.Findings, checkMemoryHotplug(cfg.ResolvedMemoryHotplug(), k), checkDevices(e, cfg, &k))
+		r.Findings = append(r.Findings, checkGuestKernel(cfg, k), checkMemoryHotplug(cfg.ResolvedMemoryHotplug(), k), checkDevices(e, cfg, &k))
 	} else {
 		r.Findings = append(r.Findings, Finding{Check: CheckMemoryHotplug, Status: Warn,
 			Detail: "guest kernel requirements not checked: " + err.Error(), Fix: "run `berth guest build`"},

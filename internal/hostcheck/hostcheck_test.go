@@ -116,7 +116,7 @@ func (h *fakeHost) env() env {
 		},
 		guestKernel: func(*config.Config) (GuestKernel, error) {
 			return GuestKernel{Release: "6.1.0-56-cloud-amd64", Arch: "x86_64", Modules: []string{"virtio_mem", "kernel/drivers/block/virtio_blk.ko"},
-				Config: map[string]string{"CONFIG_MEMORY_HOTPLUG": "y", "CONFIG_ACPI_HOTPLUG_MEMORY": "y", "CONFIG_HOTPLUG_PCI_PCIE": "y"}}, nil
+				Config: fullKernelConfig(), Source: "debian", Package: "linux-image-6.1.0-56-cloud-amd64 6.1.192-1"}, nil
 		},
 	}
 }

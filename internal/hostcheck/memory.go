@@ -1,7 +1,6 @@
 package hostcheck
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"os"
@@ -28,6 +27,10 @@ type GuestKernel struct {
 	Arch    string   // x86_64 or arm64
 	Modules []string // module paths packed in the initramfs
 	Config  map[string]string
+	// Source is guest.KernelSourceDebian or guest.KernelSourceBerth, and
+	// Package the package (and version) the kernel came from.
+	Source  string
+	Package string
 }
 
 // checkMemoryHotplug decides whether the configured mechanism can work
@@ -76,16 +79,7 @@ func kernelVersion(release string) (int, int, bool) {
 }
 
 // ParseKernelConfig reads a kernel .config.
-func ParseKernelConfig(r io.Reader) map[string]string {
-	out := map[string]string{}
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		if k, v, ok := strings.Cut(sc.Text(), "="); ok && strings.HasPrefix(k, "CONFIG_") {
-			out[k] = strings.Trim(v, `"`)
-		}
-	}
-	return out
-}
+func ParseKernelConfig(r io.Reader) map[string]string { return guest.ParseKernelConfig(r) }
 
 // guestKernel reads the guest image manifest and kernel config next to
 // the configured kernel.
@@ -94,7 +88,8 @@ func guestKernel(cfg *config.Config) (GuestKernel, error) {
 	if err != nil {
 		return GuestKernel{}, err
 	}
-	k := GuestKernel{Release: a.KernelVersion, Modules: a.Modules, Arch: "x86_64"}
+	k := GuestKernel{Release: a.KernelVersion, Modules: a.Modules, Arch: "x86_64",
+		Source: a.Source(), Package: a.KernelPackage + " " + a.KernelPackageVersion}
 	if strings.Contains(a.KernelVersion, "arm64") {
 		k.Arch = "arm64"
 	}

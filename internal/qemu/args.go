@@ -14,6 +14,7 @@ import (
 const (
 	ramID          = "berth-ram"
 	consoleID      = "berth-console"
+	balloonID      = "berth-balloon"
 	qmpID          = "berth-qmp"
 	serialCtlID    = "berth-vser0"
 	vsockID        = "berth-vsock"
@@ -124,6 +125,13 @@ func (m Machine) Args() ([]string, error) {
 			",tag="+opt(fs.Tag)+",queue-size="+strconv.Itoa(q))
 	}
 	m.pcieArgs(&a)
+	if m.Balloon != nil {
+		dev := m.virtioDev("virtio-balloon") + ",id=" + balloonID
+		if m.Balloon.FreePageReporting {
+			dev += ",free-page-reporting=on"
+		}
+		a.add("-device", dev)
+	}
 	if m.Vsock != nil {
 		a.add("-device", m.virtioDev("vhost-vsock")+",id="+vsockID+",guest-cid="+strconv.FormatUint(uint64(m.Vsock.GuestCID), 10))
 	}

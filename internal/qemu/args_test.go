@@ -32,6 +32,7 @@ func TestArgsQ35Full(t *testing.T) {
 	m.SerialPorts = []VirtioSerialPort{{ID: "agent", Name: "berth.agent", SocketPath: "/run/berth/vm1/agent.sock"}}
 	m.FileSystems = []VhostUserFS{{ID: "fs0", Tag: "rootfs", SocketPath: "/run/berth/vm1/fs0.sock"}}
 	m.Vsock = &VsockDevice{GuestCID: 42}
+	m.Balloon = &BalloonDevice{FreePageReporting: true}
 
 	got, err := m.Args()
 	if err != nil {
@@ -56,6 +57,7 @@ func TestArgsQ35Full(t *testing.T) {
 		"-device", "virtserialport,id=agent,chardev=char-agent,bus=berth-vser0.0,name=berth.agent",
 		"-chardev", "socket,id=char-fs0,path=/run/berth/vm1/fs0.sock",
 		"-device", "vhost-user-fs-pci,id=fs0,chardev=char-fs0,tag=rootfs,queue-size=1024",
+		"-device", "virtio-balloon-pci,id=berth-balloon,free-page-reporting=on",
 		"-device", "vhost-vsock-pci,id=berth-vsock,guest-cid=42",
 	}
 	if !slices.Equal(got, want) {
@@ -71,6 +73,7 @@ func TestArgsMicroVMFull(t *testing.T) {
 	}
 	m.FileSystems = []VhostUserFS{{ID: "fs0", Tag: "rootfs", SocketPath: "/s/fs0.sock", QueueSize: 256}}
 	m.Vsock = &VsockDevice{GuestCID: 3}
+	m.Balloon = &BalloonDevice{}
 
 	got, err := m.Args()
 	if err != nil {
@@ -97,6 +100,7 @@ func TestArgsMicroVMFull(t *testing.T) {
 		"-device", "virtserialport,id=log,chardev=char-log,bus=berth-vser0.0,name=berth.log",
 		"-chardev", "socket,id=char-fs0,path=/s/fs0.sock",
 		"-device", "vhost-user-fs-device,id=fs0,chardev=char-fs0,tag=rootfs,queue-size=256",
+		"-device", "virtio-balloon-device,id=berth-balloon",
 		"-device", "vhost-vsock-device,id=berth-vsock,guest-cid=3",
 	}
 	if !slices.Equal(got, want) {

@@ -86,6 +86,9 @@ type Machine struct {
 	SerialPorts []VirtioSerialPort
 	FileSystems []VhostUserFS
 	Vsock       *VsockDevice
+	// Balloon, if set, adds a virtio-balloon device. Berth never inflates
+	// it; it is there for free page reporting.
+	Balloon *BalloonDevice
 
 	// MaxMemoryMiB, when above MemoryMiB, reserves guest physical address
 	// space for memory hot-plug ("-m size,slots=,maxmem="): the ceiling
@@ -112,6 +115,15 @@ type Machine struct {
 	PCIBridges    []PCIBridge
 	PCIeSwitches  []PCIeSwitch
 	VFIODevices   []VFIODevice
+}
+
+// BalloonDevice is a virtio-balloon device.
+type BalloonDevice struct {
+	// FreePageReporting lets the guest report pages it freed (Linux's
+	// CONFIG_PAGE_REPORTING, in 2 MiB+ chunks a few seconds after they are
+	// freed); QEMU then discards them, so the host gets back memory a
+	// container touched and released, without any balloon inflation.
+	FreePageReporting bool
 }
 
 // VirtioMemDevice is a virtio-mem device: a region of RegionMiB that the

@@ -253,7 +253,7 @@ func TestCRIPodWithTwoContainersSharesOneVM(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ExecSync uname: %v", err)
 	}
-	if release := strings.TrimSpace(string(ex.Stdout)); ex.ExitCode != 0 || !strings.HasSuffix(release, "-cloud-amd64") || release == hostRelease() {
+	if release := strings.TrimSpace(string(ex.Stdout)); ex.ExitCode != 0 || release != guestRelease(t) || release == hostRelease() {
 		t.Errorf("ExecSync uname -r: exit %d, stdout %q, stderr %q; want 0 and the guest kernel (host is %s)", ex.ExitCode, ex.Stdout, ex.Stderr, hostRelease())
 	}
 	ex, err = c.rt.ExecSync(criCtx(t, time.Minute), &cri.ExecSyncRequest{ContainerId: id2, Cmd: []string{"sh", "-c", "exit 3"}, Timeout: 30})

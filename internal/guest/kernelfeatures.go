@@ -1,0 +1,111 @@
+package guest
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+)
+
+// KernelFeature is something Berth or the containers it runs need from the
+// guest kernel, and the configuration options that provide it.
+type KernelFeature struct {
+	Name string
+	// Options must all be built in (=y) or, for a kernel whose modules the
+	// initramfs carries, modules (=m) that the agent loads.
+	Options []string
+	// Required features fail `berth check`; the others (what container
+	// workloads commonly use) only warn.
+	Required bool
+}
+
+// KernelFeatures is what `berth check` and `berth guest info` look for in
+// the guest kernel's configuration. The list follows guest/kernel's
+// fragment; the Debian cloud kernel has all of it (some as modules).
+var KernelFeatures = []KernelFeature{
+	{"virtio PCI", []string{"CONFIG_VIRTIO_PCI"}, true},
+	{"virtio MMIO (microvm; QEMU describes the devices in ACPI)", []string{"CONFIG_VIRTIO_MMIO"}, true},
+	{"virtio-serial (agent channel)", []string{"CONFIG_VIRTIO_CONSOLE"}, true},
+	{"virtio-blk", []string{"CONFIG_VIRTIO_BLK"}, true},
+	{"virtio-fs", []string{"CONFIG_FUSE_FS", "CONFIG_VIRTIO_FS"}, true},
+	{"overlayfs", []string{"CONFIG_OVERLAY_FS"}, true},
+	{"vsock", []string{"CONFIG_VSOCKETS", "CONFIG_VIRTIO_VSOCKETS"}, true},
+	{"virtio-net", []string{"CONFIG_VIRTIO_NET"}, true},
+	{"serial console (ttyS0)", []string{"CONFIG_SERIAL_8250", "CONFIG_SERIAL_8250_CONSOLE"}, true},
+	{"initramfs (gzip)", []string{"CONFIG_BLK_DEV_INITRD", "CONFIG_RD_GZIP"}, true},
+	{"devtmpfs, tmpfs, proc", []string{"CONFIG_DEVTMPFS", "CONFIG_TMPFS", "CONFIG_PROC_FS"}, true},
+	{"cgroups (memory, cpu, pids, cpuset, freezer, devices)", []string{"CONFIG_CGROUPS", "CONFIG_MEMCG", "CONFIG_CGROUP_SCHED",
+		"CONFIG_CFS_BANDWIDTH", "CONFIG_CGROUP_PIDS", "CONFIG_CPUSETS", "CONFIG_CGROUP_FREEZER", "CONFIG_CGROUP_DEVICE", "CONFIG_CGROUP_BPF"}, true},
+	{"namespaces", []string{"CONFIG_NAMESPACES", "CONFIG_UTS_NS", "CONFIG_IPC_NS", "CONFIG_PID_NS", "CONFIG_NET_NS", "CONFIG_USER_NS"}, true},
+	{"seccomp filters", []string{"CONFIG_SECCOMP", "CONFIG_SECCOMP_FILTER"}, true},
+	{"memory hot-plug (movable onlining)", []string{"CONFIG_MEMORY_HOTPLUG", "CONFIG_MEMORY_HOTREMOVE"}, true},
+	{"ACPI DIMM hot-plug", []string{"CONFIG_ACPI_HOTPLUG_MEMORY"}, true},
+	{"virtio-mem", []string{"CONFIG_VIRTIO_MEM"}, true},
+	{"PCIe hot-plug", []string{"CONFIG_HOTPLUG_PCI_PCIE"}, true},
+	{"unix, inet, IPv6 sockets", []string{"CONFIG_UNIX", "CONFIG_INET", "CONFIG_IPV6"}, true},
+	{"virtio-balloon free page reporting", []string{"CONFIG_VIRTIO_BALLOON", "CONFIG_PAGE_REPORTING"}, false},
+	{"PVH entry (boots uncompressed)", []string{"CONFIG_PVH"}, false},
+	{"qemu_fw_cfg", []string{"CONFIG_FW_CFG_SYSFS"}, false},
+	{"bridge, veth, tun", []string{"CONFIG_BRIDGE", "CONFIG_VETH", "CONFIG_TUN"}, false},
+	{"netfilter (iptables, nftables, NAT, conntrack)", []string{"CONFIG_NETFILTER", "CONFIG_NF_CONNTRACK", "CONFIG_NF_NAT",
+		"CONFIG_NF_TABLES", "CONFIG_IP_NF_IPTABLES", "CONFIG_IP_NF_NAT"}, false},
+}
+
+// FeatureStatus is one feature as a kernel configuration has it.
+type FeatureStatus struct {
+	KernelFeature
+	// Missing lists the options that are neither =y nor =m.
+	Missing []string
+	// Modular lists the options that are =m (loadable modules, which the
+	// agent must load from the initramfs).
+	Modular []string
+}
+
+// OK reports whether every option is built in or a module.
+func (s FeatureStatus) OK() bool { return len(s.Missing) == 0 }
+
+// CheckKernelFeatures grades a kernel configuration against KernelFeatures.
+func CheckKernelFeatures(cfg map[string]string) []FeatureStatus {
+	out := make([]FeatureStatus, 0, len(KernelFeatures))
+	for _, f := range KernelFeatures {
+		s := FeatureStatus{KernelFeature: f}
+		for _, o := range f.Options {
+			switch cfg[o] {
+			case "y":
+			case "m":
+				s.Modular = append(s.Modular, o)
+			default:
+				s.Missing = append(s.Missing, o)
+			}
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// ParseKernelConfig reads a kernel .config into option -> value ("y",
+// "m", a number or an unquoted string); "# CONFIG_X is not set" lines are
+// left out.
+func ParseKernelConfig(r io.Reader) map[string]string {
+	out := map[string]string{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), "="); ok && strings.HasPrefix(k, "CONFIG_") {
+			out[k] = strings.Trim(v, `"`)
+		}
+	}
+	return out
+}
+
+// ReadKernelConfig reads the kernel configuration a guest image keeps
+// (Artefacts.Config).
+func ReadKernelConfig(path string) (map[string]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read guest kernel config: %w", err)
+	}
+	defer f.Close()
+	return ParseKernelConfig(f), nil
+}
