@@ -124,6 +124,7 @@ func (m Machine) Args() ([]string, error) {
 			",tag="+opt(fs.Tag)+",queue-size="+strconv.Itoa(q))
 	}
 	m.pcieArgs(&a)
+	m.netArgs(&a)
 	if m.Vsock != nil {
 		a.add("-device", m.virtioDev("vhost-vsock")+",id="+vsockID+",guest-cid="+strconv.FormatUint(uint64(m.Vsock.GuestCID), 10))
 	}

@@ -86,6 +86,8 @@ type Machine struct {
 	SerialPorts []VirtioSerialPort
 	FileSystems []VhostUserFS
 	Vsock       *VsockDevice
+	// NetDevices are the VM's NICs (see net.go).
+	NetDevices []NetDevice
 
 	// MaxMemoryMiB, when above MemoryMiB, reserves guest physical address
 	// space for memory hot-plug ("-m size,slots=,maxmem="): the ceiling
@@ -283,6 +285,7 @@ func (m Machine) Validate() error {
 	}
 
 	m.validatePCIe(bad, checkID)
+	m.validateNet(bad, checkID)
 
 	if m.Vsock != nil {
 		// CIDs 0-2 are the hypervisor, local and host; U32_MAX is

@@ -308,6 +308,10 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 	if !isSandbox {
 		return nil, 0, fmt.Errorf("sandbox %q is not running in this shim: %w", sandboxID, errdefs.ErrFailedPrecondition)
 	}
+	netns, err := sandbox.PodNetNS(spec)
+	if err != nil {
+		return nil, 0, err
+	}
 	accel, err := resolveAccel(ctx, cfg)
 	if err != nil {
 		return nil, 0, err
@@ -321,7 +325,7 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 	if spec.Linux != nil {
 		cgroupsPath = spec.Linux.CgroupsPath
 	}
-	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: sandboxID, Accel: accel, CgroupsPath: cgroupsPath, ColdPlugVFIO: cold})
+	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: sandboxID, Accel: accel, CgroupsPath: cgroupsPath, ColdPlugVFIO: cold, NetNSPath: netns})
 	if err != nil {
 		return nil, 0, fmt.Errorf("start sandbox VM: %w", err)
 	}
