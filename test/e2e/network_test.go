@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -368,4 +369,48 @@ func cniBridge() string {
 		}
 	}
 	return ""
+}
+
+// A shim killed with SIGKILL takes QEMU with it; the taps go with QEMU's
+// descriptors, and what is left in the pod's netns (the veth's ingress
+// qdisc) is removed by `shim delete` or the next sandbox's stale cleanup,
+// while the pod's netns still exists.
+func TestCRIShimKilledLeavesNoNetwork(t *testing.T) {
+	c := newCRI(t)
+	defer assertNoLeaks(t)
+	pod := c.runPod(t, "net-killed")
+	defer c.removePod(t, pod.id)
+	id, _ := c.createContainer(t, pod, "sleep", "sleep", "1000")
+	c.startContainer(t, id)
+	if res, err := network.Residue(pod.netns); err != nil || len(res) != 3 {
+		t.Fatalf("Berth's tap and qdiscs in the pod netns: %v %v, want the tap and two ingress qdiscs", res, err)
+	}
+	shims := shimPids()
+	if len(shims) != 1 {
+		t.Fatalf("shim pids %v, want one", shims)
+	}
+	syscall.Kill(shims[0], syscall.SIGKILL)
+	deadline := time.Now().Add(15 * time.Second)
+	for len(qemuPids()) > 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if p := qemuPids(); len(p) > 0 {
+		t.Fatalf("QEMU %v outlived its shim", p)
+	}
+	left, _ := network.Residue(pod.netns)
+	t.Logf("in the pod netns once QEMU was gone: %v", left)
+	// The next sandbox's shim collects what the dead one left, if
+	// containerd's `shim delete` has not already.
+	other := c.runPod(t, "net-after-kill")
+	defer c.removePod(t, other.id)
+	var res []string
+	for deadline = time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		var err error
+		if res, err = network.Residue(pod.netns); err == nil && len(res) == 0 {
+			break
+		}
+	}
+	if len(res) > 0 {
+		t.Errorf("left in the killed pod's netns: %v", res)
+	}
 }
