@@ -327,40 +327,32 @@ func redirect(from, to int) *netlink.U32 {
 // virtio-net headers, which lets QEMU pass checksum and segmentation
 // offloads through.
 func openTap(ns netns.NsHandle, name string) (*os.File, error) {
-	var f *os.File
-	err := inNetns(ns, func() error {
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return nil, err
+	}
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	fd := -1
+	err = inNetns(ns, func() error {
 		// A tun device is created in the namespace of the process that
 		// opened /dev/net/tun, not of the one calling TUNSETIFF.
-		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-		if err != nil {
+		var err error
+		if fd, err = unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0); err != nil {
 			return fmt.Errorf("open /dev/net/tun: %w", err)
 		}
-		f = os.NewFile(uintptr(fd), "/dev/net/tun:"+name)
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		f.Close()
-		return nil, err
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("TUNSETIFF %s: %w", name, err)
 	}
-	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
-	rc, err := f.SyscallConn()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	var ioErr error
-	if err := rc.Control(func(fd uintptr) { ioErr = unix.IoctlIfreq(int(fd), unix.TUNSETIFF, ifr) }); err != nil {
-		ioErr = err
-	}
-	if ioErr != nil {
-		f.Close()
-		return nil, fmt.Errorf("TUNSETIFF %s: %w", name, ioErr)
-	}
-	return f, nil
+	// Wrapped only once attached: a non-blocking descriptor is then
+	// served by Go's poller (deadlines work); QEMU sets its own copy
+	// non-blocking anyway.
+	return os.NewFile(uintptr(fd), "/dev/net/tun:"+name), nil
 }
 
 // inNetns runs fn on a thread moved into ns, then moves the thread back.
