@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -241,5 +242,70 @@ func TestAttachRefusesUnsupportedInterface(t *testing.T) {
 	}
 	if res, _ := Residue(podPath); len(res) != 0 {
 		t.Errorf("left after a refused Attach: %v", res)
+	}
+}
+
+// A connection to any loopback port in the pod netns (what containerd's
+// PortForward dials) reaches that port on the target address.
+func TestServeLoopbackRelaysEveryPort(t *testing.T) {
+	requireRoot(t)
+	podPath, podH, _, _ := podWithVeth(t)
+	podNs, err := netns.GetFromPath(podPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer podNs.Close()
+	lo, _ := podH.LinkByName("lo")
+	podH.LinkSetUp(lo)
+	// The "guest" server: here on the test's own loopback.
+	srv, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	go func() {
+		for {
+			c, err := srv.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("hello from the server\n"))
+			c.Close()
+		}
+	}()
+	f, err := ServeLoopback(podPath, netip.MustParseAddr("127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := srv.Addr().(*net.TCPAddr).Port
+	var got []byte
+	if err := inNetns(podNs, func() error {
+		c, err := net.DialTimeout("tcp4", fmt.Sprintf("localhost:%d", port), 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got, err = io.ReadAll(c)
+		return err
+	}); err != nil {
+		t.Fatalf("dial localhost:%d in the pod netns: %v", port, err)
+	}
+	if string(got) != "hello from the server\n" {
+		t.Errorf("read %q through the forwarder", got)
+	}
+	if err := f.Close(); err != nil {
+		t.Error(err)
+	}
+	// Once closed, the rule is gone: loopback is the namespace's own again.
+	if err := inNetns(podNs, func() error {
+		c, err := net.DialTimeout("tcp4", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+		if err == nil {
+			c.Close()
+			return fmt.Errorf("connected after Close")
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
 	}
 }

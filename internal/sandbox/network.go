@@ -83,7 +83,29 @@ func (s *Sandbox) attachNetwork(ctx context.Context, nsPath string, m *qemu.Mach
 	for i, e := range pod.Endpoints {
 		m.NetDevices = append(m.NetDevices, qemu.NetDevice{ID: fmt.Sprintf("net%d", i), Tap: e.Tap, MAC: e.MAC, MTU: e.MTU})
 	}
+	s.serveLoopback(nsPath, undo)
 	return nil
+}
+
+// serveLoopback makes CRI PortForward (which dials the pod netns's
+// loopback) reach the guest. Without it the pod runs, only port
+// forwarding fails, so a failure is logged, not returned.
+func (s *Sandbox) serveLoopback(nsPath string, undo *cleanupStack) {
+	for _, e := range s.net.Endpoints {
+		for _, a := range e.Addrs {
+			if !a.Addr().Is4() {
+				continue
+			}
+			f, err := network.ServeLoopback(nsPath, a.Addr())
+			if err != nil {
+				logrus.WithField("sandbox", s.id).WithError(err).Warn("port forwarding to the pod will not work")
+				return
+			}
+			s.forward = f
+			undo.push(func() { f.Close() })
+			return
+		}
+	}
 }
 
 // configureGuestNetwork gives the agent the interfaces and routes; it
@@ -121,6 +143,9 @@ func (s *Sandbox) configureGuestNetwork(ctx context.Context) error {
 
 // detachNetwork removes the taps and filters from the pod netns.
 func (s *Sandbox) detachNetwork() error {
+	if s.forward != nil {
+		s.forward.Close()
+	}
 	return detachRecorded(s.dir)
 }
 

@@ -94,6 +94,8 @@ type Sandbox struct {
 	hostDevices device.Host
 	// net is the pod network connected to the VM's NICs; nil without one.
 	net *network.Pod
+	// forward serves CRI PortForward; nil without a pod network.
+	forward *network.LoopbackForwarder
 
 	mu         sync.Mutex
 	mounts     map[string][]string // container id -> host mount points, in mount order

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/spdystream"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -412,5 +414,97 @@ func TestCRIShimKilledLeavesNoNetwork(t *testing.T) {
 	}
 	if len(res) > 0 {
 		t.Errorf("left in the killed pod's netns: %v", res)
+	}
+}
+
+// portForward does what kubectl port-forward does with the URL CRI's
+// PortForward returns: an SPDY/3.1 upgrade (portforward.k8s.io), an error
+// and a data stream for the port, then raw bytes on the data stream. It
+// sends request and returns what comes back until the server closes.
+func portForward(t *testing.T, url string, port int32, request string) string {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.DialTimeout("tcp", req.URL.Host, 10*time.Second)
+	if err != nil {
+		t.Fatalf("dial the streaming server: %v", err)
+	}
+	defer conn.Close()
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "SPDY/3.1")
+	req.Header.Set("X-Stream-Protocol-Version", "portforward.k8s.io")
+	if err := req.Write(conn); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, req)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade to SPDY: %v %v", err, resp)
+	}
+	sc, err := spdystream.NewConnection(&bufferedConn{Conn: conn, r: br}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	go sc.Serve(spdystream.NoOpStreamHandler)
+	hdr := func(kind string) http.Header {
+		return http.Header{"Streamtype": {kind}, "Port": {fmt.Sprint(port)}, "Requestid": {"0"}}
+	}
+	errStream, err := sc.CreateStream(hdr("error"), nil, false)
+	if err != nil {
+		t.Fatalf("error stream: %v", err)
+	}
+	errStream.Close() // we send nothing on it
+	data, err := sc.CreateStream(hdr("data"), nil, false)
+	if err != nil {
+		t.Fatalf("data stream: %v", err)
+	}
+	if _, err := data.Write([]byte(request)); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	go func() { b, _ := io.ReadAll(data); got <- string(b) }()
+	go func() {
+		if b, _ := io.ReadAll(errStream); len(b) > 0 {
+			t.Logf("port-forward error stream: %s", b)
+		}
+	}()
+	select {
+	case s := <-got:
+		return s
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no reply through port-forward within 30s")
+		return ""
+	}
+}
+
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// CRI PortForward (kubectl port-forward) to a Berth pod's port returns
+// the server's reply.
+func TestCRIPortForward(t *testing.T) {
+	c := newCRI(t)
+	defer assertNoLeaks(t)
+	pod := c.runPod(t, "net-pf")
+	defer c.removePod(t, pod.id)
+	id, _ := c.createContainer(t, pod, "httpd", httpdArgs...)
+	c.startContainer(t, id)
+	waitLogLine(t, filepath.Join(pod.logDir, "httpd.log"), "serving", time.Minute)
+	// httpd listens a moment after "serving" (exec under TCG).
+	httpGet(t, "http://"+net.JoinHostPort(c.podIP(t, pod.id), "8080")+"/")
+	resp, err := c.rt.PortForward(criCtx(t, time.Minute), &cri.PortForwardRequest{PodSandboxId: pod.id, Port: []int32{8080}})
+	if err != nil {
+		t.Fatalf("PortForward: %v", err)
+	}
+	reply := portForward(t, resp.Url, 8080, "GET / HTTP/1.0\r\n\r\n")
+	if !strings.Contains(reply, "200 OK") || !strings.Contains(reply, "hello-from-net-pf") {
+		t.Errorf("reply through port-forward:\n%s\ncontainerd log:\n%s", reply, tail(filepath.Join(ctrd.dir, "containerd.log"), 15))
 	}
 }
