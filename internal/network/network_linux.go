@@ -385,3 +385,44 @@ func inNetns(ns netns.NsHandle, fn func() error) error {
 	}()
 	return <-errc
 }
+
+// Counters are one interface's traffic counters, from the pod's point of
+// view: the veth in the pod netns receives what the bridge sends to the
+// pod and transmits what the VM sends (the tc redirects run on the
+// interfaces' own ingress, after the kernel counted the frames).
+type Counters struct {
+	Name                                    string
+	RxBytes, RxPackets, RxErrors, RxDropped uint64
+	TxBytes, TxPackets, TxErrors, TxDropped uint64
+}
+
+// ReadCounters reads the counters of the named interfaces in the
+// namespace at nsPath. They are the host kernel's, not the guest's: a
+// guest cannot inflate them.
+func ReadCounters(nsPath string, names []string) ([]Counters, error) {
+	ns, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return nil, err
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	var out []Counters
+	for _, n := range names {
+		l, err := h.LinkByName(n)
+		if err != nil {
+			continue // CNI DEL removed it while the pod stops
+		}
+		st := l.Attrs().Statistics
+		if st == nil {
+			continue
+		}
+		out = append(out, Counters{Name: n,
+			RxBytes: st.RxBytes, RxPackets: st.RxPackets, RxErrors: st.RxErrors, RxDropped: st.RxDropped,
+			TxBytes: st.TxBytes, TxPackets: st.TxPackets, TxErrors: st.TxErrors, TxDropped: st.TxDropped})
+	}
+	return out, nil
+}

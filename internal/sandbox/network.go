@@ -16,6 +16,7 @@ import (
 	"github.com/berth-runtime/berth/internal/network"
 	"github.com/berth-runtime/berth/internal/oci"
 	"github.com/berth-runtime/berth/internal/qemu"
+	"github.com/berth-runtime/berth/internal/stats"
 )
 
 // networkFileName records what the sandbox added to the pod's network
@@ -164,4 +165,26 @@ func detachRecorded(dir string) error {
 		return fmt.Errorf("%s: %w", networkFileName, err)
 	}
 	return network.Detach(rec.NetNS, rec.Taps, rec.Interfaces)
+}
+
+// networkSample reads the pod interfaces' counters for the metrics.
+func (s *Sandbox) networkSample() []stats.InterfaceSample {
+	if s.net == nil || len(s.net.Endpoints) == 0 {
+		return nil
+	}
+	var names []string
+	for _, e := range s.net.Endpoints {
+		names = append(names, e.Name)
+	}
+	cs, err := network.ReadCounters(s.net.NetNSPath, names)
+	if err != nil {
+		return nil
+	}
+	out := make([]stats.InterfaceSample, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, stats.InterfaceSample{Name: c.Name,
+			RxBytes: c.RxBytes, RxPackets: c.RxPackets, RxErrors: c.RxErrors, RxDropped: c.RxDropped,
+			TxBytes: c.TxBytes, TxPackets: c.TxPackets, TxErrors: c.TxErrors, TxDropped: c.TxDropped})
+	}
+	return out
 }

@@ -22,6 +22,7 @@ import (
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/berth-runtime/berth/internal/network"
+	"github.com/berth-runtime/berth/internal/sandbox"
 )
 
 // The network tests run pods on the private containerd's CNI network
@@ -116,6 +117,22 @@ func TestCRIPodNetwork(t *testing.T) {
 	hostIP := hostAddress(t)
 	if body := httpGet(t, "http://"+net.JoinHostPort(hostIP, fmt.Sprint(hostPort))+"/"); body != "hello-from-net-a" {
 		t.Errorf("GET %s:%d (hostPort) -> Berth pod: %q", hostIP, hostPort, body)
+	}
+
+	// Per-interface traffic in the pod's metrics: what the host GETs and
+	// the pods' requests above moved, counted on the host's veth.
+	body := curl(t, "--unix-socket", sandbox.Dir(env.runDir, podA.id)+"/"+sandbox.MetricsSocketName, "http://sandbox/metrics")
+	for _, dir := range []string{"receive", "transmit"} {
+		prefix := `berth_pod_network_bytes_total{direction="` + dir + `",interface="eth0",sandbox_id="` + podA.id + `"} `
+		var v float64
+		for _, l := range strings.Split(body, "\n") {
+			if strings.HasPrefix(l, prefix) {
+				fmt.Sscan(strings.TrimPrefix(l, prefix), &v)
+			}
+		}
+		if v < 1000 {
+			t.Errorf("metrics: %s%v, want the traffic of the requests above (> 1000 bytes); families:\n%s", prefix, v, grepLines(body, "berth_pod_network"))
+		}
 	}
 
 	// The taps and filters exist while the pods run (so that the leak
