@@ -44,7 +44,7 @@ func TestCollector(t *testing.T) {
 		CgroupMemoryLimitBytes: 768 << 20,
 		Containers: []ContainerSample{{ID: "c1", Stats: &api.StatsResponse{CgroupVersion: 2, MemoryUsageBytes: 216 << 20,
 			MemoryStat: map[string]uint64{"inactive_file": 190 << 20, "file": 200 << 20}, CpuUsageUsec: 3000000, CpuUserUsec: 2000000, CpuSystemUsec: 1000000, PidsCurrent: 2}}},
-		Processes: []ProcessSample{{Name: "qemu-system-x86", Pid: 42, RSSBytes: 400 << 20, PSSBytes: 300 << 20, Threads: 4, FDs: 30}},
+		Processes:  []ProcessSample{{Name: "qemu-system-x86", Pid: 42, RSSBytes: 400 << 20, PSSBytes: 300 << 20, Threads: 4, FDs: 30}},
 		Interfaces: []InterfaceSample{{Name: "eth0", RxBytes: 1000, RxPackets: 10, TxBytes: 2000, TxPackets: 20, TxDropped: 3}},
 	}}
 	fams := gather(t, NewCollector(context.Background(), "sb1", src))
