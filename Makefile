@@ -12,7 +12,7 @@ AGENT_TAGS    := osusergo netgo
 AGENT_LDFLAGS := -s -w -extldflags -static
 GOFILES := $(shell find . -name '*.go' -not -path './bin/*' 2>/dev/null)
 
-.PHONY: help build deps guest rootfs demo install test test-unit test-e2e bench bench-ctr bench-stats bench-devices bench-memory proto clean
+.PHONY: help build deps guest rootfs demo install test test-unit test-e2e bench bench-ctr bench-stats bench-net bench-devices bench-memory proto clean
 
 help: ## list targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -68,6 +68,9 @@ bench: deps guest rootfs ## benchmark: berth run vs the raw QEMU boot floor (tab
 
 bench-stats: build guest rootfs ## benchmark: CRI ContainerStats latency, Berth vs runc (table)
 	$(GO) run ./bench/stats -n 200 -state-dir $(STATE_DIR) -rootfs $(ROOTFS)
+
+bench-net: build guest rootfs ## benchmark: pod TCP throughput and HTTP latency, Berth vs runc (table)
+	$(GO) run ./bench/net -state-dir $(STATE_DIR) -rootfs $(ROOTFS)
 
 bench-devices: deps guest rootfs ## benchmark: block device hot-plug latency (table)
 	$(GO) run ./bench/devices -n 10 -state-dir $(STATE_DIR) -rootfs $(ROOTFS)
