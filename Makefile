@@ -12,7 +12,7 @@ AGENT_TAGS    := osusergo netgo
 AGENT_LDFLAGS := -s -w -extldflags -static
 GOFILES := $(shell find . -name '*.go' -not -path './bin/*' 2>/dev/null)
 
-.PHONY: help build deps guest rootfs demo install test test-unit test-e2e test-e2e-containerd2 bench bench-ctr bench-stats bench-devices bench-memory proto clean
+.PHONY: help build deps guest rootfs demo install test test-unit test-e2e test-e2e-containerd2 bench bench-ctr bench-stats bench-net bench-devices bench-memory proto clean
 
 help: ## list targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -58,7 +58,7 @@ TEST_KERNEL = $(firstword $(wildcard $(STATE_DIR)/cache/linux-image-*/boot/vmlin
 test-e2e: deps guest ## end-to-end tests: boot real VMs, drive a real containerd (root)
 	BERTH_TEST_KERNEL=$(TEST_KERNEL) $(GO) test -count=1 -timeout 10m ./internal/qemu/...
 	BERTH_TEST_BOOT=1 $(GO) test -count=1 -timeout 10m ./internal/guest/...
-	$(GO) test -count=1 -timeout 5m ./internal/sandbox/... ./internal/cgroup/...
+	$(GO) test -count=1 -timeout 5m ./internal/sandbox/... ./internal/cgroup/... ./internal/network/...
 	BERTH_E2E=1 BERTH_STATE_DIR=$(STATE_DIR) $(GO) test -count=1 -v -timeout 40m ./test/e2e/...
 
 # The containerd 2.x lane: the tests where containerd's version matters,
@@ -78,6 +78,9 @@ bench: deps guest rootfs ## benchmark: berth run vs the raw QEMU boot floor (tab
 
 bench-stats: build guest rootfs ## benchmark: CRI ContainerStats latency, Berth vs runc (table)
 	$(GO) run ./bench/stats -n 200 -state-dir $(STATE_DIR) -rootfs $(ROOTFS)
+
+bench-net: build guest rootfs ## benchmark: pod TCP throughput and HTTP latency, Berth vs runc (table)
+	$(GO) run ./bench/net -state-dir $(STATE_DIR) -rootfs $(ROOTFS)
 
 bench-devices: deps guest rootfs ## benchmark: block device hot-plug latency (table)
 	$(GO) run ./bench/devices -n 10 -state-dir $(STATE_DIR) -rootfs $(ROOTFS)

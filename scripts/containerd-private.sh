@@ -2,6 +2,10 @@
 # Starts or stops a private containerd for Berth's demo and tests, with its
 # own root, state and socket under DIR, and Berth's runtime configured as
 # handler "berth". It never touches a system containerd.
+# CRI pods get their network from Debian's CNI plugins (bridge, host-local,
+# portmap): a private bridge and a private 10.x /24, both derived from DIR so
+# that several private containerds on one machine do not collide; the
+# bridge is removed by stop.
 #   containerd-private.sh start DIR [BIN_DIR]   prints the socket path
 #   containerd-private.sh stop DIR
 # BERTH_CONTAINERD=/path/to/containerd picks the binary (default: the one on
@@ -12,6 +16,12 @@ set -euo pipefail
 cmd=${1:?usage: containerd-private.sh start|stop DIR [BIN_DIR]}
 dir=$(readlink -f "${2:?DIR missing}")
 bindir=$(readlink -f "${3:-$(dirname "$0")/../bin}")
+# cni_net DIR prints the bridge name, subnet and gateway for DIR.
+cni_net() {
+  local h
+  h=$(printf %s "$1" | sha256sum | cut -c1-6)
+  echo "berth$h 10.$((128 + 0x${h:0:2} % 100)).$((0x${h:2:2})).0/24 10.$((128 + 0x${h:0:2} % 100)).$((0x${h:2:2})).1"
+}
 case "$cmd" in
 start)
   containerd=${BERTH_CONTAINERD:-$(command -v containerd || true)}
@@ -19,6 +29,20 @@ start)
   ctr=$(dirname "$containerd")/ctr
   [ -x "$ctr" ] || ctr=ctr
   mkdir -p "$dir"
+  read -r br subnet gw < <(cni_net "$dir")
+  mkdir -p "$dir/cni/net.d"
+  cat > "$dir/cni/net.d/10-berth.conflist" <<JSON
+{
+  "cniVersion": "1.0.0",
+  "name": "berth-private",
+  "plugins": [
+    {"type": "bridge", "bridge": "$br", "isGateway": true, "ipMasq": false,
+     "ipam": {"type": "host-local", "ranges": [[{"subnet": "$subnet", "gateway": "$gw"}]],
+              "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$dir/cni/ipam"}},
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+JSON
   # Extra runtime handlers, each a Berth configuration file passed to the
   # shim as the runtime's ConfigPath option: "name=/path name2=/path2".
   extra=()
@@ -40,6 +64,9 @@ state = "$dir/state"
   # test machines), and runc then fails with "can't get final child's PID
   # from pipe". Clamp to containerd's own score instead.
   restrict_oom_score_adj = true
+  [$cri.cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$dir/cni/net.d"
   [$cri.containerd]
     snapshotter = "overlayfs"
     [$cri.containerd.runtimes.berth]
@@ -66,6 +93,9 @@ state = "$dir/state"
     sandbox = "docker.io/library/berth-pause:latest"
 [plugins.'io.containerd.cri.v1.runtime']
   restrict_oom_score_adj = true
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = "$dir/cni/net.d"
   [plugins.'io.containerd.cri.v1.runtime'.containerd]
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.berth]
       runtime_type = "io.containerd.berth.v2"
@@ -112,6 +142,8 @@ stop)
     kill -9 "$pid" 2>/dev/null || true
     rm -f "$dir/containerd.pid"
   fi
+  read -r br _ < <(cni_net "$dir")
+  ip link del "$br" 2>/dev/null || true
   ;;
 *) echo "unknown command $cmd" >&2; exit 2 ;;
 esac

@@ -188,9 +188,10 @@ func waitImage(ctx context.Context, img cri.ImageServiceClient) {
 	}
 }
 
-// startPod runs a pod on the node's network with one sleeping container.
+// startPod runs a pod with one sleeping container, on the private
+// containerd's CNI network (Berth refuses hostNetwork pods).
 func startPod(ctx context.Context, rt cri.RuntimeServiceClient, handler, tmp string) (podID, ctrID string, err error) {
-	ns := &cri.NamespaceOption{Network: cri.NamespaceMode_NODE, Pid: cri.NamespaceMode_CONTAINER, Ipc: cri.NamespaceMode_POD}
+	ns := &cri.NamespaceOption{Network: cri.NamespaceMode_POD, Pid: cri.NamespaceMode_CONTAINER, Ipc: cri.NamespaceMode_POD}
 	uid := fmt.Sprintf("bench-%s-%d", handler, time.Now().UnixNano())
 	pc := &cri.PodSandboxConfig{
 		Metadata:     &cri.PodSandboxMetadata{Name: "stats-" + handler, Uid: uid, Namespace: "berth-bench"},

@@ -28,6 +28,8 @@ var forbidden = map[string][]string{
 	"internal/cgroup": {module + "internal/sandbox", module + "internal/shim", module + "internal/qemu",
 		module + "internal/config", module + "internal/oci", "github.com/containerd/containerd"},
 	"internal/monitor": {module + "internal/sandbox", module + "internal/shim", module + "internal/qemu"},
+	// The pod network package knows netns and netlink, not VMs or pods.
+	"internal/network": {module + "internal/", "github.com/opencontainers/runtime-spec", "github.com/containerd/containerd"},
 	"internal/sandbox": {"github.com/containerd/containerd/", module + "internal/shim"},
 	"internal/oci":     {module + "internal/"},
 	// The host mount tree knows paths and mounts: not sandboxes, specs

@@ -73,6 +73,10 @@ const (
 	CgroupManagerCgroupfs = "cgroupfs"
 	CgroupManagerSystemd  = "systemd"
 	CgroupManagerNone     = "none"
+
+	// Network models (network.network_model).
+	NetworkModelTCFilter = "tcfilter"
+	NetworkModelMacvtap  = "macvtap"
 )
 
 // Limits checked by Validate.
@@ -150,6 +154,7 @@ func Default() *Config {
 			// and rising (docs/metrics.md). With KVM 128 would do.
 			OverheadMemoryMiB: 384,
 		},
+		Network: Network{NetworkModel: NetworkModelTCFilter},
 	}
 }
 
@@ -213,6 +218,7 @@ type Config struct {
 	Runtime    Runtime    `toml:"runtime"`
 	Cgroup     Cgroup     `toml:"cgroup"`
 	Debug      Debug      `toml:"debug"`
+	Network    Network    `toml:"network"`
 
 	// source is the file Load read, "" for built-in defaults. It is not a
 	// TOML key (unexported fields are neither decoded nor encoded).
@@ -347,6 +353,15 @@ type Cgroup struct {
 	// OverheadMemoryMiB is added to the VM's memory to give the cgroup's
 	// memory limit.
 	OverheadMemoryMiB int `toml:"overhead_memory"`
+}
+
+// Network configures how a pod's network namespace reaches the VM
+// (docs/networking.md).
+type Network struct {
+	// NetworkModel connects each interface CNI created in the pod's
+	// network namespace to a virtio-net NIC of the VM: "tcfilter" (a tap
+	// per interface, tc ingress filters redirecting each direction).
+	NetworkModel string `toml:"network_model"`
 }
 
 // SandboxMemoryLimitBytes is the cgroup memory limit for a VM of vmMiB:

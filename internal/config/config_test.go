@@ -87,6 +87,8 @@ func TestValidationFail(t *testing.T) {
 		{"boot timeout words", "[hypervisor]\nboot_timeout = \"1 minute\"", "hypervisor.boot_timeout", "not a duration"},
 		{"transport", "[agent]\ntransport = \"tcp\"", "agent.transport", `"auto", "vsock" or "virtio-serial"`},
 		{"dial timeout", "[agent]\ndial_timeout = \"0s\"", "agent.dial_timeout", "not positive"},
+		{"network model", "[network]\nnetwork_model = \"bridge\"", "network.network_model", `use "tcfilter"`},
+		{"macvtap", "[network]\nnetwork_model = \"macvtap\"", "network.network_model", "not implemented"},
 		{"relative kernel", "[guest]\nkernel = \"vmlinuz\"", "guest.kernel", "absolute path"},
 		{"relative initrd", "[guest]\ninitrd = \"./initramfs.img\"", "guest.initrd", "absolute path"},
 		{"empty kernel package", "[guest]\nkernel_package = \"\"", "guest.kernel_package", "Debian package"},
@@ -150,6 +152,7 @@ func TestValidationOK(t *testing.T) {
 		{"limits", "[hypervisor]\ndefault_vcpus = 255\ndefault_memory = 128"},
 		{"kvm vsock", "[hypervisor]\naccel = \"kvm\"\n[agent]\ntransport = \"vsock\""},
 		{"virtio-serial", "[agent]\ntransport = \"virtio-serial\"\ndial_timeout = \"500ms\""},
+		{"tcfilter", "[network]\nnetwork_model = \"tcfilter\""},
 		{"cache none", "[hypervisor]\nvirtiofs_cache = \"none\"\nboot_timeout = \"2m\""},
 		{"guest paths", "[guest]\nkernel = \"/boot/vmlinuz\"\ninitrd = \"/boot/initrd.img\"\nkernel_package = \"linux-image-6.1.0-30-cloud-amd64\""},
 	} {

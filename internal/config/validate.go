@@ -173,6 +173,15 @@ func (c *Config) problems() []*KeyError {
 				"list only keys from "+quotedList(AnnotatableKeys())+"; paths and the kernel command line are never settable by pods"))
 		}
 	}
+	// [network]
+	switch c.Network.NetworkModel {
+	case NetworkModelTCFilter:
+	case NetworkModelMacvtap:
+		add(keyError("network.network_model", c.Network.NetworkModel, "is not implemented by this Berth",
+			`use network_model = "tcfilter" (the default), which works with every veth CNI creates`))
+	default:
+		add(oneOf("network.network_model", c.Network.NetworkModel, NetworkModelTCFilter))
+	}
 	// [cgroup]
 	cg := &c.Cgroup
 	add(oneOf("cgroup.manager", cg.Manager, CgroupManagerCgroupfs, CgroupManagerSystemd, CgroupManagerNone))

@@ -19,7 +19,7 @@ import (
 // they are asked for (dependencies are added and placed first). They cover
 // the devices Berth gives a VM: virtio on PCI (q35) and MMIO (microvm), the
 // virtio-serial agent channel, block volumes, virtio-mem, virtiofs root file
-// systems, overlay, vsock, and virtio-scsi.
+// systems, overlay, vsock, virtio-scsi, and virtio-net (pod networking).
 var DefaultModules = []string{
 	"virtio_pci",
 	"virtio_mmio",
@@ -31,6 +31,7 @@ var DefaultModules = []string{
 	"vmw_vsock_virtio_transport",
 	"virtio_scsi",
 	"virtio_balloon",
+	"virtio_net",
 }
 
 // optionalModules may be missing from a kernel without failing a build that

@@ -44,3 +44,15 @@ func TestCheckDevices(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckNetwork(t *testing.T) {
+	cfg := config.Default()
+	h := goodHost()
+	if f := checkNetwork(h.env(), cfg); f.Status != OK || !strings.Contains(f.Detail, "no /dev/vhost-net") {
+		t.Errorf("with tun, without vhost-net: %+v", f)
+	}
+	delete(h.files, "/dev/net/tun")
+	if f := checkNetwork(h.env(), cfg); f.Status != Warn || f.Fix != "modprobe tun" {
+		t.Errorf("without tun: %+v", f)
+	}
+}

@@ -146,6 +146,7 @@ func run(ctx context.Context, cfg *config.Config, e env) Report {
 		checkGuestFile(e, "initramfs", "guest.initrd", cfg.ResolvedInitrd()),
 		checkCgroups(e, cfg.Cgroup),
 		checkRunDir(e, cfg.RunDir),
+		checkNetwork(e, cfg),
 	)
 	if k, err := e.guestKernel(cfg); err == nil {
 		r.Findings = append(r.Findings, checkGuestKernel(cfg, k), checkMemoryHotplug(cfg.ResolvedMemoryHotplug(), k), checkDevices(e, cfg, &k))

@@ -130,6 +130,7 @@ func goodHost() *fakeHost {
 			"/var/lib/berth/guest/vmlinuz":       {size: 8 << 20},
 			"/var/lib/berth/guest/initramfs.img": {size: 12 << 20},
 			"/dev/vhost-vsock":                   {},
+			"/dev/net/tun":                       {},
 			"/run":                               {dir: true},
 			"/proc/self/mountinfo":               {content: mountinfoV2},
 			"/proc/1/comm":                       {content: "systemd\n"},

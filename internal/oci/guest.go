@@ -24,7 +24,10 @@ type GuestSpecOptions struct {
 //
 //   - root.path becomes the container's place in the virtio-fs share;
 //   - namespace paths point at the sandbox container's namespaces in the
-//     guest (or are dropped, giving a new namespace);
+//     guest (or are dropped, giving a new namespace); a network namespace
+//     the sandbox container joins by path is the pod's, which the host
+//     connected to the VM's NICs: the sandbox container runs in the
+//     guest's own network namespace, where the agent configured them;
 //   - the cgroup path is Berth's own guest cgroup, because host paths (and
 //     systemd slice syntax) mean nothing to the guest's cgroupfs;
 //   - hooks name host binaries and are dropped (they run on the host side
@@ -54,6 +57,9 @@ func ForGuest(spec *specs.Spec, o GuestSpecOptions) (*specs.Spec, error) {
 		l.Namespaces = nil
 		for _, ns := range spec.Linux.Namespaces {
 			if ns.Path != "" {
+				if o.SandboxInitPid == 0 && ns.Type == specs.NetworkNamespace {
+					continue // the guest's own namespace
+				}
 				if o.SandboxInitPid == 0 {
 					ns.Path = ""
 				} else {
@@ -127,6 +133,17 @@ var SandboxIDAnnotations = []string{
 var ContainerTypeAnnotations = []string{
 	"io.kubernetes.cri.container-type",
 	"io.kubernetes.cri-o.ContainerType",
+}
+
+// IsCRISandbox says whether the annotations mark a CRI pod's sandbox
+// (pause) container.
+func IsCRISandbox(annotations map[string]string) bool {
+	for _, k := range ContainerTypeAnnotations {
+		if annotations[k] == "sandbox" {
+			return true
+		}
+	}
+	return false
 }
 
 // PodInfo tells, from a spec's annotations, which sandbox a container

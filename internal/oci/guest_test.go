@@ -30,9 +30,14 @@ func TestForGuestRewritesHostReferences(t *testing.T) {
 	if spec.Linux.Namespaces[0].Path != "/proc/4242/ns/net" {
 		t.Error("ForGuest modified the host spec")
 	}
+	// The sandbox container: the pod's network namespace is the guest's
+	// own (the VM's NICs are there), so it is left out; other paths are
+	// dropped, giving new namespaces.
+	spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UTSNamespace, Path: "/proc/4242/ns/uts"})
 	g, _ = ForGuest(spec, GuestSpecOptions{ContainerID: "c1"})
-	if g.Linux.Namespaces[0].Path != "" {
-		t.Errorf("without a sandbox pid the namespace path should be dropped: %+v", g.Linux.Namespaces[0])
+	want := []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.UTSNamespace}}
+	if len(g.Linux.Namespaces) != 2 || g.Linux.Namespaces[0] != want[0] || g.Linux.Namespaces[1] != want[1] {
+		t.Errorf("sandbox container namespaces %+v, want %+v", g.Linux.Namespaces, want)
 	}
 }
 

@@ -132,6 +132,7 @@ func (m Machine) Args() ([]string, error) {
 		}
 		a.add("-device", dev)
 	}
+	m.netArgs(&a)
 	if m.Vsock != nil {
 		a.add("-device", m.virtioDev("vhost-vsock")+",id="+vsockID+",guest-cid="+strconv.FormatUint(uint64(m.Vsock.GuestCID), 10))
 	}

@@ -89,6 +89,8 @@ type Machine struct {
 	// Balloon, if set, adds a virtio-balloon device. Berth never inflates
 	// it; it is there for free page reporting.
 	Balloon *BalloonDevice
+	// NetDevices are the VM's NICs (see net.go).
+	NetDevices []NetDevice
 
 	// MaxMemoryMiB, when above MemoryMiB, reserves guest physical address
 	// space for memory hot-plug ("-m size,slots=,maxmem="): the ceiling
@@ -295,6 +297,7 @@ func (m Machine) Validate() error {
 	}
 
 	m.validatePCIe(bad, checkID)
+	m.validateNet(bad, checkID)
 
 	if m.Vsock != nil {
 		// CIDs 0-2 are the hypervisor, local and host; U32_MAX is

@@ -80,6 +80,7 @@ func Start(ctx context.Context, m Machine, opts StartOptions) (*VM, error) {
 	out := newTailWriter(opts.Stderr)
 	cmd.Stdout = out
 	cmd.Stderr = out
+	cmd.ExtraFiles = m.extraFiles()
 	// Wait normally returns once QEMU's output is drained; should a
 	// helper QEMU started keep the pipe open, don't let that keep a dead
 	// VM looking alive.

@@ -53,6 +53,7 @@ func (s *Sandbox) Sample(ctx context.Context) (stats.Sample, error) {
 		}
 	}
 	sort.Slice(out.Processes, func(i, j int) bool { return out.Processes[i].Pid < out.Processes[j].Pid })
+	out.Interfaces = s.networkSample()
 	return out, nil
 }
 

@@ -35,6 +35,7 @@ import (
 	"github.com/berth-runtime/berth/internal/device"
 	"github.com/berth-runtime/berth/internal/hostmount"
 	"github.com/berth-runtime/berth/internal/memory"
+	"github.com/berth-runtime/berth/internal/network"
 	"github.com/berth-runtime/berth/internal/oci"
 	"github.com/berth-runtime/berth/internal/qemu"
 	"github.com/berth-runtime/berth/internal/transport"
@@ -58,6 +59,9 @@ type Options struct {
 	// ColdPlugVFIO); the container that asked for them finds them
 	// attached, other devices are hot-plugged.
 	ColdPlugVFIO []device.VFIOGroup
+	// NetNSPath is the pod's network namespace on the host (see
+	// PodNetNS); "" gives a VM without NICs.
+	NetNSPath string
 }
 
 // VMM is what a sandbox needs from a running hypervisor process.
@@ -91,6 +95,10 @@ type Sandbox struct {
 	// nil on machines without Berth's PCIe topology (microvm, virt).
 	devices     *device.Manager
 	hostDevices device.Host
+	// net is the pod network connected to the VM's NICs; nil without one.
+	net *network.Pod
+	// forward serves CRI PortForward; nil without a pod network.
+	forward *network.LoopbackForwarder
 
 	mu sync.Mutex
 	// tree is the host-only mount tree and its read-only share.
@@ -193,6 +201,9 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	if err != nil {
 		return nil, err
 	}
+	if err := s.attachNetwork(ctx, opts.NetNSPath, &m, &undo); err != nil {
+		return nil, err
+	}
 	// The cgroup exists before the processes it will hold, and is
 	// removed after they are gone (the cleanup stack runs backwards).
 	cg, err := s.createCgroup(ctx, opts, m.MemoryMiB)
@@ -224,6 +235,9 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 		// touches its memory, so that the guest's RAM is charged there.
 		Started: func(pid int) error { return cg.Add(ctx, pid) },
 	})
+	if s.net != nil {
+		s.net.CloseTaps() // QEMU holds its own; the taps end with it
+	}
 	if err != nil {
 		return nil, fmt.Errorf("start VM: %w", err)
 	}
@@ -247,6 +261,9 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	}
 	undo.push(func() { s.dialer.Close() })
 	if err := s.connectAgent(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.configureGuestNetwork(ctx); err != nil {
 		return nil, err
 	}
 	s.memory.bootMemTotalMiB = int(s.info.MemTotalBytes >> 20)
@@ -513,6 +530,9 @@ func (s *Sandbox) destroy(ctx context.Context) error {
 	}
 	s.dialer.Close()
 	s.virtiofsd.stop()
+	if err := s.detachNetwork(); err != nil {
+		errs = append(errs, err)
+	}
 	// QEMU has been reaped and virtiofsd has exited: the cgroup is empty.
 	if err := s.cgroup.Delete(ctx); err != nil {
 		errs = append(errs, err)

@@ -85,6 +85,9 @@ func removeOrphan(dir string) error {
 	for _, m := range mountsUnder(dir) {
 		unmount(m)
 	}
+	if err := detachRecorded(dir); err != nil {
+		return fmt.Errorf("remove pod network taps and filters: %w", err)
+	}
 	if err := removeRecordedCgroup(context.Background(), dir); err != nil {
 		return fmt.Errorf("remove sandbox cgroup: %w", err)
 	}

@@ -350,6 +350,10 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 	if !isSandbox {
 		return nil, 0, fmt.Errorf("sandbox %q is not running in this shim: %w", sandboxID, errdefs.ErrFailedPrecondition)
 	}
+	netns, err := sandbox.PodNetNS(spec)
+	if err != nil {
+		return nil, 0, err
+	}
 	booting := make(chan struct{})
 	s.booting = booting
 	s.mu.Unlock()
@@ -371,7 +375,7 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 	sandbox.CleanupStale(cfg.RunDir)
 	ns, _ := namespaces.Namespace(ctx)
 	cgroupsPath := oci.CgroupsPath(spec, ns, sandboxID)
-	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: sandboxID, Accel: accel, CgroupsPath: cgroupsPath, ColdPlugVFIO: cold})
+	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: sandboxID, Accel: accel, CgroupsPath: cgroupsPath, ColdPlugVFIO: cold, NetNSPath: netns})
 	if err != nil {
 		return nil, 0, fmt.Errorf("start sandbox VM: %w", err)
 	}

@@ -24,6 +24,16 @@ type Sample struct {
 	CgroupMemoryLimitBytes uint64
 	Containers             []ContainerSample
 	Processes              []ProcessSample
+	// Interfaces are the pod network's interfaces, counted on the host.
+	Interfaces []InterfaceSample
+}
+
+// InterfaceSample is one pod interface's traffic, from the pod's point of
+// view (receive: towards the pod).
+type InterfaceSample struct {
+	Name                                    string
+	RxBytes, RxPackets, RxErrors, RxDropped uint64
+	TxBytes, TxPackets, TxErrors, TxDropped uint64
 }
 
 // ContainerSample is one container's guest cgroup reading.
@@ -83,6 +93,18 @@ var (
 	descFDs = prometheus.NewDesc("berth_hypervisor_fds",
 		"Open file descriptors of a host process of the sandbox.",
 		[]string{"sandbox_id", "process", "pid"}, nil)
+	descNetBytes = prometheus.NewDesc("berth_pod_network_bytes_total",
+		"Bytes through a pod interface, counted on the host: direction=receive (to the pod) or transmit (from the pod).",
+		[]string{"sandbox_id", "interface", "direction"}, nil)
+	descNetPackets = prometheus.NewDesc("berth_pod_network_packets_total",
+		"Packets through a pod interface, counted on the host.",
+		[]string{"sandbox_id", "interface", "direction"}, nil)
+	descNetErrors = prometheus.NewDesc("berth_pod_network_errors_total",
+		"Errors on a pod interface, counted on the host.",
+		[]string{"sandbox_id", "interface", "direction"}, nil)
+	descNetDropped = prometheus.NewDesc("berth_pod_network_dropped_total",
+		"Packets dropped on a pod interface, counted on the host.",
+		[]string{"sandbox_id", "interface", "direction"}, nil)
 	descUp = prometheus.NewDesc("berth_sandbox_up",
 		"1 if the last sample of the sandbox succeeded, 0 if not.",
 		[]string{"sandbox_id"}, nil)
@@ -107,7 +129,8 @@ func NewCollector(ctx context.Context, sandboxID string, src Source) *Collector 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descGuestMemory, descCgroupLimit, descWorkingSet, descUsage, descCache,
-		descCPU, descPids, descRSS, descPSS, descThreads, descFDs, descUp} {
+		descCPU, descPids, descRSS, descPSS, descThreads, descFDs, descUp,
+		descNetBytes, descNetPackets, descNetErrors, descNetDropped} {
 		ch <- d
 	}
 }
@@ -140,6 +163,16 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		for mode, usec := range map[string]uint64{"user": r.CpuUserUsec, "system": r.CpuSystemUsec, "total": r.CpuUsageUsec} {
 			ch <- prometheus.MustNewConstMetric(descCPU, prometheus.CounterValue, float64(usec)/1e6, c.sandboxID, ct.ID, mode)
 		}
+	}
+	for _, n := range s.Interfaces {
+		counter := func(d *prometheus.Desc, rx, tx uint64) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(rx), c.sandboxID, n.Name, "receive")
+			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(tx), c.sandboxID, n.Name, "transmit")
+		}
+		counter(descNetBytes, n.RxBytes, n.TxBytes)
+		counter(descNetPackets, n.RxPackets, n.TxPackets)
+		counter(descNetErrors, n.RxErrors, n.TxErrors)
+		counter(descNetDropped, n.RxDropped, n.TxDropped)
 	}
 	for _, p := range s.Processes {
 		pid := strconv.Itoa(p.Pid)

@@ -44,7 +44,8 @@ func TestCollector(t *testing.T) {
 		CgroupMemoryLimitBytes: 768 << 20,
 		Containers: []ContainerSample{{ID: "c1", Stats: &api.StatsResponse{CgroupVersion: 2, MemoryUsageBytes: 216 << 20,
 			MemoryStat: map[string]uint64{"inactive_file": 190 << 20, "file": 200 << 20}, CpuUsageUsec: 3000000, CpuUserUsec: 2000000, CpuSystemUsec: 1000000, PidsCurrent: 2}}},
-		Processes: []ProcessSample{{Name: "qemu-system-x86", Pid: 42, RSSBytes: 400 << 20, PSSBytes: 300 << 20, Threads: 4, FDs: 30}},
+		Processes:  []ProcessSample{{Name: "qemu-system-x86", Pid: 42, RSSBytes: 400 << 20, PSSBytes: 300 << 20, Threads: 4, FDs: 30}},
+		Interfaces: []InterfaceSample{{Name: "eth0", RxBytes: 1000, RxPackets: 10, TxBytes: 2000, TxPackets: 20, TxDropped: 3}},
 	}}
 	fams := gather(t, NewCollector(context.Background(), "sb1", src))
 	for _, tc := range []struct {
@@ -65,6 +66,10 @@ func TestCollector(t *testing.T) {
 		{"berth_hypervisor_pss_bytes", map[string]string{"process": "qemu-system-x86", "pid": "42"}, 300 << 20},
 		{"berth_hypervisor_threads", map[string]string{"pid": "42"}, 4},
 		{"berth_hypervisor_fds", map[string]string{"pid": "42"}, 30},
+		{"berth_pod_network_bytes_total", map[string]string{"interface": "eth0", "direction": "receive"}, 1000},
+		{"berth_pod_network_bytes_total", map[string]string{"interface": "eth0", "direction": "transmit"}, 2000},
+		{"berth_pod_network_packets_total", map[string]string{"interface": "eth0", "direction": "transmit"}, 20},
+		{"berth_pod_network_dropped_total", map[string]string{"interface": "eth0", "direction": "transmit"}, 3},
 	} {
 		got, ok := value(fams, tc.name, tc.labels)
 		if !ok || got != tc.want {

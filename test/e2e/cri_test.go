@@ -19,8 +19,9 @@ import (
 
 // The CRI tests drive the private containerd's CRI plugin the way the
 // kubelet does: RunPodSandbox with Berth's runtime handler, then app
-// containers that join the pod's VM. Pods use the node's network so that no
-// CNI plugin is needed.
+// containers that join the pod's VM. Pods get their network from the
+// private containerd's CNI configuration (bridge, host-local, portmap; see
+// scripts/containerd-private.sh), as in a cluster.
 
 const criHandler = "berth"
 
@@ -73,6 +74,7 @@ type criPod struct {
 	id     string
 	config *cri.PodSandboxConfig
 	logDir string
+	netns  string // the pod's network namespace on the host
 }
 
 // runPod starts a pod sandbox with Berth's handler. Callers defer
@@ -87,8 +89,14 @@ func (c *criClient) runPod(t *testing.T, name string) *criPod {
 // or "runc") and pod annotations.
 func (c *criClient) runPodWith(t *testing.T, name, handler string, annotations map[string]string) *criPod {
 	t.Helper()
+	return c.runPodConfig(t, podConfig(t, name, annotations), handler)
+}
+
+// podConfig is what the kubelet sends for a pod on the pod network, with
+// the pod's name as its hostname and a kubelet-style pod cgroup.
+func podConfig(t *testing.T, name string, annotations map[string]string) *cri.PodSandboxConfig {
 	uid := fmt.Sprintf("%s-%d", name, time.Now().UnixNano())
-	return c.runPodIn(t, name, handler, annotations, "/kubepods/besteffort/pod"+uid)
+	return podConfigIn(t, name, annotations, "/kubepods/besteffort/pod"+uid)
 }
 
 // runPodIn starts a pod whose CRI cgroup_parent is cgroupParent (the pod
@@ -96,15 +104,16 @@ func (c *criClient) runPodWith(t *testing.T, name, handler string, annotations m
 // it, and the leak check looks there (trackPodCgroup).
 func (c *criClient) runPodIn(t *testing.T, name, handler string, annotations map[string]string, cgroupParent string) *criPod {
 	t.Helper()
+	return c.runPodConfig(t, podConfigIn(t, name, annotations, cgroupParent), handler)
+}
+
+// podConfigIn is podConfig with the given CRI cgroup_parent.
+func podConfigIn(t *testing.T, name string, annotations map[string]string, cgroupParent string) *cri.PodSandboxConfig {
 	uid := strings.TrimPrefix(filepath.Base(cgroupParent), "pod")
-	trackPodCgroup(t, cgroupParent)
-	logDir := t.TempDir()
-	config := &cri.PodSandboxConfig{
-		Metadata: &cri.PodSandboxMetadata{Name: name, Uid: uid, Namespace: "berth-e2e", Attempt: 0},
-		// No hostname: the kubelet sets none for pods on the node's
-		// network (which keep the node's UTS namespace, where runc
-		// refuses to set one).
-		LogDirectory: logDir,
+	return &cri.PodSandboxConfig{
+		Metadata:     &cri.PodSandboxMetadata{Name: name, Uid: uid, Namespace: "berth-e2e", Attempt: 0},
+		Hostname:     name,
+		LogDirectory: t.TempDir(),
 		Labels:       map[string]string{"app": name},
 		Annotations:  annotations,
 		Linux: &cri.LinuxPodSandboxConfig{
@@ -113,18 +122,29 @@ func (c *criClient) runPodIn(t *testing.T, name, handler string, annotations map
 			CgroupParent: cgroupParent,
 			SecurityContext: &cri.LinuxSandboxSecurityContext{
 				NamespaceOptions: &cri.NamespaceOption{
-					Network: cri.NamespaceMode_NODE,
+					Network: cri.NamespaceMode_POD,
 					Pid:     cri.NamespaceMode_CONTAINER,
 					Ipc:     cri.NamespaceMode_POD,
 				},
 			},
 		},
 	}
+}
+
+// runPodConfig starts a pod sandbox from config and records its network
+// namespace for the leak check.
+func (c *criClient) runPodConfig(t *testing.T, config *cri.PodSandboxConfig, handler string) *criPod {
+	t.Helper()
+	if config.Linux != nil && config.Linux.CgroupParent != "" {
+		trackPodCgroup(t, config.Linux.CgroupParent)
+	}
 	resp, err := c.rt.RunPodSandbox(criCtx(t, 2*time.Minute), &cri.RunPodSandboxRequest{Config: config, RuntimeHandler: handler})
 	if err != nil {
 		t.Fatalf("RunPodSandbox (%s): %v\ncontainerd log:\n%s", handler, err, tail(filepath.Join(ctrd.dir, "containerd.log"), 20))
 	}
-	return &criPod{id: resp.PodSandboxId, config: config, logDir: logDir}
+	pod := &criPod{id: resp.PodSandboxId, config: config, logDir: config.LogDirectory}
+	pod.netns = c.podNetNS(t, pod.id)
+	return pod
 }
 
 // removePod stops and removes a pod and its containers; it is what the

@@ -5,7 +5,7 @@
 //
 // Every test ends by asserting that nothing of its sandboxes is left: no
 // QEMU or virtiofsd process, no mount, no socket or directory under the
-// run directory.
+// run directory, no tap, ingress qdisc or pod veth.
 package e2e
 
 import (
@@ -217,6 +217,8 @@ func leaks() []string {
 			}
 		}
 	}
+	// Taps, qdiscs and veths of pod networking (network_test.go).
+	out = append(out, networkLeaks()...)
 	return out
 }
 

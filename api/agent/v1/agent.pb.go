@@ -2129,6 +2129,226 @@ func (x *DebugExecResponse) GetStderr() []byte {
 	return nil
 }
 
+// NetworkConfig is the pod's network as CNI left it in the host's pod
+// network namespace.
+type NetworkConfig struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Interfaces []*NetworkInterface    `protobuf:"bytes,1,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
+	// routes are applied in order, after every interface is up.
+	Routes        []*NetworkRoute `protobuf:"bytes,2,rep,name=routes,proto3" json:"routes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkConfig) Reset() {
+	*x = NetworkConfig{}
+	mi := &file_agent_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkConfig) ProtoMessage() {}
+
+func (x *NetworkConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkConfig.ProtoReflect.Descriptor instead.
+func (*NetworkConfig) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *NetworkConfig) GetInterfaces() []*NetworkInterface {
+	if x != nil {
+		return x.Interfaces
+	}
+	return nil
+}
+
+func (x *NetworkConfig) GetRoutes() []*NetworkRoute {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+// NetworkInterface is one NIC of the VM.
+type NetworkInterface struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is what the pod sees (the host veth's name in the pod netns,
+	// e.g. eth0).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// mac identifies the VM's NIC: the host gives the virtio-net device
+	// the veth's address, so the guest NIC carries the CNI MAC.
+	Mac string `protobuf:"bytes,2,opt,name=mac,proto3" json:"mac,omitempty"`
+	Mtu uint32 `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	// addresses in CIDR notation (10.88.0.5/16, fd00::5/64).
+	Addresses     []string `protobuf:"bytes,4,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkInterface) Reset() {
+	*x = NetworkInterface{}
+	mi := &file_agent_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkInterface) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkInterface) ProtoMessage() {}
+
+func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkInterface.ProtoReflect.Descriptor instead.
+func (*NetworkInterface) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *NetworkInterface) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NetworkInterface) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
+func (x *NetworkInterface) GetMtu() uint32 {
+	if x != nil {
+		return x.Mtu
+	}
+	return 0
+}
+
+func (x *NetworkInterface) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+// NetworkRoute is one route of the pod netns.
+type NetworkRoute struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// destination in CIDR notation; empty for a default route.
+	Destination string `protobuf:"bytes,1,opt,name=destination,proto3" json:"destination,omitempty"`
+	// gateway is empty for a directly connected (link scope) route.
+	Gateway string `protobuf:"bytes,2,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	// device is the interface name (NetworkInterface.name).
+	Device string `protobuf:"bytes,3,opt,name=device,proto3" json:"device,omitempty"`
+	// source is the preferred source address, or empty.
+	Source string `protobuf:"bytes,4,opt,name=source,proto3" json:"source,omitempty"`
+	// scope is the kernel's route scope (0 universe, 253 link).
+	Scope uint32 `protobuf:"varint,5,opt,name=scope,proto3" json:"scope,omitempty"`
+	// family is 4 or 6; it places a default route (empty destination).
+	Family        uint32 `protobuf:"varint,6,opt,name=family,proto3" json:"family,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkRoute) Reset() {
+	*x = NetworkRoute{}
+	mi := &file_agent_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkRoute) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkRoute) ProtoMessage() {}
+
+func (x *NetworkRoute) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkRoute.ProtoReflect.Descriptor instead.
+func (*NetworkRoute) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *NetworkRoute) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *NetworkRoute) GetGateway() string {
+	if x != nil {
+		return x.Gateway
+	}
+	return ""
+}
+
+func (x *NetworkRoute) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *NetworkRoute) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *NetworkRoute) GetScope() uint32 {
+	if x != nil {
+		return x.Scope
+	}
+	return 0
+}
+
+func (x *NetworkRoute) GetFamily() uint32 {
+	if x != nil {
+		return x.Family
+	}
+	return 0
+}
+
 var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
@@ -2285,7 +2505,24 @@ const file_agent_proto_rawDesc = "" +
 	"\x11DebugExecResponse\x12\x1b\n" +
 	"\texit_code\x18\x01 \x01(\x05R\bexitCode\x12\x16\n" +
 	"\x06stdout\x18\x02 \x01(\fR\x06stdout\x12\x16\n" +
-	"\x06stderr\x18\x03 \x01(\fR\x06stderr*G\n" +
+	"\x06stderr\x18\x03 \x01(\fR\x06stderr\"\x87\x01\n" +
+	"\rNetworkConfig\x12@\n" +
+	"\n" +
+	"interfaces\x18\x01 \x03(\v2 .berth.agent.v1.NetworkInterfaceR\n" +
+	"interfaces\x124\n" +
+	"\x06routes\x18\x02 \x03(\v2\x1c.berth.agent.v1.NetworkRouteR\x06routes\"h\n" +
+	"\x10NetworkInterface\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
+	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x10\n" +
+	"\x03mtu\x18\x03 \x01(\rR\x03mtu\x12\x1c\n" +
+	"\taddresses\x18\x04 \x03(\tR\taddresses\"\xa8\x01\n" +
+	"\fNetworkRoute\x12 \n" +
+	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x18\n" +
+	"\agateway\x18\x02 \x01(\tR\agateway\x12\x16\n" +
+	"\x06device\x18\x03 \x01(\tR\x06device\x12\x16\n" +
+	"\x06source\x18\x04 \x01(\tR\x06source\x12\x14\n" +
+	"\x05scope\x18\x05 \x01(\rR\x05scope\x12\x16\n" +
+	"\x06family\x18\x06 \x01(\rR\x06family*G\n" +
 	"\n" +
 	"DeviceKind\x12\x16\n" +
 	"\x12DEVICE_UNSPECIFIED\x10\x00\x12\x10\n" +
@@ -2296,7 +2533,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x12STREAM_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fSTREAM_STDIN\x10\x01\x12\x11\n" +
 	"\rSTREAM_STDOUT\x10\x02\x12\x11\n" +
-	"\rSTREAM_STDERR\x10\x032\xad\n" +
+	"\rSTREAM_STDERR\x10\x032\xf8\n" +
 	"\n" +
 	"\x05Agent\x12A\n" +
 	"\x04Info\x12\x1b.berth.agent.v1.InfoRequest\x1a\x1c.berth.agent.v1.InfoResponse\x12G\n" +
@@ -2318,7 +2555,8 @@ const file_agent_proto_rawDesc = "" +
 	"\n" +
 	"WaitDevice\x12!.berth.agent.v1.WaitDeviceRequest\x1a\".berth.agent.v1.WaitDeviceResponse\x12B\n" +
 	"\fOnlineMemory\x12\x16.google.protobuf.Empty\x1a\x1a.berth.agent.v1.MemoryInfo\x12P\n" +
-	"\tDebugExec\x12 .berth.agent.v1.DebugExecRequest\x1a!.berth.agent.v1.DebugExecResponseB3Z1github.com/berth-runtime/berth/api/agent/v1;agentb\x06proto3"
+	"\tDebugExec\x12 .berth.agent.v1.DebugExecRequest\x1a!.berth.agent.v1.DebugExecResponse\x12I\n" +
+	"\x10ConfigureNetwork\x12\x1d.berth.agent.v1.NetworkConfig\x1a\x16.google.protobuf.EmptyB3Z1github.com/berth-runtime/berth/api/agent/v1;agentb\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -2333,7 +2571,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_agent_proto_goTypes = []any{
 	(DeviceKind)(0),               // 0: berth.agent.v1.DeviceKind
 	(StreamKind)(0),               // 1: berth.agent.v1.StreamKind
@@ -2367,64 +2605,71 @@ var file_agent_proto_goTypes = []any{
 	(*MemoryInfo)(nil),            // 29: berth.agent.v1.MemoryInfo
 	(*DebugExecRequest)(nil),      // 30: berth.agent.v1.DebugExecRequest
 	(*DebugExecResponse)(nil),     // 31: berth.agent.v1.DebugExecResponse
-	nil,                           // 32: berth.agent.v1.StatsResponse.MemoryStatEntry
-	(*timestamppb.Timestamp)(nil), // 33: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),         // 34: google.protobuf.Empty
+	(*NetworkConfig)(nil),         // 32: berth.agent.v1.NetworkConfig
+	(*NetworkInterface)(nil),      // 33: berth.agent.v1.NetworkInterface
+	(*NetworkRoute)(nil),          // 34: berth.agent.v1.NetworkRoute
+	nil,                           // 35: berth.agent.v1.StatsResponse.MemoryStatEntry
+	(*timestamppb.Timestamp)(nil), // 36: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),         // 37: google.protobuf.Empty
 }
 var file_agent_proto_depIdxs = []int32{
 	0,  // 0: berth.agent.v1.Device.kind:type_name -> berth.agent.v1.DeviceKind
 	0,  // 1: berth.agent.v1.WaitDeviceRequest.kind:type_name -> berth.agent.v1.DeviceKind
-	32, // 2: berth.agent.v1.StatsResponse.memory_stat:type_name -> berth.agent.v1.StatsResponse.MemoryStatEntry
+	35, // 2: berth.agent.v1.StatsResponse.memory_stat:type_name -> berth.agent.v1.StatsResponse.MemoryStatEntry
 	10, // 3: berth.agent.v1.StatsResponse.io:type_name -> berth.agent.v1.IOEntry
 	13, // 4: berth.agent.v1.CreateRequest.stdio:type_name -> berth.agent.v1.Stdio
 	2,  // 5: berth.agent.v1.CreateRequest.devices:type_name -> berth.agent.v1.Device
 	13, // 6: berth.agent.v1.ExecRequest.stdio:type_name -> berth.agent.v1.Stdio
-	33, // 7: berth.agent.v1.WaitResponse.exited_at:type_name -> google.protobuf.Timestamp
-	33, // 8: berth.agent.v1.DeleteResponse.exited_at:type_name -> google.protobuf.Timestamp
+	36, // 7: berth.agent.v1.WaitResponse.exited_at:type_name -> google.protobuf.Timestamp
+	36, // 8: berth.agent.v1.DeleteResponse.exited_at:type_name -> google.protobuf.Timestamp
 	1,  // 9: berth.agent.v1.StreamHeader.kind:type_name -> berth.agent.v1.StreamKind
-	11, // 10: berth.agent.v1.Agent.Info:input_type -> berth.agent.v1.InfoRequest
-	14, // 11: berth.agent.v1.Agent.Create:input_type -> berth.agent.v1.CreateRequest
-	16, // 12: berth.agent.v1.Agent.Start:input_type -> berth.agent.v1.StartRequest
-	18, // 13: berth.agent.v1.Agent.Exec:input_type -> berth.agent.v1.ExecRequest
-	19, // 14: berth.agent.v1.Agent.Kill:input_type -> berth.agent.v1.KillRequest
-	20, // 15: berth.agent.v1.Agent.Wait:input_type -> berth.agent.v1.WaitRequest
-	22, // 16: berth.agent.v1.Agent.Pids:input_type -> berth.agent.v1.PidsRequest
-	24, // 17: berth.agent.v1.Agent.ResizePty:input_type -> berth.agent.v1.ResizePtyRequest
-	25, // 18: berth.agent.v1.Agent.CloseIO:input_type -> berth.agent.v1.CloseIORequest
-	26, // 19: berth.agent.v1.Agent.Delete:input_type -> berth.agent.v1.DeleteRequest
-	34, // 20: berth.agent.v1.Agent.Shutdown:input_type -> google.protobuf.Empty
-	7,  // 21: berth.agent.v1.Agent.Pause:input_type -> berth.agent.v1.ContainerRequest
-	7,  // 22: berth.agent.v1.Agent.Resume:input_type -> berth.agent.v1.ContainerRequest
-	8,  // 23: berth.agent.v1.Agent.Update:input_type -> berth.agent.v1.UpdateRequest
-	7,  // 24: berth.agent.v1.Agent.Stats:input_type -> berth.agent.v1.ContainerRequest
-	5,  // 25: berth.agent.v1.Agent.WaitOOM:input_type -> berth.agent.v1.WaitOOMRequest
-	3,  // 26: berth.agent.v1.Agent.WaitDevice:input_type -> berth.agent.v1.WaitDeviceRequest
-	34, // 27: berth.agent.v1.Agent.OnlineMemory:input_type -> google.protobuf.Empty
-	30, // 28: berth.agent.v1.Agent.DebugExec:input_type -> berth.agent.v1.DebugExecRequest
-	12, // 29: berth.agent.v1.Agent.Info:output_type -> berth.agent.v1.InfoResponse
-	15, // 30: berth.agent.v1.Agent.Create:output_type -> berth.agent.v1.CreateResponse
-	17, // 31: berth.agent.v1.Agent.Start:output_type -> berth.agent.v1.StartResponse
-	34, // 32: berth.agent.v1.Agent.Exec:output_type -> google.protobuf.Empty
-	34, // 33: berth.agent.v1.Agent.Kill:output_type -> google.protobuf.Empty
-	21, // 34: berth.agent.v1.Agent.Wait:output_type -> berth.agent.v1.WaitResponse
-	23, // 35: berth.agent.v1.Agent.Pids:output_type -> berth.agent.v1.PidsResponse
-	34, // 36: berth.agent.v1.Agent.ResizePty:output_type -> google.protobuf.Empty
-	34, // 37: berth.agent.v1.Agent.CloseIO:output_type -> google.protobuf.Empty
-	27, // 38: berth.agent.v1.Agent.Delete:output_type -> berth.agent.v1.DeleteResponse
-	34, // 39: berth.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
-	34, // 40: berth.agent.v1.Agent.Pause:output_type -> google.protobuf.Empty
-	34, // 41: berth.agent.v1.Agent.Resume:output_type -> google.protobuf.Empty
-	34, // 42: berth.agent.v1.Agent.Update:output_type -> google.protobuf.Empty
-	9,  // 43: berth.agent.v1.Agent.Stats:output_type -> berth.agent.v1.StatsResponse
-	6,  // 44: berth.agent.v1.Agent.WaitOOM:output_type -> berth.agent.v1.OOMResponse
-	4,  // 45: berth.agent.v1.Agent.WaitDevice:output_type -> berth.agent.v1.WaitDeviceResponse
-	29, // 46: berth.agent.v1.Agent.OnlineMemory:output_type -> berth.agent.v1.MemoryInfo
-	31, // 47: berth.agent.v1.Agent.DebugExec:output_type -> berth.agent.v1.DebugExecResponse
-	29, // [29:48] is the sub-list for method output_type
-	10, // [10:29] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	33, // 10: berth.agent.v1.NetworkConfig.interfaces:type_name -> berth.agent.v1.NetworkInterface
+	34, // 11: berth.agent.v1.NetworkConfig.routes:type_name -> berth.agent.v1.NetworkRoute
+	11, // 12: berth.agent.v1.Agent.Info:input_type -> berth.agent.v1.InfoRequest
+	14, // 13: berth.agent.v1.Agent.Create:input_type -> berth.agent.v1.CreateRequest
+	16, // 14: berth.agent.v1.Agent.Start:input_type -> berth.agent.v1.StartRequest
+	18, // 15: berth.agent.v1.Agent.Exec:input_type -> berth.agent.v1.ExecRequest
+	19, // 16: berth.agent.v1.Agent.Kill:input_type -> berth.agent.v1.KillRequest
+	20, // 17: berth.agent.v1.Agent.Wait:input_type -> berth.agent.v1.WaitRequest
+	22, // 18: berth.agent.v1.Agent.Pids:input_type -> berth.agent.v1.PidsRequest
+	24, // 19: berth.agent.v1.Agent.ResizePty:input_type -> berth.agent.v1.ResizePtyRequest
+	25, // 20: berth.agent.v1.Agent.CloseIO:input_type -> berth.agent.v1.CloseIORequest
+	26, // 21: berth.agent.v1.Agent.Delete:input_type -> berth.agent.v1.DeleteRequest
+	37, // 22: berth.agent.v1.Agent.Shutdown:input_type -> google.protobuf.Empty
+	7,  // 23: berth.agent.v1.Agent.Pause:input_type -> berth.agent.v1.ContainerRequest
+	7,  // 24: berth.agent.v1.Agent.Resume:input_type -> berth.agent.v1.ContainerRequest
+	8,  // 25: berth.agent.v1.Agent.Update:input_type -> berth.agent.v1.UpdateRequest
+	7,  // 26: berth.agent.v1.Agent.Stats:input_type -> berth.agent.v1.ContainerRequest
+	5,  // 27: berth.agent.v1.Agent.WaitOOM:input_type -> berth.agent.v1.WaitOOMRequest
+	3,  // 28: berth.agent.v1.Agent.WaitDevice:input_type -> berth.agent.v1.WaitDeviceRequest
+	37, // 29: berth.agent.v1.Agent.OnlineMemory:input_type -> google.protobuf.Empty
+	30, // 30: berth.agent.v1.Agent.DebugExec:input_type -> berth.agent.v1.DebugExecRequest
+	32, // 31: berth.agent.v1.Agent.ConfigureNetwork:input_type -> berth.agent.v1.NetworkConfig
+	12, // 32: berth.agent.v1.Agent.Info:output_type -> berth.agent.v1.InfoResponse
+	15, // 33: berth.agent.v1.Agent.Create:output_type -> berth.agent.v1.CreateResponse
+	17, // 34: berth.agent.v1.Agent.Start:output_type -> berth.agent.v1.StartResponse
+	37, // 35: berth.agent.v1.Agent.Exec:output_type -> google.protobuf.Empty
+	37, // 36: berth.agent.v1.Agent.Kill:output_type -> google.protobuf.Empty
+	21, // 37: berth.agent.v1.Agent.Wait:output_type -> berth.agent.v1.WaitResponse
+	23, // 38: berth.agent.v1.Agent.Pids:output_type -> berth.agent.v1.PidsResponse
+	37, // 39: berth.agent.v1.Agent.ResizePty:output_type -> google.protobuf.Empty
+	37, // 40: berth.agent.v1.Agent.CloseIO:output_type -> google.protobuf.Empty
+	27, // 41: berth.agent.v1.Agent.Delete:output_type -> berth.agent.v1.DeleteResponse
+	37, // 42: berth.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
+	37, // 43: berth.agent.v1.Agent.Pause:output_type -> google.protobuf.Empty
+	37, // 44: berth.agent.v1.Agent.Resume:output_type -> google.protobuf.Empty
+	37, // 45: berth.agent.v1.Agent.Update:output_type -> google.protobuf.Empty
+	9,  // 46: berth.agent.v1.Agent.Stats:output_type -> berth.agent.v1.StatsResponse
+	6,  // 47: berth.agent.v1.Agent.WaitOOM:output_type -> berth.agent.v1.OOMResponse
+	4,  // 48: berth.agent.v1.Agent.WaitDevice:output_type -> berth.agent.v1.WaitDeviceResponse
+	29, // 49: berth.agent.v1.Agent.OnlineMemory:output_type -> berth.agent.v1.MemoryInfo
+	31, // 50: berth.agent.v1.Agent.DebugExec:output_type -> berth.agent.v1.DebugExecResponse
+	37, // 51: berth.agent.v1.Agent.ConfigureNetwork:output_type -> google.protobuf.Empty
+	32, // [32:52] is the sub-list for method output_type
+	12, // [12:32] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -2438,7 +2683,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   31,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -28,6 +28,7 @@ type AgentService interface {
 	WaitDevice(context.Context, *WaitDeviceRequest) (*WaitDeviceResponse, error)
 	OnlineMemory(context.Context, *emptypb.Empty) (*MemoryInfo, error)
 	DebugExec(context.Context, *DebugExecRequest) (*DebugExecResponse, error)
+	ConfigureNetwork(context.Context, *NetworkConfig) (*emptypb.Empty, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -165,6 +166,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.DebugExec(ctx, &req)
+			},
+			"ConfigureNetwork": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req NetworkConfig
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.ConfigureNetwork(ctx, &req)
 			},
 		},
 	})
@@ -327,6 +335,14 @@ func (c *agentClient) OnlineMemory(ctx context.Context, req *emptypb.Empty) (*Me
 func (c *agentClient) DebugExec(ctx context.Context, req *DebugExecRequest) (*DebugExecResponse, error) {
 	var resp DebugExecResponse
 	if err := c.client.Call(ctx, "berth.agent.v1.Agent", "DebugExec", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) ConfigureNetwork(ctx context.Context, req *NetworkConfig) (*emptypb.Empty, error) {
+	var resp emptypb.Empty
+	if err := c.client.Call(ctx, "berth.agent.v1.Agent", "ConfigureNetwork", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
