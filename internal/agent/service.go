@@ -77,7 +77,8 @@ type Service struct {
 	mu         sync.Mutex
 	containers map[string]*container
 
-	memory *memoryOnliner
+	memory   *memoryOnliner
+	pressure *pressureWatch
 }
 
 type container struct {
@@ -93,7 +94,7 @@ func New(opts Options) *Service {
 	if root == "" {
 		root = "/"
 	}
-	return &Service{opts: opts, containers: map[string]*container{}, memory: &memoryOnliner{sysRoot: root}}
+	return &Service{opts: opts, containers: map[string]*container{}, memory: &memoryOnliner{sysRoot: root}, pressure: newPressureWatch(root)}
 }
 
 var _ api.AgentService = (*Service)(nil)

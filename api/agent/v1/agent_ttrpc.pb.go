@@ -27,6 +27,7 @@ type AgentService interface {
 	WaitOOM(context.Context, *WaitOOMRequest) (*OOMResponse, error)
 	WaitDevice(context.Context, *WaitDeviceRequest) (*WaitDeviceResponse, error)
 	OnlineMemory(context.Context, *emptypb.Empty) (*MemoryInfo, error)
+	WaitMemoryPressure(context.Context, *WaitMemoryPressureRequest) (*MemoryPressure, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -157,6 +158,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.OnlineMemory(ctx, &req)
+			},
+			"WaitMemoryPressure": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req WaitMemoryPressureRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.WaitMemoryPressure(ctx, &req)
 			},
 		},
 	})
@@ -311,6 +319,14 @@ func (c *agentClient) WaitDevice(ctx context.Context, req *WaitDeviceRequest) (*
 func (c *agentClient) OnlineMemory(ctx context.Context, req *emptypb.Empty) (*MemoryInfo, error) {
 	var resp MemoryInfo
 	if err := c.client.Call(ctx, "berth.agent.v1.Agent", "OnlineMemory", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) WaitMemoryPressure(ctx context.Context, req *WaitMemoryPressureRequest) (*MemoryPressure, error) {
+	var resp MemoryPressure
+	if err := c.client.Call(ctx, "berth.agent.v1.Agent", "WaitMemoryPressure", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
