@@ -134,6 +134,7 @@ func Default() *Config {
 		Guest: Guest{
 			KernelPackage: "linux-image-cloud-amd64",
 		},
+		Memory: defaultMemory(),
 		Cgroup: Cgroup{
 			Manager:           CgroupManagerCgroupfs,
 			Parent:            "/berth",
@@ -207,6 +208,7 @@ type Config struct {
 	Guest      Guest      `toml:"guest"`
 	Runtime    Runtime    `toml:"runtime"`
 	Cgroup     Cgroup     `toml:"cgroup"`
+	Memory     Memory     `toml:"memory"`
 
 	// source is the file Load read, "" for built-in defaults. It is not a
 	// TOML key (unexported fields are neither decoded nor encoded).
