@@ -53,6 +53,8 @@ type MemoryStatus struct {
 	// AutoOnlineBlocks is the guest kernel's own policy (diagnostics).
 	AutoOnlineBlocks string   `json:"autoOnlineBlocks"`
 	Errors           []string `json:"errors,omitempty"`
+	// Elastic is the elastic memory controller (elastic.go).
+	Elastic *ElasticStatus `json:"elastic,omitempty"`
 }
 
 // memoryState is the sandbox's side of memory hot-plug.
@@ -309,6 +311,10 @@ func (s *Sandbox) memoryStatusLocked(ctx context.Context) MemoryStatus {
 	st := MemoryStatus{
 		Mechanism: m.limits.Mechanism, GuestAtBootMiB: m.limits.BootMiB, MaxGuestMiB: m.limits.MaxMiB,
 		GuestRequestedMiB: m.requestedMiB, GuestCurrentMiB: m.currentMiB,
+	}
+	if s.elastic != nil {
+		es := s.ElasticStatus()
+		st.Elastic = &es
 	}
 	if s.agent == nil {
 		return st

@@ -95,8 +95,9 @@ type Sandbox struct {
 	lastMemMiB [2]int              // current and requested memory at the last metrics sample
 	cpu        map[string]cpuLimit // container id -> its CPU limits
 
-	memory memoryState
-	mgmt   io.Closer // management API server
+	memory  memoryState
+	elastic *elasticController // grows and shrinks the VM on demand (elastic.go)
+	mgmt    io.Closer          // management API server
 
 	destroyOnce sync.Once
 	destroyErr  error
@@ -235,6 +236,7 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	}
 	s.memory.bootMemTotalMiB = int(s.info.MemTotalBytes >> 20)
 	s.memory.currentMiB, s.memory.requestedMiB = m.MemoryMiB, m.MemoryMiB
+	s.elastic = s.newElastic()
 	mgmt, err := s.serveManagement()
 	if err != nil {
 		return nil, err
@@ -243,6 +245,7 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	undo.push(func() { mgmt.Close() })
 	log.WithField("kernel", s.info.KernelRelease).WithField("qemu_pid", vm.Pid()).Debug("sandbox ready")
 	go s.releaseCgroupWhenVMExits()
+	s.startElastic()
 	return s, nil
 }
 
@@ -463,6 +466,7 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 func (s *Sandbox) destroy(ctx context.Context) error {
 	log := logrus.WithField("sandbox", s.id)
 	var errs []error
+	s.stopElastic()
 	select {
 	case <-s.vmm.Done():
 	default:

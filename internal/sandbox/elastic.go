@@ -1,0 +1,350 @@
+package sandbox
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/sirupsen/logrus"
+
+	api "github.com/berth-runtime/berth/api/agent/v1"
+	"github.com/berth-runtime/berth/internal/config"
+	"github.com/berth-runtime/berth/internal/memory"
+)
+
+// The elastic controller grows a sandbox's VM when its guest runs short of
+// memory and shrinks it back when the memory is idle (docs/memory.md). The
+// guest cannot call the host, so the controller long-polls the agent's
+// WaitMemoryPressure; memory.ElasticPolicy.Decide makes every decision and
+// ResizeMemory, the path `berth resize` and container limits use, carries
+// it out (validation, the host cgroup's limit, waiting for the guest).
+//
+// The guest is not trusted: its figures are bounded by what the host knows
+// (memory.Sanitize), a grow never passes the sandbox's ceiling nor the
+// host's MemAvailable minus memory.host_reserve, and the poll is
+// rate-limited so that an agent that answers at once cannot make the
+// controller spin.
+
+// Poll bounds.
+const (
+	// elasticMinPoll is the shortest time between two polls.
+	elasticMinPoll = 200 * time.Millisecond
+	// elasticMaxWait is the longest a poll waits when nothing happens;
+	// it is also how often an idle sandbox is looked at.
+	elasticMaxWait = 5 * time.Second
+	// elasticCallSlack is added to a poll's deadline on the host.
+	elasticCallSlack = 10 * time.Second
+	// elasticMaxBackoff bounds the wait after failed polls.
+	elasticMaxBackoff = 30 * time.Second
+)
+
+// ElasticEvent is one grow, shrink or refusal.
+type ElasticEvent struct {
+	At      time.Time     `json:"at"`
+	Action  memory.Action `json:"action"`
+	FromMiB int           `json:"fromMiB"`
+	ToMiB   int           `json:"toMiB"`
+	Reason  string        `json:"reason"`
+	Error   string        `json:"error,omitempty"`
+}
+
+// ElasticCounts are the controller's counters (Prometheus).
+type ElasticCounts struct {
+	Grows       uint64 `json:"grows"`
+	Shrinks     uint64 `json:"shrinks"`
+	Refusals    uint64 `json:"refusals"`
+	GrownBytes  uint64 `json:"grownBytes"`
+	ShrunkBytes uint64 `json:"shrunkBytes"`
+}
+
+// ElasticStatus is the controller as `berth status` shows it.
+type ElasticStatus struct {
+	Enabled bool `json:"enabled"`
+	// Off says why it is not enabled.
+	Off        string `json:"off,omitempty"`
+	FloorMiB   int    `json:"floorMiB"`
+	CeilingMiB int    `json:"ceilingMiB"`
+	// The guest's last sample, as bounded by the host.
+	GuestAvailableMiB int           `json:"guestAvailableMiB"`
+	PSISomeAvg10      float64       `json:"psiSomeAvg10"`
+	SoftLimitMiB      int           `json:"softLimitMiB"`
+	SampledAt         time.Time     `json:"sampledAt"`
+	LastGrow          *ElasticEvent `json:"lastGrow,omitempty"`
+	LastShrink        *ElasticEvent `json:"lastShrink,omitempty"`
+	LastRefusal       *ElasticEvent `json:"lastRefusal,omitempty"`
+	ElasticCounts
+}
+
+type elasticController struct {
+	policy memory.ElasticPolicy
+
+	mu          sync.Mutex
+	status      ElasticStatus
+	lastChange  time.Time
+	lastRefusal time.Time
+	idleSince   time.Time
+	idleMinMiB  int
+	highEvents  uint64
+
+	stop     chan struct{}
+	stopOnce sync.Once
+	done     chan struct{}
+}
+
+// elasticPolicy turns the configuration into the policy.
+func elasticPolicy(cfg *config.Config) memory.ElasticPolicy {
+	return memory.ElasticPolicy{
+		StepMiB: cfg.Memory.StepMiB, HostReserveMiB: cfg.Memory.HostReserveMiB, ShrinkDelay: cfg.Memory.ShrinkDelay.Duration,
+		GuestReserveMiB: memory.DefaultGuestReserveMiB, GrowMarginMiB: memory.DefaultGrowMarginMiB,
+		KeepMarginMiB: memory.DefaultKeepMarginMiB, MinShrinkMiB: memory.DefaultMinShrinkMiB,
+		PSIGrowAbove: memory.DefaultPSIGrowAbove, RefusalBackoff: memory.DefaultRefusalBackoff,
+	}
+}
+
+// newElastic sets up the controller; startElastic runs it.
+func (s *Sandbox) newElastic() *elasticController {
+	e := &elasticController{policy: elasticPolicy(s.cfg), stop: make(chan struct{}), done: make(chan struct{})}
+	l := s.memory.limits
+	e.status.FloorMiB, e.status.CeilingMiB = l.BootMiB, l.MaxMiB
+	switch {
+	case !s.cfg.Memory.Elastic:
+		e.status.Off = "memory.elastic = false"
+	case l.Mechanism != memory.VirtioMem:
+		e.status.Off = "needs virtio-mem hot-plug (hypervisor.memory_hotplug), the sandbox has " + string(l.Mechanism)
+	default:
+		e.status.Enabled = true
+	}
+	return e
+}
+
+// startElastic runs the controller until the sandbox ends.
+func (s *Sandbox) startElastic() {
+	e := s.elastic
+	if !e.status.Enabled {
+		close(e.done)
+		return
+	}
+	go s.runElastic()
+}
+
+// stopElastic ends the controller and waits for it (Destroy).
+func (s *Sandbox) stopElastic() {
+	if s.elastic == nil {
+		return
+	}
+	s.elastic.stopOnce.Do(func() { close(s.elastic.stop) })
+	select {
+	case <-s.elastic.done:
+	case <-time.After(elasticCallSlack):
+	}
+}
+
+// SetElasticBounds tells the controller how far the sandbox may shrink
+// (the memory its containers' limits need) and grow (the pod's limits when
+// every container has one, else the sandbox's maximum). The owner calls it
+// whenever containers or their limits change.
+func (s *Sandbox) SetElasticBounds(floorMiB, ceilingMiB int) {
+	e := s.elastic
+	if e == nil {
+		return
+	}
+	l := s.memory.limits
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.status.FloorMiB = min(max(floorMiB, l.BootMiB), l.MaxMiB)
+	e.status.CeilingMiB = min(max(ceilingMiB, e.status.FloorMiB), l.MaxMiB)
+}
+
+// ElasticEnabled says whether the controller runs.
+func (s *Sandbox) ElasticEnabled() bool {
+	if s.elastic == nil {
+		return false
+	}
+	s.elastic.mu.Lock()
+	defer s.elastic.mu.Unlock()
+	return s.elastic.status.Enabled
+}
+
+// ElasticStatus reports the controller.
+func (s *Sandbox) ElasticStatus() ElasticStatus {
+	e := s.elastic
+	if e == nil {
+		return ElasticStatus{Off: "no controller"}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.status
+}
+
+func (s *Sandbox) runElastic() {
+	e := s.elastic
+	defer close(e.done)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-e.stop:
+		case <-s.vmm.Done():
+		}
+		cancel()
+	}()
+	log := logrus.WithField("sandbox", s.id)
+	var seq uint64
+	backoff := time.Second
+	failures := 0
+	for ctx.Err() == nil {
+		start := time.Now()
+		st := s.elasticState(start)
+		wait := min(max(e.policy.ShrinkDelay/2, time.Second), elasticMaxWait)
+		req := &api.WaitMemoryPressureRequest{
+			AfterSeq:          seq,
+			GrowBelowBytes:    uint64(e.policy.GrowBelowMiB()) << 20,
+			PsiSomeAvg10Above: e.policy.PSIGrowAbove,
+			TimeoutMs:         uint32(wait / time.Millisecond),
+			Throttle:          e.policy.CanGrow(st, start),
+			ReserveBytes:      uint64(e.policy.GuestReserveMiB) << 20,
+		}
+		cctx, ccancel := context.WithTimeout(ctx, wait+elasticCallSlack)
+		resp, err := s.agent.WaitMemoryPressure(cctx, req)
+		ccancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			if errdefs.IsNotImplemented(errgrpc.ToNative(err)) {
+				log.WithError(err).Warn("elastic memory off: the guest agent does not serve WaitMemoryPressure (rebuild the guest image)")
+				e.mu.Lock()
+				e.status.Enabled, e.status.Off = false, "the guest agent is too old (no WaitMemoryPressure)"
+				e.mu.Unlock()
+				return
+			}
+			if failures == 0 {
+				log.WithError(err).Warn("elastic memory: poll the guest agent")
+			}
+			failures++
+			sleepCtx(ctx, backoff)
+			backoff = min(2*backoff, elasticMaxBackoff)
+			continue
+		}
+		failures, backoff = 0, time.Second
+		// An agent that answers at once must not make this spin.
+		sleepCtx(ctx, elasticMinPoll-time.Since(start))
+		if ctx.Err() != nil {
+			return
+		}
+		seq = resp.Seq
+		s.elasticStep(ctx, resp)
+	}
+}
+
+// elasticState reads the sandbox's sizes and the host's free memory.
+func (s *Sandbox) elasticState(now time.Time) memory.ElasticState {
+	_, current, _ := s.memoryFigures()
+	avail, err := hostAvailableMiB()
+	if err != nil {
+		avail = 0 // unknown: grows are refused, which is safe
+	}
+	e := s.elastic
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return memory.ElasticState{
+		Limits: s.memory.limits, FloorMiB: e.status.FloorMiB, CurrentMiB: current, CeilingMiB: e.status.CeilingMiB,
+		HostAvailableMiB: avail, LastChange: e.lastChange, LastRefusal: e.lastRefusal,
+	}
+}
+
+// elasticStep decides on one sample and carries the decision out.
+func (s *Sandbox) elasticStep(ctx context.Context, resp *api.MemoryPressure) {
+	e := s.elastic
+	now := time.Now()
+	st := s.elasticState(now)
+	total, avail, minAvail, psi := memory.Sanitize(st.CurrentMiB, resp.MemTotalBytes, resp.MemAvailableBytes, resp.MinAvailableBytes, resp.PsiSomeAvg10)
+
+	e.mu.Lock()
+	throttled := resp.HighEvents > e.highEvents
+	e.highEvents = resp.HighEvents
+	sample := memory.GuestSample{MemTotalMiB: total, AvailableMiB: avail, PSISomeAvg10: psi, Throttled: throttled}
+	if e.policy.Pressure(sample) {
+		e.idleSince = time.Time{}
+	} else if e.idleSince.IsZero() {
+		e.idleSince, e.idleMinMiB = now, minAvail
+	} else {
+		e.idleMinMiB = min(e.idleMinMiB, minAvail)
+	}
+	sample.IdleSince, sample.IdleMinAvailMiB = e.idleSince, e.idleMinMiB
+	e.status.GuestAvailableMiB, e.status.PSISomeAvg10, e.status.SampledAt = avail, psi, now
+	e.status.SoftLimitMiB = int(min(resp.ContainersHighBytes>>20, uint64(st.CurrentMiB)))
+	e.mu.Unlock()
+
+	d := e.policy.Decide(st, sample, now)
+	log := logrus.WithField("sandbox", s.id).WithField("from_mib", d.FromMiB).WithField("target_mib", d.TargetMiB)
+	switch d.Action {
+	case memory.Refuse:
+		log.WithField("reason", d.Reason).Warn("elastic memory: grow refused")
+		e.record(ElasticEvent{At: now, Action: d.Action, FromMiB: d.FromMiB, ToMiB: d.FromMiB, Reason: d.Reason})
+	case memory.Grow, memory.Shrink:
+		log.WithField("reason", d.Reason).Infof("elastic memory: %s", d.Action)
+		ms, err := s.ResizeMemory(ctx, d.TargetMiB)
+		ev := ElasticEvent{At: now, Action: d.Action, FromMiB: d.FromMiB, ToMiB: ms.GuestCurrentMiB, Reason: d.Reason}
+		if err != nil {
+			ev.Error = err.Error()
+			if d.Action == memory.Grow && errdefs.IsInvalidArgument(err) && ms.GuestCurrentMiB == d.FromMiB {
+				// memory.Check refused it: the host's MemAvailable
+				// fell between the decision and the resize.
+				ev.Action = memory.Refuse
+			}
+			log.WithError(err).WithField("reached_mib", ms.GuestCurrentMiB).Warnf("elastic memory: %s", d.Action)
+		}
+		e.record(ev)
+	}
+}
+
+// record books an event: counters, the last event of its kind, and the
+// times the policy's hysteresis and backoff depend on.
+func (e *elasticController) record(ev ElasticEvent) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	moved := uint64(0)
+	if ev.ToMiB > ev.FromMiB {
+		moved = uint64(ev.ToMiB-ev.FromMiB) << 20
+	} else {
+		moved = uint64(ev.FromMiB-ev.ToMiB) << 20
+	}
+	switch {
+	case ev.Action == memory.Refuse:
+		e.status.Refusals++
+		e.lastRefusal = ev.At
+		e.status.LastRefusal = &ev
+		return
+	case ev.Action == memory.Grow && moved > 0:
+		e.status.Grows++
+		e.status.GrownBytes += moved
+		e.status.LastGrow = &ev
+	case ev.Action == memory.Shrink && moved > 0:
+		e.status.Shrinks++
+		e.status.ShrunkBytes += moved
+		e.status.LastShrink = &ev
+	case ev.Action == memory.Grow:
+		e.status.LastGrow = &ev
+	case ev.Action == memory.Shrink:
+		e.status.LastShrink = &ev
+	}
+	// A change, or a failed attempt, restarts the shrink delay; idleness
+	// is measured afresh at the new size.
+	e.lastChange = ev.At
+	e.idleSince = time.Time{}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
