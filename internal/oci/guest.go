@@ -114,6 +114,18 @@ var ContainerTypeAnnotations = []string{
 	"io.kubernetes.cri-o.ContainerType",
 }
 
+// IsPodSandbox says whether the annotations mark a CRI pod's sandbox
+// (pause) container, as opposed to an app container or a container that
+// is its own sandbox (ctr run).
+func IsPodSandbox(annotations map[string]string) bool {
+	for _, k := range ContainerTypeAnnotations {
+		if annotations[k] == "sandbox" {
+			return true
+		}
+	}
+	return false
+}
+
 // PodInfo tells, from a spec's annotations, which sandbox a container
 // belongs to and whether it is that sandbox's own (pause) container. A
 // container without CRI annotations is its own sandbox.

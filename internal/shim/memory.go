@@ -29,11 +29,29 @@ func memoryLimit(res *specs.LinuxResources) int64 {
 // memoryTarget sums the limits of the pod's containers, with override
 // replacing (or adding) one container's limit.
 func (s *service) memoryTarget(sb *sandbox.Sandbox, overrideID string, overrideLimit int64) int {
+	target, _ := s.memoryBounds(sb, overrideID, overrideLimit)
+	return target
+}
+
+// memoryBounds returns the static target (memoryTarget) and the ceiling
+// elastic memory may grow the VM to: the target when every container has
+// a limit (the pod can never use more), else the sandbox's maximum. The
+// CRI sandbox (pause) container counts as limited: it only holds the
+// pod's namespaces.
+func (s *service) memoryBounds(sb *sandbox.Sandbox, overrideID string, overrideLimit int64) (target, ceiling int) {
 	s.mu.Lock()
 	var limits []int64
+	unlimited := false
 	for id, c := range s.containers {
+		limit := c.memLimit()
+		if id == overrideID {
+			limit = overrideLimit
+		}
 		if id != overrideID {
-			limits = append(limits, c.memLimit())
+			limits = append(limits, limit)
+		}
+		if limit <= 0 && !c.podSandbox {
+			unlimited = true
 		}
 	}
 	s.mu.Unlock()
@@ -42,12 +60,24 @@ func (s *service) memoryTarget(sb *sandbox.Sandbox, overrideID string, overrideL
 	}
 	st := sb.MemoryStatus(s.ctx)
 	l := memory.Limits{Mechanism: st.Mechanism, BootMiB: st.GuestAtBootMiB, MaxMiB: st.MaxGuestMiB}
-	return memory.Target(l, s.cfg.Hypervisor.MemoryOverheadMiB, limits)
+	target = memory.Target(l, s.cfg.Hypervisor.MemoryOverheadMiB, limits)
+	ceiling = target
+	if unlimited {
+		ceiling = st.MaxGuestMiB
+	}
+	return target, ceiling
+}
+
+// updateElastic gives the sandbox's elastic controller its bounds.
+func (s *service) updateElastic(sb *sandbox.Sandbox, overrideID string, overrideLimit int64) (target, ceiling int) {
+	target, ceiling = s.memoryBounds(sb, overrideID, overrideLimit)
+	sb.SetElasticBounds(target, ceiling)
+	return target, ceiling
 }
 
 // growFor makes room for a container's new limit before it takes effect.
 func (s *service) growFor(ctx context.Context, sb *sandbox.Sandbox, id string, limit int64) error {
-	target := s.memoryTarget(sb, id, limit)
+	target, _ := s.updateElastic(sb, id, limit)
 	if st := sb.MemoryStatus(ctx); st.Mechanism == memory.None || target <= st.GuestCurrentMiB {
 		return nil
 	}
@@ -58,9 +88,15 @@ func (s *service) growFor(ctx context.Context, sb *sandbox.Sandbox, id string, l
 }
 
 // shrinkToFit returns memory no container needs any more. Failure is
-// logged, not returned: the containers run either way.
+// logged, not returned: the containers run either way. While a container
+// without a limit runs, elastic memory owns the VM's size above the
+// target: it gives memory back once it is idle, not while it may be in
+// use.
 func (s *service) shrinkToFit(ctx context.Context, sb *sandbox.Sandbox) {
-	target := s.memoryTarget(sb, "", 0)
+	target, ceiling := s.updateElastic(sb, "", 0)
+	if sb.ElasticEnabled() && ceiling > target {
+		return
+	}
 	st := sb.MemoryStatus(ctx)
 	if st.Mechanism == memory.None || target >= st.GuestCurrentMiB {
 		return

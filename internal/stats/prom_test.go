@@ -42,7 +42,7 @@ func TestCollector(t *testing.T) {
 	src := fakeSource{s: Sample{
 		GuestBootBytes: 256 << 20, GuestCurrentBytes: 512 << 20, GuestRequestedBytes: 512 << 20,
 		CgroupMemoryLimitBytes: 768 << 20,
-		Elastic: &ElasticSample{Grows: 3, Shrinks: 1, Refusals: 2, GrownBytes: 768 << 20, ShrunkBytes: 512 << 20, FloorBytes: 256 << 20, CeilingBytes: 16 << 30},
+		Elastic:                &ElasticSample{Grows: 3, Shrinks: 1, Refusals: 2, GrownBytes: 768 << 20, ShrunkBytes: 512 << 20, FloorBytes: 256 << 20, CeilingBytes: 16 << 30},
 		Containers: []ContainerSample{{ID: "c1", Stats: &api.StatsResponse{CgroupVersion: 2, MemoryUsageBytes: 216 << 20,
 			MemoryStat: map[string]uint64{"inactive_file": 190 << 20, "file": 200 << 20}, CpuUsageUsec: 3000000, CpuUserUsec: 2000000, CpuSystemUsec: 1000000, PidsCurrent: 2}}},
 		Processes: []ProcessSample{{Name: "qemu-system-x86", Pid: 42, RSSBytes: 400 << 20, PSSBytes: 300 << 20, Threads: 4, FDs: 30}},
