@@ -101,6 +101,12 @@ func (w *pressureWatch) start(ctx context.Context) {
 	}
 	w.running = true
 	w.mu.Unlock()
+	// The VM grows on demand, so its RAM now is no bound for one
+	// allocation: the kernel's heuristic overcommit would refuse a
+	// 1.5 GiB malloc in a 256 MiB guest that could grow to hold it.
+	// Kubernetes nodes run with the same setting (the kubelet sets
+	// vm.overcommit_memory = 1).
+	os.WriteFile(filepath.Join(w.sysRoot, "proc/sys/vm/overcommit_memory"), []byte("1"), 0)
 	go func() {
 		t := time.NewTicker(pressureSampleEvery)
 		defer t.Stop()

@@ -77,6 +77,14 @@ type ElasticStatus struct {
 	ElasticCounts
 }
 
+type availAt struct {
+	at       time.Time
+	minAvail int
+}
+
+// maxWindow bounds the sample window (samples come every 0.2-5 s).
+const maxWindow = 4096
+
 type elasticController struct {
 	policy memory.ElasticPolicy
 
@@ -84,9 +92,12 @@ type elasticController struct {
 	status      ElasticStatus
 	lastChange  time.Time
 	lastRefusal time.Time
-	idleSince   time.Time
-	idleMinMiB  int
-	highEvents  uint64
+	// idleSince starts the current run of samples without pressure;
+	// window holds the samples of the last shrink delay (the lowest
+	// MemAvailable in it decides how far a shrink may go).
+	idleSince  time.Time
+	window     []availAt
+	highEvents uint64
 
 	stop     chan struct{}
 	stopOnce sync.Once
@@ -269,11 +280,9 @@ func (s *Sandbox) elasticStep(ctx context.Context, resp *api.MemoryPressure) {
 	if e.policy.Pressure(sample) {
 		e.idleSince = time.Time{}
 	} else if e.idleSince.IsZero() {
-		e.idleSince, e.idleMinMiB = now, minAvail
-	} else {
-		e.idleMinMiB = min(e.idleMinMiB, minAvail)
+		e.idleSince = now
 	}
-	sample.IdleSince, sample.IdleMinAvailMiB = e.idleSince, e.idleMinMiB
+	sample.IdleSince, sample.IdleMinAvailMiB = e.idleSince, e.windowMin(now, minAvail)
 	e.status.GuestAvailableMiB, e.status.PSISomeAvg10, e.status.SampledAt = avail, psi, now
 	e.status.SoftLimitMiB = int(min(resp.ContainersHighBytes>>20, uint64(st.CurrentMiB)))
 	e.mu.Unlock()
@@ -299,6 +308,22 @@ func (s *Sandbox) elasticStep(ctx context.Context, resp *api.MemoryPressure) {
 		}
 		e.record(ev)
 	}
+}
+
+// windowMin adds a sample to the window and returns the lowest
+// MemAvailable seen during the last shrink delay.
+func (e *elasticController) windowMin(now time.Time, minAvail int) int {
+	e.window = append(e.window, availAt{now, minAvail})
+	cut := 0
+	for cut < len(e.window) && (now.Sub(e.window[cut].at) > e.policy.ShrinkDelay || len(e.window)-cut > maxWindow) {
+		cut++
+	}
+	e.window = e.window[cut:]
+	low := minAvail
+	for _, w := range e.window {
+		low = min(low, w.minAvail)
+	}
+	return low
 }
 
 // record books an event: counters, the last event of its kind, and the
@@ -335,6 +360,7 @@ func (e *elasticController) record(ev ElasticEvent) {
 	// is measured afresh at the new size.
 	e.lastChange = ev.At
 	e.idleSince = time.Time{}
+	e.window = e.window[:0]
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {
