@@ -30,12 +30,14 @@ var DefaultModules = []string{
 	"overlay",
 	"vmw_vsock_virtio_transport",
 	"virtio_scsi",
+	// Free page reporting for elastic memory (qemu.Machine.FreePageReporting).
+	"virtio_balloon",
 }
 
 // optionalModules may be missing from a kernel without failing a build that
 // uses DefaultModules: a guest without virtio-scsi still runs containers.
 // Modules the user names explicitly are always required.
-var optionalModules = map[string]bool{"virtio_scsi": true}
+var optionalModules = map[string]bool{"virtio_scsi": true, "virtio_balloon": true}
 
 // moduleName turns a module file path into the kernel's name for the module:
 // the base name without the .ko suffix (and any compression suffix), with

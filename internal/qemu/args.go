@@ -17,6 +17,7 @@ const (
 	qmpID          = "berth-qmp"
 	serialCtlID    = "berth-vser0"
 	vsockID        = "berth-vsock"
+	balloonID      = "berth-balloon"
 	chardevPrefix  = "char-" // chardev of the device with the same ID
 	tcgTBSizeMiB   = 256
 	fallbackTSCkHz = 2_000_000
@@ -124,6 +125,9 @@ func (m Machine) Args() ([]string, error) {
 			",tag="+opt(fs.Tag)+",queue-size="+strconv.Itoa(q))
 	}
 	m.pcieArgs(&a)
+	if m.FreePageReporting {
+		a.add("-device", m.virtioDev("virtio-balloon")+",id="+balloonID+",free-page-reporting=on")
+	}
 	if m.Vsock != nil {
 		a.add("-device", m.virtioDev("vhost-vsock")+",id="+vsockID+",guest-cid="+strconv.FormatUint(uint64(m.Vsock.GuestCID), 10))
 	}

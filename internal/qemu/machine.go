@@ -97,6 +97,11 @@ type Machine struct {
 	// VirtioMem, if set, adds a virtio-mem device at boot whose plugged
 	// size is changed later with SetVirtioMemRequested.
 	VirtioMem *VirtioMemDevice
+	// FreePageReporting adds a virtio-balloon device that never inflates
+	// but lets the guest report the pages it has freed, which QEMU then
+	// gives back to the host (discards): memory a workload touched and
+	// freed stops counting in QEMU's RSS without waiting for an unplug.
+	FreePageReporting bool
 	// Pflash are UEFI firmware images for the "virt" machine: the
 	// read-only code and a writable per-VM copy of the variable store.
 	// arm64 needs them for ACPI, and so for memory hot-plug.

@@ -34,6 +34,8 @@ const (
 	// elasticMaxWait is the longest a poll waits when nothing happens;
 	// it is also how often an idle sandbox is looked at.
 	elasticMaxWait = 5 * time.Second
+	// elasticShrinkPoll is the poll period of a VM that could shrink.
+	elasticShrinkPoll = time.Second
 	// elasticCallSlack is added to a poll's deadline on the host.
 	elasticCallSlack = 10 * time.Second
 	// elasticMaxBackoff bounds the wait after failed polls.
@@ -208,7 +210,15 @@ func (s *Sandbox) runElastic() {
 	for ctx.Err() == nil {
 		start := time.Now()
 		st := s.elasticState(start)
-		wait := min(max(e.policy.ShrinkDelay/2, time.Second), elasticMaxWait)
+		// Above its floor the VM may shrink: sample every second, so
+		// that the lowest MemAvailable of the last shrink delay is known
+		// to the second and a freed workload is given back promptly. At
+		// the floor only pressure matters, which the agent reports at
+		// once anyway.
+		wait := elasticMaxWait
+		if st.CurrentMiB > max(st.FloorMiB, st.BootMiB) {
+			wait = elasticShrinkPoll
+		}
 		req := &api.WaitMemoryPressureRequest{
 			AfterSeq:          seq,
 			GrowBelowBytes:    uint64(e.policy.GrowBelowMiB()) << 20,

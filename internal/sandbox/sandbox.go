@@ -304,6 +304,8 @@ func (s *Sandbox) machine(opts Options) (qemu.Machine, error) {
 		SerialPorts:  []qemu.VirtioSerialPort{{ID: "agent", Name: transport.SerialPortName, SocketPath: s.path(agentSockName)}},
 		FileSystems:  []qemu.VhostUserFS{{ID: "shared", Tag: oci.SharedFSTag, SocketPath: s.path(fsSocketName)}},
 	}
+	// Elastic memory gives freed guest pages back between unplugs.
+	m.FreePageReporting = s.cfg.ElasticMemory() && m.Type == qemu.Q35
 	if kind == transport.Vsock {
 		if _, err := os.Stat(vhostVsockDevice); err != nil {
 			return m, fmt.Errorf("agent.transport = \"vsock\" but %s is missing: load it with `modprobe vhost_vsock`, or set agent.transport = \"auto\": %w", vhostVsockDevice, errdefs.ErrFailedPrecondition)
