@@ -56,6 +56,10 @@ const (
 	DefaultMinShrinkMiB    = 32
 	DefaultPSIGrowAbove    = 10
 	DefaultRefusalBackoff  = 10 * time.Second
+	// ShrinkSpacing separates successive shrinks: a workload that
+	// frees its memory gradually is followed down in steps as the low
+	// samples leave the window, without a full delay between them.
+	ShrinkSpacing = 2 * time.Second
 )
 
 // GrowBelowMiB is the MemAvailable under which the VM grows.
@@ -74,8 +78,12 @@ type ElasticState struct {
 	CeilingMiB int
 	// HostAvailableMiB is the host's MemAvailable now.
 	HostAvailableMiB int
-	// LastChange is when the VM last grew or shrank (zero: never).
+	// LastChange is when the VM last grew, or a shrink last failed
+	// (zero: never): the shrink delay runs from it.
 	LastChange time.Time
+	// LastShrink is when the VM last shrank: shrinks that follow one
+	// another are ShrinkSpacing apart.
+	LastShrink time.Time
 	// LastRefusal is when a grow was last refused (zero: never).
 	LastRefusal time.Time
 }
@@ -190,7 +198,8 @@ func (p ElasticPolicy) Decide(st ElasticState, s GuestSample, now time.Time) Dec
 	if st.CurrentMiB <= floor {
 		return d
 	}
-	if s.IdleSince.IsZero() || now.Sub(s.IdleSince) < p.ShrinkDelay || (!st.LastChange.IsZero() && now.Sub(st.LastChange) < p.ShrinkDelay) {
+	if s.IdleSince.IsZero() || now.Sub(s.IdleSince) < p.ShrinkDelay || (!st.LastChange.IsZero() && now.Sub(st.LastChange) < p.ShrinkDelay) ||
+		(!st.LastShrink.IsZero() && now.Sub(st.LastShrink) < ShrinkSpacing) {
 		return d
 	}
 	keep := p.GrowBelowMiB() + p.KeepMarginMiB

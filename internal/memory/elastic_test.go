@@ -43,6 +43,8 @@ func TestElasticDecide(t *testing.T) {
 		{"after the backoff it retries", func() ElasticState { s := state(256); s.LastRefusal = now.Add(-time.Minute); return s }(), GuestSample{AvailableMiB: 100}, Grow, 512, ""},
 		{"idle too briefly holds", state(1792), idle(1700, 5*time.Second), Hold, 1792, ""},
 		{"recent change holds", func() ElasticState { s := state(1792); s.LastChange = now.Add(-3 * time.Second); return s }(), idle(1700, time.Minute), Hold, 1792, ""},
+		{"shrinks are spaced", func() ElasticState { s := state(1792); s.LastShrink = now.Add(-time.Second); return s }(), idle(1700, time.Minute), Hold, 1792, ""},
+		{"a shrink may follow a shrink", func() ElasticState { s := state(1792); s.LastShrink = now.Add(-3 * time.Second); return s }(), idle(1708, time.Minute), Shrink, 256, ""},
 		{"idle after the workload shrinks to the floor", state(1792), idle(1708, 15*time.Second), Shrink, 256, "floor 256"},
 		{"idle with some use keeps headroom", state(1792), idle(1000, 15*time.Second), Shrink, 960, "keeping 168 MiB free"},
 		{"small shrinks are skipped", state(1792), idle(180, time.Minute), Hold, 1792, ""},

@@ -92,13 +92,17 @@ type elasticController struct {
 
 	mu          sync.Mutex
 	status      ElasticStatus
-	lastChange  time.Time
+	lastChange  time.Time // last grow, or failed shrink
+	lastShrink  time.Time
 	lastRefusal time.Time
 	// idleSince starts the current run of samples without pressure;
 	// window holds the samples of the last shrink delay (the lowest
 	// MemAvailable in it decides how far a shrink may go).
-	idleSince  time.Time
-	window     []availAt
+	idleSince time.Time
+	window    []availAt
+	// manualMiB is the size last asked for by hand (berth resize): the
+	// operator's choice, which elastic memory does not shrink below.
+	manualMiB  int
 	highEvents uint64
 
 	stop     chan struct{}
@@ -168,6 +172,15 @@ func (s *Sandbox) SetElasticBounds(floorMiB, ceilingMiB int) {
 	defer e.mu.Unlock()
 	e.status.FloorMiB = min(max(floorMiB, l.BootMiB), l.MaxMiB)
 	e.status.CeilingMiB = min(max(ceilingMiB, e.status.FloorMiB), l.MaxMiB)
+}
+
+// setManualSize records a resize asked for by hand.
+func (s *Sandbox) setManualSize(sizeMiB int) {
+	if e := s.elastic; e != nil {
+		e.mu.Lock()
+		e.manualMiB = sizeMiB
+		e.mu.Unlock()
+	}
 }
 
 // ElasticEnabled says whether the controller runs.
@@ -271,8 +284,8 @@ func (s *Sandbox) elasticState(now time.Time) memory.ElasticState {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return memory.ElasticState{
-		Limits: s.memory.limits, FloorMiB: e.status.FloorMiB, CurrentMiB: current, CeilingMiB: e.status.CeilingMiB,
-		HostAvailableMiB: avail, LastChange: e.lastChange, LastRefusal: e.lastRefusal,
+		Limits: s.memory.limits, FloorMiB: max(e.status.FloorMiB, e.manualMiB), CurrentMiB: current, CeilingMiB: e.status.CeilingMiB,
+		HostAvailableMiB: avail, LastChange: e.lastChange, LastShrink: e.lastShrink, LastRefusal: e.lastRefusal,
 	}
 }
 
@@ -361,13 +374,24 @@ func (e *elasticController) record(ev ElasticEvent) {
 		e.status.Shrinks++
 		e.status.ShrunkBytes += moved
 		e.status.LastShrink = &ev
+		e.lastShrink = ev.At
+		if ev.Error == "" {
+			// The memory given back was free: the samples of the window
+			// would have seen that much less at the new size. Idleness
+			// goes on; the next shrink may follow once low samples age
+			// out of the window.
+			for i := range e.window {
+				e.window[i].minAvail = max(e.window[i].minAvail-int(moved>>20), 0)
+			}
+			return
+		}
 	case ev.Action == memory.Grow:
 		e.status.LastGrow = &ev
 	case ev.Action == memory.Shrink:
 		e.status.LastShrink = &ev
 	}
-	// A change, or a failed attempt, restarts the shrink delay; idleness
-	// is measured afresh at the new size.
+	// A grow, or a shrink that failed or stopped short, restarts the
+	// shrink delay; idleness is measured afresh at the new size.
 	e.lastChange = ev.At
 	e.idleSince = time.Time{}
 	e.window = e.window[:0]

@@ -64,6 +64,9 @@ func (s *Sandbox) serveManagement() (io.Closer, error) {
 			return
 		}
 		st, err := s.ResizeMemory(r.Context(), req.MemoryMiB)
+		if err == nil {
+			s.setManualSize(req.MemoryMiB)
+		}
 		switch {
 		case err == nil:
 			writeJSON(w, http.StatusOK, st)
