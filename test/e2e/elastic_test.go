@@ -113,15 +113,16 @@ func TestElasticPodWithLimitIsOOMKilledInGuest(t *testing.T) {
 	defer assertNoLeaks(t)
 	pod := c.runPod(t, "elastic-limit")
 	defer c.removePod(t, pod.id)
-	id := c.createLimitedContainer(t, pod, "hog", 400<<20, "sh", "-c", hogScript)
-	// The VM holds the limit from create on, and that is its ceiling:
-	// elastic memory has nothing to add.
+	id := c.createLimitedContainer(t, pod, "hog", 400<<20, "sh", "-c", "sleep 5; "+hogScript)
+	// CRI creates the task on StartContainer; from then on the VM holds
+	// the limit, and that is its ceiling: elastic memory has nothing to
+	// add.
+	c.startContainer(t, id)
 	full := berthStatus(t, pod.id)
 	m, e := full.Memory, elasticOf(t, full)
 	if m.GuestCurrentMiB != 656 || e.CeilingMiB != 656 || e.FloorMiB != 656 {
 		t.Errorf("memory %d MiB, elastic %+v: want the VM at boot + limit (656 MiB), which is also its floor and ceiling", m.GuestCurrentMiB, e)
 	}
-	c.startContainer(t, id)
 	st := c.waitExited(t, id, 5*time.Minute)
 	t.Logf("limited workload: exit %d, reason %s", st.ExitCode, st.Reason)
 	if st.ExitCode != 137 || st.Reason != "OOMKilled" {
