@@ -139,8 +139,12 @@ func (p ElasticPolicy) CanGrow(st ElasticState, now time.Time) bool {
 
 // Pressure says whether a sample asks for more memory.
 func (p ElasticPolicy) Pressure(s GuestSample) bool {
-	return s.AvailableMiB < p.GrowBelowMiB() || s.Throttled ||
-		(p.PSIGrowAbove > 0 && s.PSISomeAvg10 >= p.PSIGrowAbove && s.AvailableMiB < p.GuestReserveMiB+p.StepMiB)
+	// Throttling and stalls count only with little memory free: the
+	// soft limit also reclaims page cache, which MemAvailable counts as
+	// free, and a pod reading a large file must not grow the VM for it.
+	short := s.AvailableMiB < p.GuestReserveMiB+p.StepMiB
+	return s.AvailableMiB < p.GrowBelowMiB() || (s.Throttled && short) ||
+		(p.PSIGrowAbove > 0 && s.PSISomeAvg10 >= p.PSIGrowAbove && short)
 }
 
 // Decide returns what to do with one sample.

@@ -33,6 +33,7 @@ func TestElasticDecide(t *testing.T) {
 		{"low memory grows a step", state(256), GuestSample{AvailableMiB: 140}, Grow, 512, "below 152 MiB"},
 		{"throttled grows", state(512), GuestSample{AvailableMiB: 200, Throttled: true}, Grow, 768, "throttled"},
 		{"psi with little free grows", state(512), GuestSample{AvailableMiB: 300, PSISomeAvg10: 40}, Grow, 768, "PSI"},
+		{"throttled on page cache holds", state(2048), GuestSample{AvailableMiB: 1500, Throttled: true, IdleSince: now}, Hold, 2048, ""},
 		{"psi with plenty free holds", state(2048), GuestSample{AvailableMiB: 1500, PSISomeAvg10: 40, IdleSince: now}, Hold, 2048, ""},
 		{"grow stops at the ceiling", func() ElasticState { s := state(600); s.CeilingMiB = 656; return s }(), GuestSample{AvailableMiB: 50}, Grow, 656, ""},
 		{"at the ceiling the guest decides", func() ElasticState { s := state(656); s.CeilingMiB = 656; return s }(), GuestSample{AvailableMiB: 50}, Hold, 656, "OOM killer decides"},

@@ -64,7 +64,7 @@ func (s *Sandbox) serveManagement() (io.Closer, error) {
 			return
 		}
 		st, err := s.ResizeMemory(r.Context(), req.MemoryMiB)
-		if err == nil {
+		if err == nil || errors.Is(err, ErrPartialResize) {
 			s.setManualSize(req.MemoryMiB)
 		}
 		switch {
