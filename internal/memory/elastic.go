@@ -130,10 +130,11 @@ func (d Decision) DeltaMiB() int {
 const minUsefulGrowMiB = 16
 
 // CanGrow says whether the guest should throttle its containers while it
-// waits for memory: only while the VM is below its ceiling and the host is
-// not refusing.
+// waits for memory: only while the VM is below its ceiling, the host has
+// memory to spare and is not refusing.
 func (p ElasticPolicy) CanGrow(st ElasticState, now time.Time) bool {
 	return st.CurrentMiB < min(st.CeilingMiB, st.MaxMiB) &&
+		st.HostAvailableMiB-p.HostReserveMiB >= minUsefulGrowMiB &&
 		(st.LastRefusal.IsZero() || now.Sub(st.LastRefusal) >= p.RefusalBackoff)
 }
 
@@ -169,7 +170,7 @@ func (p ElasticPolicy) Decide(st ElasticState, s GuestSample, now time.Time) Dec
 			d.Reason = fmt.Sprintf("%s, but the VM is at its ceiling of %d MiB: the guest's OOM killer decides", why, ceiling)
 			return d
 		}
-		if !p.CanGrow(st, now) {
+		if !st.LastRefusal.IsZero() && now.Sub(st.LastRefusal) < p.RefusalBackoff {
 			d.Reason = fmt.Sprintf("%s; the last grow was refused %s ago, retrying after %s", why, now.Sub(st.LastRefusal).Round(time.Second), p.RefusalBackoff)
 			return d
 		}

@@ -97,6 +97,26 @@ func TestElasticShrinkDoesNotInviteGrow(t *testing.T) {
 	}
 }
 
+func TestElasticCanGrow(t *testing.T) {
+	p := testPolicy()
+	now := time.Now()
+	st := ElasticState{Limits: Limits{Mechanism: VirtioMem, BootMiB: 256, MaxMiB: 16384}, FloorMiB: 256, CurrentMiB: 256, CeilingMiB: 16384, HostAvailableMiB: 20000}
+	if !p.CanGrow(st, now) {
+		t.Error("a small VM on an empty host cannot grow")
+	}
+	full := st
+	full.HostAvailableMiB = p.HostReserveMiB + 8
+	atCeiling := st
+	atCeiling.CeilingMiB = 256
+	refused := st
+	refused.LastRefusal = now.Add(-time.Second)
+	for name, s := range map[string]ElasticState{"full host": full, "at the ceiling": atCeiling, "just refused": refused} {
+		if p.CanGrow(s, now) {
+			t.Errorf("%s: CanGrow, so the guest would throttle for memory that will not come", name)
+		}
+	}
+}
+
 func TestSanitize(t *testing.T) {
 	total, avail, minAvail, psi := Sanitize(512, 1<<40, 1<<41, 1<<42, 1e9)
 	if total != 512 || avail != 512 || minAvail != 512 || psi != 100 {
