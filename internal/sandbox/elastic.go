@@ -38,6 +38,9 @@ const (
 	elasticShrinkPoll = time.Second
 	// elasticCallSlack is added to a poll's deadline on the host.
 	elasticCallSlack = 10 * time.Second
+	// throttleSlackBytes: containers this close to their soft limit
+	// are still being throttled.
+	throttleSlackBytes = 16 << 20
 	// elasticMaxBackoff bounds the wait after failed polls.
 	elasticMaxBackoff = 30 * time.Second
 )
@@ -297,7 +300,11 @@ func (s *Sandbox) elasticStep(ctx context.Context, resp *api.MemoryPressure) {
 	total, avail, minAvail, psi := memory.Sanitize(st.CurrentMiB, resp.MemTotalBytes, resp.MemAvailableBytes, resp.MinAvailableBytes, resp.PsiSomeAvg10)
 
 	e.mu.Lock()
-	throttled := resp.HighEvents > e.highEvents
+	// Throttled now, not only since the last sample: a throttle that
+	// happened while a grow was under way is over once the agent has
+	// raised the soft limit, and must not buy a second step.
+	throttled := resp.HighEvents > e.highEvents && resp.ContainersHighBytes > 0 &&
+		resp.ContainersBytes+throttleSlackBytes >= resp.ContainersHighBytes
 	e.highEvents = resp.HighEvents
 	sample := memory.GuestSample{MemTotalMiB: total, AvailableMiB: avail, PSISomeAvg10: psi, Throttled: throttled}
 	if e.policy.Pressure(sample) {
