@@ -326,6 +326,9 @@ func (s *Sandbox) elasticStep(ctx context.Context, resp *api.MemoryPressure) {
 	case memory.Grow, memory.Shrink:
 		log.WithField("reason", d.Reason).Infof("elastic memory: %s", d.Action)
 		ms, err := s.ResizeMemory(ctx, d.TargetMiB)
+		if ctx.Err() != nil {
+			return // the sandbox is being destroyed
+		}
 		ev := ElasticEvent{At: now, Action: d.Action, FromMiB: d.FromMiB, ToMiB: ms.GuestCurrentMiB, Reason: d.Reason}
 		if err != nil {
 			ev.Error = err.Error()
