@@ -36,15 +36,20 @@ func chunkScript() string {
 	return b.String()
 }
 
-// elasticSandbox boots a sandbox with elastic memory and the given step.
-func elasticSandbox(ctx context.Context, stateDir string, stepMiB int, id string) (*sandbox.Sandbox, func(), error) {
+// elasticSandbox boots a sandbox with elastic memory and the given step
+// (stepMiB 0: elastic off, booted with bootMiB).
+func elasticSandbox(ctx context.Context, stateDir string, stepMiB int, id string, bootMiB ...int) (*sandbox.Sandbox, func(), error) {
 	cfg, err := config.Load("", config.Overrides{StateDir: stateDir})
 	if err != nil {
 		return nil, nil, err
 	}
-	cfg.Memory.Elastic, cfg.Memory.StepMiB = true, stepMiB
+	cfg.Memory.Elastic, cfg.Memory.StepMiB = stepMiB > 0, max(stepMiB, 2)
 	cfg.RunDir, _ = os.MkdirTemp("", "berth-bench-elastic-")
-	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: id, Accel: qemu.TCG})
+	opts := sandbox.Options{ID: id, Accel: qemu.TCG}
+	if len(bootMiB) > 0 {
+		opts.MemoryMiB = bootMiB[0]
+	}
+	sb, err := sandbox.Create(ctx, cfg, opts)
 	if err != nil {
 		os.RemoveAll(cfg.RunDir)
 		return nil, nil, err
@@ -77,36 +82,53 @@ func runIn(ctx context.Context, sb *sandbox.Sandbox, rootfs string, args ...stri
 // guest has and times it from the start of the allocating process until
 // the VM has grown by the step and the guest uses it (ResizeMemory returns
 // only then, and MemoryStatus waits for a resize under way).
-func growLatency(ctx context.Context, stateDir, rootfs string, stepMiB int) (time.Duration, error) {
+func growLatency(ctx context.Context, stateDir, rootfs string, stepMiB int) (total, afterDecision time.Duration, err error) {
 	sb, done, err := elasticSandbox(ctx, stateDir, stepMiB, "bench-elastic-"+strconv.Itoa(stepMiB))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer done()
 	boot := sb.MemoryStatus(ctx).GuestAtBootMiB
 	t0 := time.Now()
 	wait, err := runIn(ctx, sb, rootfs, "dd", "if=/dev/zero", "of=/dev/null", "bs="+strconv.Itoa(stepMiB)+"M", "count=1")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	var d time.Duration
+	var usable time.Time
 	for {
 		if sb.MemoryStatus(ctx).GuestCurrentMiB >= boot+stepMiB {
-			d = time.Since(t0)
+			usable = time.Now()
+			d = usable.Sub(t0)
 			break
 		}
 		if time.Since(t0) > 5*time.Minute {
-			return 0, fmt.Errorf("+%d MiB: the VM did not grow within 5 minutes", stepMiB)
+			return 0, 0, fmt.Errorf("+%d MiB: the VM did not grow within 5 minutes", stepMiB)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return d, wait()
+	// The grow is booked once ResizeMemory has returned; its event
+	// carries the time of the decision (the guest's pressure sample).
+	var decided time.Duration
+	for i := 0; i < 500; i++ {
+		if g := sb.ElasticStatus().LastGrow; g != nil {
+			decided = usable.Sub(g.At)
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return d, decided, wait()
 }
 
 // chunksBerth times chunkScript in a fresh elastic sandbox (from the
-// container's start until its exit).
-func chunksBerth(ctx context.Context, stateDir, rootfs string) (time.Duration, error) {
-	sb, done, err := elasticSandbox(ctx, stateDir, config.DefaultElasticStepMiB, "bench-elastic-chunks")
+// container's start until its exit); with fixed, in a 2 GiB VM without
+// elastic memory, which is TCG's share of the time.
+func chunksBerth(ctx context.Context, stateDir, rootfs string, fixed bool) (time.Duration, error) {
+	step, boot := config.DefaultElasticStepMiB, []int(nil)
+	if fixed {
+		step, boot = 0, []int{2048}
+	}
+	sb, done, err := elasticSandbox(ctx, stateDir, step, "bench-elastic-chunks", boot...)
 	if err != nil {
 		return 0, err
 	}

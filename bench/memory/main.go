@@ -39,6 +39,7 @@ func main() {
 	rootfsFlag := flag.String("rootfs", "bin/rootfs-busybox", "busybox root file system for the elastic rows (make rootfs)")
 	runc := flag.String("runc", "runc", `runc binary for the no-VM row; "" skips it`)
 	elasticN := flag.Int("elastic-n", 3, "repetitions of each elastic measurement (each boots a VM)")
+	elasticOnly := flag.Bool("elastic-only", false, "measure only the elastic rows")
 	flag.Parse()
 	ctx := context.Background()
 	rootfs, err := filepath.Abs(*rootfsFlag)
@@ -50,7 +51,11 @@ func main() {
 	}
 
 	rows := map[string][]time.Duration{}
-	for _, mech := range []string{config.MemoryHotplugVirtioMem, config.MemoryHotplugDIMM} {
+	mechs := []string{config.MemoryHotplugVirtioMem, config.MemoryHotplugDIMM}
+	if *elasticOnly {
+		mechs = nil
+	}
+	for _, mech := range mechs {
 		cfg, err := config.Load("", config.Overrides{StateDir: *stateDir})
 		if err != nil {
 			fatal(err)
@@ -81,26 +86,36 @@ func main() {
 		}
 		sb.Destroy(ctx)
 	}
-	raw, err := rawFloor(ctx, *stateDir, *n)
-	if err != nil {
-		fatal(err)
+	if !*elasticOnly {
+		raw, err := rawFloor(ctx, *stateDir, *n)
+		if err != nil {
+			fatal(err)
+		}
+		rows["raw floor: qom-set until MemTotal +1 GiB"] = raw
 	}
-	rows["raw floor: qom-set until MemTotal +1 GiB"] = raw
 
 	for i := 0; i < *elasticN; i++ {
 		for _, step := range []int{256, 1024} {
-			d, err := growLatency(ctx, *stateDir, rootfs, step)
+			d, dd, err := growLatency(ctx, *stateDir, rootfs, step)
 			if err != nil {
 				fatal(fmt.Errorf("elastic +%d MiB: %w", step, err))
 			}
 			name := fmt.Sprintf("elastic step %4d MiB: allocation until usable", step)
 			rows[name] = append(rows[name], d)
+			name = fmt.Sprintf("elastic step %4d MiB: decision until usable", step)
+			rows[name] = append(rows[name], dd)
 		}
-		d, err := chunksBerth(ctx, *stateDir, rootfs)
-		if err != nil {
-			fatal(fmt.Errorf("elastic 1 GiB in chunks: %w", err))
+		for _, fixed := range []bool{false, true} {
+			d, err := chunksBerth(ctx, *stateDir, rootfs, fixed)
+			if err != nil {
+				fatal(fmt.Errorf("1 GiB in chunks (fixed VM %v): %w", fixed, err))
+			}
+			name := "hold 1 GiB in 64 MiB chunks: berth (elastic, 256 MiB boot)"
+			if fixed {
+				name = "hold 1 GiB in 64 MiB chunks: berth (2 GiB VM, no elastic)"
+			}
+			rows[name] = append(rows[name], d)
 		}
-		rows["hold 1 GiB in 64 MiB chunks: berth (elastic)"] = append(rows["hold 1 GiB in 64 MiB chunks: berth (elastic)"], d)
 		if *runc != "" {
 			d, err := chunksRunc(ctx, *runc, rootfs)
 			if err != nil {
