@@ -96,8 +96,17 @@ type GuestSample struct {
 	PSISomeAvg10    float64
 	Throttled       bool // the containers hit their soft limit
 	IdleSince       time.Time
-	IdleMinAvailMiB int // lowest MemAvailable since IdleSince
+	IdleMinAvailMiB int // lowest MemAvailable of the last shrink delay
+	// IdleFirstAvailMiB is the oldest MemAvailable of the last shrink
+	// delay: below it by more than risingSlackMiB now, the workload is
+	// still taking memory, slowly enough not to be pressure, and a
+	// shrink would only take memory it is about to need.
+	IdleFirstAvailMiB int
 }
+
+// risingSlackMiB is how much MemAvailable may fall during the shrink delay
+// for the memory still to count as idle.
+const risingSlackMiB = 16
 
 // Action is what a decision does.
 type Action string
@@ -205,6 +214,10 @@ func (p ElasticPolicy) Decide(st ElasticState, s GuestSample, now time.Time) Dec
 	}
 	if s.IdleSince.IsZero() || now.Sub(s.IdleSince) < p.ShrinkDelay || (!st.LastChange.IsZero() && now.Sub(st.LastChange) < p.ShrinkDelay) ||
 		(!st.LastShrink.IsZero() && now.Sub(st.LastShrink) < ShrinkSpacing) {
+		return d
+	}
+	if s.IdleFirstAvailMiB > 0 && s.AvailableMiB+risingSlackMiB < s.IdleFirstAvailMiB {
+		d.Reason = fmt.Sprintf("memory use still rising: guest MemAvailable fell from %d to %d MiB during the last %s", s.IdleFirstAvailMiB, s.AvailableMiB, p.ShrinkDelay)
 		return d
 	}
 	keep := p.GrowBelowMiB() + p.KeepMarginMiB

@@ -47,6 +47,7 @@ func TestElasticDecide(t *testing.T) {
 		{"shrinks are spaced", func() ElasticState { s := state(1792); s.LastShrink = now.Add(-time.Second); return s }(), idle(1700, time.Minute), Hold, 1792, ""},
 		{"a shrink may follow a shrink", func() ElasticState { s := state(1792); s.LastShrink = now.Add(-3 * time.Second); return s }(), idle(1708, time.Minute), Shrink, 256, ""},
 		{"idle after the workload shrinks to the floor", state(1792), idle(1708, 15*time.Second), Shrink, 256, "floor 256"},
+		{"slowly rising use is not idle", state(1280), GuestSample{AvailableMiB: 600, IdleSince: now.Add(-time.Minute), IdleMinAvailMiB: 600, IdleFirstAvailMiB: 900}, Hold, 1280, "still rising"},
 		{"idle with some use keeps headroom", state(1792), idle(1000, 15*time.Second), Shrink, 960, "keeping 168 MiB free"},
 		{"small shrinks are skipped", state(1792), idle(180, time.Minute), Hold, 1792, ""},
 		{"never below the limits' floor", func() ElasticState { s := state(1792); s.FloorMiB = 1280; return s }(), idle(1708, time.Minute), Shrink, 1280, "floor 1280"},

@@ -312,7 +312,8 @@ func (s *Sandbox) elasticStep(ctx context.Context, resp *api.MemoryPressure) {
 	} else if e.idleSince.IsZero() {
 		e.idleSince = now
 	}
-	sample.IdleSince, sample.IdleMinAvailMiB = e.idleSince, e.windowMin(now, minAvail)
+	sample.IdleSince = e.idleSince
+	sample.IdleMinAvailMiB, sample.IdleFirstAvailMiB = e.windowMin(now, minAvail)
 	e.status.GuestAvailableMiB, e.status.PSISomeAvg10, e.status.SampledAt = avail, psi, now
 	e.status.SoftLimitMiB = int(min(resp.ContainersHighBytes>>20, uint64(st.CurrentMiB)))
 	e.mu.Unlock()
@@ -344,19 +345,19 @@ func (s *Sandbox) elasticStep(ctx context.Context, resp *api.MemoryPressure) {
 }
 
 // windowMin adds a sample to the window and returns the lowest
-// MemAvailable seen during the last shrink delay.
-func (e *elasticController) windowMin(now time.Time, minAvail int) int {
+// MemAvailable seen during the last shrink delay, and the oldest.
+func (e *elasticController) windowMin(now time.Time, minAvail int) (low, first int) {
 	e.window = append(e.window, availAt{now, minAvail})
 	cut := 0
 	for cut < len(e.window) && (now.Sub(e.window[cut].at) > e.policy.ShrinkDelay || len(e.window)-cut > maxWindow) {
 		cut++
 	}
 	e.window = e.window[cut:]
-	low := minAvail
+	low = minAvail
 	for _, w := range e.window {
 		low = min(low, w.minAvail)
 	}
-	return low
+	return low, e.window[0].minAvail
 }
 
 // record books an event: counters, the last event of its kind, and the

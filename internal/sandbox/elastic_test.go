@@ -17,14 +17,14 @@ func testElastic() *elasticController {
 func TestElasticWindowMin(t *testing.T) {
 	e := testElastic()
 	t0 := time.Now()
-	if got := e.windowMin(t0, 150); got != 150 {
-		t.Errorf("first sample: %d", got)
+	if got, first := e.windowMin(t0, 150); got != 150 || first != 150 {
+		t.Errorf("first sample: %d %d", got, first)
 	}
-	if got := e.windowMin(t0.Add(5*time.Second), 1600); got != 150 {
-		t.Errorf("within the delay the low sample counts: %d", got)
+	if got, first := e.windowMin(t0.Add(5*time.Second), 1600); got != 150 || first != 150 {
+		t.Errorf("within the delay the low sample counts: %d %d", got, first)
 	}
-	if got := e.windowMin(t0.Add(11*time.Second), 1650); got != 1600 {
-		t.Errorf("after the delay the low sample is gone: %d", got)
+	if got, first := e.windowMin(t0.Add(11*time.Second), 1650); got != 1600 || first != 1600 {
+		t.Errorf("after the delay the low sample is gone: %d %d", got, first)
 	}
 	for i := 0; i < 2*maxWindow; i++ {
 		e.windowMin(t0.Add(11*time.Second), 1700)
