@@ -2,6 +2,8 @@ package sandbox
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -326,9 +328,9 @@ func (s *Sandbox) elasticStep(ctx context.Context, resp *api.MemoryPressure) {
 		e.record(ElasticEvent{At: now, Action: d.Action, FromMiB: d.FromMiB, ToMiB: d.FromMiB, Reason: d.Reason})
 	case memory.Grow, memory.Shrink:
 		log.WithField("reason", d.Reason).Infof("elastic memory: %s", d.Action)
-		ms, err := s.ResizeMemory(ctx, d.TargetMiB)
-		if ctx.Err() != nil {
-			return // the sandbox is being destroyed
+		ms, err := s.elasticResize(ctx, d)
+		if ctx.Err() != nil || errors.Is(err, errElasticStale) {
+			return // the sandbox is being destroyed, or the decision is stale
 		}
 		ev := ElasticEvent{At: now, Action: d.Action, FromMiB: d.FromMiB, ToMiB: ms.GuestCurrentMiB, Reason: d.Reason}
 		if err != nil {
@@ -359,6 +361,35 @@ func (e *elasticController) windowMin(now time.Time, minAvail int) (low, first i
 	}
 	return low, e.window[0].minAvail
 }
+
+// elasticResize carries a decision out under the memory lock, after
+// checking it against the sizes and bounds of now: the owner may have
+// resized the VM or moved the bounds (a container's limit) since the
+// sample was decided on, and a stale shrink must not undo that.
+func (s *Sandbox) elasticResize(ctx context.Context, d memory.Decision) (MemoryStatus, error) {
+	s.memory.mu.Lock()
+	defer s.memory.mu.Unlock()
+	e := s.elastic
+	e.mu.Lock()
+	floor, ceiling := max(e.status.FloorMiB, e.manualMiB), e.status.CeilingMiB
+	e.mu.Unlock()
+	cur := s.memory.currentMiB
+	target := d.TargetMiB
+	switch d.Action {
+	case memory.Grow:
+		target = min(target, ceiling)
+	case memory.Shrink:
+		target = max(target, floor)
+	}
+	if cur != d.FromMiB || (d.Action == memory.Grow && target <= cur) || (d.Action == memory.Shrink && target >= cur) {
+		return s.memoryStatusLocked(ctx), fmt.Errorf("elastic %s to %d MiB dropped: the VM changed meanwhile (now %d MiB, bounds %d-%d MiB): %w",
+			d.Action, d.TargetMiB, cur, floor, ceiling, errElasticStale)
+	}
+	return s.resizeMemoryLocked(ctx, target)
+}
+
+// errElasticStale: a decision overtaken by another resize.
+var errElasticStale = errors.New("stale decision")
 
 // record books an event: counters, the last event of its kind, and the
 // times the policy's hysteresis and backoff depend on.

@@ -121,9 +121,13 @@ var ErrPartialResize = errors.New("resize stopped short")
 // request changes nothing), then plugs or unplugs memory and returns once
 // the guest can use it, or fails saying what the guest reported.
 func (s *Sandbox) ResizeMemory(ctx context.Context, targetMiB int) (MemoryStatus, error) {
+	s.memory.mu.Lock()
+	defer s.memory.mu.Unlock()
+	return s.resizeMemoryLocked(ctx, targetMiB)
+}
+
+func (s *Sandbox) resizeMemoryLocked(ctx context.Context, targetMiB int) (MemoryStatus, error) {
 	m := &s.memory
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	avail, err := hostAvailableMiB()
 	if err != nil {
 		return s.memoryStatusLocked(ctx), err
