@@ -53,7 +53,7 @@ const (
 	DefaultGuestReserveMiB = 128
 	DefaultGrowMarginMiB   = 24
 	DefaultKeepMarginMiB   = 16
-	DefaultMinShrinkMiB    = 32
+	DefaultMinShrinkMiB    = 64
 	DefaultPSIGrowAbove    = 10
 	DefaultRefusalBackoff  = 10 * time.Second
 	// ShrinkSpacing separates successive shrinks: a workload that
