@@ -91,9 +91,10 @@ func newPressureWatch(sysRoot string) *pressureWatch {
 	return w
 }
 
-// start runs the sampler until ctx ends; it is started by the first
-// request, so a sandbox without elastic memory never samples.
-func (w *pressureWatch) start(ctx context.Context) {
+// start runs the sampler for the rest of the agent's life; the first
+// request starts it, so a sandbox without elastic memory never samples.
+// (Its lease lifts the soft limit when the host stops asking.)
+func (w *pressureWatch) start() {
 	w.mu.Lock()
 	if w.running {
 		w.mu.Unlock()
@@ -108,20 +109,8 @@ func (w *pressureWatch) start(ctx context.Context) {
 	// vm.overcommit_memory = 1).
 	os.WriteFile(filepath.Join(w.sysRoot, "proc/sys/vm/overcommit_memory"), []byte("1"), 0)
 	go func() {
-		t := time.NewTicker(pressureSampleEvery)
-		defer t.Stop()
-		for {
+		for t := time.NewTicker(pressureSampleEvery); ; <-t.C {
 			w.sampleOnce(time.Now())
-			select {
-			case <-ctx.Done():
-				w.mu.Lock()
-				w.running = false
-				w.cond.Broadcast()
-				w.mu.Unlock()
-				w.setHigh(0)
-				return
-			case <-t.C:
-			}
 		}
 	}()
 }
@@ -267,7 +256,7 @@ func (w *pressureWatch) wait(ctx context.Context, req *api.WaitMemoryPressureReq
 	w.throttle, w.reserve = req.Throttle, req.ReserveBytes
 	w.leaseEnd = deadline.Add(throttleLease)
 	w.mu.Unlock()
-	w.start(context.WithoutCancel(ctx))
+	w.start()
 
 	// Wake the condition variable when the call's context ends or its
 	// time is up.

@@ -55,9 +55,14 @@ func setAvail(t *testing.T, root string, availMiB int) {
 	write(t, filepath.Join(root, "proc/meminfo"), fmt.Sprintf("MemTotal: 214332 kB\nMemFree: 100000 kB\nMemAvailable: %d kB\n", availMiB*1024))
 }
 
+// write replaces a file atomically, as /proc reads are: the sampler must
+// never see it half written.
 func write(t *testing.T, p, s string) {
 	t.Helper()
-	if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+	if err := os.WriteFile(p+".tmp", []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(p+".tmp", p); err != nil {
 		t.Fatal(err)
 	}
 }
