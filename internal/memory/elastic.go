@@ -50,7 +50,7 @@ type ElasticPolicy struct {
 // memory): the memory a grow adds is then onlined movable, so a shrink
 // can take it back.
 const (
-	DefaultGuestReserveMiB = 128
+	DefaultGuestReserveMiB = 112
 	DefaultGrowMarginMiB   = 24
 	DefaultKeepMarginMiB   = 16
 	DefaultMinShrinkMiB    = 64

@@ -63,7 +63,7 @@ func TestElasticPodWithoutLimitsGrowsAndShrinks(t *testing.T) {
 	bootRSS := qemuRSSKiB(t)
 	e := elasticOf(t, boot)
 	if !e.Enabled || e.CeilingMiB != 16384 || boot.Memory.GuestCurrentMiB != 256 {
-		t.Fatalf("before the workload: current %d MiB, elastic %+v; want 256 MiB, enabled with ceiling 16384", boot.Memory.GuestCurrentMiB, e)
+		t.Fatalf("before the workload: current %d MiB, elastic %+v (last grow %+v); want 256 MiB, enabled with ceiling 16384", boot.Memory.GuestCurrentMiB, e, e.LastGrow)
 	}
 	t.Logf("boot: guest MemTotal %d MiB, QEMU RSS %d MiB", boot.Memory.GuestMemTotalMiB, bootRSS>>10)
 
