@@ -56,9 +56,9 @@ const (
 	DefaultMinShrinkMiB    = 64
 	DefaultPSIGrowAbove    = 10
 	DefaultRefusalBackoff  = 10 * time.Second
-	// ShrinkSpacing separates successive shrinks: a workload that
-	// frees its memory gradually is followed down in steps as the low
-	// samples leave the window, without a full delay between them.
+	// ShrinkSpacing separates successive shrinks: once the VM has
+	// shrunk, the next shrink is sized by samples taken at the new size
+	// and follows without a full delay.
 	ShrinkSpacing = 2 * time.Second
 )
 

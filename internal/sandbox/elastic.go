@@ -418,13 +418,12 @@ func (e *elasticController) record(ev ElasticEvent) {
 		e.status.LastShrink = &ev
 		e.lastShrink = ev.At
 		if ev.Error == "" {
-			// The memory given back was free: the samples of the window
-			// would have seen that much less at the new size. Idleness
-			// goes on; the next shrink may follow once low samples age
-			// out of the window.
-			for i := range e.window {
-				e.window[i].minAvail = max(e.window[i].minAvail-int(moved>>20), 0)
-			}
+			// Idleness goes on, and the next shrink may follow after
+			// memory.ShrinkSpacing, sized by samples of the new size
+			// only: samples from before (or taken while the guest was
+			// still offlining, when isolated pages count as used) would
+			// keep the VM larger than the workload needs.
+			e.window = e.window[:0]
 			return
 		}
 	case ev.Action == memory.Grow:
