@@ -88,8 +88,8 @@ bench-devices: deps guest rootfs ## benchmark: block device hot-plug latency (ta
 bench-ctr: build guest rootfs ## benchmark: ctr run --rm /bin/true, runc vs berth vs the VM boot floor (table)
 	$(GO) run ./bench/ctr -n 5 -bin $(BIN) -state-dir $(STATE_DIR) -rootfs $(ROOTFS)
 
-bench-memory: deps guest ## benchmark: memory hot-plug +/-1 GiB, virtio-mem and DIMM, vs the raw QMP floor (table)
-	$(GO) run ./bench/memory -n 5 -state-dir $(STATE_DIR)
+bench-memory: deps guest rootfs ## benchmark: memory hot-plug +/-1 GiB (virtio-mem, DIMM, raw QMP floor), elastic grow latency, 1 GiB in chunks vs runc (table)
+	$(GO) run ./bench/memory -n 5 -state-dir $(STATE_DIR) -rootfs $(ROOTFS)
 
 proto: ## regenerate api/agent from its .proto (needs protoc)
 	cd api/agent/v1 && protoc -I. -I/usr/include --go_out=paths=source_relative:. --go-ttrpc_out=paths=source_relative:. agent.proto

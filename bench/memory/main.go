@@ -4,7 +4,14 @@
 // QMP qom-set of virtio-mem's requested-size until the guest's MemTotal
 // has grown by the GiB (no validation, no stepping, no status checks).
 //
-// Usage (root, guest image built): go run ./bench/memory -n 5
+// Elastic memory: the time from the start of a container that allocates
+// past its guest's memory until the VM has grown by one step (256 MiB and
+// 1 GiB steps) and the guest uses it; and the wall time of a container
+// that holds 1 GiB in 64 MiB chunks, under Berth (elastic) and under runc.
+//
+// Usage (root, guest image built, `make rootfs`):
+//
+//	go run ./bench/memory -n 5 -rootfs bin/rootfs-busybox
 package main
 
 import (
@@ -29,16 +36,33 @@ import (
 func main() {
 	n := flag.Int("n", 5, "repetitions of each measurement")
 	stateDir := flag.String("state-dir", "/var/lib/berth", "Berth state directory (guest image)")
+	rootfsFlag := flag.String("rootfs", "bin/rootfs-busybox", "busybox root file system for the elastic rows (make rootfs)")
+	runc := flag.String("runc", "runc", `runc binary for the no-VM row; "" skips it`)
+	elasticN := flag.Int("elastic-n", 3, "repetitions of each elastic measurement (each boots a VM)")
+	elasticOnly := flag.Bool("elastic-only", false, "measure only the elastic rows")
 	flag.Parse()
 	ctx := context.Background()
+	rootfs, err := filepath.Abs(*rootfsFlag)
+	if err != nil {
+		fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(rootfs, "bin", "busybox")); err != nil {
+		fatal(fmt.Errorf("-rootfs %s: no busybox in it (make rootfs builds one)", *rootfsFlag))
+	}
 
 	rows := map[string][]time.Duration{}
-	for _, mech := range []string{config.MemoryHotplugVirtioMem, config.MemoryHotplugDIMM} {
+	mechs := []string{config.MemoryHotplugVirtioMem, config.MemoryHotplugDIMM}
+	if *elasticOnly {
+		mechs = nil
+	}
+	for _, mech := range mechs {
 		cfg, err := config.Load("", config.Overrides{StateDir: *stateDir})
 		if err != nil {
 			fatal(err)
 		}
 		cfg.Hypervisor.MemoryHotplug = mech
+		// Resizes by hand only: elastic memory would give the GiB back.
+		cfg.Memory.Elastic = false
 		cfg.RunDir, _ = os.MkdirTemp("", "berth-bench-mem-")
 		defer os.RemoveAll(cfg.RunDir)
 		sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: "bench-" + mech, Accel: qemu.TCG})
@@ -62,13 +86,46 @@ func main() {
 		}
 		sb.Destroy(ctx)
 	}
-	raw, err := rawFloor(ctx, *stateDir, *n)
-	if err != nil {
-		fatal(err)
+	if !*elasticOnly {
+		raw, err := rawFloor(ctx, *stateDir, *n)
+		if err != nil {
+			fatal(err)
+		}
+		rows["raw floor: qom-set until MemTotal +1 GiB"] = raw
 	}
-	rows["raw floor: qom-set until MemTotal +1 GiB"] = raw
 
-	fmt.Printf("memory hot-plug, TCG, 256 MiB guest, %d runs each\n\n", *n)
+	for i := 0; i < *elasticN; i++ {
+		for _, step := range []int{256, 1024} {
+			d, dd, err := growLatency(ctx, *stateDir, rootfs, step)
+			if err != nil {
+				fatal(fmt.Errorf("elastic +%d MiB: %w", step, err))
+			}
+			name := fmt.Sprintf("elastic step %4d MiB: allocation until usable", step)
+			rows[name] = append(rows[name], d)
+			name = fmt.Sprintf("elastic step %4d MiB: decision until usable", step)
+			rows[name] = append(rows[name], dd)
+		}
+		for _, fixed := range []bool{false, true} {
+			d, err := chunksBerth(ctx, *stateDir, rootfs, fixed)
+			if err != nil {
+				fatal(fmt.Errorf("1 GiB in chunks (fixed VM %v): %w", fixed, err))
+			}
+			name := "hold 1 GiB in 64 MiB chunks: berth (elastic, 256 MiB boot)"
+			if fixed {
+				name = "hold 1 GiB in 64 MiB chunks: berth (2 GiB VM, no elastic)"
+			}
+			rows[name] = append(rows[name], d)
+		}
+		if *runc != "" {
+			d, err := chunksRunc(ctx, *runc, rootfs)
+			if err != nil {
+				fatal(fmt.Errorf("runc 1 GiB in chunks: %w (pass -runc '' to skip it)", err))
+			}
+			rows["hold 1 GiB in 64 MiB chunks: runc (no VM)"] = append(rows["hold 1 GiB in 64 MiB chunks: runc (no VM)"], d)
+		}
+	}
+
+	fmt.Printf("memory hot-plug, TCG, 256 MiB guest, %d runs each (elastic rows: %d, a fresh VM each)\n\n", *n, *elasticN)
 	names := make([]string, 0, len(rows))
 	for k := range rows {
 		names = append(names, k)

@@ -80,7 +80,8 @@ type Service struct {
 	mu         sync.Mutex
 	containers map[string]*container
 
-	memory *memoryOnliner
+	memory   *memoryOnliner
+	pressure *pressureWatch
 }
 
 type container struct {
@@ -103,7 +104,7 @@ func New(opts Options) *Service {
 	if root == "" {
 		root = "/"
 	}
-	return &Service{opts: opts, containers: map[string]*container{}, memory: &memoryOnliner{sysRoot: root}}
+	return &Service{opts: opts, containers: map[string]*container{}, memory: &memoryOnliner{sysRoot: root}, pressure: newPressureWatch(root)}
 }
 
 var _ api.AgentService = (*Service)(nil)

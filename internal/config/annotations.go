@@ -32,6 +32,19 @@ var annotatable = map[string]annotationRule{
 		c.Hypervisor.DefaultVCPUs = n
 		return err
 	},
+	// The ceiling elastic memory and hot-plug grow to: a pod may lower
+	// it (use less of the host), never raise it.
+	"hypervisor.default_maxmemory": func(c *Config, v string) error {
+		n, err := wholeNumber(v, " of MiB")
+		if err != nil {
+			return err
+		}
+		if n > c.Hypervisor.DefaultMaxMemoryMiB {
+			return fmt.Errorf("pods may only lower hypervisor.default_maxmemory, which is %d MiB on this node", c.Hypervisor.DefaultMaxMemoryMiB)
+		}
+		c.Hypervisor.DefaultMaxMemoryMiB = n
+		return nil
+	},
 	"hypervisor.virtiofs_cache": func(c *Config, v string) error {
 		c.Hypervisor.VirtiofsCache = v
 		return nil

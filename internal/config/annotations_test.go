@@ -8,7 +8,7 @@ import (
 
 func TestWithAnnotations(t *testing.T) {
 	base := Default()
-	base.Runtime.EnableAnnotations = []string{"hypervisor.default_memory"}
+	base.Runtime.EnableAnnotations = []string{"hypervisor.default_memory", "hypervisor.default_maxmemory"}
 	for _, tc := range []struct {
 		name    string
 		ann     map[string]string
@@ -22,6 +22,9 @@ func TestWithAnnotations(t *testing.T) {
 		{"annotatable but not enabled", map[string]string{AnnotationPrefix + "hypervisor.default_vcpus": "2"}, "runtime.enable_annotations", 0},
 		{"bad value", map[string]string{AnnotationPrefix + "hypervisor.default_memory": "lots"}, "lots", 0},
 		{"out of bounds", map[string]string{AnnotationPrefix + "hypervisor.default_memory": "64"}, "hypervisor.default_memory", 0},
+		{"ceiling lowered", map[string]string{AnnotationPrefix + "hypervisor.default_maxmemory": "1024"}, "", 256},
+		{"ceiling raised", map[string]string{AnnotationPrefix + "hypervisor.default_maxmemory": "65536"}, "may only lower hypervisor.default_maxmemory", 0},
+		{"ceiling below boot", map[string]string{AnnotationPrefix + "hypervisor.default_maxmemory": "128"}, "hypervisor.default_maxmemory", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := base.WithAnnotations(tc.ann)
@@ -39,7 +42,10 @@ func TestWithAnnotations(t *testing.T) {
 			}
 		})
 	}
-	if base.Hypervisor.DefaultMemoryMiB != 256 {
+	if got, err := base.WithAnnotations(map[string]string{AnnotationPrefix + "hypervisor.default_maxmemory": "1024"}); err != nil || got.Hypervisor.DefaultMaxMemoryMiB != 1024 {
+		t.Errorf("lowered ceiling: %v %v", got, err)
+	}
+	if base.Hypervisor.DefaultMemoryMiB != 256 || base.Hypervisor.DefaultMaxMemoryMiB != 16384 {
 		t.Error("WithAnnotations modified the base configuration")
 	}
 }

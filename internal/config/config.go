@@ -143,6 +143,7 @@ func Default() *Config {
 			KernelPackage: "linux-image-cloud-amd64",
 			KernelSource:  KernelSourceDebian,
 		},
+		Memory: defaultMemory(),
 		Cgroup: Cgroup{
 			Manager:           CgroupManagerCgroupfs,
 			Parent:            "/berth",
@@ -219,6 +220,7 @@ type Config struct {
 	Cgroup     Cgroup     `toml:"cgroup"`
 	Debug      Debug      `toml:"debug"`
 	Network    Network    `toml:"network"`
+	Memory     Memory     `toml:"memory"`
 
 	// source is the file Load read, "" for built-in defaults. It is not a
 	// TOML key (unexported fields are neither decoded nor encoded).

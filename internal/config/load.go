@@ -242,7 +242,9 @@ func closestKey(key string) string {
 	for _, k := range names {
 		d := levenshtein(lower, k)
 		kLast := k[strings.LastIndex(k, ".")+1:]
-		if len(last) >= 3 && strings.Contains(kLast, last) {
+		// Only within the same table: "hypervisor.memory" is not the
+		// [memory] table.
+		if len(last) >= 3 && strings.Contains(kLast, last) && k[:len(k)-len(kLast)] == lower[:len(lower)-len(last)] {
 			d = min(d, 1+(len(kLast)-len(last))/4)
 		}
 		l := lcs(lower, k)

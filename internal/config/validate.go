@@ -153,6 +153,8 @@ func (c *Config) problems() []*KeyError {
 	}
 	// [devices]
 	errs = append(errs, c.validateDevices()...)
+	// [memory]
+	errs = append(errs, c.validateMemory()...)
 
 	// [agent]
 	add(oneOf("agent.transport", c.Agent.Transport, TransportAuto, TransportVsock, TransportVirtioSerial))

@@ -30,6 +30,7 @@ var DefaultModules = []string{
 	"overlay",
 	"vmw_vsock_virtio_transport",
 	"virtio_scsi",
+	// Free page reporting (hypervisor.free_page_reporting, elastic memory).
 	"virtio_balloon",
 	"virtio_net",
 }

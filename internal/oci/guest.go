@@ -135,9 +135,10 @@ var ContainerTypeAnnotations = []string{
 	"io.kubernetes.cri-o.ContainerType",
 }
 
-// IsCRISandbox says whether the annotations mark a CRI pod's sandbox
-// (pause) container.
-func IsCRISandbox(annotations map[string]string) bool {
+// IsPodSandbox says whether the annotations mark a CRI pod's sandbox
+// (pause) container, as opposed to an app container or a container that
+// is its own sandbox (ctr run).
+func IsPodSandbox(annotations map[string]string) bool {
 	for _, k := range ContainerTypeAnnotations {
 		if annotations[k] == "sandbox" {
 			return true

@@ -166,6 +166,15 @@ func TestArgsParts(t *testing.T) {
 			},
 		},
 		{
+			name: "free page reporting adds a balloon that never inflates",
+			machine: func() Machine {
+				m := baseMachine(Q35, TCG)
+				m.Balloon = &BalloonDevice{FreePageReporting: true}
+				return m
+			},
+			want: [][]string{{"-device", "virtio-balloon-pci,id=berth-balloon,free-page-reporting=on"}},
+		},
+		{
 			name:    "kernel params go last",
 			machine: func() Machine { m := baseMachine(Q35, TCG); m.KernelParams = "  loglevel=7 quiet "; return m },
 			want:    [][]string{{"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6 loglevel=7 quiet"}},

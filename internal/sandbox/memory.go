@@ -53,6 +53,8 @@ type MemoryStatus struct {
 	// AutoOnlineBlocks is the guest kernel's own policy (diagnostics).
 	AutoOnlineBlocks string   `json:"autoOnlineBlocks"`
 	Errors           []string `json:"errors,omitempty"`
+	// Elastic is the elastic memory controller (elastic.go).
+	Elastic *ElasticStatus `json:"elastic,omitempty"`
 }
 
 // memoryState is the sandbox's side of memory hot-plug.
@@ -119,9 +121,13 @@ var ErrPartialResize = errors.New("resize stopped short")
 // request changes nothing), then plugs or unplugs memory and returns once
 // the guest can use it, or fails saying what the guest reported.
 func (s *Sandbox) ResizeMemory(ctx context.Context, targetMiB int) (MemoryStatus, error) {
+	s.memory.mu.Lock()
+	defer s.memory.mu.Unlock()
+	return s.resizeMemoryLocked(ctx, targetMiB)
+}
+
+func (s *Sandbox) resizeMemoryLocked(ctx context.Context, targetMiB int) (MemoryStatus, error) {
 	m := &s.memory
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	avail, err := hostAvailableMiB()
 	if err != nil {
 		return s.memoryStatusLocked(ctx), err
@@ -309,6 +315,10 @@ func (s *Sandbox) memoryStatusLocked(ctx context.Context) MemoryStatus {
 	st := MemoryStatus{
 		Mechanism: m.limits.Mechanism, GuestAtBootMiB: m.limits.BootMiB, MaxGuestMiB: m.limits.MaxMiB,
 		GuestRequestedMiB: m.requestedMiB, GuestCurrentMiB: m.currentMiB,
+	}
+	if s.elastic != nil {
+		es := s.ElasticStatus()
+		st.Elastic = &es
 	}
 	if s.agent == nil {
 		return st

@@ -26,6 +26,11 @@ func (s *Sandbox) Sample(ctx context.Context) (stats.Sample, error) {
 	s.mu.Unlock()
 	sort.Strings(ids)
 	out := stats.Sample{GuestBootBytes: uint64(boot) << 20, GuestCurrentBytes: uint64(current) << 20, GuestRequestedBytes: uint64(requested) << 20}
+	if es := s.ElasticStatus(); es.Enabled {
+		out.Elastic = &stats.ElasticSample{Grows: es.Grows, Shrinks: es.Shrinks, Refusals: es.Refusals,
+			GrownBytes: es.GrownBytes, ShrunkBytes: es.ShrunkBytes,
+			FloorBytes: uint64(es.FloorMiB) << 20, CeilingBytes: uint64(es.CeilingMiB) << 20}
+	}
 	if s.cfg.Cgroup.Manager != config.CgroupManagerNone {
 		s.mu.Lock()
 		out.CgroupMemoryLimitBytes = uint64(s.limitsLocked().MemoryBytes)

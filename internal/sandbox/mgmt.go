@@ -67,6 +67,9 @@ func (s *Sandbox) serveManagement() (io.Closer, error) {
 		var st MemoryStatus
 		if err == nil {
 			st, err = s.ResizeMemory(r.Context(), req.MemoryMiB)
+			if err == nil || errors.Is(err, ErrPartialResize) {
+				s.setManualSize(req.MemoryMiB)
+			}
 		}
 		switch {
 		case err == nil:

@@ -42,7 +42,7 @@ func PodNetNS(spec *specs.Spec) (string, error) {
 			}
 		}
 	}
-	if path == "" && oci.IsCRISandbox(spec.Annotations) {
+	if path == "" && oci.IsPodSandbox(spec.Annotations) {
 		return "", fmt.Errorf("hostNetwork pods are not supported by Berth: %w (use a runc runtime class for this pod): %w", ErrHostNetwork, errdefs.ErrNotImplemented)
 	}
 	return path, nil

@@ -108,8 +108,9 @@ type Sandbox struct {
 	lastMemMiB [2]int                       // current and requested memory at the last metrics sample
 	cpu        map[string]cpuLimit          // container id -> its CPU limits
 
-	memory memoryState
-	mgmt   io.Closer // management API server
+	memory  memoryState
+	elastic *elasticController // grows and shrinks the VM on demand (elastic.go)
+	mgmt    io.Closer          // management API server
 
 	// failure is why a helper process took the sandbox down (watch.go).
 	failure failure
@@ -268,6 +269,7 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	}
 	s.memory.bootMemTotalMiB = int(s.info.MemTotalBytes >> 20)
 	s.memory.currentMiB, s.memory.requestedMiB = m.MemoryMiB, m.MemoryMiB
+	s.elastic = s.newElastic()
 	mgmt, err := s.serveManagement()
 	if err != nil {
 		return nil, err
@@ -276,6 +278,7 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	undo.push(func() { mgmt.Close() })
 	log.WithField("kernel", s.info.KernelRelease).WithField("qemu_pid", vm.Pid()).Debug("sandbox ready")
 	go s.releaseCgroupWhenVMExits()
+	s.startElastic()
 	return s, nil
 }
 
@@ -329,7 +332,9 @@ func (s *Sandbox) machine(opts Options) (qemu.Machine, error) {
 		SerialPorts:  []qemu.VirtioSerialPort{{ID: "agent", Name: transport.SerialPortName, SocketPath: s.path(agentSockName)}},
 		FileSystems:  []qemu.VhostUserFS{{ID: "shared", Tag: oci.SharedFSTag, SocketPath: s.path(fsSocketName)}},
 	}
-	if h.FreePageReporting {
+	// Free page reporting gives freed guest pages back to the host; elastic
+	// memory relies on it between unplugs.
+	if h.FreePageReporting || s.cfg.ElasticMemory() && m.Type == qemu.Q35 {
 		m.Balloon = &qemu.BalloonDevice{FreePageReporting: true}
 	}
 	if kind == transport.Vsock {
@@ -502,6 +507,7 @@ func (s *Sandbox) destroy(ctx context.Context) error {
 	log := logrus.WithField("sandbox", s.id)
 	s.failure.closing.Store(true)
 	var errs []error
+	s.stopElastic()
 	select {
 	case <-s.vmm.Done():
 	default:

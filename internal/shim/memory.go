@@ -32,11 +32,29 @@ func memoryLimit(res *specs.LinuxResources) int64 {
 // replacing (or adding) one container's limit.
 // The overhead is cfg's: the configuration of the request at hand.
 func (s *service) memoryTarget(cfg *config.Config, sb *sandbox.Sandbox, overrideID string, overrideLimit int64) int {
+	target, _ := s.memoryBounds(cfg, sb, overrideID, overrideLimit)
+	return target
+}
+
+// memoryBounds returns the static target (memoryTarget) and the ceiling
+// elastic memory may grow the VM to: the target when every container has
+// a limit (the pod can never use more), else the sandbox's maximum. The
+// CRI sandbox (pause) container counts as limited: it only holds the
+// pod's namespaces.
+func (s *service) memoryBounds(cfg *config.Config, sb *sandbox.Sandbox, overrideID string, overrideLimit int64) (target, ceiling int) {
 	s.mu.Lock()
 	var limits []int64
+	unlimited := false
 	for id, c := range s.containers {
+		limit := c.memLimit()
+		if id == overrideID {
+			limit = overrideLimit
+		}
 		if id != overrideID {
-			limits = append(limits, c.memLimit())
+			limits = append(limits, limit)
+		}
+		if limit <= 0 && !c.podSandbox {
+			unlimited = true
 		}
 	}
 	s.mu.Unlock()
@@ -45,7 +63,12 @@ func (s *service) memoryTarget(cfg *config.Config, sb *sandbox.Sandbox, override
 	}
 	st := sb.MemoryStatus(s.ctx)
 	l := memory.Limits{Mechanism: st.Mechanism, BootMiB: st.GuestAtBootMiB, MaxMiB: st.MaxGuestMiB}
-	return memory.Target(l, cfg.Hypervisor.MemoryOverheadMiB, limits)
+	target = memory.Target(l, cfg.Hypervisor.MemoryOverheadMiB, limits)
+	ceiling = target
+	if unlimited {
+		ceiling = st.MaxGuestMiB
+	}
+	return target, ceiling
 }
 
 // podConfig is the configuration the pod's VM was booted with.
@@ -60,6 +83,13 @@ func (s *service) podConfig() *config.Config {
 	return s.podCfg
 }
 
+// updateElastic gives the sandbox's elastic controller its bounds.
+func (s *service) updateElastic(cfg *config.Config, sb *sandbox.Sandbox, overrideID string, overrideLimit int64) (target, ceiling int) {
+	target, ceiling = s.memoryBounds(cfg, sb, overrideID, overrideLimit)
+	sb.SetElasticBounds(target, ceiling)
+	return target, ceiling
+}
+
 // growFor makes room for a container's new limit before it takes effect.
 //
 // A limit the VM could not give the container even alone is refused: it
@@ -67,14 +97,11 @@ func (s *service) podConfig() *config.Config {
 // its limit.
 func (s *service) growFor(ctx context.Context, cfg *config.Config, sb *sandbox.Sandbox, id string, limit int64) error {
 	st := sb.MemoryStatus(ctx)
-	if st.Mechanism == memory.None {
-		return nil
-	}
-	if err := limitFits(st, cfg.Hypervisor.MemoryOverheadMiB, id, limit); err != nil {
+	if err := limitFits(st, cfg.Hypervisor.MemoryOverheadMiB, id, limit); st.Mechanism != memory.None && err != nil {
 		return err
 	}
-	target := s.memoryTarget(cfg, sb, id, limit)
-	if target <= st.GuestCurrentMiB {
+	target, _ := s.updateElastic(cfg, sb, id, limit)
+	if st.Mechanism == memory.None || target <= st.GuestCurrentMiB {
 		return nil
 	}
 	if _, err := sb.ResizeMemory(ctx, target); err != nil {
@@ -114,9 +141,15 @@ func (s *service) memoryFloor(sb *sandbox.Sandbox) int {
 }
 
 // shrinkToFit returns memory no container needs any more. Failure is
-// logged, not returned: the containers run either way.
+// logged, not returned: the containers run either way. While a container
+// without a limit runs, elastic memory owns the VM's size above the
+// target: it gives memory back once it is idle, not while it may be in
+// use.
 func (s *service) shrinkToFit(ctx context.Context, cfg *config.Config, sb *sandbox.Sandbox) {
-	target := s.memoryTarget(cfg, sb, "", 0)
+	target, ceiling := s.updateElastic(cfg, sb, "", 0)
+	if sb.ElasticEnabled() && ceiling > target {
+		return
+	}
 	st := sb.MemoryStatus(ctx)
 	if st.Mechanism == memory.None || target >= st.GuestCurrentMiB {
 		return

@@ -17,6 +17,8 @@ type container struct {
 	id        string
 	bundle    string
 	isSandbox bool
+	// podSandbox: the CRI sandbox (pause) container of a pod.
+	podSandbox bool
 	// mountedRootfs is bundle/rootfs when the shim mounted containerd's
 	// rootfs mounts there (and must unmount them).
 	mountedRootfs string

@@ -226,7 +226,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 		s.mu.Unlock()
 		return 0, fmt.Errorf("container %q: %w", r.ID, errdefs.ErrAlreadyExists)
 	}
-	c := &container{id: r.ID, bundle: r.Bundle, isSandbox: isSandbox, execs: map[string]*process{}}
+	c := &container{id: r.ID, bundle: r.Bundle, isSandbox: isSandbox, podSandbox: oci.IsPodSandbox(spec.Annotations), execs: map[string]*process{}}
 	// Reserve the id; slow work happens without the lock.
 	s.containers[r.ID] = c
 	s.mu.Unlock()
@@ -625,7 +625,7 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		if endVM && sb != nil {
 			// Publish the delete before the slow VM teardown.
 			defer sb.Destroy(context.WithoutCancel(ctx))
-		} else if vmAlive && c.memLimit() > 0 {
+		} else if vmAlive && (c.memLimit() > 0 || sb.ElasticEnabled()) {
 			defer s.shrinkToFit(context.WithoutCancel(ctx), s.podConfig(), sb)
 		}
 	}

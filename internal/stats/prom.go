@@ -22,10 +22,19 @@ type Sample struct {
 	GuestBootBytes, GuestCurrentBytes, GuestRequestedBytes uint64
 	// CgroupMemoryLimitBytes is the host cgroup's limit (0: none).
 	CgroupMemoryLimitBytes uint64
-	Containers             []ContainerSample
-	Processes              []ProcessSample
+	// Elastic is the elastic memory controller; nil when it is off.
+	Elastic    *ElasticSample
+	Containers []ContainerSample
+	Processes  []ProcessSample
 	// Interfaces are the pod network's interfaces, counted on the host.
 	Interfaces []InterfaceSample
+}
+
+// ElasticSample are the elastic memory controller's counters and bounds.
+type ElasticSample struct {
+	Grows, Shrinks, Refusals uint64
+	GrownBytes, ShrunkBytes  uint64
+	FloorBytes, CeilingBytes uint64
 }
 
 // InterfaceSample is one pod interface's traffic, from the pod's point of
@@ -105,6 +114,18 @@ var (
 	descNetDropped = prometheus.NewDesc("berth_pod_network_dropped_total",
 		"Packets dropped on a pod interface, counted on the host.",
 		[]string{"sandbox_id", "interface", "direction"}, nil)
+	descElasticChanges = prometheus.NewDesc("berth_memory_elastic_changes_total",
+		"Elastic memory resizes of the VM: direction=grow or shrink.",
+		[]string{"sandbox_id", "direction"}, nil)
+	descElasticBytes = prometheus.NewDesc("berth_memory_elastic_moved_bytes_total",
+		"Memory added to (direction=grow) or removed from (shrink) the VM by elastic memory.",
+		[]string{"sandbox_id", "direction"}, nil)
+	descElasticRefusals = prometheus.NewDesc("berth_memory_elastic_refusals_total",
+		"Grows elastic memory refused because the host is too full (MemAvailable minus memory.host_reserve).",
+		[]string{"sandbox_id"}, nil)
+	descElasticBounds = prometheus.NewDesc("berth_memory_elastic_bound_bytes",
+		"How far elastic memory may shrink (bound=floor) and grow (bound=ceiling) the VM.",
+		[]string{"sandbox_id", "bound"}, nil)
 	descUp = prometheus.NewDesc("berth_sandbox_up",
 		"1 if the last sample of the sandbox succeeded, 0 if not.",
 		[]string{"sandbox_id"}, nil)
@@ -130,7 +151,8 @@ func NewCollector(ctx context.Context, sandboxID string, src Source) *Collector 
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descGuestMemory, descCgroupLimit, descWorkingSet, descUsage, descCache,
 		descCPU, descPids, descRSS, descPSS, descThreads, descFDs, descUp,
-		descNetBytes, descNetPackets, descNetErrors, descNetDropped} {
+		descNetBytes, descNetPackets, descNetErrors, descNetDropped,
+		descElasticChanges, descElasticBytes, descElasticRefusals, descElasticBounds} {
 		ch <- d
 	}
 }
@@ -153,6 +175,18 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descGuestMemory, float64(s.GuestRequestedBytes), "requested")
 	if s.CgroupMemoryLimitBytes > 0 {
 		gauge(descCgroupLimit, float64(s.CgroupMemoryLimitBytes))
+	}
+	if e := s.Elastic; e != nil {
+		counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), append([]string{c.sandboxID}, labels...)...)
+		}
+		counter(descElasticChanges, e.Grows, "grow")
+		counter(descElasticChanges, e.Shrinks, "shrink")
+		counter(descElasticBytes, e.GrownBytes, "grow")
+		counter(descElasticBytes, e.ShrunkBytes, "shrink")
+		counter(descElasticRefusals, e.Refusals)
+		gauge(descElasticBounds, float64(e.FloorBytes), "floor")
+		gauge(descElasticBounds, float64(e.CeilingBytes), "ceiling")
 	}
 	for _, ct := range s.Containers {
 		r := ct.Stats

@@ -143,6 +143,232 @@ func (StreamKind) EnumDescriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{1}
 }
 
+type WaitMemoryPressureRequest struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	AfterSeq          uint64                 `protobuf:"varint,1,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	GrowBelowBytes    uint64                 `protobuf:"varint,2,opt,name=grow_below_bytes,json=growBelowBytes,proto3" json:"grow_below_bytes,omitempty"`
+	PsiSomeAvg10Above float64                `protobuf:"fixed64,3,opt,name=psi_some_avg10_above,json=psiSomeAvg10Above,proto3" json:"psi_some_avg10_above,omitempty"`
+	TimeoutMs         uint32                 `protobuf:"varint,4,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	Throttle          bool                   `protobuf:"varint,5,opt,name=throttle,proto3" json:"throttle,omitempty"`
+	ReserveBytes      uint64                 `protobuf:"varint,6,opt,name=reserve_bytes,json=reserveBytes,proto3" json:"reserve_bytes,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *WaitMemoryPressureRequest) Reset() {
+	*x = WaitMemoryPressureRequest{}
+	mi := &file_agent_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaitMemoryPressureRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaitMemoryPressureRequest) ProtoMessage() {}
+
+func (x *WaitMemoryPressureRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaitMemoryPressureRequest.ProtoReflect.Descriptor instead.
+func (*WaitMemoryPressureRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *WaitMemoryPressureRequest) GetAfterSeq() uint64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
+func (x *WaitMemoryPressureRequest) GetGrowBelowBytes() uint64 {
+	if x != nil {
+		return x.GrowBelowBytes
+	}
+	return 0
+}
+
+func (x *WaitMemoryPressureRequest) GetPsiSomeAvg10Above() float64 {
+	if x != nil {
+		return x.PsiSomeAvg10Above
+	}
+	return 0
+}
+
+func (x *WaitMemoryPressureRequest) GetTimeoutMs() uint32 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+func (x *WaitMemoryPressureRequest) GetThrottle() bool {
+	if x != nil {
+		return x.Throttle
+	}
+	return false
+}
+
+func (x *WaitMemoryPressureRequest) GetReserveBytes() uint64 {
+	if x != nil {
+		return x.ReserveBytes
+	}
+	return 0
+}
+
+// MemoryPressure is one sample of the guest's memory.
+type MemoryPressure struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// seq increases with every sample the agent takes.
+	Seq               uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	MemTotalBytes     uint64 `protobuf:"varint,2,opt,name=mem_total_bytes,json=memTotalBytes,proto3" json:"mem_total_bytes,omitempty"`
+	MemAvailableBytes uint64 `protobuf:"varint,3,opt,name=mem_available_bytes,json=memAvailableBytes,proto3" json:"mem_available_bytes,omitempty"`
+	// min_available_bytes is the lowest MemAvailable seen during the call.
+	MinAvailableBytes uint64 `protobuf:"varint,4,opt,name=min_available_bytes,json=minAvailableBytes,proto3" json:"min_available_bytes,omitempty"`
+	// psi_some_avg10 is /proc/pressure/memory's "some avg10" (percent).
+	PsiSomeAvg10 float64 `protobuf:"fixed64,5,opt,name=psi_some_avg10,json=psiSomeAvg10,proto3" json:"psi_some_avg10,omitempty"`
+	// psi_some_total_us and psi_full_total_us are the stall times.
+	PsiSomeTotalUs uint64 `protobuf:"varint,6,opt,name=psi_some_total_us,json=psiSomeTotalUs,proto3" json:"psi_some_total_us,omitempty"`
+	PsiFullTotalUs uint64 `protobuf:"varint,7,opt,name=psi_full_total_us,json=psiFullTotalUs,proto3" json:"psi_full_total_us,omitempty"`
+	// containers_bytes is memory.current of /berth, the containers'
+	// parent cgroup; containers_high_bytes its memory.high (0: none).
+	ContainersBytes     uint64 `protobuf:"varint,8,opt,name=containers_bytes,json=containersBytes,proto3" json:"containers_bytes,omitempty"`
+	ContainersHighBytes uint64 `protobuf:"varint,9,opt,name=containers_high_bytes,json=containersHighBytes,proto3" json:"containers_high_bytes,omitempty"`
+	// high_events counts the times the containers were throttled
+	// (memory.events "high" of /berth).
+	HighEvents uint64 `protobuf:"varint,10,opt,name=high_events,json=highEvents,proto3" json:"high_events,omitempty"`
+	// pressure says why the call returned early; false after a timeout.
+	Pressure      bool   `protobuf:"varint,11,opt,name=pressure,proto3" json:"pressure,omitempty"`
+	Reason        string `protobuf:"bytes,12,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemoryPressure) Reset() {
+	*x = MemoryPressure{}
+	mi := &file_agent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemoryPressure) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemoryPressure) ProtoMessage() {}
+
+func (x *MemoryPressure) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemoryPressure.ProtoReflect.Descriptor instead.
+func (*MemoryPressure) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *MemoryPressure) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *MemoryPressure) GetMemTotalBytes() uint64 {
+	if x != nil {
+		return x.MemTotalBytes
+	}
+	return 0
+}
+
+func (x *MemoryPressure) GetMemAvailableBytes() uint64 {
+	if x != nil {
+		return x.MemAvailableBytes
+	}
+	return 0
+}
+
+func (x *MemoryPressure) GetMinAvailableBytes() uint64 {
+	if x != nil {
+		return x.MinAvailableBytes
+	}
+	return 0
+}
+
+func (x *MemoryPressure) GetPsiSomeAvg10() float64 {
+	if x != nil {
+		return x.PsiSomeAvg10
+	}
+	return 0
+}
+
+func (x *MemoryPressure) GetPsiSomeTotalUs() uint64 {
+	if x != nil {
+		return x.PsiSomeTotalUs
+	}
+	return 0
+}
+
+func (x *MemoryPressure) GetPsiFullTotalUs() uint64 {
+	if x != nil {
+		return x.PsiFullTotalUs
+	}
+	return 0
+}
+
+func (x *MemoryPressure) GetContainersBytes() uint64 {
+	if x != nil {
+		return x.ContainersBytes
+	}
+	return 0
+}
+
+func (x *MemoryPressure) GetContainersHighBytes() uint64 {
+	if x != nil {
+		return x.ContainersHighBytes
+	}
+	return 0
+}
+
+func (x *MemoryPressure) GetHighEvents() uint64 {
+	if x != nil {
+		return x.HighEvents
+	}
+	return 0
+}
+
+func (x *MemoryPressure) GetPressure() bool {
+	if x != nil {
+		return x.Pressure
+	}
+	return false
+}
+
+func (x *MemoryPressure) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // Device is a device the host plugged into the VM for a container. The
 // guest finds it by its PCI path, never by guessing a name such as vda:
 // names depend on probe order, PCI paths do not.
@@ -174,7 +400,7 @@ type Device struct {
 
 func (x *Device) Reset() {
 	*x = Device{}
-	mi := &file_agent_proto_msgTypes[0]
+	mi := &file_agent_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -186,7 +412,7 @@ func (x *Device) String() string {
 func (*Device) ProtoMessage() {}
 
 func (x *Device) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[0]
+	mi := &file_agent_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -199,7 +425,7 @@ func (x *Device) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Device.ProtoReflect.Descriptor instead.
 func (*Device) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{0}
+	return file_agent_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Device) GetKind() DeviceKind {
@@ -270,7 +496,7 @@ type WaitDeviceRequest struct {
 
 func (x *WaitDeviceRequest) Reset() {
 	*x = WaitDeviceRequest{}
-	mi := &file_agent_proto_msgTypes[1]
+	mi := &file_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -282,7 +508,7 @@ func (x *WaitDeviceRequest) String() string {
 func (*WaitDeviceRequest) ProtoMessage() {}
 
 func (x *WaitDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[1]
+	mi := &file_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -295,7 +521,7 @@ func (x *WaitDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitDeviceRequest.ProtoReflect.Descriptor instead.
 func (*WaitDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{1}
+	return file_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *WaitDeviceRequest) GetKind() DeviceKind {
@@ -334,7 +560,7 @@ type WaitDeviceResponse struct {
 
 func (x *WaitDeviceResponse) Reset() {
 	*x = WaitDeviceResponse{}
-	mi := &file_agent_proto_msgTypes[2]
+	mi := &file_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -346,7 +572,7 @@ func (x *WaitDeviceResponse) String() string {
 func (*WaitDeviceResponse) ProtoMessage() {}
 
 func (x *WaitDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[2]
+	mi := &file_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -359,7 +585,7 @@ func (x *WaitDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitDeviceResponse.ProtoReflect.Descriptor instead.
 func (*WaitDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{2}
+	return file_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *WaitDeviceResponse) GetName() string {
@@ -400,7 +626,7 @@ type WaitOOMRequest struct {
 
 func (x *WaitOOMRequest) Reset() {
 	*x = WaitOOMRequest{}
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -412,7 +638,7 @@ func (x *WaitOOMRequest) String() string {
 func (*WaitOOMRequest) ProtoMessage() {}
 
 func (x *WaitOOMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -425,7 +651,7 @@ func (x *WaitOOMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitOOMRequest.ProtoReflect.Descriptor instead.
 func (*WaitOOMRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{3}
+	return file_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *WaitOOMRequest) GetContainerId() string {
@@ -451,7 +677,7 @@ type OOMResponse struct {
 
 func (x *OOMResponse) Reset() {
 	*x = OOMResponse{}
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -463,7 +689,7 @@ func (x *OOMResponse) String() string {
 func (*OOMResponse) ProtoMessage() {}
 
 func (x *OOMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -476,7 +702,7 @@ func (x *OOMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OOMResponse.ProtoReflect.Descriptor instead.
 func (*OOMResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{4}
+	return file_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *OOMResponse) GetOomKillCount() uint64 {
@@ -495,7 +721,7 @@ type ContainerRequest struct {
 
 func (x *ContainerRequest) Reset() {
 	*x = ContainerRequest{}
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -507,7 +733,7 @@ func (x *ContainerRequest) String() string {
 func (*ContainerRequest) ProtoMessage() {}
 
 func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -520,7 +746,7 @@ func (x *ContainerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerRequest.ProtoReflect.Descriptor instead.
 func (*ContainerRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ContainerRequest) GetContainerId() string {
@@ -541,7 +767,7 @@ type UpdateRequest struct {
 
 func (x *UpdateRequest) Reset() {
 	*x = UpdateRequest{}
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -553,7 +779,7 @@ func (x *UpdateRequest) String() string {
 func (*UpdateRequest) ProtoMessage() {}
 
 func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -566,7 +792,7 @@ func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *UpdateRequest) GetContainerId() string {
@@ -614,7 +840,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -626,7 +852,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -639,7 +865,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StatsResponse) GetCgroupVersion() uint32 {
@@ -775,7 +1001,7 @@ type IOEntry struct {
 
 func (x *IOEntry) Reset() {
 	*x = IOEntry{}
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -787,7 +1013,7 @@ func (x *IOEntry) String() string {
 func (*IOEntry) ProtoMessage() {}
 
 func (x *IOEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -800,7 +1026,7 @@ func (x *IOEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IOEntry.ProtoReflect.Descriptor instead.
 func (*IOEntry) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *IOEntry) GetMajor() uint64 {
@@ -853,7 +1079,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -865,7 +1091,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -878,7 +1104,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
 type InfoResponse struct {
@@ -895,7 +1121,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -907,7 +1133,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -920,7 +1146,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *InfoResponse) GetAgentVersion() string {
@@ -980,7 +1206,7 @@ type Stdio struct {
 
 func (x *Stdio) Reset() {
 	*x = Stdio{}
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -992,7 +1218,7 @@ func (x *Stdio) String() string {
 func (*Stdio) ProtoMessage() {}
 
 func (x *Stdio) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1005,7 +1231,7 @@ func (x *Stdio) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stdio.ProtoReflect.Descriptor instead.
 func (*Stdio) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Stdio) GetStdin() bool {
@@ -1053,7 +1279,7 @@ type CreateRequest struct {
 
 func (x *CreateRequest) Reset() {
 	*x = CreateRequest{}
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1065,7 +1291,7 @@ func (x *CreateRequest) String() string {
 func (*CreateRequest) ProtoMessage() {}
 
 func (x *CreateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1078,7 +1304,7 @@ func (x *CreateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRequest.ProtoReflect.Descriptor instead.
 func (*CreateRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreateRequest) GetContainerId() string {
@@ -1118,7 +1344,7 @@ type CreateResponse struct {
 
 func (x *CreateResponse) Reset() {
 	*x = CreateResponse{}
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1130,7 +1356,7 @@ func (x *CreateResponse) String() string {
 func (*CreateResponse) ProtoMessage() {}
 
 func (x *CreateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1143,7 +1369,7 @@ func (x *CreateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateResponse.ProtoReflect.Descriptor instead.
 func (*CreateResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CreateResponse) GetPid() uint32 {
@@ -1163,7 +1389,7 @@ type StartRequest struct {
 
 func (x *StartRequest) Reset() {
 	*x = StartRequest{}
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1175,7 +1401,7 @@ func (x *StartRequest) String() string {
 func (*StartRequest) ProtoMessage() {}
 
 func (x *StartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1188,7 +1414,7 @@ func (x *StartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequest.ProtoReflect.Descriptor instead.
 func (*StartRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StartRequest) GetContainerId() string {
@@ -1214,7 +1440,7 @@ type StartResponse struct {
 
 func (x *StartResponse) Reset() {
 	*x = StartResponse{}
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1226,7 +1452,7 @@ func (x *StartResponse) String() string {
 func (*StartResponse) ProtoMessage() {}
 
 func (x *StartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1239,7 +1465,7 @@ func (x *StartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartResponse.ProtoReflect.Descriptor instead.
 func (*StartResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StartResponse) GetPid() uint32 {
@@ -1262,7 +1488,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1274,7 +1500,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1287,7 +1513,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ExecRequest) GetContainerId() string {
@@ -1330,7 +1556,7 @@ type KillRequest struct {
 
 func (x *KillRequest) Reset() {
 	*x = KillRequest{}
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1342,7 +1568,7 @@ func (x *KillRequest) String() string {
 func (*KillRequest) ProtoMessage() {}
 
 func (x *KillRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1355,7 +1581,7 @@ func (x *KillRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillRequest.ProtoReflect.Descriptor instead.
 func (*KillRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *KillRequest) GetContainerId() string {
@@ -1396,7 +1622,7 @@ type WaitRequest struct {
 
 func (x *WaitRequest) Reset() {
 	*x = WaitRequest{}
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +1634,7 @@ func (x *WaitRequest) String() string {
 func (*WaitRequest) ProtoMessage() {}
 
 func (x *WaitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +1647,7 @@ func (x *WaitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitRequest.ProtoReflect.Descriptor instead.
 func (*WaitRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WaitRequest) GetContainerId() string {
@@ -1450,7 +1676,7 @@ type WaitResponse struct {
 
 func (x *WaitResponse) Reset() {
 	*x = WaitResponse{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1462,7 +1688,7 @@ func (x *WaitResponse) String() string {
 func (*WaitResponse) ProtoMessage() {}
 
 func (x *WaitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1475,7 +1701,7 @@ func (x *WaitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitResponse.ProtoReflect.Descriptor instead.
 func (*WaitResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WaitResponse) GetExitStatus() uint32 {
@@ -1501,7 +1727,7 @@ type PidsRequest struct {
 
 func (x *PidsRequest) Reset() {
 	*x = PidsRequest{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1513,7 +1739,7 @@ func (x *PidsRequest) String() string {
 func (*PidsRequest) ProtoMessage() {}
 
 func (x *PidsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1526,7 +1752,7 @@ func (x *PidsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsRequest.ProtoReflect.Descriptor instead.
 func (*PidsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PidsRequest) GetContainerId() string {
@@ -1545,7 +1771,7 @@ type PidsResponse struct {
 
 func (x *PidsResponse) Reset() {
 	*x = PidsResponse{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1557,7 +1783,7 @@ func (x *PidsResponse) String() string {
 func (*PidsResponse) ProtoMessage() {}
 
 func (x *PidsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1570,7 +1796,7 @@ func (x *PidsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsResponse.ProtoReflect.Descriptor instead.
 func (*PidsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PidsResponse) GetPids() []uint32 {
@@ -1592,7 +1818,7 @@ type ResizePtyRequest struct {
 
 func (x *ResizePtyRequest) Reset() {
 	*x = ResizePtyRequest{}
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1604,7 +1830,7 @@ func (x *ResizePtyRequest) String() string {
 func (*ResizePtyRequest) ProtoMessage() {}
 
 func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1617,7 +1843,7 @@ func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizePtyRequest.ProtoReflect.Descriptor instead.
 func (*ResizePtyRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ResizePtyRequest) GetContainerId() string {
@@ -1658,7 +1884,7 @@ type CloseIORequest struct {
 
 func (x *CloseIORequest) Reset() {
 	*x = CloseIORequest{}
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1670,7 +1896,7 @@ func (x *CloseIORequest) String() string {
 func (*CloseIORequest) ProtoMessage() {}
 
 func (x *CloseIORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1683,7 +1909,7 @@ func (x *CloseIORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseIORequest.ProtoReflect.Descriptor instead.
 func (*CloseIORequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CloseIORequest) GetContainerId() string {
@@ -1710,7 +1936,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1722,7 +1948,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1735,7 +1961,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DeleteRequest) GetContainerId() string {
@@ -1762,7 +1988,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1774,7 +2000,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1787,7 +2013,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DeleteResponse) GetExitStatus() uint32 {
@@ -1819,7 +2045,7 @@ type StreamHeader struct {
 
 func (x *StreamHeader) Reset() {
 	*x = StreamHeader{}
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1831,7 +2057,7 @@ func (x *StreamHeader) String() string {
 func (*StreamHeader) ProtoMessage() {}
 
 func (x *StreamHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1844,7 +2070,7 @@ func (x *StreamHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamHeader.ProtoReflect.Descriptor instead.
 func (*StreamHeader) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StreamHeader) GetContainerId() string {
@@ -1897,7 +2123,7 @@ type MemoryInfo struct {
 
 func (x *MemoryInfo) Reset() {
 	*x = MemoryInfo{}
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1909,7 +2135,7 @@ func (x *MemoryInfo) String() string {
 func (*MemoryInfo) ProtoMessage() {}
 
 func (x *MemoryInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1922,7 +2148,7 @@ func (x *MemoryInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryInfo.ProtoReflect.Descriptor instead.
 func (*MemoryInfo) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *MemoryInfo) GetMemTotalBytes() uint64 {
@@ -2017,7 +2243,7 @@ type DebugExecRequest struct {
 
 func (x *DebugExecRequest) Reset() {
 	*x = DebugExecRequest{}
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2029,7 +2255,7 @@ func (x *DebugExecRequest) String() string {
 func (*DebugExecRequest) ProtoMessage() {}
 
 func (x *DebugExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2042,7 +2268,7 @@ func (x *DebugExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DebugExecRequest.ProtoReflect.Descriptor instead.
 func (*DebugExecRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DebugExecRequest) GetArgs() []string {
@@ -2080,7 +2306,7 @@ type DebugExecResponse struct {
 
 func (x *DebugExecResponse) Reset() {
 	*x = DebugExecResponse{}
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2092,7 +2318,7 @@ func (x *DebugExecResponse) String() string {
 func (*DebugExecResponse) ProtoMessage() {}
 
 func (x *DebugExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2105,7 +2331,7 @@ func (x *DebugExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DebugExecResponse.ProtoReflect.Descriptor instead.
 func (*DebugExecResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DebugExecResponse) GetExitCode() int32 {
@@ -2142,7 +2368,7 @@ type NetworkConfig struct {
 
 func (x *NetworkConfig) Reset() {
 	*x = NetworkConfig{}
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2154,7 +2380,7 @@ func (x *NetworkConfig) String() string {
 func (*NetworkConfig) ProtoMessage() {}
 
 func (x *NetworkConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2167,7 +2393,7 @@ func (x *NetworkConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkConfig.ProtoReflect.Descriptor instead.
 func (*NetworkConfig) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{30}
+	return file_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *NetworkConfig) GetInterfaces() []*NetworkInterface {
@@ -2202,7 +2428,7 @@ type NetworkInterface struct {
 
 func (x *NetworkInterface) Reset() {
 	*x = NetworkInterface{}
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2214,7 +2440,7 @@ func (x *NetworkInterface) String() string {
 func (*NetworkInterface) ProtoMessage() {}
 
 func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2227,7 +2453,7 @@ func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkInterface.ProtoReflect.Descriptor instead.
 func (*NetworkInterface) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{31}
+	return file_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *NetworkInterface) GetName() string {
@@ -2279,7 +2505,7 @@ type NetworkRoute struct {
 
 func (x *NetworkRoute) Reset() {
 	*x = NetworkRoute{}
-	mi := &file_agent_proto_msgTypes[32]
+	mi := &file_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2291,7 +2517,7 @@ func (x *NetworkRoute) String() string {
 func (*NetworkRoute) ProtoMessage() {}
 
 func (x *NetworkRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[32]
+	mi := &file_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2304,7 +2530,7 @@ func (x *NetworkRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkRoute.ProtoReflect.Descriptor instead.
 func (*NetworkRoute) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{32}
+	return file_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *NetworkRoute) GetDestination() string {
@@ -2353,7 +2579,30 @@ var File_agent_proto protoreflect.FileDescriptor
 
 const file_agent_proto_rawDesc = "" +
 	"\n" +
-	"\vagent.proto\x12\x0eberth.agent.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x02\n" +
+	"\vagent.proto\x12\x0eberth.agent.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf3\x01\n" +
+	"\x19WaitMemoryPressureRequest\x12\x1b\n" +
+	"\tafter_seq\x18\x01 \x01(\x04R\bafterSeq\x12(\n" +
+	"\x10grow_below_bytes\x18\x02 \x01(\x04R\x0egrowBelowBytes\x12/\n" +
+	"\x14psi_some_avg10_above\x18\x03 \x01(\x01R\x11psiSomeAvg10Above\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x04 \x01(\rR\ttimeoutMs\x12\x1a\n" +
+	"\bthrottle\x18\x05 \x01(\bR\bthrottle\x12#\n" +
+	"\rreserve_bytes\x18\x06 \x01(\x04R\freserveBytes\"\xda\x03\n" +
+	"\x0eMemoryPressure\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12&\n" +
+	"\x0fmem_total_bytes\x18\x02 \x01(\x04R\rmemTotalBytes\x12.\n" +
+	"\x13mem_available_bytes\x18\x03 \x01(\x04R\x11memAvailableBytes\x12.\n" +
+	"\x13min_available_bytes\x18\x04 \x01(\x04R\x11minAvailableBytes\x12$\n" +
+	"\x0epsi_some_avg10\x18\x05 \x01(\x01R\fpsiSomeAvg10\x12)\n" +
+	"\x11psi_some_total_us\x18\x06 \x01(\x04R\x0epsiSomeTotalUs\x12)\n" +
+	"\x11psi_full_total_us\x18\a \x01(\x04R\x0epsiFullTotalUs\x12)\n" +
+	"\x10containers_bytes\x18\b \x01(\x04R\x0fcontainersBytes\x122\n" +
+	"\x15containers_high_bytes\x18\t \x01(\x04R\x13containersHighBytes\x12\x1f\n" +
+	"\vhigh_events\x18\n" +
+	" \x01(\x04R\n" +
+	"highEvents\x12\x1a\n" +
+	"\bpressure\x18\v \x01(\bR\bpressure\x12\x16\n" +
+	"\x06reason\x18\f \x01(\tR\x06reason\"\x91\x02\n" +
 	"\x06Device\x12.\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1a.berth.agent.v1.DeviceKindR\x04kind\x12\x19\n" +
 	"\bpci_path\x18\x02 \x01(\tR\apciPath\x12%\n" +
@@ -2533,8 +2782,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x12STREAM_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fSTREAM_STDIN\x10\x01\x12\x11\n" +
 	"\rSTREAM_STDOUT\x10\x02\x12\x11\n" +
-	"\rSTREAM_STDERR\x10\x032\xf8\n" +
-	"\n" +
+	"\rSTREAM_STDERR\x10\x032\xd9\v\n" +
 	"\x05Agent\x12A\n" +
 	"\x04Info\x12\x1b.berth.agent.v1.InfoRequest\x1a\x1c.berth.agent.v1.InfoResponse\x12G\n" +
 	"\x06Create\x12\x1d.berth.agent.v1.CreateRequest\x1a\x1e.berth.agent.v1.CreateResponse\x12D\n" +
@@ -2556,7 +2804,8 @@ const file_agent_proto_rawDesc = "" +
 	"WaitDevice\x12!.berth.agent.v1.WaitDeviceRequest\x1a\".berth.agent.v1.WaitDeviceResponse\x12B\n" +
 	"\fOnlineMemory\x12\x16.google.protobuf.Empty\x1a\x1a.berth.agent.v1.MemoryInfo\x12P\n" +
 	"\tDebugExec\x12 .berth.agent.v1.DebugExecRequest\x1a!.berth.agent.v1.DebugExecResponse\x12I\n" +
-	"\x10ConfigureNetwork\x12\x1d.berth.agent.v1.NetworkConfig\x1a\x16.google.protobuf.EmptyB3Z1github.com/berth-runtime/berth/api/agent/v1;agentb\x06proto3"
+	"\x10ConfigureNetwork\x12\x1d.berth.agent.v1.NetworkConfig\x1a\x16.google.protobuf.Empty\x12_\n" +
+	"\x12WaitMemoryPressure\x12).berth.agent.v1.WaitMemoryPressureRequest\x1a\x1e.berth.agent.v1.MemoryPressureB3Z1github.com/berth-runtime/berth/api/agent/v1;agentb\x06proto3"
 
 var (
 	file_agent_proto_rawDescOnce sync.Once
@@ -2571,102 +2820,106 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_agent_proto_goTypes = []any{
-	(DeviceKind)(0),               // 0: berth.agent.v1.DeviceKind
-	(StreamKind)(0),               // 1: berth.agent.v1.StreamKind
-	(*Device)(nil),                // 2: berth.agent.v1.Device
-	(*WaitDeviceRequest)(nil),     // 3: berth.agent.v1.WaitDeviceRequest
-	(*WaitDeviceResponse)(nil),    // 4: berth.agent.v1.WaitDeviceResponse
-	(*WaitOOMRequest)(nil),        // 5: berth.agent.v1.WaitOOMRequest
-	(*OOMResponse)(nil),           // 6: berth.agent.v1.OOMResponse
-	(*ContainerRequest)(nil),      // 7: berth.agent.v1.ContainerRequest
-	(*UpdateRequest)(nil),         // 8: berth.agent.v1.UpdateRequest
-	(*StatsResponse)(nil),         // 9: berth.agent.v1.StatsResponse
-	(*IOEntry)(nil),               // 10: berth.agent.v1.IOEntry
-	(*InfoRequest)(nil),           // 11: berth.agent.v1.InfoRequest
-	(*InfoResponse)(nil),          // 12: berth.agent.v1.InfoResponse
-	(*Stdio)(nil),                 // 13: berth.agent.v1.Stdio
-	(*CreateRequest)(nil),         // 14: berth.agent.v1.CreateRequest
-	(*CreateResponse)(nil),        // 15: berth.agent.v1.CreateResponse
-	(*StartRequest)(nil),          // 16: berth.agent.v1.StartRequest
-	(*StartResponse)(nil),         // 17: berth.agent.v1.StartResponse
-	(*ExecRequest)(nil),           // 18: berth.agent.v1.ExecRequest
-	(*KillRequest)(nil),           // 19: berth.agent.v1.KillRequest
-	(*WaitRequest)(nil),           // 20: berth.agent.v1.WaitRequest
-	(*WaitResponse)(nil),          // 21: berth.agent.v1.WaitResponse
-	(*PidsRequest)(nil),           // 22: berth.agent.v1.PidsRequest
-	(*PidsResponse)(nil),          // 23: berth.agent.v1.PidsResponse
-	(*ResizePtyRequest)(nil),      // 24: berth.agent.v1.ResizePtyRequest
-	(*CloseIORequest)(nil),        // 25: berth.agent.v1.CloseIORequest
-	(*DeleteRequest)(nil),         // 26: berth.agent.v1.DeleteRequest
-	(*DeleteResponse)(nil),        // 27: berth.agent.v1.DeleteResponse
-	(*StreamHeader)(nil),          // 28: berth.agent.v1.StreamHeader
-	(*MemoryInfo)(nil),            // 29: berth.agent.v1.MemoryInfo
-	(*DebugExecRequest)(nil),      // 30: berth.agent.v1.DebugExecRequest
-	(*DebugExecResponse)(nil),     // 31: berth.agent.v1.DebugExecResponse
-	(*NetworkConfig)(nil),         // 32: berth.agent.v1.NetworkConfig
-	(*NetworkInterface)(nil),      // 33: berth.agent.v1.NetworkInterface
-	(*NetworkRoute)(nil),          // 34: berth.agent.v1.NetworkRoute
-	nil,                           // 35: berth.agent.v1.StatsResponse.MemoryStatEntry
-	(*timestamppb.Timestamp)(nil), // 36: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),         // 37: google.protobuf.Empty
+	(DeviceKind)(0),                   // 0: berth.agent.v1.DeviceKind
+	(StreamKind)(0),                   // 1: berth.agent.v1.StreamKind
+	(*WaitMemoryPressureRequest)(nil), // 2: berth.agent.v1.WaitMemoryPressureRequest
+	(*MemoryPressure)(nil),            // 3: berth.agent.v1.MemoryPressure
+	(*Device)(nil),                    // 4: berth.agent.v1.Device
+	(*WaitDeviceRequest)(nil),         // 5: berth.agent.v1.WaitDeviceRequest
+	(*WaitDeviceResponse)(nil),        // 6: berth.agent.v1.WaitDeviceResponse
+	(*WaitOOMRequest)(nil),            // 7: berth.agent.v1.WaitOOMRequest
+	(*OOMResponse)(nil),               // 8: berth.agent.v1.OOMResponse
+	(*ContainerRequest)(nil),          // 9: berth.agent.v1.ContainerRequest
+	(*UpdateRequest)(nil),             // 10: berth.agent.v1.UpdateRequest
+	(*StatsResponse)(nil),             // 11: berth.agent.v1.StatsResponse
+	(*IOEntry)(nil),                   // 12: berth.agent.v1.IOEntry
+	(*InfoRequest)(nil),               // 13: berth.agent.v1.InfoRequest
+	(*InfoResponse)(nil),              // 14: berth.agent.v1.InfoResponse
+	(*Stdio)(nil),                     // 15: berth.agent.v1.Stdio
+	(*CreateRequest)(nil),             // 16: berth.agent.v1.CreateRequest
+	(*CreateResponse)(nil),            // 17: berth.agent.v1.CreateResponse
+	(*StartRequest)(nil),              // 18: berth.agent.v1.StartRequest
+	(*StartResponse)(nil),             // 19: berth.agent.v1.StartResponse
+	(*ExecRequest)(nil),               // 20: berth.agent.v1.ExecRequest
+	(*KillRequest)(nil),               // 21: berth.agent.v1.KillRequest
+	(*WaitRequest)(nil),               // 22: berth.agent.v1.WaitRequest
+	(*WaitResponse)(nil),              // 23: berth.agent.v1.WaitResponse
+	(*PidsRequest)(nil),               // 24: berth.agent.v1.PidsRequest
+	(*PidsResponse)(nil),              // 25: berth.agent.v1.PidsResponse
+	(*ResizePtyRequest)(nil),          // 26: berth.agent.v1.ResizePtyRequest
+	(*CloseIORequest)(nil),            // 27: berth.agent.v1.CloseIORequest
+	(*DeleteRequest)(nil),             // 28: berth.agent.v1.DeleteRequest
+	(*DeleteResponse)(nil),            // 29: berth.agent.v1.DeleteResponse
+	(*StreamHeader)(nil),              // 30: berth.agent.v1.StreamHeader
+	(*MemoryInfo)(nil),                // 31: berth.agent.v1.MemoryInfo
+	(*DebugExecRequest)(nil),          // 32: berth.agent.v1.DebugExecRequest
+	(*DebugExecResponse)(nil),         // 33: berth.agent.v1.DebugExecResponse
+	(*NetworkConfig)(nil),             // 34: berth.agent.v1.NetworkConfig
+	(*NetworkInterface)(nil),          // 35: berth.agent.v1.NetworkInterface
+	(*NetworkRoute)(nil),              // 36: berth.agent.v1.NetworkRoute
+	nil,                               // 37: berth.agent.v1.StatsResponse.MemoryStatEntry
+	(*timestamppb.Timestamp)(nil),     // 38: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),             // 39: google.protobuf.Empty
 }
 var file_agent_proto_depIdxs = []int32{
 	0,  // 0: berth.agent.v1.Device.kind:type_name -> berth.agent.v1.DeviceKind
 	0,  // 1: berth.agent.v1.WaitDeviceRequest.kind:type_name -> berth.agent.v1.DeviceKind
-	35, // 2: berth.agent.v1.StatsResponse.memory_stat:type_name -> berth.agent.v1.StatsResponse.MemoryStatEntry
-	10, // 3: berth.agent.v1.StatsResponse.io:type_name -> berth.agent.v1.IOEntry
-	13, // 4: berth.agent.v1.CreateRequest.stdio:type_name -> berth.agent.v1.Stdio
-	2,  // 5: berth.agent.v1.CreateRequest.devices:type_name -> berth.agent.v1.Device
-	13, // 6: berth.agent.v1.ExecRequest.stdio:type_name -> berth.agent.v1.Stdio
-	36, // 7: berth.agent.v1.WaitResponse.exited_at:type_name -> google.protobuf.Timestamp
-	36, // 8: berth.agent.v1.DeleteResponse.exited_at:type_name -> google.protobuf.Timestamp
+	37, // 2: berth.agent.v1.StatsResponse.memory_stat:type_name -> berth.agent.v1.StatsResponse.MemoryStatEntry
+	12, // 3: berth.agent.v1.StatsResponse.io:type_name -> berth.agent.v1.IOEntry
+	15, // 4: berth.agent.v1.CreateRequest.stdio:type_name -> berth.agent.v1.Stdio
+	4,  // 5: berth.agent.v1.CreateRequest.devices:type_name -> berth.agent.v1.Device
+	15, // 6: berth.agent.v1.ExecRequest.stdio:type_name -> berth.agent.v1.Stdio
+	38, // 7: berth.agent.v1.WaitResponse.exited_at:type_name -> google.protobuf.Timestamp
+	38, // 8: berth.agent.v1.DeleteResponse.exited_at:type_name -> google.protobuf.Timestamp
 	1,  // 9: berth.agent.v1.StreamHeader.kind:type_name -> berth.agent.v1.StreamKind
-	33, // 10: berth.agent.v1.NetworkConfig.interfaces:type_name -> berth.agent.v1.NetworkInterface
-	34, // 11: berth.agent.v1.NetworkConfig.routes:type_name -> berth.agent.v1.NetworkRoute
-	11, // 12: berth.agent.v1.Agent.Info:input_type -> berth.agent.v1.InfoRequest
-	14, // 13: berth.agent.v1.Agent.Create:input_type -> berth.agent.v1.CreateRequest
-	16, // 14: berth.agent.v1.Agent.Start:input_type -> berth.agent.v1.StartRequest
-	18, // 15: berth.agent.v1.Agent.Exec:input_type -> berth.agent.v1.ExecRequest
-	19, // 16: berth.agent.v1.Agent.Kill:input_type -> berth.agent.v1.KillRequest
-	20, // 17: berth.agent.v1.Agent.Wait:input_type -> berth.agent.v1.WaitRequest
-	22, // 18: berth.agent.v1.Agent.Pids:input_type -> berth.agent.v1.PidsRequest
-	24, // 19: berth.agent.v1.Agent.ResizePty:input_type -> berth.agent.v1.ResizePtyRequest
-	25, // 20: berth.agent.v1.Agent.CloseIO:input_type -> berth.agent.v1.CloseIORequest
-	26, // 21: berth.agent.v1.Agent.Delete:input_type -> berth.agent.v1.DeleteRequest
-	37, // 22: berth.agent.v1.Agent.Shutdown:input_type -> google.protobuf.Empty
-	7,  // 23: berth.agent.v1.Agent.Pause:input_type -> berth.agent.v1.ContainerRequest
-	7,  // 24: berth.agent.v1.Agent.Resume:input_type -> berth.agent.v1.ContainerRequest
-	8,  // 25: berth.agent.v1.Agent.Update:input_type -> berth.agent.v1.UpdateRequest
-	7,  // 26: berth.agent.v1.Agent.Stats:input_type -> berth.agent.v1.ContainerRequest
-	5,  // 27: berth.agent.v1.Agent.WaitOOM:input_type -> berth.agent.v1.WaitOOMRequest
-	3,  // 28: berth.agent.v1.Agent.WaitDevice:input_type -> berth.agent.v1.WaitDeviceRequest
-	37, // 29: berth.agent.v1.Agent.OnlineMemory:input_type -> google.protobuf.Empty
-	30, // 30: berth.agent.v1.Agent.DebugExec:input_type -> berth.agent.v1.DebugExecRequest
-	32, // 31: berth.agent.v1.Agent.ConfigureNetwork:input_type -> berth.agent.v1.NetworkConfig
-	12, // 32: berth.agent.v1.Agent.Info:output_type -> berth.agent.v1.InfoResponse
-	15, // 33: berth.agent.v1.Agent.Create:output_type -> berth.agent.v1.CreateResponse
-	17, // 34: berth.agent.v1.Agent.Start:output_type -> berth.agent.v1.StartResponse
-	37, // 35: berth.agent.v1.Agent.Exec:output_type -> google.protobuf.Empty
-	37, // 36: berth.agent.v1.Agent.Kill:output_type -> google.protobuf.Empty
-	21, // 37: berth.agent.v1.Agent.Wait:output_type -> berth.agent.v1.WaitResponse
-	23, // 38: berth.agent.v1.Agent.Pids:output_type -> berth.agent.v1.PidsResponse
-	37, // 39: berth.agent.v1.Agent.ResizePty:output_type -> google.protobuf.Empty
-	37, // 40: berth.agent.v1.Agent.CloseIO:output_type -> google.protobuf.Empty
-	27, // 41: berth.agent.v1.Agent.Delete:output_type -> berth.agent.v1.DeleteResponse
-	37, // 42: berth.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
-	37, // 43: berth.agent.v1.Agent.Pause:output_type -> google.protobuf.Empty
-	37, // 44: berth.agent.v1.Agent.Resume:output_type -> google.protobuf.Empty
-	37, // 45: berth.agent.v1.Agent.Update:output_type -> google.protobuf.Empty
-	9,  // 46: berth.agent.v1.Agent.Stats:output_type -> berth.agent.v1.StatsResponse
-	6,  // 47: berth.agent.v1.Agent.WaitOOM:output_type -> berth.agent.v1.OOMResponse
-	4,  // 48: berth.agent.v1.Agent.WaitDevice:output_type -> berth.agent.v1.WaitDeviceResponse
-	29, // 49: berth.agent.v1.Agent.OnlineMemory:output_type -> berth.agent.v1.MemoryInfo
-	31, // 50: berth.agent.v1.Agent.DebugExec:output_type -> berth.agent.v1.DebugExecResponse
-	37, // 51: berth.agent.v1.Agent.ConfigureNetwork:output_type -> google.protobuf.Empty
-	32, // [32:52] is the sub-list for method output_type
-	12, // [12:32] is the sub-list for method input_type
+	35, // 10: berth.agent.v1.NetworkConfig.interfaces:type_name -> berth.agent.v1.NetworkInterface
+	36, // 11: berth.agent.v1.NetworkConfig.routes:type_name -> berth.agent.v1.NetworkRoute
+	13, // 12: berth.agent.v1.Agent.Info:input_type -> berth.agent.v1.InfoRequest
+	16, // 13: berth.agent.v1.Agent.Create:input_type -> berth.agent.v1.CreateRequest
+	18, // 14: berth.agent.v1.Agent.Start:input_type -> berth.agent.v1.StartRequest
+	20, // 15: berth.agent.v1.Agent.Exec:input_type -> berth.agent.v1.ExecRequest
+	21, // 16: berth.agent.v1.Agent.Kill:input_type -> berth.agent.v1.KillRequest
+	22, // 17: berth.agent.v1.Agent.Wait:input_type -> berth.agent.v1.WaitRequest
+	24, // 18: berth.agent.v1.Agent.Pids:input_type -> berth.agent.v1.PidsRequest
+	26, // 19: berth.agent.v1.Agent.ResizePty:input_type -> berth.agent.v1.ResizePtyRequest
+	27, // 20: berth.agent.v1.Agent.CloseIO:input_type -> berth.agent.v1.CloseIORequest
+	28, // 21: berth.agent.v1.Agent.Delete:input_type -> berth.agent.v1.DeleteRequest
+	39, // 22: berth.agent.v1.Agent.Shutdown:input_type -> google.protobuf.Empty
+	9,  // 23: berth.agent.v1.Agent.Pause:input_type -> berth.agent.v1.ContainerRequest
+	9,  // 24: berth.agent.v1.Agent.Resume:input_type -> berth.agent.v1.ContainerRequest
+	10, // 25: berth.agent.v1.Agent.Update:input_type -> berth.agent.v1.UpdateRequest
+	9,  // 26: berth.agent.v1.Agent.Stats:input_type -> berth.agent.v1.ContainerRequest
+	7,  // 27: berth.agent.v1.Agent.WaitOOM:input_type -> berth.agent.v1.WaitOOMRequest
+	5,  // 28: berth.agent.v1.Agent.WaitDevice:input_type -> berth.agent.v1.WaitDeviceRequest
+	39, // 29: berth.agent.v1.Agent.OnlineMemory:input_type -> google.protobuf.Empty
+	32, // 30: berth.agent.v1.Agent.DebugExec:input_type -> berth.agent.v1.DebugExecRequest
+	34, // 31: berth.agent.v1.Agent.ConfigureNetwork:input_type -> berth.agent.v1.NetworkConfig
+	2,  // 32: berth.agent.v1.Agent.WaitMemoryPressure:input_type -> berth.agent.v1.WaitMemoryPressureRequest
+	14, // 33: berth.agent.v1.Agent.Info:output_type -> berth.agent.v1.InfoResponse
+	17, // 34: berth.agent.v1.Agent.Create:output_type -> berth.agent.v1.CreateResponse
+	19, // 35: berth.agent.v1.Agent.Start:output_type -> berth.agent.v1.StartResponse
+	39, // 36: berth.agent.v1.Agent.Exec:output_type -> google.protobuf.Empty
+	39, // 37: berth.agent.v1.Agent.Kill:output_type -> google.protobuf.Empty
+	23, // 38: berth.agent.v1.Agent.Wait:output_type -> berth.agent.v1.WaitResponse
+	25, // 39: berth.agent.v1.Agent.Pids:output_type -> berth.agent.v1.PidsResponse
+	39, // 40: berth.agent.v1.Agent.ResizePty:output_type -> google.protobuf.Empty
+	39, // 41: berth.agent.v1.Agent.CloseIO:output_type -> google.protobuf.Empty
+	29, // 42: berth.agent.v1.Agent.Delete:output_type -> berth.agent.v1.DeleteResponse
+	39, // 43: berth.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
+	39, // 44: berth.agent.v1.Agent.Pause:output_type -> google.protobuf.Empty
+	39, // 45: berth.agent.v1.Agent.Resume:output_type -> google.protobuf.Empty
+	39, // 46: berth.agent.v1.Agent.Update:output_type -> google.protobuf.Empty
+	11, // 47: berth.agent.v1.Agent.Stats:output_type -> berth.agent.v1.StatsResponse
+	8,  // 48: berth.agent.v1.Agent.WaitOOM:output_type -> berth.agent.v1.OOMResponse
+	6,  // 49: berth.agent.v1.Agent.WaitDevice:output_type -> berth.agent.v1.WaitDeviceResponse
+	31, // 50: berth.agent.v1.Agent.OnlineMemory:output_type -> berth.agent.v1.MemoryInfo
+	33, // 51: berth.agent.v1.Agent.DebugExec:output_type -> berth.agent.v1.DebugExecResponse
+	39, // 52: berth.agent.v1.Agent.ConfigureNetwork:output_type -> google.protobuf.Empty
+	3,  // 53: berth.agent.v1.Agent.WaitMemoryPressure:output_type -> berth.agent.v1.MemoryPressure
+	33, // [33:54] is the sub-list for method output_type
+	12, // [12:33] is the sub-list for method input_type
 	12, // [12:12] is the sub-list for extension type_name
 	12, // [12:12] is the sub-list for extension extendee
 	0,  // [0:12] is the sub-list for field type_name
@@ -2683,7 +2936,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   34,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

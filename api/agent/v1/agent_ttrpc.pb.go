@@ -29,6 +29,7 @@ type AgentService interface {
 	OnlineMemory(context.Context, *emptypb.Empty) (*MemoryInfo, error)
 	DebugExec(context.Context, *DebugExecRequest) (*DebugExecResponse, error)
 	ConfigureNetwork(context.Context, *NetworkConfig) (*emptypb.Empty, error)
+	WaitMemoryPressure(context.Context, *WaitMemoryPressureRequest) (*MemoryPressure, error)
 }
 
 func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
@@ -173,6 +174,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.ConfigureNetwork(ctx, &req)
+			},
+			"WaitMemoryPressure": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req WaitMemoryPressureRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.WaitMemoryPressure(ctx, &req)
 			},
 		},
 	})
@@ -343,6 +351,14 @@ func (c *agentClient) DebugExec(ctx context.Context, req *DebugExecRequest) (*De
 func (c *agentClient) ConfigureNetwork(ctx context.Context, req *NetworkConfig) (*emptypb.Empty, error) {
 	var resp emptypb.Empty
 	if err := c.client.Call(ctx, "berth.agent.v1.Agent", "ConfigureNetwork", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) WaitMemoryPressure(ctx context.Context, req *WaitMemoryPressureRequest) (*MemoryPressure, error) {
+	var resp MemoryPressure
+	if err := c.client.Call(ctx, "berth.agent.v1.Agent", "WaitMemoryPressure", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

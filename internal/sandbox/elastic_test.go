@@ -1,0 +1,73 @@
+package sandbox
+
+import (
+	"testing"
+	"time"
+
+	"github.com/berth-runtime/berth/internal/memory"
+)
+
+func testElastic() *elasticController {
+	return &elasticController{policy: memory.ElasticPolicy{ShrinkDelay: 10 * time.Second}}
+}
+
+// The shrink is sized by the lowest MemAvailable of the last shrink
+// delay only: what a workload needed a minute ago must not keep the VM
+// big once it has freed it.
+func TestElasticWindowMin(t *testing.T) {
+	e := testElastic()
+	t0 := time.Now()
+	if got, first := e.windowMin(t0, 150); got != 150 || first != 150 {
+		t.Errorf("first sample: %d %d", got, first)
+	}
+	if got, first := e.windowMin(t0.Add(5*time.Second), 1600); got != 150 || first != 150 {
+		t.Errorf("within the delay the low sample counts: %d %d", got, first)
+	}
+	if got, first := e.windowMin(t0.Add(11*time.Second), 1650); got != 1600 || first != 1600 {
+		t.Errorf("after the delay the low sample is gone: %d %d", got, first)
+	}
+	for i := 0; i < 2*maxWindow; i++ {
+		e.windowMin(t0.Add(11*time.Second), 1700)
+	}
+	if len(e.window) > maxWindow {
+		t.Errorf("window holds %d samples, bound %d", len(e.window), maxWindow)
+	}
+}
+
+func TestElasticRecord(t *testing.T) {
+	e := testElastic()
+	now := time.Now()
+	e.idleSince = now.Add(-time.Minute)
+	e.window = []availAt{{now, 100}}
+	e.record(ElasticEvent{At: now, Action: memory.Grow, FromMiB: 256, ToMiB: 512, Reason: "r"})
+	e.record(ElasticEvent{At: now, Action: memory.Shrink, FromMiB: 512, ToMiB: 300, Reason: "r"})
+	e.record(ElasticEvent{At: now, Action: memory.Refuse, FromMiB: 300, ToMiB: 300, Reason: "full"})
+	// A shrink that got nowhere is no shrink, but restarts the delay.
+	later := now.Add(time.Second)
+	e.record(ElasticEvent{At: later, Action: memory.Shrink, FromMiB: 300, ToMiB: 300, Reason: "r", Error: "in use"})
+	st := e.status
+	if st.Grows != 1 || st.GrownBytes != 256<<20 || st.Shrinks != 1 || st.ShrunkBytes != 212<<20 || st.Refusals != 1 {
+		t.Errorf("counts %+v", st.ElasticCounts)
+	}
+	if st.LastRefusal == nil || st.LastRefusal.Reason != "full" || !e.lastRefusal.Equal(now) {
+		t.Errorf("last refusal %+v", st.LastRefusal)
+	}
+	if st.LastShrink == nil || st.LastShrink.Error != "in use" || !e.lastChange.Equal(later) || !e.idleSince.IsZero() || len(e.window) != 0 {
+		t.Errorf("after a failed shrink: last %+v, lastChange %v, idleSince %v, window %v", st.LastShrink, e.lastChange, e.idleSince, e.window)
+	}
+}
+
+func TestSetElasticBoundsClamps(t *testing.T) {
+	s := &Sandbox{}
+	s.memory.limits = memory.Limits{Mechanism: memory.VirtioMem, BootMiB: 256, MaxMiB: 4096}
+	s.elastic = testElastic()
+	s.SetElasticBounds(100, 1<<30)
+	if st := s.ElasticStatus(); st.FloorMiB != 256 || st.CeilingMiB != 4096 {
+		t.Errorf("bounds %d..%d, want 256..4096", st.FloorMiB, st.CeilingMiB)
+	}
+	s.SetElasticBounds(1280, 512)
+	if st := s.ElasticStatus(); st.FloorMiB != 1280 || st.CeilingMiB != 1280 {
+		t.Errorf("bounds %d..%d, want the ceiling raised to the floor", st.FloorMiB, st.CeilingMiB)
+	}
+	(&Sandbox{}).SetElasticBounds(1, 2) // no controller: no panic
+}
