@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/containerd/ttrpc"
+	"github.com/opencontainers/runc/libcontainer/seccomp"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
@@ -50,7 +51,7 @@ func Serve(ctx context.Context) error {
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ctx, agentL) }()
 	go func() { errc <- svc.ServeStdio(ctx, stdioL) }()
-	logrus.Infof("berth-agent %s serving over %s", Version, kind)
+	logrus.Infof("berth-agent %s serving over %s (seccomp %v)", Version, kind, seccomp.Enabled)
 	return <-errc
 }
 
