@@ -117,6 +117,7 @@ func Default() *Config {
 			DefaultMaxMemoryMiB: 16384,
 			MemoryHotplug:       MemoryHotplugAuto,
 			MemorySlots:         8,
+			LogMaxKiB:           1024,
 		},
 		Devices: Devices{
 			// Two empty root ports cost nothing measurable at boot
@@ -192,6 +193,9 @@ func (c *Config) ResolvedInitrd() string {
 	return filepath.Join(c.StateDir, guestDir, guestInitrdName)
 }
 
+// LogMaxBytes is LogMaxKiB in bytes.
+func (h Hypervisor) LogMaxBytes() int64 { return int64(h.LogMaxKiB) << 10 }
+
 // Config is the whole of Berth's configuration.
 type Config struct {
 	// StateDir holds persistent artefacts: the guest kernel and initramfs
@@ -244,6 +248,9 @@ type Hypervisor struct {
 	MemoryOverheadMiB int `toml:"memory_overhead"`
 	// Pflashes are UEFI images [code, vars] for machine "virt" (arm64).
 	Pflashes []string `toml:"pflashes"`
+	// LogMaxKiB caps each log a guest can write into (console.log,
+	// virtiofsd.log): rotated once to <name>.1 at this size.
+	LogMaxKiB int `toml:"log_max_kib"`
 }
 
 // Devices configures the VM's PCIe topology and device plugging (q35).

@@ -81,6 +81,7 @@ func TestValidationFail(t *testing.T) {
 		{"kernel params newline", "[hypervisor]\nkernel_params = \"quiet\\ndebug\"", "hypervisor.kernel_params", "one line"},
 		{"relative virtiofsd", "[hypervisor]\nvirtiofsd_path = \"virtiofsd\"", "hypervisor.virtiofsd_path", "absolute path"},
 		{"virtiofs cache", "[hypervisor]\nvirtiofs_cache = \"never\"", "hypervisor.virtiofs_cache", `"auto", "always" or "none"`},
+		{"log cap too small", "[hypervisor]\nlog_max_kib = 0", "hypervisor.log_max_kib", "out of range"},
 		{"boot timeout zero", "[hypervisor]\nboot_timeout = \"0s\"", "hypervisor.boot_timeout", "not positive"},
 		{"boot timeout negative", "[hypervisor]\nboot_timeout = \"-5s\"", "hypervisor.boot_timeout", "not positive"},
 		{"boot timeout no unit", "[hypervisor]\nboot_timeout = 60", "hypervisor.boot_timeout", "with a unit"},

@@ -115,6 +115,10 @@ func (c *Config) problems() []*KeyError {
 	if h.MemorySlots < 0 || h.MemorySlots > 256 {
 		add(keyError("hypervisor.memory_slots", h.MemorySlots, "is out of range", "use 0 to 256 DIMM slots"))
 	}
+	if h.LogMaxKiB < 16 || h.LogMaxKiB > 1<<20 {
+		add(keyError("hypervisor.log_max_kib", h.LogMaxKiB, "is out of range",
+			"use 16 to 1048576 KiB (the default 1024 keeps 1 MiB of each log, plus one rotated file)"))
+	}
 	if h.MemoryOverheadMiB < 0 {
 		add(keyError("hypervisor.memory_overhead", h.MemoryOverheadMiB, "is negative", "use 0 or more MiB"))
 	}

@@ -18,9 +18,15 @@ const (
 	serialCtlID    = "berth-vser0"
 	vsockID        = "berth-vsock"
 	chardevPrefix  = "char-" // chardev of the device with the same ID
+	consoleFdSet   = 1
 	tcgTBSizeMiB   = 256
 	fallbackTSCkHz = 2_000_000
 )
+
+// ConsoleFD is the file descriptor number of the console pipe in QEMU
+// (the first of exec.Cmd's ExtraFiles) when Machine.ConsoleLogMaxBytes is
+// set.
+const ConsoleFD = 3
 
 // Args returns QEMU's argv after the binary. The same Machine always gives
 // the same arguments, in the same order.
@@ -95,7 +101,14 @@ func (m Machine) Args() ([]string, error) {
 
 	// The console is always an ISA 16550 at 0x3f8 (ttyS0), on both
 	// machines, so the guest behaves the same with and without a log.
-	if m.ConsoleLog != "" {
+	if m.ConsoleLog != "" && m.ConsoleLogMaxBytes > 0 {
+		// QEMU opens /dev/fdset/N by duplicating the set's descriptor.
+		// QEMU 7.2 fails that open with EINVAL unless append=on (the
+		// default O_TRUNC does not match the pipe's flags).
+		a.add("-add-fd", "fd="+strconv.Itoa(ConsoleFD)+",set="+strconv.Itoa(consoleFdSet))
+		a.add("-chardev", "file,id="+consoleID+",path=/dev/fdset/"+strconv.Itoa(consoleFdSet)+",append=on")
+		a.add("-serial", "chardev:"+consoleID)
+	} else if m.ConsoleLog != "" {
 		a.add("-chardev", "file,id="+consoleID+",path="+opt(m.ConsoleLog))
 		a.add("-serial", "chardev:"+consoleID)
 	} else {

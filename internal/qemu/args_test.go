@@ -149,6 +149,14 @@ func TestArgsParts(t *testing.T) {
 			want:    [][]string{{"-serial", "null"}},
 		},
 		{
+			name:    "capped console goes through an fd set",
+			machine: func() Machine { m := baseMachine(Q35, TCG); m.ConsoleLogMaxBytes = 1 << 20; return m },
+			want: [][]string{
+				{"-add-fd", "fd=3,set=1"},
+				{"-chardev", "file,id=berth-console,path=/dev/fdset/1,append=on", "-serial", "chardev:berth-console"},
+			},
+		},
+		{
 			name: "commas in paths and names are escaped",
 			machine: func() Machine {
 				m := baseMachine(Q35, TCG)

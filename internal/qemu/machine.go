@@ -78,6 +78,12 @@ type Machine struct {
 	// ConsoleLog is a file that receives the guest's serial console
 	// (ttyS0); it is truncated at start. Empty discards the console.
 	ConsoleLog string
+	// ConsoleLogMaxBytes, when positive, caps ConsoleLog: QEMU writes
+	// the console into a pipe (file descriptor ConsoleFD, passed with
+	// -add-fd) and Start copies it into ConsoleLog, rotated to
+	// ConsoleLog.1 at this size (internal/logcap). Zero lets QEMU write
+	// the file itself, without bound.
+	ConsoleLogMaxBytes int64
 
 	// QMPSocket is where QEMU listens for QMP. Berth removes it when the
 	// VM is gone.

@@ -40,7 +40,8 @@ type VM struct {
 	cmd     *exec.Cmd
 	pid     int
 	output  *tailWriter
-	sockets []string // QEMU-created sockets to remove once it is gone
+	console *consoleRelay // nil unless the console log is capped
+	sockets []string      // QEMU-created sockets to remove once it is gone
 
 	mu     sync.Mutex
 	client *qmp.Client
@@ -90,15 +91,22 @@ func Start(ctx context.Context, m Machine, opts StartOptions) (*VM, error) {
 	if opts.DieWithParent {
 		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	}
+	console, err := openConsole(m, cmd)
+	if err != nil {
+		return nil, err
+	}
 	if err := cmd.Start(); err != nil {
+		console.abort()
 		return nil, fmt.Errorf("starting qemu %s: %w", m.Binary, err)
 	}
+	console.started()
 
 	v := &VM{
 		machine: m,
 		cmd:     cmd,
 		pid:     cmd.Process.Pid,
 		output:  out,
+		console: console,
 		sockets: []string{m.QMPSocket},
 		done:    make(chan struct{}),
 	}
@@ -204,6 +212,7 @@ func (v *VM) connectQMP(ctx context.Context, path string) (*qmp.Client, error) {
 func (v *VM) wait() {
 	err := v.cmd.Wait() // returns after stdout/stderr are drained
 	exitErr := v.describeExit(err)
+	v.console.wait()
 
 	v.mu.Lock()
 	v.reaped = true

@@ -197,6 +197,34 @@ func TestGuestPanicEndsQEMU(t *testing.T) {
 	assertGone(t, v, m)
 }
 
+// A guest console capped at 8 KiB (a kernel boot writes far more) keeps
+// the latest output, up to the panic that ends the VM, within the cap.
+func TestCappedConsoleLogKeepsTheEnd(t *testing.T) {
+	bin := requireQEMU(t)
+	kernel := requireKernel(t)
+	m := testMachine(t, bin, kernel, MicroVM)
+	m.KernelParams = "loglevel=8"
+	m.ConsoleLogMaxBytes = 8 << 10
+	v := startVM(t, m)
+	select {
+	case <-v.Done():
+	case <-time.After(60 * time.Second):
+		t.Fatal("QEMU still running a minute after the guest should have panicked")
+	}
+	cur, _ := os.ReadFile(m.ConsoleLog)
+	old, err := os.ReadFile(m.ConsoleLog + ".1")
+	if err != nil {
+		t.Fatalf("no rotated console log: %v (current holds %d bytes)", err, len(cur))
+	}
+	if len(cur) > 8<<10 || len(old) > 8<<10 {
+		t.Errorf("console logs hold %d and %d bytes, cap 8 KiB", len(cur), len(old))
+	}
+	if !bytes.Contains(append(old, cur...), []byte("Kernel panic")) {
+		t.Errorf("capped console lost the end of the output:\n%s", tail(cur, 2000))
+	}
+	assertGone(t, v, m)
+}
+
 func TestKilledQEMU(t *testing.T) {
 	bin := requireQEMU(t)
 	kernel := requireKernel(t)

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/encoding/protodelim"
 
 	api "github.com/berth-runtime/berth/api/agent/v1"
+	"github.com/berth-runtime/berth/internal/logcap"
 )
 
 // makeSharedMount turns dir into a mount point with shared propagation.
@@ -101,21 +102,26 @@ func unmount(path string) error {
 type virtiofsd struct {
 	cmd      *exec.Cmd
 	done     chan struct{}
-	log      *os.File
+	log      *logcap.File
 	stopOnce sync.Once
 }
 
 // startVirtiofsd starts virtiofsd on source and waits for its socket.
 // It dies with its parent (Pdeathsig) and exits on its own when QEMU
 // disconnects.
-func startVirtiofsd(ctx context.Context, bin, socket, source, cache string) (*virtiofsd, error) {
+// Its log is capped at logMaxBytes (hypervisor.log_max_kib): virtiofsd
+// logs about requests the guest makes.
+func startVirtiofsd(ctx context.Context, bin, socket, source, cache string, logMaxBytes int64) (*virtiofsd, error) {
 	logPath := strings.TrimSuffix(socket, ".sock") + ".log"
-	logFile, err := os.Create(logPath)
+	logFile, err := logcap.Create(logPath, logMaxBytes)
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(bin, "--socket-path="+socket, "-o", "source="+source, "-o", "cache="+cache)
+	// Through a pipe that exec copies into the capped log; Wait returns
+	// once the copy is done, or a second after virtiofsd exited.
 	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.WaitDelay = time.Second
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()

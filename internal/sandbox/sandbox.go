@@ -191,7 +191,7 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 		}
 	})
 
-	fsd, err := startVirtiofsd(ctx, cfg.Hypervisor.VirtiofsdPath, s.path(fsSocketName), shared, cfg.Hypervisor.VirtiofsCache)
+	fsd, err := startVirtiofsd(ctx, cfg.Hypervisor.VirtiofsdPath, s.path(fsSocketName), shared, cfg.Hypervisor.VirtiofsCache, cfg.Hypervisor.LogMaxBytes())
 	if err != nil {
 		return nil, err
 	}
@@ -297,9 +297,11 @@ func (s *Sandbox) machine(opts Options) (qemu.Machine, error) {
 		Initrd:       s.cfg.Guest.Initrd,
 		KernelParams: params,
 		ConsoleLog:   s.path(consoleLogName),
-		QMPSocket:    s.path(qmpSocketName),
-		SerialPorts:  []qemu.VirtioSerialPort{{ID: "agent", Name: transport.SerialPortName, SocketPath: s.path(agentSockName)}},
-		FileSystems:  []qemu.VhostUserFS{{ID: "shared", Tag: oci.SharedFSTag, SocketPath: s.path(fsSocketName)}},
+		// The guest writes what it likes to its console: capped.
+		ConsoleLogMaxBytes: h.LogMaxBytes(),
+		QMPSocket:          s.path(qmpSocketName),
+		SerialPorts:        []qemu.VirtioSerialPort{{ID: "agent", Name: transport.SerialPortName, SocketPath: s.path(agentSockName)}},
+		FileSystems:        []qemu.VhostUserFS{{ID: "shared", Tag: oci.SharedFSTag, SocketPath: s.path(fsSocketName)}},
 	}
 	if kind == transport.Vsock {
 		if _, err := os.Stat(vhostVsockDevice); err != nil {
