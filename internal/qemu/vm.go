@@ -46,6 +46,10 @@ type VM struct {
 	mu     sync.Mutex
 	client *qmp.Client
 	reaped bool
+	// nextFdSet and blockFdSets track the fd sets of hot-plugged disks
+	// (hotplug.go), by device ID.
+	nextFdSet   int
+	blockFdSets map[string]int
 
 	done    chan struct{}
 	exitErr error // set before done is closed
