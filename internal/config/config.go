@@ -118,6 +118,9 @@ func Default() *Config {
 			MemoryHotplug:       MemoryHotplugAuto,
 			MemorySlots:         8,
 			LogMaxKiB:           1024,
+			QEMUSandbox:         true,
+			VMMUIDBase:          DefaultVMMUIDBase,
+			VMMUIDCount:         65536,
 		},
 		Devices: Devices{
 			// Two empty root ports cost nothing measurable at boot
@@ -251,6 +254,13 @@ type Hypervisor struct {
 	// LogMaxKiB caps each log a guest can write into (console.log,
 	// virtiofsd.log): rotated once to <name>.1 at this size.
 	LogMaxKiB int `toml:"log_max_kib"`
+	// QEMUSandbox turns on QEMU's seccomp filter (-sandbox on,...).
+	QEMUSandbox bool `toml:"qemu_sandbox"`
+	// RunAsRoot runs QEMU as root; by default each sandbox's QEMU runs
+	// as a uid of its own from [VMMUIDBase, VMMUIDBase+VMMUIDCount).
+	RunAsRoot   bool  `toml:"run_as_root"`
+	VMMUIDBase  int64 `toml:"vmm_uid_base"`
+	VMMUIDCount int64 `toml:"vmm_uid_count"`
 }
 
 // Devices configures the VM's PCIe topology and device plugging (q35).

@@ -81,6 +81,8 @@ func TestValidationFail(t *testing.T) {
 		{"kernel params newline", "[hypervisor]\nkernel_params = \"quiet\\ndebug\"", "hypervisor.kernel_params", "one line"},
 		{"relative virtiofsd", "[hypervisor]\nvirtiofsd_path = \"virtiofsd\"", "hypervisor.virtiofsd_path", "absolute path"},
 		{"virtiofs cache", "[hypervisor]\nvirtiofs_cache = \"never\"", "hypervisor.virtiofs_cache", `"auto", "always" or "none"`},
+		{"vmm uid base in user range", "[hypervisor]\nvmm_uid_base = 1000", "hypervisor.vmm_uid_base", "out of range"},
+		{"vmm uid range past the top", "[hypervisor]\nvmm_uid_base = 4294967000\nvmm_uid_count = 65536", "hypervisor.vmm_uid_count", "out of range"},
 		{"log cap too small", "[hypervisor]\nlog_max_kib = 0", "hypervisor.log_max_kib", "out of range"},
 		{"boot timeout zero", "[hypervisor]\nboot_timeout = \"0s\"", "hypervisor.boot_timeout", "not positive"},
 		{"boot timeout negative", "[hypervisor]\nboot_timeout = \"-5s\"", "hypervisor.boot_timeout", "not positive"},

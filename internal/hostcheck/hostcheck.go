@@ -145,6 +145,7 @@ func run(ctx context.Context, cfg *config.Config, e env) Report {
 		checkGuestFile(e, "initramfs", "guest.initrd", cfg.ResolvedInitrd()),
 		checkCgroups(e, cfg.Cgroup),
 		checkRunDir(e, cfg.RunDir),
+		checkConfinement(e, cfg),
 	)
 	if k, err := e.guestKernel(cfg); err == nil {
 		r.Findings = append(r.Findings, checkMemoryHotplug(cfg.ResolvedMemoryHotplug(), k), checkDevices(e, cfg, &k))

@@ -23,6 +23,9 @@ const (
 	fallbackTSCkHz = 2_000_000
 )
 
+// SandboxOpts is QEMU's -sandbox argument when Machine.Sandbox is set.
+const SandboxOpts = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
 // ConsoleFD is the file descriptor number of the console pipe in QEMU
 // (the first of exec.Cmd's ExtraFiles) when Machine.ConsoleLogMaxBytes is
 // set.
@@ -41,6 +44,9 @@ func (m Machine) Args() ([]string, error) {
 	// -no-reboot: a guest reboot or panic (panic=-1) ends QEMU instead of
 	// looping, so a dead guest is a dead process that we notice.
 	a.add("-nodefaults", "-no-user-config", "-display", "none", "-no-reboot")
+	if m.Sandbox {
+		a.add("-sandbox", SandboxOpts)
+	}
 	a.add("-machine", m.machineOpts())
 	if m.Paused {
 		a.add("-S")

@@ -149,6 +149,16 @@ func TestArgsParts(t *testing.T) {
 			want:    [][]string{{"-serial", "null"}},
 		},
 		{
+			name:    "sandbox denies obsolete calls, privileges, spawn and resource control",
+			machine: func() Machine { m := baseMachine(Q35, TCG); m.Sandbox = true; return m },
+			want:    [][]string{{"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"}},
+		},
+		{
+			name:    "no sandbox unless asked",
+			machine: func() Machine { return baseMachine(Q35, TCG) },
+			absent:  []string{"-sandbox"},
+		},
+		{
 			name:    "capped console goes through an fd set",
 			machine: func() Machine { m := baseMachine(Q35, TCG); m.ConsoleLogMaxBytes = 1 << 20; return m },
 			want: [][]string{

@@ -85,6 +85,12 @@ type Machine struct {
 	// the file itself, without bound.
 	ConsoleLogMaxBytes int64
 
+	// Sandbox turns on QEMU's own seccomp filter (-sandbox on) denying
+	// obsolete system calls, privilege changes, spawning processes and
+	// resource control (affinity, scheduling, memory policy): a device
+	// emulation bug then cannot exec a shell or regain privileges.
+	Sandbox bool
+
 	// QMPSocket is where QEMU listens for QMP. Berth removes it when the
 	// VM is gone.
 	QMPSocket string

@@ -27,6 +27,11 @@ type StartOptions struct {
 	// Stderr, if set, receives a copy of QEMU's stdout and stderr. Write
 	// errors are ignored; a slow writer slows QEMU's logging.
 	Stderr io.Writer
+	// Credential, if set, runs QEMU as that user and groups instead of
+	// as the caller. Everything QEMU opens by path must then be
+	// accessible to it (the caller prepares that); disks are passed as
+	// descriptors (HotplugBlock).
+	Credential *syscall.Credential
 	// Started, if set, is called with QEMU's pid right after the process
 	// is created and before Start waits for QMP, so that the caller can
 	// move it into a cgroup before the guest's memory is touched. An
@@ -93,8 +98,11 @@ func Start(ctx context.Context, m Machine, opts StartOptions) (*VM, error) {
 	// by hand) away from QEMU: its lifetime is ours to decide.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if opts.DieWithParent {
+		// Go sets the death signal after the credentials, which would
+		// otherwise clear it.
 		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	}
+	cmd.SysProcAttr.Credential = opts.Credential
 	console, err := openConsole(m, cmd)
 	if err != nil {
 		return nil, err

@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -98,6 +99,10 @@ type Sandbox struct {
 	memory memoryState
 	mgmt   io.Closer // management API server
 
+	// confinement is how QEMU runs; vmmUser its uid (nil: root).
+	confinement config.VMMConfinement
+	vmmUser     *vmmUser
+
 	destroyOnce sync.Once
 	destroyErr  error
 }
@@ -106,8 +111,8 @@ type Sandbox struct {
 const (
 	sharedDirName  = "shared"
 	consoleLogName = "console.log"
-	qmpSocketName  = "qmp.sock"
-	agentSockName  = "agent.sock"
+	qmpSocketName  = vmmDirName + "/qmp.sock"
+	agentSockName  = vmmDirName + "/agent.sock"
 	fsSocketName   = "virtiofsd.sock"
 	ownerFileName  = "owner.pid"
 	vmmPidFileName = "vmm.pid"
@@ -152,7 +157,8 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	if err := os.MkdirAll(filepath.Dir(s.dir), 0o711); err != nil {
 		return nil, fmt.Errorf("create %s: %w (check run_dir in the configuration)", filepath.Dir(s.dir), err)
 	}
-	if err := os.Mkdir(s.dir, 0o700); err != nil {
+	// 0711: QEMU's uid reaches the few paths it needs (confine.go).
+	if err := os.Mkdir(s.dir, 0o711); err != nil {
 		if errors.Is(err, os.ErrExist) {
 			return nil, fmt.Errorf("sandbox %q: %w", s.id, errdefs.ErrAlreadyExists)
 		}
@@ -160,6 +166,18 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	}
 	undo.push(func() { removeDir(s.dir) })
 	if err := os.WriteFile(s.path(ownerFileName), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
+		return nil, err
+	}
+	s.confinement = cfg.Confinement(string(transportKind(cfg.Agent.Transport)), len(opts.ColdPlugVFIO) > 0)
+	if s.confinement.Unprivileged {
+		u, err := allocateVMMUser(cfg, s.id)
+		if err != nil {
+			return nil, err
+		}
+		s.vmmUser = u
+		undo.push(u.release) // after QEMU is gone: the stack runs backwards
+	}
+	if err := s.prepareVMMDir(s.vmmUser); err != nil {
 		return nil, err
 	}
 
@@ -197,14 +215,23 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	}
 	s.virtiofsd = fsd
 	undo.push(func() { fsd.stop() })
+	if err := giveToVMM(s.vmmUser, s.path(fsSocketName)); err != nil {
+		return nil, err
+	}
 	if err := cg.Add(ctx, fsd.cmd.Process.Pid); err != nil {
 		return nil, fmt.Errorf("virtiofsd: %w", err)
 	}
 	protectFromOOM(fsd.cmd.Process.Pid)
 
 	log.WithField("accel", m.Accel).WithField("machine", m.Type).WithField("cgroup", cg.Path()).Debug("starting qemu")
+	var cred *syscall.Credential
+	if s.vmmUser != nil {
+		cred = s.vmmUser.credential(m.Accel)
+	}
+	log.WithField("unprivileged", s.confinement.Unprivileged).WithField("root_reason", s.confinement.RootReason).WithField("seccomp", m.Sandbox).Debug("qemu confinement")
 	vm, err := qemu.Start(ctx, m, qemu.StartOptions{
 		DieWithParent: true,
+		Credential:    cred,
 		// Into the cgroup before QEMU loads the kernel and the guest
 		// touches its memory, so that the guest's RAM is charged there.
 		Started: func(pid int) error { return cg.Add(ctx, pid) },
@@ -299,6 +326,7 @@ func (s *Sandbox) machine(opts Options) (qemu.Machine, error) {
 		ConsoleLog:   s.path(consoleLogName),
 		// The guest writes what it likes to its console: capped.
 		ConsoleLogMaxBytes: h.LogMaxBytes(),
+		Sandbox:            h.QEMUSandbox,
 		QMPSocket:          s.path(qmpSocketName),
 		SerialPorts:        []qemu.VirtioSerialPort{{ID: "agent", Name: transport.SerialPortName, SocketPath: s.path(agentSockName)}},
 		FileSystems:        []qemu.VhostUserFS{{ID: "shared", Tag: oci.SharedFSTag, SocketPath: s.path(fsSocketName)}},
@@ -316,6 +344,9 @@ func (s *Sandbox) machine(opts Options) (qemu.Machine, error) {
 		vars := s.path("efivars.fd")
 		if err := copyFile(h.Pflashes[1], vars); err != nil {
 			return m, fmt.Errorf("copy UEFI variable store (hypervisor.pflashes): %w", err)
+		}
+		if err := giveToVMM(s.vmmUser, vars); err != nil {
+			return m, err
 		}
 		m.Pflash = []string{h.Pflashes[0], vars}
 	}
@@ -493,6 +524,8 @@ func (s *Sandbox) destroy(ctx context.Context) error {
 	}
 	s.dialer.Close()
 	s.virtiofsd.stop()
+	// QEMU is reaped (Shutdown or Done above): its uid is free again.
+	defer s.vmmUser.release()
 	// QEMU has been reaped and virtiofsd has exited: the cgroup is empty.
 	if err := s.cgroup.Delete(ctx); err != nil {
 		errs = append(errs, err)
