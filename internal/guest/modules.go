@@ -30,6 +30,8 @@ var DefaultModules = []string{
 	"overlay",
 	"vmw_vsock_virtio_transport",
 	"virtio_scsi",
+	// fw_cfg in sysfs: the agent reads the sandbox secret from it.
+	"qemu_fw_cfg",
 }
 
 // optionalModules may be missing from a kernel without failing a build that

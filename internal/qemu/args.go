@@ -99,6 +99,10 @@ func (m Machine) Args() ([]string, error) {
 		a.add("-device", "virtio-mem-pci,id="+v.ID+",memdev="+v.ID+"-mem,block-size="+strconv.Itoa(v.BlockMiB)+"M,requested-size=0")
 	}
 
+	for _, f := range m.FwCfgFiles {
+		a.add("-fw_cfg", "name="+opt(f.Name)+",file="+opt(f.Path))
+	}
+
 	a.add("-kernel", m.Kernel)
 	if m.Initrd != "" {
 		a.add("-initrd", m.Initrd)

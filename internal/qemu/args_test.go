@@ -154,6 +154,15 @@ func TestArgsParts(t *testing.T) {
 			want:    [][]string{{"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"}},
 		},
 		{
+			name: "fw_cfg files",
+			machine: func() Machine {
+				m := baseMachine(Q35, TCG)
+				m.FwCfgFiles = []FwCfgFile{{"opt/berth/secret", "/run/s/secret"}}
+				return m
+			},
+			want: [][]string{{"-fw_cfg", "name=opt/berth/secret,file=/run/s/secret"}},
+		},
+		{
 			name:    "no sandbox unless asked",
 			machine: func() Machine { return baseMachine(Q35, TCG) },
 			absent:  []string{"-sandbox"},

@@ -59,6 +59,13 @@ type VsockDevice struct {
 	GuestCID uint32
 }
 
+// FwCfgFile is one fw_cfg item from a host file. Names of items that are
+// not QEMU's own must start with "opt/".
+type FwCfgFile struct {
+	Name string
+	Path string
+}
+
 // Machine describes one VM. The zero values of the optional fields mean
 // "absent".
 type Machine struct {
@@ -84,6 +91,11 @@ type Machine struct {
 	// ConsoleLog.1 at this size (internal/logcap). Zero lets QEMU write
 	// the file itself, without bound.
 	ConsoleLogMaxBytes int64
+
+	// FwCfgFiles are files QEMU hands the guest through fw_cfg; the guest
+	// reads them at /sys/firmware/qemu_fw_cfg/by_name/<Name>/raw (with
+	// the qemu_fw_cfg module). QEMU reads each at start.
+	FwCfgFiles []FwCfgFile
 
 	// Sandbox turns on QEMU's own seccomp filter (-sandbox on) denying
 	// obsolete system calls, privilege changes, spawning processes and

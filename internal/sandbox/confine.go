@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/qemu"
+	"github.com/berth-runtime/berth/internal/transport"
 )
 
 // QEMU confinement (docs/security.md#qemu-confinement). A device-emulation
@@ -170,4 +172,24 @@ func checkTraversable(dir string) error {
 			return nil
 		}
 	}
+}
+
+// writeSecret makes the sandbox secret and writes it where only QEMU (its
+// uid, or root) can read it: QEMU passes it to the guest as a fw_cfg file,
+// and the agent then accepts only streams that start with it. Neither the
+// command line nor the environment carries it (both are readable by every
+// local user in /proc).
+func (s *Sandbox) writeSecret() ([]byte, error) {
+	secret := make([]byte, transport.TokenBytes)
+	if _, err := rand.Read(secret); err != nil {
+		return nil, fmt.Errorf("sandbox secret: %w", err)
+	}
+	p := s.path(secretFileName)
+	if err := os.WriteFile(p, secret, 0o400); err != nil {
+		return nil, fmt.Errorf("sandbox secret: %w", err)
+	}
+	if err := giveToVMM(s.vmmUser, p); err != nil {
+		return nil, err
+	}
+	return secret, nil
 }

@@ -102,6 +102,7 @@ type Sandbox struct {
 	// confinement is how QEMU runs; vmmUser its uid (nil: root).
 	confinement config.VMMConfinement
 	vmmUser     *vmmUser
+	secret      []byte // the sandbox secret every agent stream starts with
 
 	destroyOnce sync.Once
 	destroyErr  error
@@ -116,6 +117,7 @@ const (
 	fsSocketName   = "virtiofsd.sock"
 	ownerFileName  = "owner.pid"
 	vmmPidFileName = "vmm.pid"
+	secretFileName = "secret"
 	// MetricsSocketName is where the shim serves the sandbox's Prometheus
 	// metrics (docs/metrics.md); berth monitor looks for it.
 	MetricsSocketName = "metrics.sock"
@@ -180,6 +182,11 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	if err := s.prepareVMMDir(s.vmmUser); err != nil {
 		return nil, err
 	}
+	secret, err := s.writeSecret()
+	if err != nil {
+		return nil, err
+	}
+	s.secret = secret
 
 	shared := s.path(sharedDirName)
 	if err := makeSharedMount(shared); err != nil {
@@ -256,6 +263,8 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	} else {
 		s.dialer = transport.NewSerialDialer(s.path(agentSockName))
 	}
+	// Every stream starts with the sandbox secret (auth.go in transport).
+	s.dialer = transport.WithToken(s.dialer, s.secret)
 	undo.push(func() { s.dialer.Close() })
 	if err := s.connectAgent(ctx); err != nil {
 		return nil, err
@@ -302,7 +311,7 @@ func (s *Sandbox) machine(opts Options) (qemu.Machine, error) {
 		accel = qemu.TCG
 	}
 	kind := transportKind(s.cfg.Agent.Transport)
-	params := agentCmdlineTransport + "=" + string(kind)
+	params := agentCmdlineTransport + "=" + string(kind) + " " + transport.CmdlineAuth + "=1"
 	if mechanismOf(s.cfg) != memory.None {
 		// Hot-plug room puts guest physical memory above 4 GiB, which
 		// makes the kernel reserve a 64 MiB SWIOTLB bounce buffer at boot
@@ -330,6 +339,7 @@ func (s *Sandbox) machine(opts Options) (qemu.Machine, error) {
 		QMPSocket:          s.path(qmpSocketName),
 		SerialPorts:        []qemu.VirtioSerialPort{{ID: "agent", Name: transport.SerialPortName, SocketPath: s.path(agentSockName)}},
 		FileSystems:        []qemu.VhostUserFS{{ID: "shared", Tag: oci.SharedFSTag, SocketPath: s.path(fsSocketName)}},
+		FwCfgFiles:         []qemu.FwCfgFile{{Name: transport.SecretFwCfgName, Path: s.path(secretFileName)}},
 	}
 	if kind == transport.Vsock {
 		if _, err := os.Stat(vhostVsockDevice); err != nil {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -45,6 +46,17 @@ func TestQEMURunsConfined(t *testing.T) {
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		if !strings.Contains(string(cmdline), "-sandbox\x00on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny") {
 			t.Errorf("QEMU %d runs without -sandbox: %s", pid, strings.ReplaceAll(string(cmdline), "\x00", " "))
+		}
+		// The sandbox secret reaches the guest as a fw_cfg file that only
+		// this QEMU's uid (and root) can read, never on a command line.
+		secretRE := regexp.MustCompile("-fw_cfg\x00name=opt/berth/secret,file=([^\x00]+)")
+		sm := secretRE.FindStringSubmatch(string(cmdline))
+		if sm == nil || !strings.Contains(string(cmdline), "berth.auth=1") {
+			t.Errorf("QEMU %d gets no sandbox secret: %s", pid, strings.ReplaceAll(string(cmdline), "\x00", " "))
+		} else if fi, err := os.Stat(sm[1]); err != nil {
+			t.Errorf("secret file: %v", err)
+		} else if st := fi.Sys().(*syscall.Stat_t); fi.Mode().Perm() != 0o400 || m != nil && fmt.Sprint(st.Uid) != m[1] || fi.Size() != 32 {
+			t.Errorf("secret %s: mode %v owner %d size %d, want 0400, QEMU's uid %v, 32 bytes", sm[1], fi.Mode(), st.Uid, fi.Size(), m)
 		}
 	}
 	if len(uids) != 2 {
