@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"regexp"
 	"strings"
 	"syscall"
@@ -67,5 +68,31 @@ func TestQEMURunsConfined(t *testing.T) {
 		if r := ctr(t, "task", "exec", "--exec-id", "e", id, "true"); r.code != 0 {
 			t.Errorf("exec in %s: exit %d: %s", id, r.code, r.stderr)
 		}
+	}
+}
+
+// A block device that backs a file system mounted on the host is never
+// hot-plugged (a privileged pod lists every host disk): the container
+// fails to start, naming the mount, and nothing is left.
+func TestDeviceMountedOnTheHostIsRefused(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	d := newLoopDisk(t)
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", d.dev).CombinedOutput(); err != nil {
+		t.Skipf("mkfs.ext4: %v: %s", err, out)
+	}
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", d.dev, mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mount: %v: %s", err, out)
+	}
+	defer exec.Command("umount", mnt).Run()
+	const id = "dev-mounted"
+	r := ctr(t, "run", "--runtime", berthRuntime, "--rm", "--device", d.dev, busyboxImage, id, "true")
+	cleanupTask(t, id)
+	if r.code == 0 || !strings.Contains(r.stderr, "mounted at "+mnt) {
+		t.Fatalf("ctr run with a mounted host disk: exit %d, stderr %q; want a refusal naming %s", r.code, r.stderr, mnt)
+	}
+	if qemuHolds(d.dev) {
+		t.Errorf("a QEMU holds %s", d.dev)
 	}
 }
