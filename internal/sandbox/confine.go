@@ -54,7 +54,11 @@ type vmmUser struct {
 // range, starting at a hash of the id so that sandboxes rarely probe.
 func allocateVMMUser(cfg *config.Config, id string) (*vmmUser, error) {
 	dir := filepath.Join(cfg.RunDir, vmmUIDLockDir)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// run_dir itself stays searchable (0711): QEMU's uid passes through.
+	if err := os.MkdirAll(cfg.RunDir, 0o711); err != nil {
+		return nil, fmt.Errorf("create %s: %w", cfg.RunDir, err)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !os.IsExist(err) {
 		return nil, fmt.Errorf("create %s: %w", dir, err)
 	}
 	h := fnv.New32a()

@@ -82,6 +82,9 @@ func setup() error {
 		return err
 	}
 	env.runDir = filepath.Join(tmp, "run")
+	if err := os.Mkdir(env.runDir, 0o711); err != nil {
+		return err
+	}
 	env.config = filepath.Join(tmp, "config.toml")
 	// Pods may size their VM (the stats tests need room for a 200 MB
 	// page cache); nothing else is annotatable.
