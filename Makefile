@@ -8,7 +8,10 @@ PREFIX    ?= /usr/local
 ROOTFS    ?= $(BIN)/rootfs-busybox
 # The agent is PID 1 of the guest: a static binary. runc's nsenter needs
 # cgo, so it links glibc statically; osusergo/netgo keep NSS out of it.
-AGENT_TAGS    := osusergo netgo
+# The seccomp tag compiles libcontainer's seccomp support, linking Debian's
+# static libseccomp (libseccomp-dev): without it the agent refuses every
+# container that carries a seccomp profile.
+AGENT_TAGS    := osusergo netgo seccomp
 AGENT_LDFLAGS := -s -w -extldflags -static
 GOFILES := $(shell find . -name '*.go' -not -path './bin/*' 2>/dev/null)
 

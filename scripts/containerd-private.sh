@@ -72,6 +72,8 @@ state = "$dir/state"
     [$cri.containerd.runtimes.berth]
       runtime_type = "io.containerd.berth.v2"
       pod_annotations = ["io.berth.*"]
+      # Privileged pods must not get the host's disks (docs/containerd.md).
+      privileged_without_host_devices = true
     [$cri.containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
 TOML

@@ -3,7 +3,7 @@
 # Idempotent; needs root. The guest kernel is NOT installed: `berth guest
 # build` downloads and unpacks it into Berth's state directory.
 set -euo pipefail
-pkgs=(qemu-system-x86 qemu-system-common qemu-utils busybox-static containerd runc cpio kmod iproute2 procps psmisc containernetworking-plugins iptables)
+pkgs=(qemu-system-x86 qemu-system-common qemu-utils busybox-static containerd runc cpio kmod iproute2 procps psmisc containernetworking-plugins iptables libseccomp-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

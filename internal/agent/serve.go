@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/containerd/ttrpc"
+	"github.com/opencontainers/runc/libcontainer/seccomp"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
@@ -36,6 +37,15 @@ func Serve(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if cmdlineValue(string(cmdline), transport.CmdlineAuth) == "1" {
+		secret, err := readSecret()
+		if err != nil {
+			return err
+		}
+		agentL, stdioL = transport.RequireToken(agentL, secret), transport.RequireToken(stdioL, secret)
+	} else {
+		logrus.Warn("the host gave no sandbox secret (berth.auth): streams are not authenticated")
+	}
 	svc := New(Options{
 		StateRoot:     "/run/berth/libcontainer",
 		PrepareRootfs: (&sharedFS{}).ensure,
@@ -51,8 +61,28 @@ func Serve(ctx context.Context) error {
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ctx, agentL) }()
 	go func() { errc <- svc.ServeStdio(ctx, stdioL) }()
-	logrus.Infof("berth-agent %s serving over %s", Version, kind)
+	logrus.Infof("berth-agent %s serving over %s (seccomp %v)", Version, kind, seccomp.Enabled)
 	return <-errc
+}
+
+// readSecret reads the sandbox secret the host passed through fw_cfg. The
+// qemu_fw_cfg module is loaded at boot; its sysfs tree may take a moment.
+func readSecret() ([]byte, error) {
+	path := "/sys/firmware/qemu_fw_cfg/by_name/" + transport.SecretFwCfgName + "/raw"
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b, err := os.ReadFile(path)
+		if err == nil {
+			if len(b) != transport.TokenBytes {
+				return nil, fmt.Errorf("sandbox secret %s holds %d bytes, want %d", path, len(b), transport.TokenBytes)
+			}
+			return b, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("the host requires authentication (berth.auth=1) but the sandbox secret is unreadable: %w", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func listen(ctx context.Context, kind transport.Kind) (agentL, stdioL net.Listener, err error) {

@@ -224,11 +224,8 @@ func (s *Service) create(ctx context.Context, req *api.CreateRequest) (int, erro
 		// is Berth's failure.
 		return 0, fmt.Errorf("container root %s is missing in the guest: %v: %w", spec.Root.Path, err, errdefs.ErrFailedPrecondition)
 	}
-	if spec.Linux.Seccomp != nil {
-		// The agent is built without libseccomp; the VM is the isolation
-		// boundary (as in Kata, whose guest seccomp is off by default).
-		log(ctx).WithField("container", id).Info("seccomp profile not applied inside the guest")
-		spec.Linux.Seccomp = nil
+	if err := checkSeccomp(spec.Linux.Seccomp); err != nil {
+		return 0, fmt.Errorf("container %q: %w", id, err)
 	}
 	if len(req.Devices) > 0 {
 		if err := applyDevices(ctx, s.devfs(), &spec, req.Devices); err != nil {

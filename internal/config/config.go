@@ -125,6 +125,10 @@ func Default() *Config {
 			DefaultMaxMemoryMiB: 16384,
 			MemoryHotplug:       MemoryHotplugAuto,
 			MemorySlots:         8,
+			LogMaxKiB:           1024,
+			QEMUSandbox:         true,
+			VMMUIDBase:          DefaultVMMUIDBase,
+			VMMUIDCount:         65536,
 		},
 		Devices: Devices{
 			// Two empty root ports cost nothing measurable at boot
@@ -203,6 +207,9 @@ func (c *Config) ResolvedInitrd() string {
 	return filepath.Join(c.StateDir, guestDir, guestInitrdName)
 }
 
+// LogMaxBytes is LogMaxKiB in bytes.
+func (h Hypervisor) LogMaxBytes() int64 { return int64(h.LogMaxKiB) << 10 }
+
 // Config is the whole of Berth's configuration.
 type Config struct {
 	// StateDir holds persistent artefacts: the guest kernel and initramfs
@@ -265,6 +272,16 @@ type Hypervisor struct {
 	MemoryOverheadMiB int `toml:"memory_overhead"`
 	// Pflashes are UEFI images [code, vars] for machine "virt" (arm64).
 	Pflashes []string `toml:"pflashes"`
+	// LogMaxKiB caps each log a guest can write into (console.log,
+	// virtiofsd.log): rotated once to <name>.1 at this size.
+	LogMaxKiB int `toml:"log_max_kib"`
+	// QEMUSandbox turns on QEMU's seccomp filter (-sandbox on,...).
+	QEMUSandbox bool `toml:"qemu_sandbox"`
+	// RunAsRoot runs QEMU as root; by default each sandbox's QEMU runs
+	// as a uid of its own from [VMMUIDBase, VMMUIDBase+VMMUIDCount).
+	RunAsRoot   bool  `toml:"run_as_root"`
+	VMMUIDBase  int64 `toml:"vmm_uid_base"`
+	VMMUIDCount int64 `toml:"vmm_uid_count"`
 }
 
 // Devices configures the VM's PCIe topology and device plugging (q35).

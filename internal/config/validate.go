@@ -117,6 +117,18 @@ func (c *Config) problems() []*KeyError {
 	if h.MemorySlots < 0 || h.MemorySlots > 256 {
 		add(keyError("hypervisor.memory_slots", h.MemorySlots, "is out of range", "use 0 to 256 DIMM slots"))
 	}
+	if h.LogMaxKiB < 16 || h.LogMaxKiB > 1<<20 {
+		add(keyError("hypervisor.log_max_kib", h.LogMaxKiB, "is out of range",
+			"use 16 to 1048576 KiB (the default 1024 keeps 1 MiB of each log, plus one rotated file)"))
+	}
+	switch {
+	case h.VMMUIDBase < 65536 || h.VMMUIDBase > maxUID:
+		add(keyError("hypervisor.vmm_uid_base", h.VMMUIDBase, "is out of range",
+			fmt.Sprintf("use a uid above every real user's and below %d; the default is %d", maxUID, DefaultVMMUIDBase)))
+	case h.VMMUIDCount < 1 || h.VMMUIDBase+h.VMMUIDCount-1 > maxUID:
+		add(keyError("hypervisor.vmm_uid_count", h.VMMUIDCount, "is out of range",
+			fmt.Sprintf("use 1 to %d uids (at least as many as sandboxes run at once)", maxUID-h.VMMUIDBase+1)))
+	}
 	if h.MemoryOverheadMiB < 0 {
 		add(keyError("hypervisor.memory_overhead", h.MemoryOverheadMiB, "is negative", "use 0 or more MiB"))
 	}

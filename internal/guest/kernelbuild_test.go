@@ -78,7 +78,7 @@ func writeCompiledKernel(t *testing.T, dir, release string) {
 		filepath.Join(mod, "modules.builtin"): strings.Join([]string{"kernel/drivers/virtio/virtio_pci.ko", "kernel/drivers/virtio/virtio_mmio.ko",
 			"kernel/drivers/char/virtio_console.ko", "kernel/drivers/block/virtio_blk.ko", "kernel/drivers/virtio/virtio_mem.ko",
 			"kernel/fs/fuse/virtiofs.ko", "kernel/fs/fuse/fuse.ko", "kernel/fs/overlayfs/overlay.ko",
-			"kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko", "kernel/drivers/scsi/virtio_scsi.ko", "kernel/drivers/net/virtio_net.ko"}, "\n") + "\n",
+			"kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko", "kernel/drivers/scsi/virtio_scsi.ko", "kernel/drivers/net/virtio_net.ko", "kernel/drivers/firmware/qemu_fw_cfg.ko"}, "\n") + "\n",
 	}
 	for p, c := range files {
 		if err := os.WriteFile(p, []byte(c), 0o644); err != nil {

@@ -33,6 +33,8 @@ var DefaultModules = []string{
 	// Free page reporting (hypervisor.free_page_reporting, elastic memory).
 	"virtio_balloon",
 	"virtio_net",
+	// fw_cfg in sysfs: the agent reads the sandbox secret from it.
+	"qemu_fw_cfg",
 }
 
 // optionalModules may be missing from a kernel without failing a build that

@@ -54,6 +54,7 @@ type fakeFile struct {
 	dir     bool
 	size    int64
 	content string
+	perm    fs.FileMode // 0: 0755
 }
 
 type fakeInfo struct {
@@ -64,10 +65,14 @@ type fakeInfo struct {
 func (i fakeInfo) Name() string { return i.name }
 func (i fakeInfo) Size() int64  { return i.f.size }
 func (i fakeInfo) Mode() fs.FileMode {
-	if i.f.dir {
-		return fs.ModeDir | 0o755
+	perm := i.f.perm
+	if perm == 0 {
+		perm = 0o755
 	}
-	return 0o755
+	if i.f.dir {
+		return fs.ModeDir | perm
+	}
+	return perm
 }
 func (i fakeInfo) ModTime() time.Time { return time.Time{} }
 func (i fakeInfo) IsDir() bool        { return i.f.dir }

@@ -23,11 +23,35 @@ import (
 // scrapeTimeout bounds the read of one sandbox's socket.
 const scrapeTimeout = 15 * time.Second
 
+// CacheTTL is how long one gathering of every sandbox serves scrapes.
+// Each sandbox read costs calls into its guest; the endpoint must not let
+// whoever can reach it turn a scrape loop into a guest-call loop.
+const CacheTTL = time.Second
+
 // Handler serves the merged metrics of the sandboxes under runDir;
-// socketName is the metrics socket's name in a sandbox directory.
+// socketName is the metrics socket's name in a sandbox directory. Scrapes
+// within CacheTTL of a gathering get its result; concurrent scrapes wait
+// for one gathering.
 func Handler(runDir, socketName string) http.Handler {
+	return handler(filepath.Join(runDir, "sandboxes", "*", socketName), CacheTTL, Gather)
+}
+
+func handler(pattern string, ttl time.Duration, gather func(context.Context, string) []*dto.MetricFamily) http.Handler {
+	var (
+		mu   sync.Mutex
+		at   time.Time
+		last []*dto.MetricFamily
+	)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fams := Gather(r.Context(), filepath.Join(runDir, "sandboxes", "*", socketName))
+		mu.Lock()
+		if last == nil || time.Since(at) >= ttl {
+			// Not the request's context: the result serves others too.
+			ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+			last, at = gather(ctx, pattern), time.Now()
+			cancel()
+		}
+		fams := last
+		mu.Unlock()
 		w.Header().Set("Content-Type", string(expfmt.FmtText))
 		enc := expfmt.NewEncoder(w, expfmt.FmtText)
 		for _, f := range fams {

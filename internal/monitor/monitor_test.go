@@ -9,7 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
 )
 
 // fakeShim serves body on dir/metrics.sock as a shim would.
@@ -54,5 +59,37 @@ func TestHandlerMergesSandboxes(t *testing.T) {
 	}
 	if n := strings.Count(body, "# TYPE berth_container_memory_working_set_bytes"); n != 1 {
 		t.Errorf("family declared %d times, want once:\n%s", n, body)
+	}
+}
+
+// Scrapes in quick succession, even many at once, read the sandboxes once
+// per CacheTTL, not once each.
+func TestHandlerServesScrapesFromAShortCache(t *testing.T) {
+	var gathers atomic.Int64
+	gather := func(ctx context.Context, pattern string) []*dto.MetricFamily {
+		gathers.Add(1)
+		return []*dto.MetricFamily{gauge("berth_monitor_sandboxes", "n", 1)}
+	}
+	h := handler("unused", 200*time.Millisecond, gather)
+	var wg sync.WaitGroup
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+			if !strings.Contains(rec.Body.String(), "berth_monitor_sandboxes 1") {
+				t.Errorf("scrape body %q", rec.Body.String())
+			}
+		}()
+	}
+	wg.Wait()
+	if n := gathers.Load(); n != 1 {
+		t.Errorf("50 concurrent scrapes gathered %d times, want 1", n)
+	}
+	time.Sleep(250 * time.Millisecond)
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/metrics", nil))
+	if n := gathers.Load(); n != 2 {
+		t.Errorf("a scrape after the TTL gathered %d times in all, want 2", n)
 	}
 }

@@ -19,9 +19,22 @@ const (
 	serialCtlID    = "berth-vser0"
 	vsockID        = "berth-vsock"
 	chardevPrefix  = "char-" // chardev of the device with the same ID
+	consoleFdSet   = 1
 	tcgTBSizeMiB   = 256
 	fallbackTSCkHz = 2_000_000
 )
+
+// SandboxOpts is QEMU's -sandbox argument when Machine.Sandbox is set.
+const SandboxOpts = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+// ConsoleFD is the file descriptor number of the console pipe in QEMU
+// (the first of exec.Cmd's ExtraFiles) when Machine.ConsoleLogMaxBytes is
+// set.
+const ConsoleFD = 3
+
+// consoleCapped says whether the console goes through the capped-log pipe
+// (ConsoleFD) rather than straight into ConsoleLog.
+func (m Machine) consoleCapped() bool { return m.ConsoleLog != "" && m.ConsoleLogMaxBytes > 0 }
 
 // Args returns QEMU's argv after the binary. The same Machine always gives
 // the same arguments, in the same order.
@@ -36,6 +49,9 @@ func (m Machine) Args() ([]string, error) {
 	// -no-reboot: a guest reboot or panic (panic=-1) ends QEMU instead of
 	// looping, so a dead guest is a dead process that we notice.
 	a.add("-nodefaults", "-no-user-config", "-display", "none", "-no-reboot")
+	if m.Sandbox {
+		a.add("-sandbox", SandboxOpts)
+	}
 	a.add("-machine", m.machineOpts())
 	if m.Paused {
 		a.add("-S")
@@ -88,6 +104,10 @@ func (m Machine) Args() ([]string, error) {
 		a.add("-device", "virtio-mem-pci,id="+v.ID+",memdev="+v.ID+"-mem,block-size="+strconv.Itoa(v.BlockMiB)+"M,requested-size=0")
 	}
 
+	for _, f := range m.FwCfgFiles {
+		a.add("-fw_cfg", "name="+opt(f.Name)+",file="+opt(f.Path))
+	}
+
 	a.add("-kernel", m.Kernel)
 	if m.Initrd != "" {
 		a.add("-initrd", m.Initrd)
@@ -96,7 +116,14 @@ func (m Machine) Args() ([]string, error) {
 
 	// The console is always an ISA 16550 at 0x3f8 (ttyS0), on both
 	// machines, so the guest behaves the same with and without a log.
-	if m.ConsoleLog != "" {
+	if m.consoleCapped() {
+		// QEMU opens /dev/fdset/N by duplicating the set's descriptor.
+		// QEMU 7.2 fails that open with EINVAL unless append=on (the
+		// default O_TRUNC does not match the pipe's flags).
+		a.add("-add-fd", "fd="+strconv.Itoa(ConsoleFD)+",set="+strconv.Itoa(consoleFdSet))
+		a.add("-chardev", "file,id="+consoleID+",path=/dev/fdset/"+strconv.Itoa(consoleFdSet)+",append=on")
+		a.add("-serial", "chardev:"+consoleID)
+	} else if m.ConsoleLog != "" {
 		a.add("-chardev", "file,id="+consoleID+",path="+opt(m.ConsoleLog))
 		a.add("-serial", "chardev:"+consoleID)
 	} else {

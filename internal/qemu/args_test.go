@@ -153,6 +153,33 @@ func TestArgsParts(t *testing.T) {
 			want:    [][]string{{"-serial", "null"}},
 		},
 		{
+			name:    "sandbox denies obsolete calls, privileges, spawn and resource control",
+			machine: func() Machine { m := baseMachine(Q35, TCG); m.Sandbox = true; return m },
+			want:    [][]string{{"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"}},
+		},
+		{
+			name: "fw_cfg files",
+			machine: func() Machine {
+				m := baseMachine(Q35, TCG)
+				m.FwCfgFiles = []FwCfgFile{{"opt/berth/secret", "/run/s/secret"}}
+				return m
+			},
+			want: [][]string{{"-fw_cfg", "name=opt/berth/secret,file=/run/s/secret"}},
+		},
+		{
+			name:    "no sandbox unless asked",
+			machine: func() Machine { return baseMachine(Q35, TCG) },
+			absent:  []string{"-sandbox"},
+		},
+		{
+			name:    "capped console goes through an fd set",
+			machine: func() Machine { m := baseMachine(Q35, TCG); m.ConsoleLogMaxBytes = 1 << 20; return m },
+			want: [][]string{
+				{"-add-fd", "fd=3,set=1"},
+				{"-chardev", "file,id=berth-console,path=/dev/fdset/1,append=on", "-serial", "chardev:berth-console"},
+			},
+		},
+		{
 			name: "commas in paths and names are escaped",
 			machine: func() Machine {
 				m := baseMachine(Q35, TCG)

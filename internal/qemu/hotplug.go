@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/berth-runtime/berth/internal/qemu/qmp"
 )
@@ -86,14 +89,29 @@ func (v *VM) HotplugBlock(ctx context.Context, d BlockDevice) error {
 	if err != nil {
 		return err
 	}
+	// The host opens the disk and hands QEMU the descriptor (add-fd):
+	// QEMU may run as an unprivileged user that cannot open host disks
+	// (hypervisor.run_as_root), and what QEMU gets is exactly the file
+	// the host checked, not whatever the path names a moment later.
+	f, err := openBlock(d)
+	if err != nil {
+		return err
+	}
 	proto := "file"
-	if st, err := os.Stat(d.Path); err != nil {
+	if st, err := f.Stat(); err != nil {
+		f.Close()
 		return fmt.Errorf("block device %q: %w", d.ID, err)
 	} else if st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0 {
 		proto = "host_device"
 	}
-	add := qmpBlockdevAdd{Driver: "raw", NodeName: d.nodeName(), ReadOnly: d.ReadOnly, File: qmpBlockdevFile{Driver: proto, Filename: d.Path}}
+	set, err := v.addFd(ctx, c, f)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("hot-plug disk %q (%s): %w", d.ID, d.Path, err)
+	}
+	add := qmpBlockdevAdd{Driver: "raw", NodeName: d.nodeName(), ReadOnly: d.ReadOnly, File: qmpBlockdevFile{Driver: proto, Filename: "/dev/fdset/" + strconv.Itoa(set)}}
 	if err := c.Execute(ctx, "blockdev-add", add, nil); err != nil {
+		v.removeFd(context.WithoutCancel(ctx), c, set)
 		return fmt.Errorf("hot-plug disk %q (%s): %w", d.ID, d.Path, err)
 	}
 	dev := qmpDeviceAdd{Driver: "virtio-blk-pci", ID: d.ID, Bus: d.Bus, Addr: hexSlot(d.Addr), Drive: d.nodeName()}
@@ -108,9 +126,57 @@ func (v *VM) HotplugBlock(ctx context.Context, d BlockDevice) error {
 		if derr := c.Execute(bg, "blockdev-del", qmpNodeName{d.nodeName()}, nil); derr != nil {
 			err = errors.Join(err, fmt.Errorf("rolling back blockdev-add: %w", derr))
 		}
+		v.removeFd(bg, c, set)
 		return fmt.Errorf("hot-plug disk %q into %s: %w", d.ID, d.Bus, err)
 	}
+	v.mu.Lock()
+	if v.blockFdSets == nil {
+		v.blockFdSets = map[string]int{}
+	}
+	v.blockFdSets[d.ID] = set
+	v.mu.Unlock()
 	return nil
+}
+
+// openBlock opens a disk for QEMU with the access it will use.
+func openBlock(d BlockDevice) (*os.File, error) {
+	flags := os.O_RDWR
+	if d.ReadOnly {
+		flags = os.O_RDONLY
+	}
+	f, err := os.OpenFile(d.Path, flags|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("block device %q: %w", d.ID, err)
+	}
+	return f, nil
+}
+
+// firstBlockFdSet is the first fd set id used for disks (set 1 is the
+// console's).
+const firstBlockFdSet = 16
+
+// addFd passes f to QEMU into a new fd set and returns the set's id.
+func (v *VM) addFd(ctx context.Context, c *qmp.Client, f *os.File) (int, error) {
+	v.mu.Lock()
+	if v.nextFdSet < firstBlockFdSet {
+		v.nextFdSet = firstBlockFdSet
+	}
+	set := v.nextFdSet
+	v.nextFdSet++
+	v.mu.Unlock()
+	var ret struct {
+		FdsetID int `json:"fdset-id"`
+	}
+	if err := c.ExecuteWithFile(ctx, "add-fd", map[string]int{"fdset-id": set}, &ret, f); err != nil {
+		return 0, err
+	}
+	return ret.FdsetID, nil
+}
+
+// removeFd drops QEMU's fd set; QEMU closes the descriptor once no block
+// node uses it any more.
+func (v *VM) removeFd(ctx context.Context, c *qmp.Client, set int) error {
+	return c.Execute(ctx, "remove-fd", map[string]int{"fdset-id": set}, nil)
 }
 
 // UnplugBlock removes a disk added by HotplugBlock: device_del, wait for
@@ -126,6 +192,15 @@ func (v *VM) UnplugBlock(ctx context.Context, d BlockDevice) error {
 	}
 	if err := c.Execute(ctx, "blockdev-del", qmpNodeName{d.nodeName()}, nil); err != nil {
 		return fmt.Errorf("release disk %q: %w", d.ID, err)
+	}
+	v.mu.Lock()
+	set, ok := v.blockFdSets[d.ID]
+	delete(v.blockFdSets, d.ID)
+	v.mu.Unlock()
+	if ok {
+		if err := v.removeFd(ctx, c, set); err != nil {
+			return fmt.Errorf("release disk %q: %w", d.ID, err)
+		}
 	}
 	return nil
 }

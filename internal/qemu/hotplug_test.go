@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/berth-runtime/berth/internal/qemu/qmp"
 )
 
@@ -91,7 +93,9 @@ type scriptedQMP struct {
 
 func newVMWithQMP(t *testing.T, replies map[string][]string) (*VM, *scriptedQMP) {
 	t.Helper()
-	clientEnd, serverEnd := net.Pipe()
+	// A unix socket pair, as QEMU's QMP socket is: disks are passed to
+	// QEMU as descriptors (add-fd).
+	clientEnd, serverEnd := unixPair(t)
 	p := &scriptedQMP{t: t, replies: replies, got: make(chan string, 100)}
 	go func() {
 		r := bufio.NewReader(serverEnd)
@@ -112,6 +116,9 @@ func newVMWithQMP(t *testing.T, replies map[string][]string) (*VM, *scriptedQMP)
 			}
 			p.got <- strings.TrimSpace(line)
 			out := []string{`{"return": {}, "id": $ID}`}
+			if req.Execute == "add-fd" {
+				out = []string{`{"return": {"fdset-id": 16, "fd": 9}, "id": $ID}`}
+			}
 			if q := p.replies[req.Execute]; len(q) > 0 {
 				out = strings.Split(q[0], "\n")
 				p.replies[req.Execute] = q[1:]
@@ -128,6 +135,25 @@ func newVMWithQMP(t *testing.T, replies map[string][]string) (*VM, *scriptedQMP)
 	}
 	t.Cleanup(func() { c.Close(); serverEnd.Close() })
 	return &VM{client: c, pid: 4242, done: make(chan struct{})}, p
+}
+
+func unixPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "qmp")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+	}
+	return conns[0], conns[1]
 }
 
 func (p *scriptedQMP) sent() []string {
@@ -173,10 +199,12 @@ func TestHotplugAndUnplugBlockQMP(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{
-		`{"execute":"blockdev-add","arguments":{"driver":"raw","node-name":"drive-blk0","read-only":false,"file":{"driver":"file","filename":"` + disk + `"}}}`,
+		`{"execute":"add-fd","arguments":{"fdset-id":16}}`,
+		`{"execute":"blockdev-add","arguments":{"driver":"raw","node-name":"drive-blk0","read-only":false,"file":{"driver":"file","filename":"/dev/fdset/16"}}}`,
 		`{"execute":"device_add","arguments":{"driver":"virtio-blk-pci","id":"blk0","bus":"rp0","addr":"0x00","drive":"drive-blk0"}}`,
 		`{"execute":"device_del","arguments":{"id":"blk0"}}`,
 		`{"execute":"blockdev-del","arguments":{"node-name":"drive-blk0"}}`,
+		`{"execute":"remove-fd","arguments":{"fdset-id":16}}`,
 	}
 	if got := p.sent(); strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("QMP sent:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -192,7 +220,7 @@ func TestHotplugBlockRollsBackNode(t *testing.T) {
 		t.Fatalf("HotplugBlock = %v", err)
 	}
 	got := p.sent()
-	if len(got) != 3 || !strings.Contains(got[2], `"blockdev-del"`) {
+	if len(got) != 5 || !strings.Contains(got[3], `"blockdev-del"`) || !strings.Contains(got[4], `"remove-fd"`) {
 		t.Errorf("after a failed device_add the node must be deleted; sent %v", got)
 	}
 }

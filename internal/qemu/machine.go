@@ -59,6 +59,13 @@ type VsockDevice struct {
 	GuestCID uint32
 }
 
+// FwCfgFile is one fw_cfg item from a host file. Names of items that are
+// not QEMU's own must start with "opt/".
+type FwCfgFile struct {
+	Name string
+	Path string
+}
+
 // Machine describes one VM. The zero values of the optional fields mean
 // "absent".
 type Machine struct {
@@ -78,6 +85,23 @@ type Machine struct {
 	// ConsoleLog is a file that receives the guest's serial console
 	// (ttyS0); it is truncated at start. Empty discards the console.
 	ConsoleLog string
+	// ConsoleLogMaxBytes, when positive, caps ConsoleLog: QEMU writes
+	// the console into a pipe (file descriptor ConsoleFD, passed with
+	// -add-fd) and Start copies it into ConsoleLog, rotated to
+	// ConsoleLog.1 at this size (internal/logcap). Zero lets QEMU write
+	// the file itself, without bound.
+	ConsoleLogMaxBytes int64
+
+	// FwCfgFiles are files QEMU hands the guest through fw_cfg; the guest
+	// reads them at /sys/firmware/qemu_fw_cfg/by_name/<Name>/raw (with
+	// the qemu_fw_cfg module). QEMU reads each at start.
+	FwCfgFiles []FwCfgFile
+
+	// Sandbox turns on QEMU's own seccomp filter (-sandbox on) denying
+	// obsolete system calls, privilege changes, spawning processes and
+	// resource control (affinity, scheduling, memory policy): a device
+	// emulation bug then cannot exec a shell or regain privileges.
+	Sandbox bool
 
 	// QMPSocket is where QEMU listens for QMP. Berth removes it when the
 	// VM is gone.

@@ -27,11 +27,18 @@ type NetDevice struct {
 // maxNetMTU is the largest host_mtu QEMU accepts (a 64 KiB frame).
 const maxNetMTU = 65535
 
-// extraFileFD is the descriptor number the child sees for ExtraFiles[i].
-func extraFileFD(i int) int { return 3 + i }
+// tapFD is the descriptor number QEMU sees for the i-th NIC's tap: taps
+// follow the console pipe (ConsoleFD) when the console is capped, and
+// start at 3 (the first of exec.Cmd's ExtraFiles) otherwise.
+func (m Machine) tapFD(i int) int {
+	if m.consoleCapped() {
+		return ConsoleFD + 1 + i
+	}
+	return 3 + i
+}
 
-// extraFiles are the descriptors Start hands to QEMU, in the order Args
-// numbers them.
+// extraFiles are the tap descriptors Start hands to QEMU after the console
+// pipe, in the order Args numbers them.
 func (m Machine) extraFiles() []*os.File {
 	var files []*os.File
 	for _, n := range m.NetDevices {
@@ -62,7 +69,7 @@ func (m Machine) validateNet(bad func(field, format string, args ...any), checkI
 // descriptor numbers follow extraFiles.
 func (m Machine) netArgs(a *argv) {
 	for i, n := range m.NetDevices {
-		a.add("-netdev", "tap,id="+chardevPrefix+n.ID+",fd="+strconv.Itoa(extraFileFD(i)))
+		a.add("-netdev", "tap,id="+chardevPrefix+n.ID+",fd="+strconv.Itoa(m.tapFD(i)))
 		dev := m.virtioDev("virtio-net") + ",id=" + n.ID + ",netdev=" + chardevPrefix + n.ID + ",mac=" + n.MAC.String()
 		if n.MTU > 0 {
 			dev += ",host_mtu=" + strconv.Itoa(n.MTU)

@@ -71,3 +71,20 @@ func TestValidateNetDevices(t *testing.T) {
 		}
 	}
 }
+
+// With a capped console its pipe is QEMU's fd 3, and the taps follow: a
+// tap numbered 3 would hand QEMU the console pipe as its network.
+func TestTapsFollowTheConsolePipe(t *testing.T) {
+	mac, _ := net.ParseMAC("0a:58:0a:58:00:05")
+	m := baseMachine(Q35, TCG)
+	m.ConsoleLog, m.ConsoleLogMaxBytes = "/run/x/console.log", 1<<20
+	m.NetDevices = []NetDevice{{ID: "net0", Tap: os.NewFile(100, "tap0"), MAC: mac}}
+	got, err := m.Args()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.Join(got, " ")
+	if !strings.Contains(s, "-add-fd fd=3,") || !strings.Contains(s, "-netdev tap,id=char-net0,fd=4") {
+		t.Errorf("console and tap descriptors collide: %s", s)
+	}
+}

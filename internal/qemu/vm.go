@@ -27,6 +27,11 @@ type StartOptions struct {
 	// Stderr, if set, receives a copy of QEMU's stdout and stderr. Write
 	// errors are ignored; a slow writer slows QEMU's logging.
 	Stderr io.Writer
+	// Credential, if set, runs QEMU as that user and groups instead of
+	// as the caller. Everything QEMU opens by path must then be
+	// accessible to it (the caller prepares that); disks are passed as
+	// descriptors (HotplugBlock).
+	Credential *syscall.Credential
 	// Started, if set, is called with QEMU's pid right after the process
 	// is created and before Start waits for QMP, so that the caller can
 	// move it into a cgroup before the guest's memory is touched. An
@@ -40,11 +45,16 @@ type VM struct {
 	cmd     *exec.Cmd
 	pid     int
 	output  *tailWriter
-	sockets []string // QEMU-created sockets to remove once it is gone
+	console *consoleRelay // nil unless the console log is capped
+	sockets []string      // QEMU-created sockets to remove once it is gone
 
 	mu     sync.Mutex
 	client *qmp.Client
 	reaped bool
+	// nextFdSet and blockFdSets track the fd sets of hot-plugged disks
+	// (hotplug.go), by device ID.
+	nextFdSet   int
+	blockFdSets map[string]int
 
 	done    chan struct{}
 	exitErr error // set before done is closed
@@ -80,7 +90,6 @@ func Start(ctx context.Context, m Machine, opts StartOptions) (*VM, error) {
 	out := newTailWriter(opts.Stderr)
 	cmd.Stdout = out
 	cmd.Stderr = out
-	cmd.ExtraFiles = m.extraFiles()
 	// Wait normally returns once QEMU's output is drained; should a
 	// helper QEMU started keep the pipe open, don't let that keep a dead
 	// VM looking alive.
@@ -89,17 +98,30 @@ func Start(ctx context.Context, m Machine, opts StartOptions) (*VM, error) {
 	// by hand) away from QEMU: its lifetime is ours to decide.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if opts.DieWithParent {
+		// Go sets the death signal after the credentials, which would
+		// otherwise clear it.
 		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	}
+	cmd.SysProcAttr.Credential = opts.Credential
+	// The console pipe is ConsoleFD (the first extra file); the taps
+	// follow it (tapFD).
+	console, err := openConsole(m, cmd)
+	if err != nil {
+		return nil, err
+	}
+	cmd.ExtraFiles = append(cmd.ExtraFiles, m.extraFiles()...)
 	if err := cmd.Start(); err != nil {
+		console.abort()
 		return nil, fmt.Errorf("starting qemu %s: %w", m.Binary, err)
 	}
+	console.started()
 
 	v := &VM{
 		machine: m,
 		cmd:     cmd,
 		pid:     cmd.Process.Pid,
 		output:  out,
+		console: console,
 		sockets: []string{m.QMPSocket},
 		done:    make(chan struct{}),
 	}
@@ -205,6 +227,7 @@ func (v *VM) connectQMP(ctx context.Context, path string) (*qmp.Client, error) {
 func (v *VM) wait() {
 	err := v.cmd.Wait() // returns after stdout/stderr are drained
 	exitErr := v.describeExit(err)
+	v.console.wait()
 
 	v.mu.Lock()
 	v.reaped = true

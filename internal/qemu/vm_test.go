@@ -197,6 +197,34 @@ func TestGuestPanicEndsQEMU(t *testing.T) {
 	assertGone(t, v, m)
 }
 
+// A guest console capped at 8 KiB (a kernel boot writes far more) keeps
+// the latest output, up to the panic that ends the VM, within the cap.
+func TestCappedConsoleLogKeepsTheEnd(t *testing.T) {
+	bin := requireQEMU(t)
+	kernel := requireKernel(t)
+	m := testMachine(t, bin, kernel, MicroVM)
+	m.KernelParams = "loglevel=8"
+	m.ConsoleLogMaxBytes = 8 << 10
+	v := startVM(t, m)
+	select {
+	case <-v.Done():
+	case <-time.After(60 * time.Second):
+		t.Fatal("QEMU still running a minute after the guest should have panicked")
+	}
+	cur, _ := os.ReadFile(m.ConsoleLog)
+	old, err := os.ReadFile(m.ConsoleLog + ".1")
+	if err != nil {
+		t.Fatalf("no rotated console log: %v (current holds %d bytes)", err, len(cur))
+	}
+	if len(cur) > 8<<10 || len(old) > 8<<10 {
+		t.Errorf("console logs hold %d and %d bytes, cap 8 KiB", len(cur), len(old))
+	}
+	if !bytes.Contains(append(old, cur...), []byte("Kernel panic")) {
+		t.Errorf("capped console lost the end of the output:\n%s", tail(cur, 2000))
+	}
+	assertGone(t, v, m)
+}
+
 func TestKilledQEMU(t *testing.T) {
 	bin := requireQEMU(t)
 	kernel := requireKernel(t)
@@ -636,4 +664,49 @@ func TestVsockArgs(t *testing.T) {
 			assertGone(t, v, m)
 		})
 	}
+}
+
+// A QEMU under -sandbox and running as an unprivileged uid boots, and the
+// kernel confirms both: its uid is not root and seccomp is in filter mode.
+func TestSandboxedUnprivilegedQEMUBoots(t *testing.T) {
+	bin := requireQEMU(t)
+	kernel := requireKernel(t)
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to start QEMU as another uid")
+	}
+	const uid = 0x70000000 + 4242
+	m := testMachine(t, bin, kernel, Q35)
+	m.Sandbox = true
+	m.ConsoleLogMaxBytes = 1 << 20
+	dir := filepath.Dir(m.QMPSocket)
+	if err := os.Chown(dir, uid, uid); err != nil {
+		t.Fatal(err)
+	}
+	// t.TempDir's parent is 0700: let the uid through (not list it).
+	if err := os.Chmod(filepath.Dir(dir), 0o711); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var stderr bytes.Buffer
+	v, err := Start(ctx, m, StartOptions{DieWithParent: true, Stderr: &lockedWriter{w: &stderr},
+		Credential: &syscall.Credential{Uid: uid, Gid: uid, Groups: []uint32{}}})
+	if err != nil {
+		t.Fatalf("Start: %v\n%s", err, stderr.String())
+	}
+	t.Cleanup(func() { v.Kill() })
+	waitForFile(t, m.ConsoleLog, "Linux version", 30*time.Second, time.Now())
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", v.Pid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{fmt.Sprintf("Uid:\t%d\t%d\t%d\t%d", uid, uid, uid, uid), "Seccomp:\t2", "CapEff:\t0000000000000000"} {
+		if !strings.Contains(string(status), want) {
+			t.Errorf("QEMU's /proc status lacks %q:\n%s", want, status)
+		}
+	}
+	if err := v.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	assertGone(t, v, m)
 }

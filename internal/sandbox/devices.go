@@ -107,6 +107,9 @@ func (q qemuPlugger) unplugCtx(ctx context.Context) (context.Context, context.Ca
 }
 
 func (q qemuPlugger) PlugBlock(ctx context.Context, a device.BlockAttachment) error {
+	if err := refuseMountedBlock(a.Block.HostPath); err != nil {
+		return err
+	}
 	return q.hp.HotplugBlock(ctx, blockDevice(a))
 }
 

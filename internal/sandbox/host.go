@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/encoding/protodelim"
 
 	api "github.com/berth-runtime/berth/api/agent/v1"
+	"github.com/berth-runtime/berth/internal/logcap"
 )
 
 // unmount detaches a mount point; a path that is not mounted (or gone) is
@@ -35,16 +36,18 @@ type virtiofsd struct {
 	done chan struct{}
 	// waitErr is how it ended; set before done is closed.
 	waitErr  error
-	log      *os.File
+	log      *logcap.File
 	stopOnce sync.Once
 }
 
 // startVirtiofsd starts virtiofsd on source and waits for its socket.
 // It dies with its parent (Pdeathsig) and exits on its own when QEMU
 // disconnects.
-func startVirtiofsd(ctx context.Context, bin, socket, source, cache string) (*virtiofsd, error) {
+// Its log is capped at logMaxBytes (hypervisor.log_max_kib): virtiofsd
+// logs about requests the guest makes.
+func startVirtiofsd(ctx context.Context, bin, socket, source, cache string, logMaxBytes int64) (*virtiofsd, error) {
 	logPath := strings.TrimSuffix(socket, ".sock") + ".log"
-	logFile, err := os.Create(logPath)
+	logFile, err := logcap.Create(logPath, logMaxBytes)
 	if err != nil {
 		return nil, err
 	}
@@ -53,7 +56,10 @@ func startVirtiofsd(ctx context.Context, bin, socket, source, cache string) (*vi
 	// need no capability and still work.
 	args := append([]string{"--socket-path=" + socket, "-o", "source=" + source, "-o", "cache=" + cache, "-o", "modcaps=-mknod"}, announceSubmountsArgs(bin)...)
 	cmd := exec.Command(bin, args...)
+	// Through a pipe that exec copies into the capped log; Wait returns
+	// once the copy is done, or a second after virtiofsd exited.
 	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.WaitDelay = time.Second
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()

@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -117,6 +118,11 @@ type Sandbox struct {
 	// memFloor is what a resize must leave (floor.go).
 	memFloor atomic.Pointer[func() int]
 
+	// confinement is how QEMU runs; vmmUser its uid (nil: root).
+	confinement config.VMMConfinement
+	vmmUser     *vmmUser
+	secret      []byte // the sandbox secret every agent stream starts with
+
 	destroyOnce sync.Once
 	destroyErr  error
 }
@@ -128,11 +134,12 @@ const (
 	// guest sees it only through the read-only shared directory.
 	mountsDirName  = "mounts"
 	consoleLogName = "console.log"
-	qmpSocketName  = "qmp.sock"
-	agentSockName  = "agent.sock"
+	qmpSocketName  = vmmDirName + "/qmp.sock"
+	agentSockName  = vmmDirName + "/agent.sock"
 	fsSocketName   = "virtiofsd.sock"
 	ownerFileName  = "owner.pid"
 	vmmPidFileName = "vmm.pid"
+	secretFileName = "secret"
 	// MetricsSocketName is where the shim serves the sandbox's Prometheus
 	// metrics (docs/metrics.md); berth monitor looks for it.
 	MetricsSocketName = "metrics.sock"
@@ -174,7 +181,8 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	if err := os.MkdirAll(filepath.Dir(s.dir), 0o711); err != nil {
 		return nil, fmt.Errorf("create %s: %w (check run_dir in the configuration)", filepath.Dir(s.dir), err)
 	}
-	if err := os.Mkdir(s.dir, 0o700); err != nil {
+	// 0711: QEMU's uid reaches the few paths it needs (confine.go).
+	if err := os.Mkdir(s.dir, 0o711); err != nil {
 		if errors.Is(err, os.ErrExist) {
 			return nil, fmt.Errorf("sandbox %q: %w", s.id, errdefs.ErrAlreadyExists)
 		}
@@ -184,6 +192,23 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	if err := os.WriteFile(s.path(ownerFileName), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
 		return nil, err
 	}
+	s.confinement = cfg.Confinement(string(transportKind(cfg.Agent.Transport)), len(opts.ColdPlugVFIO) > 0)
+	if s.confinement.Unprivileged {
+		u, err := allocateVMMUser(cfg, s.id)
+		if err != nil {
+			return nil, err
+		}
+		s.vmmUser = u
+		undo.push(u.release) // after QEMU is gone: the stack runs backwards
+	}
+	if err := s.prepareVMMDir(s.vmmUser); err != nil {
+		return nil, err
+	}
+	secret, err := s.writeSecret()
+	if err != nil {
+		return nil, err
+	}
+	s.secret = secret
 
 	shared := s.path(sharedDirName)
 	tree, err := hostmount.New(s.path(mountsDirName), shared)
@@ -218,20 +243,29 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 		}
 	})
 
-	fsd, err := startVirtiofsd(ctx, cfg.Hypervisor.VirtiofsdPath, s.path(fsSocketName), shared, cfg.Hypervisor.VirtiofsCache)
+	fsd, err := startVirtiofsd(ctx, cfg.Hypervisor.VirtiofsdPath, s.path(fsSocketName), shared, cfg.Hypervisor.VirtiofsCache, cfg.Hypervisor.LogMaxBytes())
 	if err != nil {
 		return nil, err
 	}
 	s.virtiofsd = fsd
 	undo.push(func() { fsd.stop() })
+	if err := giveToVMM(s.vmmUser, s.path(fsSocketName)); err != nil {
+		return nil, err
+	}
 	if err := cg.Add(ctx, fsd.cmd.Process.Pid); err != nil {
 		return nil, fmt.Errorf("virtiofsd: %w", err)
 	}
 	protectFromOOM(fsd.cmd.Process.Pid)
 
 	log.WithField("accel", m.Accel).WithField("machine", m.Type).WithField("cgroup", cg.Path()).Debug("starting qemu")
+	var cred *syscall.Credential
+	if s.vmmUser != nil {
+		cred = s.vmmUser.credential(m.Accel)
+	}
+	log.WithField("unprivileged", s.confinement.Unprivileged).WithField("root_reason", s.confinement.RootReason).WithField("seccomp", m.Sandbox).Debug("qemu confinement")
 	vm, err := qemu.Start(ctx, m, qemu.StartOptions{
 		DieWithParent: true,
+		Credential:    cred,
 		// Into the cgroup before QEMU loads the kernel and the guest
 		// touches its memory, so that the guest's RAM is charged there.
 		Started: func(pid int) error { return cg.Add(ctx, pid) },
@@ -260,6 +294,8 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	} else {
 		s.dialer = transport.NewSerialDialer(s.path(agentSockName))
 	}
+	// Every stream starts with the sandbox secret (auth.go in transport).
+	s.dialer = transport.WithToken(s.dialer, s.secret)
 	undo.push(func() { s.dialer.Close() })
 	if err := s.connectAgent(ctx); err != nil {
 		return nil, err
@@ -303,7 +339,7 @@ func (s *Sandbox) machine(opts Options) (qemu.Machine, error) {
 		accel = qemu.TCG
 	}
 	kind := transportKind(s.cfg.Agent.Transport)
-	params := agentCmdlineTransport + "=" + string(kind)
+	params := agentCmdlineTransport + "=" + string(kind) + " " + transport.CmdlineAuth + "=1"
 	if mechanismOf(s.cfg) != memory.None {
 		// Hot-plug room puts guest physical memory above 4 GiB, which
 		// makes the kernel reserve a 64 MiB SWIOTLB bounce buffer at boot
@@ -328,9 +364,13 @@ func (s *Sandbox) machine(opts Options) (qemu.Machine, error) {
 		Initrd:       s.cfg.Guest.Initrd,
 		KernelParams: params,
 		ConsoleLog:   s.path(consoleLogName),
-		QMPSocket:    s.path(qmpSocketName),
-		SerialPorts:  []qemu.VirtioSerialPort{{ID: "agent", Name: transport.SerialPortName, SocketPath: s.path(agentSockName)}},
-		FileSystems:  []qemu.VhostUserFS{{ID: "shared", Tag: oci.SharedFSTag, SocketPath: s.path(fsSocketName)}},
+		// The guest writes what it likes to its console: capped.
+		ConsoleLogMaxBytes: h.LogMaxBytes(),
+		Sandbox:            h.QEMUSandbox,
+		QMPSocket:          s.path(qmpSocketName),
+		SerialPorts:        []qemu.VirtioSerialPort{{ID: "agent", Name: transport.SerialPortName, SocketPath: s.path(agentSockName)}},
+		FileSystems:        []qemu.VhostUserFS{{ID: "shared", Tag: oci.SharedFSTag, SocketPath: s.path(fsSocketName)}},
+		FwCfgFiles:         []qemu.FwCfgFile{{Name: transport.SecretFwCfgName, Path: s.path(secretFileName)}},
 	}
 	// Free page reporting gives freed guest pages back to the host; elastic
 	// memory relies on it between unplugs.
@@ -350,6 +390,9 @@ func (s *Sandbox) machine(opts Options) (qemu.Machine, error) {
 		vars := s.path("efivars.fd")
 		if err := copyFile(h.Pflashes[1], vars); err != nil {
 			return m, fmt.Errorf("copy UEFI variable store (hypervisor.pflashes): %w", err)
+		}
+		if err := giveToVMM(s.vmmUser, vars); err != nil {
+			return m, err
 		}
 		m.Pflash = []string{h.Pflashes[0], vars}
 	}
@@ -539,6 +582,8 @@ func (s *Sandbox) destroy(ctx context.Context) error {
 	if err := s.detachNetwork(); err != nil {
 		errs = append(errs, err)
 	}
+	// QEMU is reaped (Shutdown or Done above): its uid is free again.
+	defer s.vmmUser.release()
 	// QEMU has been reaped and virtiofsd has exited: the cgroup is empty.
 	if err := s.cgroup.Delete(ctx); err != nil {
 		errs = append(errs, err)

@@ -510,15 +510,10 @@ func (s *service) releaseDevices(c *container) {
 }
 
 // watchOOM publishes TaskOOM each time the guest kernel OOM-kills a
-// process of the container, until the container is deleted or the VM ends.
+// process of the container, until the container is deleted or the VM ends
+// (paced against a hostile guest: oom.go).
 func (s *service) watchOOM(sb *sandbox.Sandbox, c *container) {
-	for {
-		n, err := sb.WaitOOM(s.ctx, c.id, c.oomKills())
-		if err != nil {
-			return
-		}
-		s.reportOOM(c, n)
-	}
+	watchOOM(s.ctx, sb, c.id, defaultOOMPace, c.oomKills, func(n uint64) { s.reportOOM(c, n) })
 }
 
 // reportOOM publishes TaskOOM if the kill count n is news.

@@ -17,6 +17,7 @@ type SerialDialer struct {
 
 	mu      sync.Mutex
 	session *yamux.Session
+	conn    *guardedConn // the session's connection (tests read its filter)
 	closed  bool
 }
 
@@ -40,12 +41,19 @@ func (d *SerialDialer) getSession(ctx context.Context) (*yamux.Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to virtio-serial socket %s: %w", d.socketPath, err)
 	}
-	s, err := yamux.Client(conn, yamuxConfig())
+	gc := newGuardedConn(conn)
+	s, err := yamux.Client(gc, yamuxConfig())
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("start yamux session on %s: %w", d.socketPath, err)
 	}
-	d.session = s
+	// The host accepts no stream from the guest (guard.go): after GoAway,
+	// yamux resets each one on arrival and holds nothing for it.
+	if err := s.GoAway(); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("start yamux session on %s: %w", d.socketPath, err)
+	}
+	d.session, d.conn = s, gc
 	return s, nil
 }
 

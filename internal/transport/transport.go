@@ -63,8 +63,13 @@ type Dialer interface {
 // under software emulation: keepalives would misfire while a TCG guest is
 // busy, and the default 10 s write timeout is too short for such a guest.
 // The VMM's own lifetime, not keepalives, tells the host the guest is gone.
+//
+// AcceptBacklog bounds the streams waiting to be accepted (the guest's
+// side: the host accepts none, see guard.go) and, in yamux, also the
+// streams a side may have opened and not yet seen acknowledged.
 func yamuxConfig() *yamux.Config {
 	c := yamux.DefaultConfig()
+	c.AcceptBacklog = 64
 	c.EnableKeepAlive = false
 	c.ConnectionWriteTimeout = 2 * time.Minute
 	c.StreamOpenTimeout = 2 * time.Minute

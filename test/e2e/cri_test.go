@@ -164,6 +164,13 @@ func (c *criClient) removePod(t *testing.T, id string) {
 // a kubelet-style termination log mount.
 func (c *criClient) createContainer(t *testing.T, pod *criPod, name string, args ...string) (id, termLog string) {
 	t.Helper()
+	return c.createContainerWith(t, pod, name, nil, args...)
+}
+
+// createContainerWith is createContainer with a hook that adjusts the
+// container's config (security context, mounts) before it is sent.
+func (c *criClient) createContainerWith(t *testing.T, pod *criPod, name string, adjust func(*cri.ContainerConfig), args ...string) (id, termLog string) {
+	t.Helper()
 	termLog = filepath.Join(t.TempDir(), "termination-log")
 	if err := os.WriteFile(termLog, nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -179,6 +186,9 @@ func (c *criClient) createContainer(t *testing.T, pod *criPod, name string, args
 				NamespaceOptions: pod.config.Linux.SecurityContext.NamespaceOptions,
 			},
 		},
+	}
+	if adjust != nil {
+		adjust(config)
 	}
 	resp, err := c.rt.CreateContainer(criCtx(t, time.Minute), &cri.CreateContainerRequest{
 		PodSandboxId: pod.id, Config: config, SandboxConfig: pod.config,

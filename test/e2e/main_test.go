@@ -79,7 +79,14 @@ func setup() error {
 	if err != nil {
 		return err
 	}
+	// Like /run: QEMU's unprivileged uid must traverse to its sandbox.
+	if err := os.Chmod(tmp, 0o711); err != nil {
+		return err
+	}
 	env.runDir = filepath.Join(tmp, "run")
+	if err := os.Mkdir(env.runDir, 0o711); err != nil {
+		return err
+	}
 	env.config = filepath.Join(tmp, "config.toml")
 	// Pods may size their VM (the stats tests need room for a 200 MB
 	// page cache); nothing else is annotatable.

@@ -20,9 +20,12 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrClosed is wrapped by every error caused by the connection going away:
@@ -176,7 +179,7 @@ func (c *Client) handshake(ctx context.Context) ([]Event, error) {
 	v := g.QMP.Version
 	c.version = Version{Major: v.QEMU.Major, Minor: v.QEMU.Minor, Micro: v.QEMU.Micro, Package: v.Package}
 
-	if err := c.writeMessage(request{Execute: "qmp_capabilities"}); err != nil {
+	if err := c.writeMessage(request{Execute: "qmp_capabilities"}, nil); err != nil {
 		return nil, wrap("sending qmp_capabilities", err)
 	}
 	var early []Event
@@ -209,6 +212,20 @@ func (c *Client) Version() Version { return c.version }
 // Cancelling ctx stops the wait, not the command: QEMU may still carry it
 // out, and its late reply is discarded.
 func (c *Client) Execute(ctx context.Context, command string, args any, result any) error {
+	return c.execute(ctx, command, args, result, nil)
+}
+
+// ExecuteWithFile is Execute that passes f to QEMU with the command
+// (SCM_RIGHTS on the unix socket), as QMP's add-fd and getfd expect. QEMU
+// holds its own copy; the caller may close f once this returns.
+func (c *Client) ExecuteWithFile(ctx context.Context, command string, args any, result any, f *os.File) error {
+	if _, ok := c.conn.(*net.UnixConn); !ok {
+		return fmt.Errorf("qmp %s: passing a file needs a unix socket connection", command)
+	}
+	return c.execute(ctx, command, args, result, f)
+}
+
+func (c *Client) execute(ctx context.Context, command string, args any, result any, f *os.File) error {
 	rawArgs, err := marshalArgs(args)
 	if err != nil {
 		return fmt.Errorf("qmp %s: %w", command, err)
@@ -235,7 +252,7 @@ func (c *Client) Execute(ctx context.Context, command string, args any, result a
 		c.mu.Unlock()
 	}
 
-	if err := c.send(ctx, request{Execute: command, Arguments: rawArgs, ID: &id}); err != nil {
+	if err := c.send(ctx, request{Execute: command, Arguments: rawArgs, ID: &id}, f); err != nil {
 		forget()
 		return fmt.Errorf("qmp %s: %w", command, err)
 	}
@@ -283,11 +300,11 @@ func marshalArgs(args any) (json.RawMessage, error) {
 }
 
 // send writes one request, honouring ctx while the write blocks.
-func (c *Client) send(ctx context.Context, r request) error {
+func (c *Client) send(ctx context.Context, r request, f *os.File) error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	restore := interruptOnCancel(ctx, c.conn.SetWriteDeadline)
-	err := c.writeMessage(r)
+	err := c.writeMessage(r, f)
 	restore()
 	if err == nil {
 		return nil
@@ -332,13 +349,26 @@ func (e *partialWriteError) Unwrap() error { return e.err }
 
 // writeMessage encodes r as one line. Callers hold writeMu, except the
 // handshake, which runs before anyone else can write.
-func (c *Client) writeMessage(r request) error {
+func (c *Client) writeMessage(r request, f *os.File) error {
 	b, err := json.Marshal(r)
 	if err != nil {
 		return err
 	}
 	b = append(b, '\n')
-	n, err := c.conn.Write(b)
+	var n int
+	if f != nil {
+		// The descriptor travels with the message's bytes; QEMU queues
+		// it for the command that follows.
+		n, _, err = c.conn.(*net.UnixConn).WriteMsgUnix(b, unix.UnixRights(int(f.Fd())), nil)
+		runtime.KeepAlive(f)
+		if err == nil && n < len(b) {
+			var m int
+			m, err = c.conn.Write(b[n:])
+			n += m
+		}
+	} else {
+		n, err = c.conn.Write(b)
+	}
 	if err != nil && n > 0 {
 		return &partialWriteError{err}
 	}
