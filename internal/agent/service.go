@@ -235,6 +235,11 @@ func (s *Service) create(ctx context.Context, req *api.CreateRequest) (int, erro
 	if err := mountPodShm(spec.Mounts); err != nil {
 		return 0, err
 	}
+	if sharesAgentNetNS(&spec) {
+		if err := applyPodNetSysctls("/proc/sys", &spec); err != nil {
+			return 0, fmt.Errorf("container %q: %w", id, err)
+		}
+	}
 	if spec.Linux.CgroupsPath == "" {
 		spec.Linux.CgroupsPath = "/berth/" + id
 	}
