@@ -66,9 +66,12 @@ test-e2e: deps guest ## end-to-end tests: boot real VMs, drive a real containerd
 
 # The containerd 2.x lane: the tests where containerd's version matters,
 # again against containerd 2.x (built once from the Go module proxy into
-# /var/cache/berth by scripts/containerd-v2.sh, then reused).
+# /var/cache/berth by scripts/containerd-v2.sh, then reused). The pod
+# network is exercised here by TestCRIPortForward; TestCRIPodNetwork is not
+# in the lane, as its runc pod needs a 2.x containerd-shim-runc-v2 and
+# Debian ships 1.6's.
 CONTAINERD2_VERSION ?= v2.4.2
-CONTAINERD2_TESTS   := TestCtrRunExitCodeAndGuestKernel|TestCRIPodNetwork|TestCRIPortForward|TestCtrDetachedExecMetricsPauseKillDelete|TestCtrContainerdRestartKeepsTask|TestCRIPodWithTwoContainersSharesOneVM|TestCRIContainerStats|TestPodCgroupHoldsTheVM|TestPodCgroupRemovedAfterShimKilled|TestShimRuntimeInfo|TestContainerd2SandboxAPIRefused
+CONTAINERD2_TESTS   := TestCtrRunExitCodeAndGuestKernel|TestCRIPortForward|TestCtrDetachedExecMetricsPauseKillDelete|TestCtrContainerdRestartKeepsTask|TestCRIPodWithTwoContainersSharesOneVM|TestCRIContainerStats|TestPodCgroupHoldsTheVM|TestPodCgroupRemovedAfterShimKilled|TestShimRuntimeInfo|TestContainerd2SandboxAPIRefused
 
 test-e2e-containerd2: deps guest ## the containerd 2.x lane of the e2e tests (root)
 	bin=$$(scripts/containerd-v2.sh $(CONTAINERD2_VERSION)) && \
