@@ -102,6 +102,8 @@ state = "$dir/state"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.berth]
       runtime_type = "io.containerd.berth.v2"
       pod_annotations = ["io.berth.*"]
+      # Privileged pods must not get the host's disks (docs/containerd.md).
+      privileged_without_host_devices = true
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
 TOML
