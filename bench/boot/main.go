@@ -138,6 +138,8 @@ func run(ctx context.Context, o options) (retErr error) {
 	if err != nil {
 		return err
 	}
+	// QEMU runs as an unprivileged uid and must reach run_dir below it.
+	os.Chmod(tmp, 0o711)
 	defer func() {
 		if err := removeTemp(tmp); err != nil && retErr == nil {
 			retErr = err

@@ -43,6 +43,8 @@ func main() {
 	if err != nil {
 		fatal(err)
 	}
+	// QEMU runs as an unprivileged uid and must reach run_dir below it.
+	os.Chmod(work, 0o711)
 	defer os.RemoveAll(work)
 	script := filepath.Join("scripts", "containerd-private.sh")
 	bin, _ := filepath.Abs(*binDir)

@@ -90,6 +90,8 @@ func run(ctx context.Context, n int, stateDir, cfgPath, rootfs string) (retErr e
 	if err != nil {
 		return err
 	}
+	// QEMU runs as an unprivileged uid and must reach run_dir below it.
+	os.Chmod(tmp, 0o711)
 	defer func() {
 		sandbox.CleanupStale(filepath.Join(tmp, "run"))
 		os.RemoveAll(tmp)

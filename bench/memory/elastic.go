@@ -45,6 +45,8 @@ func elasticSandbox(ctx context.Context, stateDir string, stepMiB int, id string
 	}
 	cfg.Memory.Elastic, cfg.Memory.StepMiB = stepMiB > 0, max(stepMiB, 2)
 	cfg.RunDir, _ = os.MkdirTemp("", "berth-bench-elastic-")
+	// QEMU runs as an unprivileged uid and must reach run_dir.
+	os.Chmod(cfg.RunDir, 0o711)
 	opts := sandbox.Options{ID: id, Accel: qemu.TCG}
 	if len(bootMiB) > 0 {
 		opts.MemoryMiB = bootMiB[0]

@@ -64,6 +64,8 @@ func main() {
 		// Resizes by hand only: elastic memory would give the GiB back.
 		cfg.Memory.Elastic = false
 		cfg.RunDir, _ = os.MkdirTemp("", "berth-bench-mem-")
+		// QEMU runs as an unprivileged uid and must reach run_dir.
+		os.Chmod(cfg.RunDir, 0o711)
 		defer os.RemoveAll(cfg.RunDir)
 		sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: "bench-" + mech, Accel: qemu.TCG})
 		if err != nil {
