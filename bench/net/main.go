@@ -20,7 +20,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"sort"
@@ -29,19 +28,15 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/berth-runtime/berth/bench/internal/benchtab"
-	"github.com/berth-runtime/berth/internal/ociimage"
+	"github.com/berth-runtime/berth/bench/internal/crienv"
 )
 
 const (
-	busyboxImage = "docker.io/library/busybox:berth-bench"
-	pauseImage   = "docker.io/library/berth-pause:latest"
-	sinkPort     = 5001 // nc -l in the pod, discards
-	httpPort     = 8080
+	sinkPort = 5001 // nc -l in the pod, discards
+	httpPort = 8080
 )
 
 // The pod serves HTTP and discards whatever arrives on sinkPort.
@@ -90,56 +85,22 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
+	// QEMU runs as an unprivileged uid and must reach run_dir below it.
+	os.Chmod(tmp, 0o711)
 	defer os.RemoveAll(tmp)
-	runDir := filepath.Join(tmp, "run")
-	cfg := filepath.Join(tmp, "config.toml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir = %q\nrun_dir = %q\n", o.stateDir, runDir)), 0o644); err != nil {
-		return err
-	}
-	script := filepath.Join(filepath.Dir(bin), "scripts", "containerd-private.sh")
-	ctrdDir := filepath.Join(tmp, "containerd")
-	start := exec.Command(script, "start", ctrdDir, bin)
-	start.Env = append(os.Environ(), "BERTH_CONFIG="+cfg)
-	start.Stderr = os.Stderr
-	out, err := start.Output()
-	if err != nil {
-		return fmt.Errorf("start containerd: %w", err)
-	}
-	defer exec.Command(script, "stop", ctrdDir).Run()
-	sock := strings.TrimSpace(string(out))
-	for _, img := range []struct {
-		ref string
-		cmd []string
-	}{{busyboxImage, []string{"/bin/sh"}}, {pauseImage, []string{"/bin/sleep", "2147483647"}}} {
-		archive := filepath.Join(tmp, filepath.Base(strings.ReplaceAll(img.ref, ":", "_"))+".tar")
-		f, err := os.Create(archive)
-		if err != nil {
-			return err
-		}
-		err = ociimage.Pack(f, o.rootfs, ociimage.Options{Ref: img.ref, Cmd: img.cmd})
-		f.Close()
-		if err != nil {
-			return err
-		}
-		if out, err := exec.Command("ctr", "-a", sock, "-n", "k8s.io", "images", "import", archive).CombinedOutput(); err != nil {
-			return fmt.Errorf("import %s: %v: %s", img.ref, err, out)
-		}
-	}
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	env, err := crienv.Start(ctx, bin, o.stateDir, o.rootfs, tmp)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	rt := cri.NewRuntimeServiceClient(conn)
-	waitImage(ctx, cri.NewImageServiceClient(conn))
+	defer env.Close()
+	rt, runDir := env.RT, env.RunDir
 
 	handlers := []string{"runc", "berth"}
 	pods := map[string]pod{}
-	defer removeCgroupParents()
 	for _, h := range handlers {
-		p, err := startPod(ctx, rt, h, tmp)
+		p, err := startPod(ctx, env, h, tmp)
 		if p.id != "" {
-			defer removePod(rt, p.id)
+			defer env.RemovePod(p.id)
 		}
 		if err != nil {
 			return fmt.Errorf("%s pod: %w", h, err)
@@ -337,17 +298,6 @@ func qemuPid(runDir string) int {
 	return 0
 }
 
-func waitImage(ctx context.Context, img cri.ImageServiceClient) {
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		st, err := img.ImageStatus(ctx, &cri.ImageStatusRequest{Image: &cri.ImageSpec{Image: busyboxImage}})
-		if err == nil && st.Image != nil {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 func waitHTTP(ip string) error {
 	deadline := time.Now().Add(time.Minute)
 	for {
@@ -363,43 +313,21 @@ func waitHTTP(ip string) error {
 	}
 }
 
-// startPod runs a pod on the CNI network with the server container.
-func startPod(ctx context.Context, rt cri.RuntimeServiceClient, handler, tmp string) (pod, error) {
-	ns := &cri.NamespaceOption{Network: cri.NamespaceMode_POD, Pid: cri.NamespaceMode_CONTAINER, Ipc: cri.NamespaceMode_POD}
-	uid := fmt.Sprintf("bench-%s-%d", handler, time.Now().UnixNano())
-	pc := &cri.PodSandboxConfig{
-		Metadata:     &cri.PodSandboxMetadata{Name: "net-" + handler, Uid: uid, Namespace: "berth-bench"},
-		Hostname:     "net-" + handler,
-		LogDirectory: filepath.Join(tmp, "logs-"+handler),
-		Linux: &cri.LinuxPodSandboxConfig{
-			CgroupParent:    "/berth-bench/pod" + uid,
-			SecurityContext: &cri.LinuxSandboxSecurityContext{NamespaceOptions: ns},
-		},
-	}
-	os.MkdirAll(pc.LogDirectory, 0o755)
-	cctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
-	defer cancel()
+// startPod runs a pod on the CNI network with the server container and
+// finds its address.
+func startPod(ctx context.Context, env *crienv.Env, handler, tmp string) (pod, error) {
 	var p pod
-	sb, err := rt.RunPodSandbox(cctx, &cri.RunPodSandboxRequest{Config: pc, RuntimeHandler: handler})
+	var err error
+	p.id, p.ctr, err = env.StartPod(ctx, crienv.Pod{
+		Handler: handler, Name: "net-" + handler, Hostname: "net-" + handler, LogDir: filepath.Join(tmp, "logs-"+handler),
+		Container: "server", Command: []string{"sh", "-c", podScript},
+	})
 	if err != nil {
 		return p, err
 	}
-	p.id = sb.PodSandboxId
-	c, err := rt.CreateContainer(cctx, &cri.CreateContainerRequest{PodSandboxId: p.id, SandboxConfig: pc, Config: &cri.ContainerConfig{
-		Metadata: &cri.ContainerMetadata{Name: "server"},
-		Image:    &cri.ImageSpec{Image: busyboxImage},
-		Command:  []string{"sh", "-c", podScript},
-		LogPath:  "server.log",
-		Linux:    &cri.LinuxContainerConfig{SecurityContext: &cri.LinuxContainerSecurityContext{NamespaceOptions: ns}},
-	}})
-	if err != nil {
-		return p, err
-	}
-	p.ctr = c.ContainerId
-	if _, err := rt.StartContainer(cctx, &cri.StartContainerRequest{ContainerId: p.ctr}); err != nil {
-		return p, err
-	}
-	st, err := rt.PodSandboxStatus(cctx, &cri.PodSandboxStatusRequest{PodSandboxId: p.id})
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	st, err := env.RT.PodSandboxStatus(cctx, &cri.PodSandboxStatusRequest{PodSandboxId: p.id})
 	if err != nil {
 		return p, err
 	}
@@ -411,22 +339,4 @@ func startPod(ctx context.Context, rt cri.RuntimeServiceClient, handler, tmp str
 	// scripts/containerd-private.sh puts the bridge's address at .1.
 	p.gw = net.IPv4(ip[0], ip[1], ip[2], 1).String()
 	return p, nil
-}
-
-func removePod(rt cri.RuntimeServiceClient, id string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	rt.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: id})
-	rt.RemovePodSandbox(ctx, &cri.RemovePodSandboxRequest{PodSandboxId: id})
-}
-
-// removeCgroupParents removes the pod cgroups runc left under
-// /berth-bench once they are empty.
-func removeCgroupParents() {
-	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/berth-bench/pod*")
-	more, _ := filepath.Glob("/sys/fs/cgroup/berth-bench/pod*")
-	for _, d := range append(dirs, more...) {
-		os.Remove(d)
-		os.Remove(filepath.Dir(d))
-	}
 }

@@ -29,16 +29,9 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/berth-runtime/berth/internal/ociimage"
-)
-
-const (
-	busyboxImage = "docker.io/library/busybox:berth-bench"
-	pauseImage   = "docker.io/library/berth-pause:latest"
+	"github.com/berth-runtime/berth/bench/internal/crienv"
 )
 
 type options struct {
@@ -80,55 +73,25 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
+	// QEMU runs as an unprivileged uid and must reach run_dir below it.
+	os.Chmod(tmp, 0o711)
 	defer os.RemoveAll(tmp)
-	cfg := filepath.Join(tmp, "config.toml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir = %q\nrun_dir = %q\n", o.stateDir, filepath.Join(tmp, "run"))), 0o644); err != nil {
-		return err
-	}
-	script := filepath.Join(filepath.Dir(bin), "scripts", "containerd-private.sh")
-	ctrdDir := filepath.Join(tmp, "containerd")
-	start := exec.Command(script, "start", ctrdDir, bin)
-	start.Env = append(os.Environ(), "BERTH_CONFIG="+cfg)
-	start.Stderr = os.Stderr
-	out, err := start.Output()
-	if err != nil {
-		return fmt.Errorf("start containerd: %w", err)
-	}
-	defer exec.Command(script, "stop", ctrdDir).Run()
-	sock := strings.TrimSpace(string(out))
-	for _, img := range []struct {
-		ref string
-		cmd []string
-	}{{busyboxImage, []string{"/bin/sh"}}, {pauseImage, []string{"/bin/sleep", "2147483647"}}} {
-		archive := filepath.Join(tmp, filepath.Base(strings.ReplaceAll(img.ref, ":", "_"))+".tar")
-		f, err := os.Create(archive)
-		if err != nil {
-			return err
-		}
-		err = ociimage.Pack(f, o.rootfs, ociimage.Options{Ref: img.ref, Cmd: img.cmd})
-		f.Close()
-		if err != nil {
-			return err
-		}
-		if out, err := exec.Command("ctr", "-a", sock, "-n", "k8s.io", "images", "import", archive).CombinedOutput(); err != nil {
-			return fmt.Errorf("import %s: %v: %s", img.ref, err, out)
-		}
-	}
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	env, err := crienv.Start(ctx, bin, o.stateDir, o.rootfs, tmp)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	rt := cri.NewRuntimeServiceClient(conn)
-	waitImage(ctx, cri.NewImageServiceClient(conn))
+	defer env.Close()
+	rt := env.RT
 
 	handlers := []string{"runc", "berth"}
 	ids := map[string]string{}
-	defer removeCgroupParents()
 	for _, h := range handlers {
-		podID, ctrID, err := startPod(ctx, rt, h, tmp)
+		podID, ctrID, err := env.StartPod(ctx, crienv.Pod{
+			Handler: h, Name: "stats-" + h, LogDir: filepath.Join(tmp, "logs-"+h),
+			Container: "sleep", Command: []string{"sleep", "100000"},
+		})
 		if podID != "" {
-			defer removePod(rt, podID)
+			defer env.RemovePod(podID)
 		}
 		if err != nil {
 			return fmt.Errorf("%s pod: %w", h, err)
@@ -175,69 +138,4 @@ func containerdVersion() string {
 		return f[2]
 	}
 	return "?"
-}
-
-func waitImage(ctx context.Context, img cri.ImageServiceClient) {
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		st, err := img.ImageStatus(ctx, &cri.ImageStatusRequest{Image: &cri.ImageSpec{Image: busyboxImage}})
-		if err == nil && st.Image != nil {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// startPod runs a pod with one sleeping container, on the private
-// containerd's CNI network (Berth refuses hostNetwork pods).
-func startPod(ctx context.Context, rt cri.RuntimeServiceClient, handler, tmp string) (podID, ctrID string, err error) {
-	ns := &cri.NamespaceOption{Network: cri.NamespaceMode_POD, Pid: cri.NamespaceMode_CONTAINER, Ipc: cri.NamespaceMode_POD}
-	uid := fmt.Sprintf("bench-%s-%d", handler, time.Now().UnixNano())
-	pc := &cri.PodSandboxConfig{
-		Metadata:     &cri.PodSandboxMetadata{Name: "stats-" + handler, Uid: uid, Namespace: "berth-bench"},
-		LogDirectory: filepath.Join(tmp, "logs-"+handler),
-		Linux: &cri.LinuxPodSandboxConfig{
-			CgroupParent:    "/berth-bench/pod" + uid,
-			SecurityContext: &cri.LinuxSandboxSecurityContext{NamespaceOptions: ns},
-		},
-	}
-	os.MkdirAll(pc.LogDirectory, 0o755)
-	cctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
-	defer cancel()
-	pod, err := rt.RunPodSandbox(cctx, &cri.RunPodSandboxRequest{Config: pc, RuntimeHandler: handler})
-	if err != nil {
-		return "", "", err
-	}
-	c, err := rt.CreateContainer(cctx, &cri.CreateContainerRequest{PodSandboxId: pod.PodSandboxId, SandboxConfig: pc, Config: &cri.ContainerConfig{
-		Metadata: &cri.ContainerMetadata{Name: "sleep"},
-		Image:    &cri.ImageSpec{Image: busyboxImage},
-		Command:  []string{"sleep", "100000"},
-		LogPath:  "sleep.log",
-		Linux:    &cri.LinuxContainerConfig{SecurityContext: &cri.LinuxContainerSecurityContext{NamespaceOptions: ns}},
-	}})
-	if err != nil {
-		return pod.PodSandboxId, "", err
-	}
-	if _, err := rt.StartContainer(cctx, &cri.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
-		return pod.PodSandboxId, "", err
-	}
-	return pod.PodSandboxId, c.ContainerId, nil
-}
-
-func removePod(rt cri.RuntimeServiceClient, id string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	rt.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: id})
-	rt.RemovePodSandbox(ctx, &cri.RemovePodSandboxRequest{PodSandboxId: id})
-}
-
-// removeCgroupParents removes the pod cgroups runc left under
-// /berth-bench (a kubelet would own them) once they are empty.
-func removeCgroupParents() {
-	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/berth-bench/pod*")
-	more, _ := filepath.Glob("/sys/fs/cgroup/berth-bench/pod*")
-	for _, d := range append(dirs, more...) {
-		os.Remove(d)
-		os.Remove(filepath.Dir(d))
-	}
 }

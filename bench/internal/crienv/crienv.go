@@ -1,0 +1,178 @@
+// Package crienv is the CRI set-up the benchmarks share: a private
+// containerd (scripts/containerd-private.sh) with Berth and runc handlers,
+// the busybox and pause images packed from a root file system, and pods
+// whose cgroups sit below /berth-bench as a kubelet's would.
+package crienv
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-runtime/berth/internal/ociimage"
+)
+
+// Images the benchmarks' pods run.
+const (
+	BusyboxImage = "docker.io/library/busybox:berth-bench"
+	PauseImage   = "docker.io/library/berth-pause:latest"
+)
+
+// Env is a running private containerd and a CRI client for it.
+type Env struct {
+	// RunDir is Berth's run_dir for the benchmark's sandboxes.
+	RunDir string
+	RT     cri.RuntimeServiceClient
+	stop   func()
+}
+
+// Start starts containerd with Berth's binaries in bin (the repository's
+// bin/), a configuration whose state_dir is stateDir, and the images packed
+// from rootfs; everything lives below tmp.
+func Start(ctx context.Context, bin, stateDir, rootfs, tmp string) (*Env, error) {
+	e := &Env{RunDir: filepath.Join(tmp, "run")}
+	cfg := filepath.Join(tmp, "config.toml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir = %q\nrun_dir = %q\n", stateDir, e.RunDir)), 0o644); err != nil {
+		return nil, err
+	}
+	script := filepath.Join(filepath.Dir(bin), "scripts", "containerd-private.sh")
+	ctrdDir := filepath.Join(tmp, "containerd")
+	start := exec.Command(script, "start", ctrdDir, bin)
+	start.Env = append(os.Environ(), "BERTH_CONFIG="+cfg)
+	start.Stderr = os.Stderr
+	out, err := start.Output()
+	if err != nil {
+		return nil, fmt.Errorf("start containerd: %w", err)
+	}
+	stopContainerd := func() { exec.Command(script, "stop", ctrdDir).Run() }
+	sock := strings.TrimSpace(string(out))
+	for _, img := range []struct {
+		ref string
+		cmd []string
+	}{{BusyboxImage, []string{"/bin/sh"}}, {PauseImage, []string{"/bin/sleep", "2147483647"}}} {
+		if err := importImage(sock, tmp, rootfs, img.ref, img.cmd); err != nil {
+			stopContainerd()
+			return nil, err
+		}
+	}
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		stopContainerd()
+		return nil, err
+	}
+	e.RT = cri.NewRuntimeServiceClient(conn)
+	e.stop = func() {
+		removeCgroupParents()
+		conn.Close()
+		stopContainerd()
+	}
+	waitImage(ctx, cri.NewImageServiceClient(conn))
+	return e, nil
+}
+
+// Close stops containerd and removes the benchmark's pod cgroups.
+func (e *Env) Close() { e.stop() }
+
+func importImage(sock, tmp, rootfs, ref string, cmd []string) error {
+	archive := filepath.Join(tmp, filepath.Base(strings.ReplaceAll(ref, ":", "_"))+".tar")
+	f, err := os.Create(archive)
+	if err != nil {
+		return err
+	}
+	err = ociimage.Pack(f, rootfs, ociimage.Options{Ref: ref, Cmd: cmd})
+	f.Close()
+	if err != nil {
+		return err
+	}
+	if out, err := exec.Command("ctr", "-a", sock, "-n", "k8s.io", "images", "import", archive).CombinedOutput(); err != nil {
+		return fmt.Errorf("import %s: %v: %s", ref, err, out)
+	}
+	return nil
+}
+
+func waitImage(ctx context.Context, img cri.ImageServiceClient) {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		st, err := img.ImageStatus(ctx, &cri.ImageStatusRequest{Image: &cri.ImageSpec{Image: BusyboxImage}})
+		if err == nil && st.Image != nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Pod describes a pod with one busybox container, on the private
+// containerd's CNI network (Berth refuses hostNetwork pods).
+type Pod struct {
+	Handler  string // "berth" or "runc"
+	Name     string
+	Hostname string // "" for none
+	LogDir   string
+	// Container and Command are the container's name and command.
+	Container string
+	Command   []string
+}
+
+// StartPod runs p and starts its container. A pod id is returned whenever
+// the pod was created, so that the caller can remove it after a failure.
+func (e *Env) StartPod(ctx context.Context, p Pod) (podID, ctrID string, err error) {
+	ns := &cri.NamespaceOption{Network: cri.NamespaceMode_POD, Pid: cri.NamespaceMode_CONTAINER, Ipc: cri.NamespaceMode_POD}
+	uid := fmt.Sprintf("bench-%s-%d", p.Handler, time.Now().UnixNano())
+	pc := &cri.PodSandboxConfig{
+		Metadata:     &cri.PodSandboxMetadata{Name: p.Name, Uid: uid, Namespace: "berth-bench"},
+		Hostname:     p.Hostname,
+		LogDirectory: p.LogDir,
+		Linux: &cri.LinuxPodSandboxConfig{
+			CgroupParent:    "/berth-bench/pod" + uid,
+			SecurityContext: &cri.LinuxSandboxSecurityContext{NamespaceOptions: ns},
+		},
+	}
+	os.MkdirAll(pc.LogDirectory, 0o755)
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	pod, err := e.RT.RunPodSandbox(cctx, &cri.RunPodSandboxRequest{Config: pc, RuntimeHandler: p.Handler})
+	if err != nil {
+		return "", "", err
+	}
+	c, err := e.RT.CreateContainer(cctx, &cri.CreateContainerRequest{PodSandboxId: pod.PodSandboxId, SandboxConfig: pc, Config: &cri.ContainerConfig{
+		Metadata: &cri.ContainerMetadata{Name: p.Container},
+		Image:    &cri.ImageSpec{Image: BusyboxImage},
+		Command:  p.Command,
+		LogPath:  p.Container + ".log",
+		Linux:    &cri.LinuxContainerConfig{SecurityContext: &cri.LinuxContainerSecurityContext{NamespaceOptions: ns}},
+	}})
+	if err != nil {
+		return pod.PodSandboxId, "", err
+	}
+	if _, err := e.RT.StartContainer(cctx, &cri.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
+		return pod.PodSandboxId, "", err
+	}
+	return pod.PodSandboxId, c.ContainerId, nil
+}
+
+// RemovePod stops and removes a pod, as the kubelet does.
+func (e *Env) RemovePod(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	e.RT.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: id})
+	e.RT.RemovePodSandbox(ctx, &cri.RemovePodSandboxRequest{PodSandboxId: id})
+}
+
+// removeCgroupParents removes the pod cgroups runc left under
+// /berth-bench (a kubelet would own them) once they are empty.
+func removeCgroupParents() {
+	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/berth-bench/pod*")
+	more, _ := filepath.Glob("/sys/fs/cgroup/berth-bench/pod*")
+	for _, d := range append(dirs, more...) {
+		os.Remove(d)
+		os.Remove(filepath.Dir(d))
+	}
+}
