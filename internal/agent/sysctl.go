@@ -8,7 +8,6 @@ import (
 
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"golang.org/x/sys/unix"
 )
 
 // The pod's network namespace in the guest is the guest's own: the host
@@ -36,17 +35,11 @@ func sharesAgentNetNS(spec *specs.Spec) bool {
 		if ns.Path == "" {
 			return false
 		}
-		return sameFile(ns.Path, "/proc/self/ns/net")
+		joined, err1 := os.Stat(ns.Path)
+		own, err2 := os.Stat("/proc/self/ns/net")
+		return err1 == nil && err2 == nil && os.SameFile(joined, own)
 	}
 	return true
-}
-
-func sameFile(a, b string) bool {
-	var sa, sb unix.Stat_t
-	if unix.Stat(a, &sa) != nil || unix.Stat(b, &sb) != nil {
-		return false
-	}
-	return sa.Dev == sb.Dev && sa.Ino == sb.Ino
 }
 
 // applyPodNetSysctls writes the spec's net.* sysctls under procSys (the
