@@ -52,7 +52,7 @@ import (
 const Version = "0.1.0"
 
 // APIVersion is the version of api/agent this agent serves.
-const APIVersion = 1
+const APIVersion = api.APIVersion
 
 // Options configure the service.
 type Options struct {
@@ -156,6 +156,7 @@ func (s *Service) Info(ctx context.Context, _ *api.InfoRequest) (*api.InfoRespon
 	return &api.InfoResponse{
 		AgentVersion:  Version,
 		ApiVersion:    APIVersion,
+		ApiDigest:     api.Digest(),
 		KernelRelease: unix.ByteSliceToString(uts.Release[:]),
 		BootId:        strings.TrimSpace(string(bootID)),
 		MemTotalBytes: si.Totalram * uint64(si.Unit),

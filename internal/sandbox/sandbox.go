@@ -478,6 +478,10 @@ func (s *Sandbox) connectAgent(ctx context.Context) error {
 			}
 			return fmt.Errorf("connect to guest agent: %w", r.err)
 		}
+		if err := api.Compatible(r.info); err != nil {
+			r.client.Close()
+			return fmt.Errorf("%w, run `berth --state-dir %s guest build`: %w", err, s.cfg.StateDir, errdefs.ErrFailedPrecondition)
+		}
 		s.rpc, s.agent, s.info = r.client, api.NewAgentClient(r.client), r.info
 		return nil
 	case <-s.vmm.Done():

@@ -1115,6 +1115,11 @@ type InfoResponse struct {
 	BootId        string                 `protobuf:"bytes,4,opt,name=boot_id,json=bootId,proto3" json:"boot_id,omitempty"`
 	MemTotalBytes uint64                 `protobuf:"varint,5,opt,name=mem_total_bytes,json=memTotalBytes,proto3" json:"mem_total_bytes,omitempty"`
 	OnlineCpus    uint32                 `protobuf:"varint,6,opt,name=online_cpus,json=onlineCpus,proto3" json:"online_cpus,omitempty"`
+	// api_digest fingerprints the agent API the agent was built from (a
+	// hash of this file's descriptor). The host compares it with its own
+	// at connect: any difference means the guest image was built from
+	// another version of Berth and must be rebuilt.
+	ApiDigest     string `protobuf:"bytes,7,opt,name=api_digest,json=apiDigest,proto3" json:"api_digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1189,6 +1194,13 @@ func (x *InfoResponse) GetOnlineCpus() uint32 {
 		return x.OnlineCpus
 	}
 	return 0
+}
+
+func (x *InfoResponse) GetApiDigest() string {
+	if x != nil {
+		return x.ApiDigest
+	}
+	return ""
 }
 
 // Stdio says which of a process's standard streams the host will attach.
@@ -2666,7 +2678,7 @@ const file_agent_proto_rawDesc = "" +
 	"\x06wbytes\x18\x04 \x01(\x04R\x06wbytes\x12\x12\n" +
 	"\x04rios\x18\x05 \x01(\x04R\x04rios\x12\x12\n" +
 	"\x04wios\x18\x06 \x01(\x04R\x04wios\"\r\n" +
-	"\vInfoRequest\"\xdd\x01\n" +
+	"\vInfoRequest\"\xfc\x01\n" +
 	"\fInfoResponse\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12\x1f\n" +
 	"\vapi_version\x18\x02 \x01(\rR\n" +
@@ -2675,7 +2687,9 @@ const file_agent_proto_rawDesc = "" +
 	"\aboot_id\x18\x04 \x01(\tR\x06bootId\x12&\n" +
 	"\x0fmem_total_bytes\x18\x05 \x01(\x04R\rmemTotalBytes\x12\x1f\n" +
 	"\vonline_cpus\x18\x06 \x01(\rR\n" +
-	"onlineCpus\"i\n" +
+	"onlineCpus\x12\x1d\n" +
+	"\n" +
+	"api_digest\x18\a \x01(\tR\tapiDigest\"i\n" +
 	"\x05Stdio\x12\x14\n" +
 	"\x05stdin\x18\x01 \x01(\bR\x05stdin\x12\x16\n" +
 	"\x06stdout\x18\x02 \x01(\bR\x06stdout\x12\x16\n" +
