@@ -74,25 +74,12 @@ func run(ctx context.Context, o options) error {
 	if o.requests < 100 {
 		return fmt.Errorf("-requests %d: use at least 100, or p99 means nothing", o.requests)
 	}
-	if _, err := os.Stat(filepath.Join(o.rootfs, "bin", "busybox")); err != nil {
-		return fmt.Errorf("-rootfs %s: %w (make rootfs)", o.rootfs, err)
-	}
-	bin, err := filepath.Abs(o.bin)
-	if err != nil {
-		return err
-	}
-	tmp, err := os.MkdirTemp("", "berth-bench-net-")
-	if err != nil {
-		return err
-	}
-	// QEMU runs as an unprivileged uid and must reach run_dir below it.
-	os.Chmod(tmp, 0o711)
-	defer os.RemoveAll(tmp)
-	env, err := crienv.Start(ctx, bin, o.stateDir, o.rootfs, tmp)
+	env, err := crienv.Start(ctx, "net", o.bin, o.stateDir, o.rootfs)
 	if err != nil {
 		return err
 	}
 	defer env.Close()
+	tmp := env.Dir
 	rt, runDir := env.RT, env.RunDir
 
 	handlers := []string{"runc", "berth"}

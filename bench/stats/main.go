@@ -62,25 +62,12 @@ func run(ctx context.Context, o options) error {
 	if o.n < 100 {
 		return fmt.Errorf("-n %d: use at least 100 calls, or p99 means nothing", o.n)
 	}
-	if _, err := os.Stat(filepath.Join(o.rootfs, "bin", "busybox")); err != nil {
-		return fmt.Errorf("-rootfs %s: %w (make rootfs)", o.rootfs, err)
-	}
-	bin, err := filepath.Abs(o.bin)
-	if err != nil {
-		return err
-	}
-	tmp, err := os.MkdirTemp("", "berth-bench-stats-")
-	if err != nil {
-		return err
-	}
-	// QEMU runs as an unprivileged uid and must reach run_dir below it.
-	os.Chmod(tmp, 0o711)
-	defer os.RemoveAll(tmp)
-	env, err := crienv.Start(ctx, bin, o.stateDir, o.rootfs, tmp)
+	env, err := crienv.Start(ctx, "stats", o.bin, o.stateDir, o.rootfs)
 	if err != nil {
 		return err
 	}
 	defer env.Close()
+	tmp := env.Dir
 	rt := env.RT
 
 	handlers := []string{"runc", "berth"}

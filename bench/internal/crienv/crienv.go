@@ -28,6 +28,8 @@ const (
 
 // Env is a running private containerd and a CRI client for it.
 type Env struct {
+	// Dir is the benchmark's temporary directory; Close removes it.
+	Dir string
 	// RunDir is Berth's run_dir for the benchmark's sandboxes.
 	RunDir string
 	RT     cri.RuntimeServiceClient
@@ -36,9 +38,36 @@ type Env struct {
 
 // Start starts containerd with Berth's binaries in bin (the repository's
 // bin/), a configuration whose state_dir is stateDir, and the images packed
-// from rootfs; everything lives below tmp.
-func Start(ctx context.Context, bin, stateDir, rootfs, tmp string) (*Env, error) {
-	e := &Env{RunDir: filepath.Join(tmp, "run")}
+// from rootfs (a busybox root file system, as `make rootfs` unpacks);
+// everything lives below a new temporary directory named for the
+// benchmark, which Close removes.
+func Start(ctx context.Context, name, bin, stateDir, rootfs string) (*Env, error) {
+	if _, err := os.Stat(filepath.Join(rootfs, "bin", "busybox")); err != nil {
+		return nil, fmt.Errorf("-rootfs %s: %w (make rootfs)", rootfs, err)
+	}
+	bin, err := filepath.Abs(bin)
+	if err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp("", "berth-bench-"+name+"-")
+	if err != nil {
+		return nil, err
+	}
+	// QEMU runs as an unprivileged uid and must reach run_dir below it.
+	if err := os.Chmod(tmp, 0o711); err != nil {
+		os.RemoveAll(tmp)
+		return nil, err
+	}
+	e, err := start(ctx, bin, stateDir, rootfs, tmp)
+	if err != nil {
+		os.RemoveAll(tmp)
+		return nil, err
+	}
+	return e, nil
+}
+
+func start(ctx context.Context, bin, stateDir, rootfs, tmp string) (*Env, error) {
+	e := &Env{Dir: tmp, RunDir: filepath.Join(tmp, "run")}
 	cfg := filepath.Join(tmp, "config.toml")
 	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir = %q\nrun_dir = %q\n", stateDir, e.RunDir)), 0o644); err != nil {
 		return nil, err
@@ -73,12 +102,14 @@ func Start(ctx context.Context, bin, stateDir, rootfs, tmp string) (*Env, error)
 		removeCgroupParents()
 		conn.Close()
 		stopContainerd()
+		os.RemoveAll(tmp)
 	}
 	waitImage(ctx, cri.NewImageServiceClient(conn))
 	return e, nil
 }
 
-// Close stops containerd and removes the benchmark's pod cgroups.
+// Close stops containerd and removes the benchmark's pod cgroups and
+// temporary directory.
 func (e *Env) Close() { e.stop() }
 
 func importImage(sock, tmp, rootfs, ref string, cmd []string) error {
