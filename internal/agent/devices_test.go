@@ -39,7 +39,12 @@ func (g *fakeGuest) mkdir(p string) string {
 // numbers dev ("254:16").
 func (g *fakeGuest) disk(pciDirs, name, dev string) {
 	dir := g.mkdir(filepath.Join("sys/devices/pci0000:00", pciDirs, "virtio3/block", name))
-	if err := os.WriteFile(filepath.Join(dir, "dev"), []byte(dev+"\n"), 0o644); err != nil {
+	// sysfs shows a device's dev file whole or not at all: write it
+	// aside and rename it in, or the waiter may read it half written.
+	if err := os.WriteFile(filepath.Join(dir, ".dev"), []byte(dev+"\n"), 0o644); err != nil {
+		g.t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dir, ".dev"), filepath.Join(dir, "dev")); err != nil {
 		g.t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(g.fs.dev, name), nil, 0o644); err != nil {

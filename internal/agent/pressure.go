@@ -69,6 +69,10 @@ type pressureSample struct {
 // pressureWatch samples the guest's memory while someone asks.
 type pressureWatch struct {
 	sysRoot string
+	// stopped ends the sampler: the agent never stops it (it lives as
+	// long as the guest), tests do, before their fake /proc is removed.
+	stopped  chan struct{}
+	stopOnce sync.Once
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -86,10 +90,13 @@ type pressureWatch struct {
 }
 
 func newPressureWatch(sysRoot string) *pressureWatch {
-	w := &pressureWatch{sysRoot: sysRoot}
+	w := &pressureWatch{sysRoot: sysRoot, stopped: make(chan struct{})}
 	w.cond = sync.NewCond(&w.mu)
 	return w
 }
+
+// stop ends the sampler, if it runs.
+func (w *pressureWatch) stop() { w.stopOnce.Do(func() { close(w.stopped) }) }
 
 // start runs the sampler for the rest of the agent's life; the first
 // request starts it, so a sandbox without elastic memory never samples.
@@ -109,8 +116,15 @@ func (w *pressureWatch) start() {
 	// vm.overcommit_memory = 1).
 	os.WriteFile(filepath.Join(w.sysRoot, "proc/sys/vm/overcommit_memory"), []byte("1"), 0)
 	go func() {
-		for t := time.NewTicker(pressureSampleEvery); ; <-t.C {
+		t := time.NewTicker(pressureSampleEvery)
+		defer t.Stop()
+		for {
 			w.sampleOnce(time.Now())
+			select {
+			case <-t.C:
+			case <-w.stopped:
+				return
+			}
 		}
 	}()
 }

@@ -70,6 +70,7 @@ func write(t *testing.T, p, s string) {
 func TestWaitMemoryPressureTimesOutWithSample(t *testing.T) {
 	root := fakePressureRoot(t, 150)
 	w := newPressureWatch(root)
+	t.Cleanup(w.stop)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	start := time.Now()
@@ -93,6 +94,7 @@ func TestWaitMemoryPressureTimesOutWithSample(t *testing.T) {
 func TestWaitMemoryPressureReturnsEarly(t *testing.T) {
 	root := fakePressureRoot(t, 150)
 	w := newPressureWatch(root)
+	t.Cleanup(w.stop)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	first := w.wait(ctx, &api.WaitMemoryPressureRequest{TimeoutMs: 200})
@@ -124,6 +126,7 @@ func TestWaitMemoryPressureReturnsEarly(t *testing.T) {
 func TestThrottleLapsesWithoutHost(t *testing.T) {
 	root := fakePressureRoot(t, 150)
 	w := newPressureWatch(root)
+	t.Cleanup(w.stop)
 	w.mu.Lock()
 	w.throttle, w.reserve, w.leaseEnd = true, 128<<20, time.Now().Add(time.Hour)
 	w.mu.Unlock()
