@@ -93,6 +93,14 @@ const (
 	// MinMemoryMiB is the smallest default_memory that boots the stock
 	// Debian cloud kernel with the Berth initramfs unpacked in RAM.
 	MinMemoryMiB = 128
+	// MinTCGTBSizeMiB and MaxTCGTBSizeMiB bound hypervisor.tcg_tb_size:
+	// below 16 MiB QEMU flushes the whole cache over and over during a
+	// boot; QEMU's own default is 1024 MiB and more only costs RAM.
+	MinTCGTBSizeMiB = 16
+	MaxTCGTBSizeMiB = 2048
+	// DefaultTCGTBSizeMiB is hypervisor.tcg_tb_size's default
+	// (docs/configuration.md has the measurement behind it).
+	DefaultTCGTBSizeMiB = 128
 )
 
 // Default guest artefact file names under StateDir/guest.
@@ -116,6 +124,7 @@ func Default() *Config {
 			DefaultVCPUs:      1,
 			DefaultMemoryMiB:  256,
 			KernelParams:      "",
+			TCGTBSizeMiB:      DefaultTCGTBSizeMiB,
 			VirtiofsdPath:     "/usr/lib/qemu/virtiofsd",
 			VirtiofsCache:     VirtiofsCacheAuto,
 			FreePageReporting: true,
@@ -252,6 +261,9 @@ type Hypervisor struct {
 	DefaultMemoryMiB int `toml:"default_memory"`
 	// KernelParams are appended to the guest kernel command line.
 	KernelParams string `toml:"kernel_params"`
+	// TCGTBSizeMiB is QEMU's TCG translation cache per VM, in MiB
+	// (unused under KVM).
+	TCGTBSizeMiB int `toml:"tcg_tb_size"`
 	// VirtiofsdPath is the virtiofsd binary serving container root file systems.
 	VirtiofsdPath string `toml:"virtiofsd_path"`
 	// VirtiofsCache is virtiofsd's cache mode: "auto", "always" or "none".

@@ -20,9 +20,13 @@ const (
 	vsockID        = "berth-vsock"
 	chardevPrefix  = "char-" // chardev of the device with the same ID
 	consoleFdSet   = 1
-	tcgTBSizeMiB   = 256
 	fallbackTSCkHz = 2_000_000
 )
+
+// DefaultTCGTBSizeMiB is the TCG translation cache size when
+// Machine.TCGTBSizeMiB is 0 (config hypervisor.tcg_tb_size documents the
+// measurement behind it).
+const DefaultTCGTBSizeMiB = 128
 
 // SandboxOpts is QEMU's -sandbox argument when Machine.Sandbox is set.
 const SandboxOpts = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
@@ -70,9 +74,12 @@ func (m Machine) Args() ([]string, error) {
 	case TCG:
 		// thread=multi runs one host thread per vCPU. tb-size caps the
 		// translated-code cache: QEMU's default is 1 GiB per VM, which
-		// fills slowly but then counts against host memory per pod; a
-		// kernel boot uses a few MiB of it.
-		a.add("-accel", "tcg,thread=multi,tb-size="+strconv.Itoa(tcgTBSizeMiB), "-cpu", "max")
+		// fills slowly but then counts against host memory per pod.
+		tb := m.TCGTBSizeMiB
+		if tb == 0 {
+			tb = DefaultTCGTBSizeMiB
+		}
+		a.add("-accel", "tcg,thread=multi,tb-size="+strconv.Itoa(tb), "-cpu", "max")
 	}
 	a.add("-smp", strconv.Itoa(m.VCPUs))
 	mem := strconv.Itoa(m.MemoryMiB) + "M"

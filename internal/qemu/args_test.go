@@ -83,7 +83,7 @@ func TestArgsMicroVMFull(t *testing.T) {
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-machine", "microvm,acpi=on,auto-kernel-cmdline=off,isa-serial=on,memory-backend=berth-ram",
 		"-global", "virtio-mmio.force-legacy=false",
-		"-accel", "tcg,thread=multi,tb-size=256", "-cpu", "max",
+		"-accel", "tcg,thread=multi,tb-size=128", "-cpu", "max",
 		"-smp", "2",
 		"-m", "512M",
 		"-object", "memory-backend-memfd,id=berth-ram,size=512M,share=on",
@@ -125,7 +125,7 @@ func TestArgsParts(t *testing.T) {
 		{
 			name:    "q35 tcg uses max cpu and multithreaded tcg",
 			machine: func() Machine { return baseMachine(Q35, TCG) },
-			want:    [][]string{{"-accel", "tcg,thread=multi,tb-size=256", "-cpu", "max"}},
+			want:    [][]string{{"-accel", "tcg,thread=multi,tb-size=128", "-cpu", "max"}},
 		},
 		{
 			name:    "q35 tcg has no tsc_early_khz",
