@@ -54,9 +54,11 @@ install: build ## install the binaries into $(PREFIX)/bin and a default config i
 test-unit: ## unit tests: no root, no VM, seconds
 	$(GO) test -short ./...
 
-# The QEMU driver's own tests boot the kernel `berth guest build` unpacked;
-# the guest image test boots an initramfs built around a test init.
-TEST_KERNEL = $(firstword $(wildcard $(STATE_DIR)/cache/linux-image-*/boot/vmlinuz-*))
+# The QEMU driver's own tests boot the Debian kernel `berth guest build`
+# unpacked (guest.kernel_source = "debian"), else the guest image's kernel
+# (Berth's own, booted through PVH); the guest image test boots an
+# initramfs built around a test init.
+TEST_KERNEL = $(or $(firstword $(wildcard $(STATE_DIR)/cache/linux-image-*/boot/vmlinuz-*)),$(STATE_DIR)/guest/vmlinuz)
 
 test-e2e: deps guest ## end-to-end tests: boot real VMs, drive a real containerd (root)
 	BERTH_TEST_KERNEL=$(TEST_KERNEL) $(GO) test -count=1 -timeout 10m ./internal/qemu/...
