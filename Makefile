@@ -15,7 +15,7 @@ AGENT_TAGS    := osusergo netgo seccomp
 AGENT_LDFLAGS := -s -w -extldflags -static
 GOFILES := $(shell find . -name '*.go' -not -path './bin/*' 2>/dev/null)
 
-.PHONY: help build deps guest rootfs demo install test test-unit test-e2e test-e2e-containerd2 bench bench-ctr bench-stats bench-net bench-devices bench-memory proto clean
+.PHONY: help build deps guest rootfs demo install test test-unit test-e2e test-e2e-containerd2 bench bench-ctr bench-stats bench-net bench-devices bench-memory bench-pods proto clean
 
 help: ## list targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -95,6 +95,9 @@ bench-devices: deps guest rootfs ## benchmark: block device hot-plug latency (ta
 
 bench-ctr: build guest rootfs ## benchmark: ctr run --rm /bin/true, runc vs berth vs the VM boot floor (table)
 	$(GO) run ./bench/ctr -n 5 -bin $(BIN) -state-dir $(STATE_DIR) -rootfs $(ROOTFS)
+
+bench-pods: build guest rootfs ## benchmark: CRI pod start (runc vs berth), 10 pods at once, idle pod PSS (table)
+	$(GO) run ./bench/pods -n 5 -parallel 10 -bin $(BIN) -state-dir $(STATE_DIR) -rootfs $(ROOTFS)
 
 bench-memory: deps guest rootfs ## benchmark: memory hot-plug +/-1 GiB (virtio-mem, DIMM, raw QMP floor), elastic grow latency, 1 GiB in chunks vs runc (table)
 	$(GO) run ./bench/memory -n 5 -state-dir $(STATE_DIR) -rootfs $(ROOTFS)
