@@ -186,7 +186,7 @@ func parseRootFstype(r io.Reader) string {
 // copying the agent or executing it again: the agent's directory
 // (InitramfsAgentDir) is bind-mounted, read-only, into the new root, and
 // this process carries on there. Under TCG, copying the 11 MB binary and
-// starting the Go runtime once more cost ~0.2 s of every boot; the
+// starting the Go runtime once more cost ~0.4 s of every boot; the
 // binary's pages stay where the kernel unpacked them either way (the
 // running agent maps them), so nothing is held twice. The rest of the
 // initramfs (the module list, Debian's modules) is small; it is copied and
