@@ -1,11 +1,8 @@
 package e2e
 
 import (
-	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/berth-runtime/berth/internal/guest"
 )
 
 // netAdminProbe builds what container workloads with NET_ADMIN commonly
@@ -29,11 +26,6 @@ step ipv6 test -e /proc/sys/net/ipv6/conf/br0`
 // be modules, which the guest does not load on demand.
 func TestCtrNetAdminBridgeVethAsUnderRunc(t *testing.T) {
 	containerd(t)
-	if a, err := guest.Inspect(filepath.Join(env.stateDir, "guest")); err != nil {
-		t.Fatalf("guest image: %v", err)
-	} else if a.Source() != guest.KernelSourceBerth {
-		t.Skipf("guest kernel %s (guest.kernel_source = %q) has bridge and veth as modules the guest does not load", a.KernelVersion, a.Source())
-	}
 	defer assertNoLeaks(t)
 	out := map[string]string{}
 	for _, rt := range []string{runcRuntime, berthRuntime} {
