@@ -15,7 +15,7 @@ AGENT_TAGS    := osusergo netgo seccomp
 AGENT_LDFLAGS := -s -w -extldflags -static
 GOFILES := $(shell find . -name '*.go' -not -path './bin/*' 2>/dev/null)
 
-.PHONY: help build deps guest rootfs demo install test test-unit test-e2e test-e2e-containerd2 bench bench-ctr bench-stats bench-net bench-devices bench-memory proto clean
+.PHONY: help build deps guest rootfs demo install test test-unit test-e2e test-e2e-containerd2 bench bench-ctr bench-stats bench-net bench-devices bench-memory bench-pods proto clean
 
 help: ## list targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -54,9 +54,11 @@ install: build ## install the binaries into $(PREFIX)/bin and a default config i
 test-unit: ## unit tests: no root, no VM, seconds
 	$(GO) test -short ./...
 
-# The QEMU driver's own tests boot the kernel `berth guest build` unpacked;
-# the guest image test boots an initramfs built around a test init.
-TEST_KERNEL = $(firstword $(wildcard $(STATE_DIR)/cache/linux-image-*/boot/vmlinuz-*))
+# The QEMU driver's own tests boot the Debian kernel `berth guest build`
+# unpacked (guest.kernel_source = "debian"), else the guest image's kernel
+# (Berth's own, booted through PVH); the guest image test boots an
+# initramfs built around a test init.
+TEST_KERNEL = $(or $(firstword $(wildcard $(STATE_DIR)/cache/linux-image-*/boot/vmlinuz-*)),$(STATE_DIR)/guest/vmlinuz)
 
 test-e2e: deps guest ## end-to-end tests: boot real VMs, drive a real containerd (root)
 	BERTH_TEST_KERNEL=$(TEST_KERNEL) $(GO) test -count=1 -timeout 10m ./internal/qemu/...
@@ -93,6 +95,9 @@ bench-devices: deps guest rootfs ## benchmark: block device hot-plug latency (ta
 
 bench-ctr: build guest rootfs ## benchmark: ctr run --rm /bin/true, runc vs berth vs the VM boot floor (table)
 	$(GO) run ./bench/ctr -n 5 -bin $(BIN) -state-dir $(STATE_DIR) -rootfs $(ROOTFS)
+
+bench-pods: build guest rootfs ## benchmark: CRI pod start (runc vs berth), 10 pods at once, idle pod PSS (table)
+	$(GO) run ./bench/pods -n 5 -parallel 10 -bin $(BIN) -state-dir $(STATE_DIR) -rootfs $(ROOTFS)
 
 bench-memory: deps guest rootfs ## benchmark: memory hot-plug +/-1 GiB (virtio-mem, DIMM, raw QMP floor), elastic grow latency, 1 GiB in chunks vs runc (table)
 	$(GO) run ./bench/memory -n 5 -state-dir $(STATE_DIR) -rootfs $(ROOTFS)

@@ -473,5 +473,7 @@ func kernelLabel(cfg *config.Config) string {
 	if err != nil {
 		return filepath.Base(cfg.Guest.Kernel)
 	}
-	return a.KernelVersion
+	// Two images of one kernel (e.g. an agent or initramfs change) are
+	// told apart by their state directories.
+	return a.KernelVersion + ", " + cfg.StateDir
 }

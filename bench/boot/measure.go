@@ -49,7 +49,7 @@ func rawBoot(ctx context.Context, cfg *config.Config, accel qemu.Accel, tmp stri
 	}
 	m := qemu.Machine{
 		Binary: h.Path, Type: qemu.MachineType(h.Machine), Accel: accel,
-		VCPUs: h.DefaultVCPUs, MemoryMiB: h.DefaultMemoryMiB,
+		VCPUs: h.DefaultVCPUs, MemoryMiB: h.DefaultMemoryMiB, TCGTBSizeMiB: h.TCGTBSizeMiB,
 		Kernel: cfg.Guest.Kernel, Initrd: cfg.Guest.Initrd,
 		KernelParams: params,
 		ConsoleLog:   filepath.Join(dir, "console.log"),

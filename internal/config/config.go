@@ -27,6 +27,7 @@ package config
 
 import (
 	"path/filepath"
+	"runtime"
 	"time"
 )
 
@@ -93,6 +94,14 @@ const (
 	// MinMemoryMiB is the smallest default_memory that boots the stock
 	// Debian cloud kernel with the Berth initramfs unpacked in RAM.
 	MinMemoryMiB = 128
+	// MinTCGTBSizeMiB and MaxTCGTBSizeMiB bound hypervisor.tcg_tb_size:
+	// below 16 MiB QEMU flushes the whole cache over and over during a
+	// boot; QEMU's own default is 1024 MiB and more only costs RAM.
+	MinTCGTBSizeMiB = 16
+	MaxTCGTBSizeMiB = 2048
+	// DefaultTCGTBSizeMiB is hypervisor.tcg_tb_size's default
+	// (docs/configuration.md has the measurement behind it).
+	DefaultTCGTBSizeMiB = 128
 )
 
 // Default guest artefact file names under StateDir/guest.
@@ -101,6 +110,18 @@ const (
 	guestKernelName = "vmlinuz"
 	guestInitrdName = "initramfs.img"
 )
+
+// DefaultKernelSource is guest.kernel_source's default for a Go
+// architecture: Berth's own kernel where the repository has its
+// configuration (amd64; it boots in about half the time of the Debian
+// cloud kernel under TCG, docs/benchmarks.md), the Debian kernel
+// elsewhere.
+func DefaultKernelSource(goarch string) string {
+	if goarch == "amd64" {
+		return KernelSourceBerth
+	}
+	return KernelSourceDebian
+}
 
 // Default returns the documented defaults (docs/configuration.md). It is a
 // valid configuration: Default().Validate() returns nil. Guest.Kernel and
@@ -116,6 +137,7 @@ func Default() *Config {
 			DefaultVCPUs:      1,
 			DefaultMemoryMiB:  256,
 			KernelParams:      "",
+			TCGTBSizeMiB:      DefaultTCGTBSizeMiB,
 			VirtiofsdPath:     "/usr/lib/qemu/virtiofsd",
 			VirtiofsCache:     VirtiofsCacheAuto,
 			FreePageReporting: true,
@@ -145,7 +167,7 @@ func Default() *Config {
 		},
 		Guest: Guest{
 			KernelPackage: "linux-image-cloud-amd64",
-			KernelSource:  KernelSourceDebian,
+			KernelSource:  DefaultKernelSource(runtime.GOARCH),
 		},
 		Memory: defaultMemory(),
 		Cgroup: Cgroup{
@@ -252,6 +274,9 @@ type Hypervisor struct {
 	DefaultMemoryMiB int `toml:"default_memory"`
 	// KernelParams are appended to the guest kernel command line.
 	KernelParams string `toml:"kernel_params"`
+	// TCGTBSizeMiB is QEMU's TCG translation cache per VM, in MiB
+	// (unused under KVM).
+	TCGTBSizeMiB int `toml:"tcg_tb_size"`
 	// VirtiofsdPath is the virtiofsd binary serving container root file systems.
 	VirtiofsdPath string `toml:"virtiofsd_path"`
 	// VirtiofsCache is virtiofsd's cache mode: "auto", "always" or "none".

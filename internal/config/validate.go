@@ -101,6 +101,10 @@ func (c *Config) problems() []*KeyError {
 		add(keyError("hypervisor.default_memory", h.DefaultMemoryMiB, "is not a multiple of 2",
 			fmt.Sprintf("the value is in MiB and memory is added in 2 MiB blocks; use %d or %d", h.DefaultMemoryMiB-1, h.DefaultMemoryMiB+1)))
 	}
+	if h.TCGTBSizeMiB < MinTCGTBSizeMiB || h.TCGTBSizeMiB > MaxTCGTBSizeMiB {
+		add(keyError("hypervisor.tcg_tb_size", h.TCGTBSizeMiB, "is out of range",
+			fmt.Sprintf("the value is in MiB; use a whole number from %d to %d (default %d)", MinTCGTBSizeMiB, MaxTCGTBSizeMiB, DefaultTCGTBSizeMiB)))
+	}
 	if strings.ContainsAny(h.KernelParams, "\n\r\x00") {
 		add(keyError("hypervisor.kernel_params", h.KernelParams, "contains a line break or NUL",
 			"write the parameters on one line, separated by spaces"))

@@ -2,7 +2,6 @@ package guest
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
 	"debug/elf"
 	"errors"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/cavaliergopher/cpio"
 
+	"github.com/berth-runtime/berth/internal/agent"
 	"github.com/berth-runtime/berth/internal/agent/kmod"
 )
 
@@ -28,19 +28,12 @@ type cpioEntry struct {
 	data                 string
 }
 
-// readInitramfs lists a gzip'd newc archive twice: with cpio.Reader (an
+// readInitramfs lists an uncompressed newc archive twice: with cpio.Reader (an
 // independent reader must accept it) and with a raw header walk, which also
 // sees the device numbers cpio.Header does not carry.
 func readInitramfs(t *testing.T, img []byte) (names []string, entries map[string]cpioEntry) {
 	t.Helper()
-	zr, err := gzip.NewReader(bytes.NewReader(img))
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := io.ReadAll(zr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw := img
 
 	entries = map[string]cpioEntry{}
 	r := cpio.NewReader(bytes.NewReader(raw))
@@ -53,6 +46,9 @@ func readInitramfs(t *testing.T, img []byte) (names []string, entries map[string
 			t.Fatalf("cpio.Reader: %v", err)
 		}
 		data, _ := io.ReadAll(r)
+		if h.Mode&^cpio.ModePerm == cpio.TypeSymlink {
+			data = []byte(h.Linkname) // the reader takes a symlink's body as its target
+		}
 		names = append(names, h.Name)
 		entries[h.Name] = cpioEntry{mode: h.Mode, data: string(data), mtime: h.ModTime.Unix()}
 	}
@@ -101,7 +97,9 @@ func TestWriteInitramfs(t *testing.T) {
 		"etc/berth":              cpio.TypeDir | 0o755,
 		"lib/modules/" + kver:    cpio.TypeDir | 0o755,
 		"dev/console":            cpio.TypeChar | 0o600,
-		"init":                   cpio.TypeReg | 0o755,
+		"berth":                  cpio.TypeDir | 0o755,
+		"berth/agent":            cpio.TypeReg | 0o755,
+		"init":                   cpio.TypeSymlink | 0o777,
 		"etc/berth/modules.load": cpio.TypeReg | 0o644,
 		"lib/modules/" + kver + "/kernel/fs/fuse/virtiofs.ko": cpio.TypeReg | 0o644,
 		"lib/modules/" + kver + "/kernel/drivers/virtio":      cpio.TypeDir | 0o755,
@@ -120,8 +118,11 @@ func TestWriteInitramfs(t *testing.T) {
 		t.Errorf("dev/console is %d:%d, want 5:1", c.rdevMajor, c.rdevMinor)
 	}
 	agentBytes, _ := os.ReadFile(agent)
-	if entries["init"].data != string(agentBytes) {
-		t.Error("/init is not the agent")
+	if entries["berth/agent"].data != string(agentBytes) {
+		t.Error("/berth/agent is not the agent")
+	}
+	if got := entries["init"].data; got != "/berth/agent" {
+		t.Errorf("/init links to %q, want /berth/agent", got)
 	}
 	if got, want := entries["etc/berth/modules.load"].data, strings.Join(spec.modules, "\n")+"\n"; got != want {
 		t.Errorf("modules.load = %q, want %q", got, want)
@@ -154,6 +155,12 @@ func TestWriteInitramfs(t *testing.T) {
 	}
 	if !bytes.Equal(img.Bytes(), again.Bytes()) {
 		t.Error("two builds from the same inputs differ")
+	}
+}
+
+func TestAgentDirMatchesAgent(t *testing.T) {
+	if AgentDir != agent.InitramfsAgentDir {
+		t.Errorf("guest.AgentDir %q != agent.InitramfsAgentDir %q: the agent would not find itself when it leaves the initramfs", AgentDir, agent.InitramfsAgentDir)
 	}
 }
 

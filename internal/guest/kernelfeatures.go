@@ -33,7 +33,7 @@ var KernelFeatures = []KernelFeature{
 	{"vsock", []string{"CONFIG_VSOCKETS", "CONFIG_VIRTIO_VSOCKETS"}, true},
 	{"virtio-net", []string{"CONFIG_VIRTIO_NET"}, true},
 	{"serial console (ttyS0)", []string{"CONFIG_SERIAL_8250", "CONFIG_SERIAL_8250_CONSOLE"}, true},
-	{"initramfs (gzip)", []string{"CONFIG_BLK_DEV_INITRD", "CONFIG_RD_GZIP"}, true},
+	{"initramfs (uncompressed newc)", []string{"CONFIG_BLK_DEV_INITRD"}, true},
 	{"devtmpfs, tmpfs, proc", []string{"CONFIG_DEVTMPFS", "CONFIG_TMPFS", "CONFIG_PROC_FS"}, true},
 	{"cgroups (memory, cpu, pids, cpuset, freezer, devices)", []string{"CONFIG_CGROUPS", "CONFIG_MEMCG", "CONFIG_CGROUP_SCHED",
 		"CONFIG_CFS_BANDWIDTH", "CONFIG_CGROUP_PIDS", "CONFIG_CPUSETS", "CONFIG_CGROUP_FREEZER", "CONFIG_CGROUP_DEVICE", "CONFIG_CGROUP_BPF"}, true},

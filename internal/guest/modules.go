@@ -35,12 +35,20 @@ var DefaultModules = []string{
 	"virtio_net",
 	// fw_cfg in sysfs: the agent reads the sandbox secret from it.
 	"qemu_fw_cfg",
+	// What container workloads with NET_ADMIN build in their network
+	// namespace, as under runc (Berth's own kernel has them built in):
+	// bridges (with stp and llc), veth pairs, TUN/TAP, VLANs.
+	"bridge",
+	"veth",
+	"tun",
+	"8021q",
 }
 
 // optionalModules may be missing from a kernel without failing a build that
 // uses DefaultModules: a guest without virtio-scsi still runs containers.
 // Modules the user names explicitly are always required.
-var optionalModules = map[string]bool{"virtio_scsi": true, "virtio_balloon": true}
+var optionalModules = map[string]bool{"virtio_scsi": true, "virtio_balloon": true,
+	"bridge": true, "veth": true, "tun": true, "8021q": true}
 
 // moduleName turns a module file path into the kernel's name for the module:
 // the base name without the .ko suffix (and any compression suffix), with

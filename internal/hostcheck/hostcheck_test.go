@@ -150,6 +150,8 @@ func goodHost() *fakeHost {
 func loadedDefaults(t *testing.T) *config.Config {
 	t.Helper()
 	cfg := config.Default()
+	// goodHost's guest image holds the Debian cloud kernel.
+	cfg.Guest.KernelSource = config.KernelSourceDebian
 	cfg.Guest.Kernel = cfg.ResolvedKernel()
 	cfg.Guest.Initrd = cfg.ResolvedInitrd()
 	if err := cfg.Validate(); err != nil {

@@ -20,9 +20,13 @@ const (
 	vsockID        = "berth-vsock"
 	chardevPrefix  = "char-" // chardev of the device with the same ID
 	consoleFdSet   = 1
-	tcgTBSizeMiB   = 256
 	fallbackTSCkHz = 2_000_000
 )
+
+// DefaultTCGTBSizeMiB is the TCG translation cache size when
+// Machine.TCGTBSizeMiB is 0 (config hypervisor.tcg_tb_size documents the
+// measurement behind it).
+const DefaultTCGTBSizeMiB = 128
 
 // SandboxOpts is QEMU's -sandbox argument when Machine.Sandbox is set.
 const SandboxOpts = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
@@ -70,9 +74,12 @@ func (m Machine) Args() ([]string, error) {
 	case TCG:
 		// thread=multi runs one host thread per vCPU. tb-size caps the
 		// translated-code cache: QEMU's default is 1 GiB per VM, which
-		// fills slowly but then counts against host memory per pod; a
-		// kernel boot uses a few MiB of it.
-		a.add("-accel", "tcg,thread=multi,tb-size="+strconv.Itoa(tcgTBSizeMiB), "-cpu", "max")
+		// fills slowly but then counts against host memory per pod.
+		tb := m.TCGTBSizeMiB
+		if tb == 0 {
+			tb = DefaultTCGTBSizeMiB
+		}
+		a.add("-accel", "tcg,thread=multi,tb-size="+strconv.Itoa(tb), "-cpu", "max")
 	}
 	a.add("-smp", strconv.Itoa(m.VCPUs))
 	mem := strconv.Itoa(m.MemoryMiB) + "M"
@@ -234,6 +241,10 @@ func (m Machine) virtioDev(base string) string {
 //   - loglevel=6: keeps boot chatter (KERN_INFO) off the emulated serial
 //     line, which is slow under TCG, but keeps notices, warnings and the
 //     "Linux version" banner. KernelParams may raise it.
+//   - pty.legacy_count=0: no BSD-style /dev/ptyXX pairs (containers use
+//     devpts). A kernel with CONFIG_LEGACY_PTYS (Berth's) otherwise
+//     registers 256 pairs at boot, and creating their device nodes cost
+//     ~0.3 s of a TCG boot; other kernels ignore the parameter.
 //   - tsc_early_khz (microvm under TCG only): microvm has no HPET, and
 //     microvm guests under TCG have been seen to hang calibrating the TSC
 //     against the PIT; giving the frequency skips that calibration. TCG's
@@ -244,7 +255,7 @@ func (m Machine) KernelCmdline() string {
 	if m.Type == Virt {
 		console = "console=ttyAMA0" // virt's PL011 UART
 	}
-	params := []string{console, "panic=-1", "reboot=t", "loglevel=6"}
+	params := []string{console, "panic=-1", "reboot=t", "loglevel=6", "pty.legacy_count=0"}
 	if m.Type == MicroVM && m.Accel == TCG {
 		params = append(params, "tsc_early_khz="+strconv.Itoa(hostTSCkHz()))
 	}

@@ -47,7 +47,7 @@ func TestArgsQ35Full(t *testing.T) {
 		"-object", "memory-backend-memfd,id=berth-ram,size=512M,share=on",
 		"-kernel", "/k/vmlinuz",
 		"-initrd", "/k/initrd.img",
-		"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6 rdinit=/sbin/berth-agent",
+		"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6 pty.legacy_count=0 rdinit=/sbin/berth-agent",
 		"-chardev", "file,id=berth-console,path=/run/berth/vm1/console.log",
 		"-serial", "chardev:berth-console",
 		"-chardev", "socket,id=berth-qmp,path=/run/berth/vm1/qmp.sock,server=on,wait=off",
@@ -83,12 +83,12 @@ func TestArgsMicroVMFull(t *testing.T) {
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-machine", "microvm,acpi=on,auto-kernel-cmdline=off,isa-serial=on,memory-backend=berth-ram",
 		"-global", "virtio-mmio.force-legacy=false",
-		"-accel", "tcg,thread=multi,tb-size=256", "-cpu", "max",
+		"-accel", "tcg,thread=multi,tb-size=128", "-cpu", "max",
 		"-smp", "2",
 		"-m", "512M",
 		"-object", "memory-backend-memfd,id=berth-ram,size=512M,share=on",
 		"-kernel", "/k/vmlinuz",
-		"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6 tsc_early_khz=2596120",
+		"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6 pty.legacy_count=0 tsc_early_khz=2596120",
 		"-chardev", "file,id=berth-console,path=/run/berth/vm1/console.log",
 		"-serial", "chardev:berth-console",
 		"-chardev", "socket,id=berth-qmp,path=/run/berth/vm1/qmp.sock,server=on,wait=off",
@@ -125,12 +125,12 @@ func TestArgsParts(t *testing.T) {
 		{
 			name:    "q35 tcg uses max cpu and multithreaded tcg",
 			machine: func() Machine { return baseMachine(Q35, TCG) },
-			want:    [][]string{{"-accel", "tcg,thread=multi,tb-size=256", "-cpu", "max"}},
+			want:    [][]string{{"-accel", "tcg,thread=multi,tb-size=128", "-cpu", "max"}},
 		},
 		{
 			name:    "q35 tcg has no tsc_early_khz",
 			machine: func() Machine { return baseMachine(Q35, TCG) },
-			want:    [][]string{{"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6"}},
+			want:    [][]string{{"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6 pty.legacy_count=0"}},
 		},
 		{
 			name:    "microvm kvm has no tsc_early_khz",
@@ -138,7 +138,7 @@ func TestArgsParts(t *testing.T) {
 			want: [][]string{
 				{"-machine", "microvm,acpi=on,auto-kernel-cmdline=off,isa-serial=on"},
 				{"-global", "virtio-mmio.force-legacy=false"},
-				{"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6"},
+				{"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6 pty.legacy_count=0"},
 			},
 		},
 		{
@@ -204,7 +204,7 @@ func TestArgsParts(t *testing.T) {
 		{
 			name:    "kernel params go last",
 			machine: func() Machine { m := baseMachine(Q35, TCG); m.KernelParams = "  loglevel=7 quiet "; return m },
-			want:    [][]string{{"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6 loglevel=7 quiet"}},
+			want:    [][]string{{"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6 pty.legacy_count=0 loglevel=7 quiet"}},
 		},
 	}
 	for _, tt := range tests {

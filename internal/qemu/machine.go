@@ -74,6 +74,9 @@ type Machine struct {
 	Accel     Accel
 	VCPUs     int
 	MemoryMiB int
+	// TCGTBSizeMiB is the TCG translation cache of the VM in MiB (-accel
+	// tcg,tb-size=); 0 means DefaultTCGTBSizeMiB. Ignored under KVM.
+	TCGTBSizeMiB int
 
 	Kernel string
 	Initrd string // optional
@@ -239,6 +242,9 @@ func (m Machine) Validate() error {
 	}
 	if m.VCPUs < 1 {
 		bad("VCPUs", "must be at least 1, got %d", m.VCPUs)
+	}
+	if m.TCGTBSizeMiB < 0 {
+		bad("TCGTBSizeMiB", "must not be negative, got %d", m.TCGTBSizeMiB)
 	}
 	if m.MemoryMiB < MinMemoryMiB {
 		bad("MemoryMiB", "must be at least %d, got %d", MinMemoryMiB, m.MemoryMiB)

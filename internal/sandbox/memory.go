@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -224,17 +225,20 @@ func (s *Sandbox) resizeDIMM(ctx context.Context, targetMiB int) error {
 		return nil
 	}
 	// Shrink by whole DIMMs, newest first, while that stays >= target.
-	for len(m.dimms) > 0 {
-		d := m.dimms[len(m.dimms)-1]
+	// A DIMM holding kernel memory can never be ejected: the guest would
+	// ignore the request and QEMU would wait forever. Ask the guest first,
+	// and pass over such a DIMM to the older ones: which DIMM the guest
+	// had to online as kernel memory depends on its free kernel memory
+	// while the blocks arrived (with Berth's kernel it is often the newest).
+	var stuck error
+	for i := len(m.dimms) - 1; i >= 0; i-- {
+		d := m.dimms[i]
 		if m.currentMiB-d.SizeMiB < targetMiB {
-			break
+			continue
 		}
-		// A DIMM holding kernel memory can never be ejected: the guest
-		// would ignore the request and QEMU would wait forever. Ask the
-		// guest first.
 		if err := s.dimmRemovable(ctx, d); err != nil {
-			m.requestedMiB = m.currentMiB
-			return fmt.Errorf("shrink to %d MiB reached %d MiB: %v: %w", targetMiB, m.currentMiB, err, ErrPartialResize)
+			stuck = err
+			continue
 		}
 		uctx, cancel := context.WithTimeout(ctx, resizeTimeout(d.SizeMiB))
 		err := m.hp.UnplugDIMM(uctx, d.ID)
@@ -243,8 +247,12 @@ func (s *Sandbox) resizeDIMM(ctx context.Context, targetMiB int) error {
 			m.requestedMiB = m.currentMiB
 			return fmt.Errorf("shrink to %d MiB reached %d MiB: %v: %w", targetMiB, m.currentMiB, err, ErrPartialResize)
 		}
-		m.dimms = m.dimms[:len(m.dimms)-1]
+		m.dimms = slices.Delete(m.dimms, i, i+1)
 		m.currentMiB -= d.SizeMiB
+	}
+	if m.currentMiB != targetMiB && stuck != nil {
+		m.requestedMiB = m.currentMiB
+		return fmt.Errorf("shrink to %d MiB reached %d MiB: %v: %w", targetMiB, m.currentMiB, stuck, ErrPartialResize)
 	}
 	if m.currentMiB != targetMiB {
 		m.requestedMiB = m.currentMiB

@@ -360,6 +360,7 @@ func (s *Sandbox) machine(opts Options) (qemu.Machine, error) {
 		Accel:        accel,
 		VCPUs:        vcpus,
 		MemoryMiB:    mem,
+		TCGTBSizeMiB: h.TCGTBSizeMiB,
 		Kernel:       s.cfg.Guest.Kernel,
 		Initrd:       s.cfg.Guest.Initrd,
 		KernelParams: params,

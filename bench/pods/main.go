@@ -1,0 +1,312 @@
+// Command pods measures Berth pods through the CRI, as the kubelet starts
+// them, in one run:
+//
+//   - a single pod start (RunPodSandbox + CreateContainer + StartContainer
+//     of a busybox container) -n times, Berth and runc taking turns;
+//   - the host memory of one idle Berth pod: the proportional set size
+//     (PSS, /proc/<pid>/smaps_rollup) of its QEMU, virtiofsd and shim,
+//     after -idle of idling;
+//   - -parallel Berth pods started at once: every start's time, p50, p99
+//     and max against the single start's median of the same run, how
+//     close the slowest came to hypervisor.boot_timeout, and whether
+//     anything (a QEMU, virtiofsd, shim or sandbox directory) is left
+//     once they are removed.
+//
+// It starts a private containerd (bench/internal/crienv) and removes
+// everything it created.
+//
+// Usage (root, `make build` and the guest image built):
+//
+//	go run ./bench/pods -n 5 -parallel 10 -state-dir /var/lib/berth -rootfs bin/rootfs-busybox
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/berth-runtime/berth/bench/internal/benchtab"
+	"github.com/berth-runtime/berth/bench/internal/crienv"
+	"github.com/berth-runtime/berth/internal/config"
+)
+
+type options struct {
+	n, parallel int
+	idle        time.Duration
+	stateDir    string
+	rootfs      string
+	bin         string
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.n, "n", 5, "single pod starts per runtime")
+	flag.IntVar(&o.parallel, "parallel", 10, "Berth pods started at once")
+	flag.DurationVar(&o.idle, "idle", 10*time.Second, "how long the pod idles before its PSS is read")
+	flag.StringVar(&o.stateDir, "state-dir", "/var/lib/berth", "Berth state directory holding the guest image")
+	flag.StringVar(&o.rootfs, "rootfs", "bin/rootfs-busybox", "busybox root file system for the containers (make rootfs)")
+	flag.StringVar(&o.bin, "bin", "bin", "directory holding containerd-shim-berth-v2")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, o options) error {
+	if o.n < 1 || o.parallel < 1 {
+		return errors.New("-n and -parallel must be at least 1")
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("needs root: it starts containerd and VMs")
+	}
+	if _, err := os.Stat(filepath.Join(o.rootfs, "bin", "busybox")); err != nil {
+		return fmt.Errorf("-rootfs %s: %w (make rootfs)", o.rootfs, err)
+	}
+	bin, err := filepath.Abs(o.bin)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp("", "berth-bench-pods-")
+	if err != nil {
+		return err
+	}
+	// QEMU runs as an unprivileged uid and must reach run_dir below it.
+	os.Chmod(tmp, 0o711)
+	defer os.RemoveAll(tmp)
+	env, err := crienv.Start(ctx, bin, o.stateDir, o.rootfs, tmp)
+	if err != nil {
+		return err
+	}
+	defer env.Close()
+	timeout := config.Default().Hypervisor.BootTimeout.Duration
+
+	seq := 0
+	start := func(handler string) (time.Duration, string, error) {
+		seq++
+		t0 := time.Now()
+		podID, _, err := env.StartPod(ctx, crienv.Pod{
+			Handler: handler, Name: fmt.Sprintf("pods-%s-%d", handler, seq), LogDir: filepath.Join(tmp, "logs"),
+			Container: "sleep", Command: []string{"sleep", "100000"},
+		})
+		return time.Since(t0), podID, err
+	}
+
+	// Single starts, one warm-up round first, the runtimes taking turns.
+	single := map[string][]time.Duration{}
+	for i := 0; i <= o.n; i++ {
+		for _, h := range []string{"runc", "berth"} {
+			d, id, err := start(h)
+			if id != "" {
+				env.RemovePod(id)
+			}
+			if err != nil {
+				return fmt.Errorf("%s pod: %w", h, err)
+			}
+			if i > 0 {
+				single[h] = append(single[h], d)
+			}
+			fmt.Fprintf(os.Stderr, "single %s %d: %s\n", h, i, benchtab.MS(d))
+		}
+	}
+
+	// One idle pod's PSS.
+	d, id, err := start("berth")
+	if err != nil {
+		if id != "" {
+			env.RemovePod(id)
+		}
+		return fmt.Errorf("idle pod: %w", err)
+	}
+	fmt.Fprintf(os.Stderr, "idle pod started in %s; idling %v\n", benchtab.MS(d), o.idle)
+	time.Sleep(o.idle)
+	pss, err := podPSS(env.RunDir)
+	env.RemovePod(id)
+	if err != nil {
+		return err
+	}
+
+	// -parallel pods at once.
+	var wg sync.WaitGroup
+	par := make([]time.Duration, o.parallel)
+	ids := make([]string, o.parallel)
+	errs := make([]error, o.parallel)
+	seq += o.parallel
+	for i := range par {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			t0 := time.Now()
+			ids[i], _, errs[i] = env.StartPod(ctx, crienv.Pod{
+				Handler: "berth", Name: fmt.Sprintf("pods-par-%d", i), LogDir: filepath.Join(tmp, "logs"),
+				Container: "sleep", Command: []string{"sleep", "100000"},
+			})
+			par[i] = time.Since(t0)
+		}(i)
+	}
+	wg.Wait()
+	failed := 0
+	for i, err := range errs {
+		if err != nil {
+			failed++
+			fmt.Fprintf(os.Stderr, "parallel pod %d: %v\n", i, err)
+		}
+	}
+	for _, id := range ids {
+		if id != "" {
+			env.RemovePod(id)
+		}
+	}
+	left := leftovers(env.RunDir)
+
+	fmt.Printf("CRI pods, private containerd; %d single starts per runtime after a warm-up, then %d Berth pods at once\n\n", o.n, o.parallel)
+	benchtab.Print(os.Stdout, []benchtab.Series{
+		{Name: "runc pod start (RunPodSandbox+Create+Start)", Runs: single["runc"]},
+		{Name: "berth pod start (RunPodSandbox+Create+Start)", Runs: single["berth"]},
+		{Name: fmt.Sprintf("berth pod start, %d at once", o.parallel), Runs: par},
+	})
+	one := benchtab.Median(single["berth"])
+	p50, p99 := benchtab.Percentile(par, 50), benchtab.Percentile(par, 99)
+	fmt.Printf("\n%d at once: %d of %d started; p50 %s (%.1fx a single start), p99 %s (%.1fx), slowest at %.0f%% of boot_timeout (%v)\n",
+		o.parallel, o.parallel-failed, o.parallel, benchtab.MS(p50), float64(p50)/float64(one), benchtab.MS(p99), float64(p99)/float64(one),
+		100*float64(benchtab.Percentile(par, 100))/float64(timeout), timeout)
+	if len(left) == 0 {
+		fmt.Println("after removal: nothing left (no QEMU, virtiofsd or shim process, no sandbox directory)")
+	} else {
+		fmt.Printf("after removal: LEFT: %s\n", strings.Join(left, "; "))
+	}
+	fmt.Printf("\nidle Berth pod after %v, host PSS:\n\n| process | PSS |\n|---|--:|\n", o.idle)
+	total := 0
+	for _, p := range pss {
+		fmt.Printf("| %s | %.1f MiB |\n", p.name, float64(p.kib)/1024)
+		total += p.kib
+	}
+	fmt.Printf("| **total** | **%.1f MiB** |\n", float64(total)/1024)
+	if failed > 0 || len(left) > 0 {
+		return errors.New("some pods failed to start or left something behind")
+	}
+	return nil
+}
+
+type procPSS struct {
+	name string
+	kib  int
+}
+
+// podPSS reads the PSS of the one running Berth pod's processes: QEMU and
+// virtiofsd (their command lines name a socket under runDir) and the shim
+// that started them (their parent).
+func podPSS(runDir string) ([]procPSS, error) {
+	var out []procPSS
+	shims := map[int]bool{}
+	for _, pid := range pids() {
+		cmd := cmdline(pid)
+		var name string
+		switch {
+		case strings.Contains(cmd, "qemu-system") && strings.Contains(cmd, runDir):
+			name = "QEMU"
+		case strings.Contains(cmd, "virtiofsd") && strings.Contains(cmd, runDir):
+			name = "virtiofsd"
+		default:
+			continue
+		}
+		kib, err := pssKiB(pid)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, procPSS{name: fmt.Sprintf("%s (pid %d)", name, pid), kib: kib})
+		if pp := parent(pid); pp > 0 && strings.Contains(cmdline(pp), "containerd-shim-berth-v2") {
+			shims[pp] = true
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no QEMU or virtiofsd below %s", runDir)
+	}
+	for pid := range shims {
+		kib, err := pssKiB(pid)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, procPSS{name: fmt.Sprintf("shim (pid %d)", pid), kib: kib})
+	}
+	return out, nil
+}
+
+// leftovers lists what of the pods remains: processes naming runDir, shim
+// processes, sandbox directories.
+func leftovers(runDir string) []string {
+	var left []string
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		left = nil
+		for _, pid := range pids() {
+			cmd := cmdline(pid)
+			if strings.Contains(cmd, runDir) || strings.Contains(cmd, "containerd-shim-berth-v2") {
+				left = append(left, fmt.Sprintf("pid %d %.60s", pid, cmd))
+			}
+		}
+		if ents, _ := os.ReadDir(filepath.Join(runDir, "sandboxes")); len(ents) > 0 {
+			left = append(left, fmt.Sprintf("%d sandbox directories in %s", len(ents), filepath.Join(runDir, "sandboxes")))
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			return left
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func pids() []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && pid != os.Getpid() {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+func cmdline(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return strings.ReplaceAll(string(b), "\x00", " ")
+}
+
+func parent(pid int) int {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	// The command name is in parentheses and may hold spaces.
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 {
+		if f := strings.Fields(s[i+1:]); len(f) > 1 {
+			pp, _ := strconv.Atoi(f[1])
+			return pp
+		}
+	}
+	return 0
+}
+
+func pssKiB(pid int) (int, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "Pss:"); ok {
+			return strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+		}
+	}
+	return 0, fmt.Errorf("pid %d: no Pss in smaps_rollup", pid)
+}
