@@ -72,25 +72,12 @@ func run(ctx context.Context, o options) error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: it starts containerd and VMs")
 	}
-	if _, err := os.Stat(filepath.Join(o.rootfs, "bin", "busybox")); err != nil {
-		return fmt.Errorf("-rootfs %s: %w (make rootfs)", o.rootfs, err)
-	}
-	bin, err := filepath.Abs(o.bin)
-	if err != nil {
-		return err
-	}
-	tmp, err := os.MkdirTemp("", "berth-bench-pods-")
-	if err != nil {
-		return err
-	}
-	// QEMU runs as an unprivileged uid and must reach run_dir below it.
-	os.Chmod(tmp, 0o711)
-	defer os.RemoveAll(tmp)
-	env, err := crienv.Start(ctx, bin, o.stateDir, o.rootfs, tmp)
+	env, err := crienv.Start(ctx, "pods", o.bin, o.stateDir, o.rootfs)
 	if err != nil {
 		return err
 	}
 	defer env.Close()
+	tmp := env.Dir
 	timeout := config.Default().Hypervisor.BootTimeout.Duration
 
 	seq := 0
