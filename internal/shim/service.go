@@ -44,9 +44,9 @@ import (
 
 	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/oci"
-	"github.com/berth-runtime/berth/internal/qemu"
 	"github.com/berth-runtime/berth/internal/sandbox"
 	"github.com/berth-runtime/berth/internal/stats"
+	"github.com/berth-runtime/berth/internal/vmm/drivers"
 )
 
 // exitStatusVMGone is reported for processes whose VM died under them: they
@@ -364,7 +364,11 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 		s.mu.Unlock()
 		close(booting)
 	}()
-	accel, err := resolveAccel(ctx, cfg)
+	driver, err := drivers.For(cfg)
+	if err != nil {
+		return nil, 0, err
+	}
+	accel, err := sandbox.ResolveAccel(ctx, cfg, driver)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -375,7 +379,7 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 	sandbox.CleanupStale(cfg.RunDir)
 	ns, _ := namespaces.Namespace(ctx)
 	cgroupsPath := oci.CgroupsPath(spec, ns, sandboxID)
-	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: sandboxID, Accel: accel, CgroupsPath: cgroupsPath, ColdPlugVFIO: cold, NetNSPath: netns})
+	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: sandboxID, Driver: driver, Accel: accel, CgroupsPath: cgroupsPath, ColdPlugVFIO: cold, NetNSPath: netns})
 	if err != nil {
 		return nil, 0, fmt.Errorf("start sandbox VM: %w", err)
 	}
@@ -389,23 +393,6 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 		log.G(ctx).WithError(err).Warn("serve sandbox metrics")
 	}
 	return sb, 0, nil
-}
-
-func resolveAccel(ctx context.Context, cfg *config.Config) (qemu.Accel, error) {
-	switch cfg.Hypervisor.Accel {
-	case config.AccelKVM:
-		return qemu.KVM, nil
-	case config.AccelTCG:
-		return qemu.TCG, nil
-	}
-	accel, reason, err := qemu.CachedAccel(ctx, qemu.AccelProbe{
-		Binary: cfg.Hypervisor.Path, Kernel: cfg.Guest.Kernel, Timeout: 5 * time.Second,
-	}, filepath.Join(cfg.RunDir, "accel.json"))
-	if err != nil {
-		return "", fmt.Errorf("probe accelerator: %w", err)
-	}
-	log.G(ctx).Infof("accelerator %s: %s", accel, reason)
-	return accel, nil
 }
 
 // watchVM notices the VM dying on its own (killed, crashed, powered off):
