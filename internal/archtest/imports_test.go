@@ -37,7 +37,7 @@ var forbidden = map[string][]string{
 	// The driver seam is neutral: no driver, no sandbox, no containerd.
 	"internal/vmm": {module + "internal/qemu", module + "internal/sandbox", module + "internal/shim",
 		module + "internal/config", "github.com/containerd/containerd"},
-	"internal/oci":     {module + "internal/"},
+	"internal/oci": {module + "internal/"},
 	// The host mount tree knows paths and mounts: not sandboxes, specs
 	// or containerd.
 	"internal/hostmount": {module + "internal/", "github.com/containerd/", "github.com/opencontainers/"},

@@ -110,17 +110,12 @@ func loadConfig() (*config.Config, error) {
 // several runtime classes; otherwise the shim's own. Options are set by the
 // node's administrator, not by pods.
 func (s *service) configFor(r *taskAPI.CreateTaskRequest) (*config.Config, error) {
-	if r.Options != nil && r.Options.GetTypeUrl() != "" {
-		v, err := typeurl.UnmarshalAny(r.Options)
-		if err != nil {
-			return nil, fmt.Errorf("decode runtime options: %w", err)
-		}
-		if o, ok := v.(*runtimeoptions.Options); ok && o.ConfigPath != "" {
-			// Validated exactly like the default: with the host's facts,
-			// so that a combination this host cannot run fails here,
-			// naming the key, rather than when a sandbox starts.
-			return config.Load(o.ConfigPath, config.Overrides{StateDir: os.Getenv("BERTH_STATE_DIR"), Host: sandbox.HostFacts()})
-		}
+	path, err := requestConfigPath(r)
+	if err != nil {
+		return nil, err
+	}
+	if path != "" {
+		return loadConfigPath(path)
 	}
 	if s.cfgErr != nil {
 		return nil, s.cfgErr
@@ -130,6 +125,29 @@ func (s *service) configFor(r *taskAPI.CreateTaskRequest) (*config.Config, error
 		return nil, fmt.Errorf("no configuration loaded: %w", config.ErrInvalid)
 	}
 	return s.cfg, nil
+}
+
+// requestConfigPath is the ConfigPath runtime option of a create, "" when
+// there is none.
+func requestConfigPath(r *taskAPI.CreateTaskRequest) (string, error) {
+	if r.Options == nil || r.Options.GetTypeUrl() == "" {
+		return "", nil
+	}
+	v, err := typeurl.UnmarshalAny(r.Options)
+	if err != nil {
+		return "", fmt.Errorf("decode runtime options: %w", err)
+	}
+	if o, ok := v.(*runtimeoptions.Options); ok {
+		return o.ConfigPath, nil
+	}
+	return "", nil
+}
+
+// loadConfigPath loads a ConfigPath configuration exactly like the
+// default: with the host's facts, so that a combination this host cannot
+// run fails here, naming the key, rather than when a sandbox starts.
+func loadConfigPath(path string) (*config.Config, error) {
+	return config.Load(path, config.Overrides{StateDir: os.Getenv("BERTH_STATE_DIR"), Host: sandbox.HostFacts()})
 }
 
 // forwardEvents publishes events in the order they were sent, so that a
@@ -203,6 +221,14 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 	}
 	if r.Checkpoint != "" {
 		return 0, fmt.Errorf("checkpoint restore: %w", errdefs.ErrNotImplemented)
+	}
+	// `shim delete` runs in a fresh process that containerd gives no
+	// runtime options: it finds the request's configuration (its run_dir)
+	// through the bundle.
+	if path, _ := requestConfigPath(r); path != "" {
+		if err := recordConfigPath(r.Bundle, path); err != nil {
+			return 0, err
+		}
 	}
 	spec, err := readSpec(r.Bundle)
 	if err != nil {
