@@ -62,11 +62,13 @@ type service struct {
 
 	cfg    *config.Config
 	cfgErr error
+	// boot starts a pod's VM (bootSandbox; a fake in tests).
+	boot bootFunc
 
 	mu sync.Mutex
 	// booting is closed when a boot of the pod's VM in progress ends.
 	booting   chan struct{}
-	sb        *sandbox.Sandbox
+	sb        podVM
 	sandboxID string
 	// podCfg is the configuration the pod's VM was booted with (its
 	// sandbox container's, annotations applied); requests that carry no
@@ -91,6 +93,7 @@ func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Servi
 		containers: map[string]*container{},
 	}
 	s.cfg, s.cfgErr = loadConfig()
+	s.boot = s.bootSandbox
 	go s.forwardEvents()
 	sd.RegisterCallback(func(context.Context) error { close(s.events); return nil })
 	return s
@@ -345,7 +348,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 // The boot takes seconds and is done without the service's lock (every
 // other request would wait for it); a second create meanwhile waits for
 // the boot's outcome.
-func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID string, isSandbox bool, spec *specs.Spec) (*sandbox.Sandbox, uint32, error) {
+func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID string, isSandbox bool, spec *specs.Spec) (podVM, uint32, error) {
 	s.mu.Lock()
 	for s.booting != nil {
 		ch := s.booting
@@ -390,14 +393,6 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 		s.mu.Unlock()
 		close(booting)
 	}()
-	driver, err := drivers.For(cfg)
-	if err != nil {
-		return nil, 0, err
-	}
-	accel, err := sandbox.ResolveAccel(ctx, cfg, driver)
-	if err != nil {
-		return nil, 0, err
-	}
 	cold, err := sandbox.ColdPlugVFIO(cfg, spec)
 	if err != nil {
 		return nil, 0, err
@@ -405,7 +400,7 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 	sandbox.CleanupStale(cfg.RunDir)
 	ns, _ := namespaces.Namespace(ctx)
 	cgroupsPath := oci.CgroupsPath(spec, ns, sandboxID)
-	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: sandboxID, Driver: driver, Accel: accel, CgroupsPath: cgroupsPath, ColdPlugVFIO: cold, NetNSPath: netns})
+	sb, err := s.boot(ctx, cfg, sandbox.Options{ID: sandboxID, CgroupsPath: cgroupsPath, ColdPlugVFIO: cold, NetNSPath: netns})
 	if err != nil {
 		return nil, 0, fmt.Errorf("start sandbox VM: %w", err)
 	}
@@ -414,17 +409,35 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 	s.mu.Unlock()
 	go s.watchVM(sb)
 	sb.SetMemoryFloor(func() int { return s.memoryFloor(sb) })
+	return sb, 0, nil
+}
+
+// bootSandbox boots a real sandbox with the driver cfg selects and serves
+// its metrics.
+func (s *service) bootSandbox(ctx context.Context, cfg *config.Config, opts sandbox.Options) (podVM, error) {
+	driver, err := drivers.For(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Accel, err = sandbox.ResolveAccel(ctx, cfg, driver); err != nil {
+		return nil, err
+	}
+	opts.Driver = driver
+	sb, err := sandbox.Create(ctx, cfg, opts)
+	if err != nil {
+		return nil, err
+	}
 	if err := serveMetrics(s.ctx, sb); err != nil {
 		// Metrics are an observer's convenience; the pod runs without.
 		log.G(ctx).WithError(err).Warn("serve sandbox metrics")
 	}
-	return sb, 0, nil
+	return sandboxPod{sb}, nil
 }
 
 // watchVM notices the VM dying on its own (killed, crashed, powered off):
 // every process that has not exited is reported as killed, so containerd
 // learns of it at once.
-func (s *service) watchVM(sb *sandbox.Sandbox) {
+func (s *service) watchVM(sb podVM) {
 	<-sb.Done()
 	s.mu.Lock()
 	if s.sb == sb {
@@ -525,7 +538,7 @@ func (s *service) releaseDevices(c *container) {
 // watchOOM publishes TaskOOM each time the guest kernel OOM-kills a
 // process of the container, until the container is deleted or the VM ends
 // (paced against a hostile guest: oom.go).
-func (s *service) watchOOM(sb *sandbox.Sandbox, c *container) {
+func (s *service) watchOOM(sb podVM, c *container) {
 	watchOOM(s.ctx, sb, c.id, defaultOOMPace, c.oomKills, func(n uint64) { s.reportOOM(c, n) })
 }
 
@@ -795,7 +808,7 @@ func (s *service) setPaused(ctx context.Context, id string, paused bool) (*empty
 	return &emptypb.Empty{}, nil
 }
 
-func (s *service) containerAndVM(id string) (*container, *sandbox.Sandbox, error) {
+func (s *service) containerAndVM(id string) (*container, podVM, error) {
 	c, err := s.getContainer(id)
 	if err != nil {
 		return nil, nil, err
