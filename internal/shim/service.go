@@ -59,6 +59,10 @@ type service struct {
 	publisher shim.Publisher
 	shutdown  shutdown.Service
 	events    chan event
+	// eventsMu orders sends before the close at shutdown (closeEvents):
+	// a send racing with close is a data race even when recovered.
+	eventsMu     sync.RWMutex
+	eventsClosed bool
 
 	cfg    *config.Config
 	cfgErr error
@@ -95,8 +99,19 @@ func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Servi
 	s.cfg, s.cfgErr = loadConfig()
 	s.boot = s.bootSandbox
 	go s.forwardEvents()
-	sd.RegisterCallback(func(context.Context) error { close(s.events); return nil })
+	sd.RegisterCallback(s.closeEvents)
 	return s
+}
+
+// closeEvents ends forwardEvents at shutdown; later events are dropped.
+func (s *service) closeEvents(context.Context) error {
+	s.eventsMu.Lock()
+	defer s.eventsMu.Unlock()
+	if !s.eventsClosed {
+		s.eventsClosed = true
+		close(s.events)
+	}
+	return nil
 }
 
 // loadConfig reads Berth's configuration as the CLI does: BERTH_CONFIG (or
@@ -167,8 +182,12 @@ func (s *service) forwardEvents() {
 }
 
 func (s *service) send(topic string, v any) {
-	defer func() { recover() }() // events closed during shutdown
-	s.events <- event{topic, v}
+	s.eventsMu.RLock()
+	defer s.eventsMu.RUnlock()
+	if s.eventsClosed {
+		return // the shim is shutting down
+	}
+	s.events <- event{topic, v} // forwardEvents drains until closed
 }
 
 func toGRPC(err error) error {
