@@ -245,3 +245,63 @@ func TestVMDeathStopsEveryProcess(t *testing.T) {
 		t.Errorf("Delete after VM death: %v", err)
 	}
 }
+
+// TestExecStates walks an exec through created, running, stopped and
+// deleted, checking each verb's class on the way.
+func TestExecStates(t *testing.T) {
+	s, pod, ctx := newTestService(t)
+	toState(t, s, pod, ctx, "running")
+	spec, err := typeurl.MarshalAnyToProto(&specs.Process{Args: []string{"/bin/sh"}, Cwd: "/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exec := func() error {
+		_, err := s.Exec(ctx, &taskAPI.ExecProcessRequest{ID: cid, ExecID: "e1", Spec: spec})
+		return err
+	}
+	state := func() (task.Status, error) {
+		r, err := s.State(ctx, &taskAPI.StateRequest{ID: cid, ExecID: "e1"})
+		return r.GetStatus(), err
+	}
+	expect := func(what string, err error, want class) {
+		t.Helper()
+		if got := classOf(err); got != want {
+			t.Fatalf("%s: %v (%v), want %v", what, got, err, want)
+		}
+	}
+	expect("exec", exec(), ok)
+	if err := exec(); !errdefs.IsAlreadyExists(errgrpc.ToNative(err)) {
+		t.Fatalf("second exec with the same id: %v, want AlreadyExists", err)
+	}
+	if st, err := state(); err != nil || st != task.Status_CREATED {
+		t.Fatalf("State of a new exec: %v, %v", st, err)
+	}
+	_, err = s.Start(ctx, &taskAPI.StartRequest{ID: cid, ExecID: "e1"})
+	expect("start exec", err, ok)
+	_, err = s.Start(ctx, &taskAPI.StartRequest{ID: cid, ExecID: "e1"})
+	expect("start a running exec", err, failedPrecondition)
+	_, err = s.Delete(ctx, &taskAPI.DeleteRequest{ID: cid, ExecID: "e1"})
+	expect("delete a running exec", err, failedPrecondition)
+	_, err = s.Kill(ctx, &taskAPI.KillRequest{ID: cid, ExecID: "e1", Signal: 9})
+	expect("kill exec", err, ok)
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	r, err := s.Wait(wctx, &taskAPI.WaitRequest{ID: cid, ExecID: "e1"})
+	if err != nil || r.ExitStatus != 137 {
+		t.Fatalf("Wait exec: %v, %d", err, r.GetExitStatus())
+	}
+	if st, err := state(); err != nil || st != task.Status_STOPPED {
+		t.Fatalf("State of an exited exec: %v, %v", st, err)
+	}
+	_, err = s.Kill(ctx, &taskAPI.KillRequest{ID: cid, ExecID: "e1", Signal: 9})
+	expect("kill an exited exec", err, ok)
+	_, err = s.Delete(ctx, &taskAPI.DeleteRequest{ID: cid, ExecID: "e1"})
+	expect("delete exec", err, ok)
+	_, err = state()
+	expect("state of a deleted exec", err, notFound)
+	// The init still runs.
+	st, err := s.State(ctx, &taskAPI.StateRequest{ID: cid})
+	if err != nil || st.Status != task.Status_RUNNING {
+		t.Fatalf("init after its exec: %v, %v", st.GetStatus(), err)
+	}
+}
