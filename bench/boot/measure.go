@@ -22,6 +22,7 @@ import (
 	"github.com/berth-runtime/berth/internal/qemu"
 	"github.com/berth-runtime/berth/internal/sandbox"
 	"github.com/berth-runtime/berth/internal/transport"
+	"github.com/berth-runtime/berth/internal/vmm"
 )
 
 // runLimit bounds any one measured run; a TCG boot takes seconds, so
@@ -160,7 +161,7 @@ func berthPhases(ctx context.Context, cfg *config.Config, accel qemu.Accel, root
 	defer cancel()
 	id := uniqueID("bench")
 	t0 := time.Now()
-	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: id, Accel: accel})
+	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: id, Driver: qemu.Driver{}, Accel: vmm.Accel(accel)})
 	if err != nil {
 		return ph, err
 	}

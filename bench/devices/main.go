@@ -50,6 +50,7 @@ import (
 	"github.com/berth-runtime/berth/internal/qemu"
 	"github.com/berth-runtime/berth/internal/sandbox"
 	"github.com/berth-runtime/berth/internal/transport"
+	"github.com/berth-runtime/berth/internal/vmm"
 )
 
 func main() {
@@ -256,7 +257,7 @@ func containerHotplug(ctx context.Context, cfg *config.Config, accel qemu.Accel,
 		return err
 	}
 	major, minor := int64(unix.Major(st.Rdev)), int64(unix.Minor(st.Rdev))
-	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: fmt.Sprintf("bench-dev-%d", os.Getpid()), Accel: accel})
+	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: fmt.Sprintf("bench-dev-%d", os.Getpid()), Driver: qemu.Driver{}, Accel: vmm.Accel(accel)})
 	if err != nil {
 		return err
 	}

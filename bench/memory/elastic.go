@@ -17,6 +17,7 @@ import (
 	"github.com/berth-runtime/berth/internal/oci"
 	"github.com/berth-runtime/berth/internal/qemu"
 	"github.com/berth-runtime/berth/internal/sandbox"
+	"github.com/berth-runtime/berth/internal/vmm"
 )
 
 // Elastic memory rows: how long a container that allocates past the
@@ -47,7 +48,7 @@ func elasticSandbox(ctx context.Context, stateDir string, stepMiB int, id string
 	cfg.RunDir, _ = os.MkdirTemp("", "berth-bench-elastic-")
 	// QEMU runs as an unprivileged uid and must reach run_dir.
 	os.Chmod(cfg.RunDir, 0o711)
-	opts := sandbox.Options{ID: id, Accel: qemu.TCG}
+	opts := sandbox.Options{ID: id, Driver: qemu.Driver{}, Accel: vmm.TCG}
 	if len(bootMiB) > 0 {
 		opts.MemoryMiB = bootMiB[0]
 	}

@@ -31,6 +31,7 @@ import (
 	"github.com/berth-runtime/berth/internal/qemu"
 	"github.com/berth-runtime/berth/internal/sandbox"
 	"github.com/berth-runtime/berth/internal/transport"
+	"github.com/berth-runtime/berth/internal/vmm"
 )
 
 func main() {
@@ -67,7 +68,7 @@ func main() {
 		// QEMU runs as an unprivileged uid and must reach run_dir.
 		os.Chmod(cfg.RunDir, 0o711)
 		defer os.RemoveAll(cfg.RunDir)
-		sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: "bench-" + mech, Accel: qemu.TCG})
+		sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: "bench-" + mech, Driver: qemu.Driver{}, Accel: vmm.TCG})
 		if err != nil {
 			fatal(err)
 		}

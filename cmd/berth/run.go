@@ -20,10 +20,9 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
-	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/oci"
-	"github.com/berth-runtime/berth/internal/qemu"
 	"github.com/berth-runtime/berth/internal/sandbox"
+	"github.com/berth-runtime/berth/internal/vmm/drivers"
 )
 
 // berth run's own exit codes, as Docker, Podman and a shell have them:
@@ -120,7 +119,11 @@ func runRun(ctx context.Context, f runFlags, args []string) error {
 	if n := sandbox.CleanupStale(cfg.RunDir); n > 0 {
 		logrus.Infof("removed %d stale sandbox(es) left by killed berth processes", n)
 	}
-	accel, err := resolveAccel(ctx, cfg)
+	driver, err := drivers.For(cfg)
+	if err != nil {
+		return err
+	}
+	accel, err := sandbox.ResolveAccel(ctx, cfg, driver)
 	if err != nil {
 		return err
 	}
@@ -156,7 +159,7 @@ func runRun(ctx context.Context, f runFlags, args []string) error {
 	if id == "" {
 		id = "run-" + randomHex(6)
 	}
-	sb, err := sandbox.Create(bootCtx, cfg, sandbox.Options{ID: id, VCPUs: f.cpus, MemoryMiB: memMiB, Accel: accel, ColdPlugVFIO: cold})
+	sb, err := sandbox.Create(bootCtx, cfg, sandbox.Options{ID: id, Driver: driver, VCPUs: f.cpus, MemoryMiB: memMiB, Accel: accel, ColdPlugVFIO: cold})
 	close(booted)
 	if err != nil {
 		return vmFailure(err)
@@ -304,25 +307,6 @@ func startFailure(err error) error {
 func vmFailure(err error) error {
 	fmt.Fprintln(os.Stderr, "berth:", err)
 	return exitError{code: exitVMFailure}
-}
-
-// resolveAccel turns hypervisor.accel into the accelerator to use. "auto"
-// tries KVM for real (once per boot of the host, cached in run_dir).
-func resolveAccel(ctx context.Context, cfg *config.Config) (qemu.Accel, error) {
-	switch cfg.Hypervisor.Accel {
-	case "kvm":
-		return qemu.KVM, nil
-	case "tcg":
-		return qemu.TCG, nil
-	}
-	accel, reason, err := qemu.CachedAccel(ctx, qemu.AccelProbe{
-		Binary: cfg.Hypervisor.Path, Kernel: cfg.Guest.Kernel, Timeout: 5 * time.Second,
-	}, filepath.Join(cfg.RunDir, "accel.json"))
-	if err != nil {
-		return "", fmt.Errorf("probe accelerator: %w", err)
-	}
-	logrus.Infof("accelerator: %s (%s)", accel, reason)
-	return accel, nil
 }
 
 func randomHex(n int) string {

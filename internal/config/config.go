@@ -37,6 +37,10 @@ const DefaultPath = "/etc/berth/config.toml"
 // Allowed values of the enum-like keys. They are plain strings in Config so
 // the file reads naturally; Validate rejects anything not listed here.
 const (
+	// DriverQEMU is the only hypervisor driver (hypervisor.driver);
+	// internal/vmm/drivers maps each name to its implementation.
+	DriverQEMU = "qemu"
+
 	MachineQ35     = "q35"
 	MachineMicroVM = "microvm"
 
@@ -131,6 +135,7 @@ func Default() *Config {
 		StateDir: "/var/lib/berth",
 		RunDir:   "/run/berth",
 		Hypervisor: Hypervisor{
+			Driver:            DriverQEMU,
 			Path:              "/usr/bin/qemu-system-x86_64",
 			Machine:           MachineQ35,
 			Accel:             AccelAuto,
@@ -262,6 +267,8 @@ type Config struct {
 
 // Hypervisor configures the QEMU driver.
 type Hypervisor struct {
+	// Driver names the hypervisor driver: "qemu".
+	Driver string `toml:"driver"`
 	// Path is the QEMU binary.
 	Path string `toml:"path"`
 	// Machine is the QEMU machine type: "q35" or "microvm".

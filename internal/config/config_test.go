@@ -56,6 +56,8 @@ func TestValidationFail(t *testing.T) {
 		{"maxmemory below boot", "[hypervisor]\ndefault_memory = 512\ndefault_maxmemory = 256", "hypervisor.default_maxmemory", "below"},
 		{"dimm without slots", "[hypervisor]\nmemory_hotplug = \"dimm\"\nmemory_slots = 0", "hypervisor.memory_slots", "dimm"},
 		{"unknown hotplug", "[hypervisor]\nmemory_hotplug = \"balloon\"", "hypervisor.memory_hotplug", "not supported"},
+		{"unknown driver", "[hypervisor]\ndriver = \"firecracker\"", "hypervisor.driver", `use "qemu"`},
+		{"empty driver", "[hypervisor]\ndriver = \"\"", "hypervisor.driver", "not supported"},
 		{"accel xen", "[hypervisor]\naccel = \"xen\"", "hypervisor.accel", `use "auto", "kvm" or "tcg"`},
 		{"accel case", "[hypervisor]\naccel = \"KVM\"", "hypervisor.accel", "not supported"},
 		{"zero vcpus", "[hypervisor]\ndefault_vcpus = 0", "hypervisor.default_vcpus", "1 to 255"},

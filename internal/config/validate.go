@@ -66,6 +66,9 @@ func (c *Config) hostProblems(h Host) []*KeyError {
 	return errs
 }
 
+// Drivers are the valid values of hypervisor.driver.
+var Drivers = []string{DriverQEMU}
+
 // problems lists what is wrong, without File set.
 func (c *Config) problems() []*KeyError {
 	var errs []*KeyError
@@ -86,6 +89,7 @@ func (c *Config) problems() []*KeyError {
 
 	// [hypervisor]
 	h := &c.Hypervisor
+	add(oneOf("hypervisor.driver", h.Driver, Drivers...))
 	add(absPath("hypervisor.path", h.Path, true))
 	add(oneOf("hypervisor.machine", h.Machine, MachineQ35, MachineMicroVM, MachineVirt))
 	add(oneOf("hypervisor.accel", h.Accel, AccelAuto, AccelKVM, AccelTCG))

@@ -14,8 +14,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-runtime/berth/internal/config"
-	"github.com/berth-runtime/berth/internal/qemu"
 	"github.com/berth-runtime/berth/internal/transport"
+	"github.com/berth-runtime/berth/internal/vmm"
 )
 
 // QEMU confinement (docs/security.md#qemu-confinement). A device-emulation
@@ -113,9 +113,9 @@ func (u *vmmUser) release() {
 
 // credential is QEMU's: the uid as user and group, and supplementary
 // groups only for the devices it needs (the group of /dev/kvm with KVM).
-func (u *vmmUser) credential(accel qemu.Accel) *syscall.Credential {
+func (u *vmmUser) credential(accel vmm.Accel) *syscall.Credential {
 	c := &syscall.Credential{Uid: u.uid, Gid: u.uid, Groups: []uint32{}}
-	if accel == qemu.KVM {
+	if accel == vmm.KVM {
 		if st, err := os.Stat("/dev/kvm"); err == nil {
 			if sys, ok := st.Sys().(*syscall.Stat_t); ok && st.Mode().Perm()&0o060 == 0o060 {
 				c.Groups = append(c.Groups, sys.Gid)

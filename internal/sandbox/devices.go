@@ -11,18 +11,8 @@ import (
 	api "github.com/berth-runtime/berth/api/agent/v1"
 	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/device"
-	"github.com/berth-runtime/berth/internal/qemu"
+	"github.com/berth-runtime/berth/internal/vmm"
 )
-
-// Hotplugger is what a sandbox needs from a VMM to plug devices in and
-// out after boot. It is separate from VMM (start, stop, wait): a VMM
-// without hot-plug is still a VMM. *qemu.VM implements it.
-type Hotplugger interface {
-	HotplugBlock(ctx context.Context, d qemu.BlockDevice) error
-	UnplugBlock(ctx context.Context, d qemu.BlockDevice) error
-	HotplugVFIO(ctx context.Context, d qemu.VFIODevice) error
-	UnplugDevice(ctx context.Context, id string) error
-}
 
 // deviceConfig is the device part of the configuration.
 func deviceConfig(c *config.Config) device.Config {
@@ -54,8 +44,8 @@ func ColdPlugVFIO(cfg *config.Config, spec *specs.Spec) ([]device.VFIOGroup, err
 // planTopology adds the PCIe topology and cold-plugged VFIO functions to m.
 // microvm has no PCI: it gets no ports, and a container asking for a
 // device there fails in CreateContainer.
-func planTopology(cfg *config.Config, m *qemu.Machine, cold []device.VFIOGroup) (device.Topology, device.Devices, error) {
-	if m.Type != qemu.Q35 {
+func planTopology(cfg *config.Config, m *vmm.Spec, cold []device.VFIOGroup) (device.Topology, device.Devices, error) {
+	if !m.Kind.HasPCIe() {
 		if len(cold) > 0 {
 			return device.Topology{}, device.Devices{}, fmt.Errorf("cold-plugging VFIO needs hypervisor.machine = \"q35\": %w", errdefs.ErrInvalidArgument)
 		}
@@ -66,18 +56,18 @@ func planTopology(cfg *config.Config, m *qemu.Machine, cold []device.VFIOGroup) 
 		return device.Topology{}, device.Devices{}, classifyDeviceError(err)
 	}
 	for _, p := range topo.RootPorts {
-		m.PCIeRootPorts = append(m.PCIeRootPorts, qemu.PCIeRootPort{ID: p.ID, Slot: int(p.Slot), Chassis: p.Chassis})
+		m.PCIeRootPorts = append(m.PCIeRootPorts, vmm.PCIeRootPort{ID: p.ID, Slot: int(p.Slot), Chassis: p.Chassis})
 	}
 	for _, b := range topo.Bridges {
-		m.PCIBridges = append(m.PCIBridges, qemu.PCIBridge{ID: b.ID, Slot: int(b.Slot)})
+		m.PCIBridges = append(m.PCIBridges, vmm.PCIBridge{ID: b.ID, Slot: int(b.Slot)})
 	}
 	if sw := topo.Switch; sw != nil {
-		q := qemu.PCIeSwitch{
-			RootPort:   qemu.PCIeRootPort{ID: sw.RootPort.ID, Slot: int(sw.RootPort.Slot), Chassis: sw.RootPort.Chassis},
+		q := vmm.PCIeSwitch{
+			RootPort:   vmm.PCIeRootPort{ID: sw.RootPort.ID, Slot: int(sw.RootPort.Slot), Chassis: sw.RootPort.Chassis},
 			UpstreamID: sw.UpstreamID,
 		}
 		for _, d := range sw.Downstream {
-			q.Downstream = append(q.Downstream, qemu.PCIeDownstreamPort{ID: d.ID, Slot: int(d.Slot), Chassis: d.Chassis})
+			q.Downstream = append(q.Downstream, vmm.PCIeDownstreamPort{ID: d.ID, Slot: int(d.Slot), Chassis: d.Chassis})
 		}
 		m.PCIeSwitches = append(m.PCIeSwitches, q)
 	}
@@ -87,43 +77,59 @@ func planTopology(cfg *config.Config, m *qemu.Machine, cold []device.VFIOGroup) 
 	return topo, coldDevs, nil
 }
 
-func vfioDevice(a device.VFIOAttachment) qemu.VFIODevice {
-	return qemu.VFIODevice{ID: a.ID, Host: string(a.Function), Bus: a.Port.Bus, Addr: int(a.Port.Addr)}
+func vfioDevice(a device.VFIOAttachment) vmm.VFIODevice {
+	return vmm.VFIODevice{ID: a.ID, Host: string(a.Function), Bus: a.Port.Bus, Addr: int(a.Port.Addr)}
 }
 
-func blockDevice(a device.BlockAttachment) qemu.BlockDevice {
-	return qemu.BlockDevice{ID: a.ID, Path: a.Block.HostPath, ReadOnly: a.Block.ReadOnly, Bus: a.Port.Bus, Addr: int(a.Port.Addr)}
+func blockDevice(a device.BlockAttachment) vmm.BlockDevice {
+	return vmm.BlockDevice{ID: a.ID, Path: a.Block.HostPath, ReadOnly: a.Block.ReadOnly, Bus: a.Port.Bus, Addr: int(a.Port.Addr)}
 }
 
-// qemuPlugger adapts a Hotplugger to the device package's interfaces,
-// bounding each unplug by devices.unplug_timeout.
-type qemuPlugger struct {
-	hp  Hotplugger
-	cfg *config.Config
+// vmPlugger adapts a VM's vmm.DeviceHotplugger to the device package's
+// interfaces, bounding each unplug by devices.unplug_timeout. hp is nil
+// when the driver cannot hot-plug: every plug then fails, naming it.
+type vmPlugger struct {
+	hp     vmm.DeviceHotplugger
+	driver string
+	cfg    *config.Config
 }
 
-func (q qemuPlugger) unplugCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+func (q vmPlugger) unsupported() error { return vmm.Unsupported(q.driver, "hot-plug devices") }
+
+func (q vmPlugger) unplugCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, q.cfg.Devices.UnplugTimeout.Duration)
 }
 
-func (q qemuPlugger) PlugBlock(ctx context.Context, a device.BlockAttachment) error {
+func (q vmPlugger) PlugBlock(ctx context.Context, a device.BlockAttachment) error {
 	if err := refuseMountedBlock(a.Block.HostPath); err != nil {
 		return err
+	}
+	if q.hp == nil {
+		return q.unsupported()
 	}
 	return q.hp.HotplugBlock(ctx, blockDevice(a))
 }
 
-func (q qemuPlugger) UnplugBlock(ctx context.Context, a device.BlockAttachment) error {
+func (q vmPlugger) UnplugBlock(ctx context.Context, a device.BlockAttachment) error {
+	if q.hp == nil {
+		return q.unsupported()
+	}
 	ctx, cancel := q.unplugCtx(ctx)
 	defer cancel()
 	return q.hp.UnplugBlock(ctx, blockDevice(a))
 }
 
-func (q qemuPlugger) PlugVFIO(ctx context.Context, a device.VFIOAttachment) error {
+func (q vmPlugger) PlugVFIO(ctx context.Context, a device.VFIOAttachment) error {
+	if q.hp == nil {
+		return q.unsupported()
+	}
 	return q.hp.HotplugVFIO(ctx, vfioDevice(a))
 }
 
-func (q qemuPlugger) UnplugVFIO(ctx context.Context, a device.VFIOAttachment) error {
+func (q vmPlugger) UnplugVFIO(ctx context.Context, a device.VFIOAttachment) error {
+	if q.hp == nil {
+		return q.unsupported()
+	}
 	ctx, cancel := q.unplugCtx(ctx)
 	defer cancel()
 	return q.hp.UnplugDevice(ctx, a.ID)

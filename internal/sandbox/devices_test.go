@@ -12,18 +12,19 @@ import (
 	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/device"
 	"github.com/berth-runtime/berth/internal/qemu"
+	"github.com/berth-runtime/berth/internal/vmm"
 )
 
-func baseQ35() qemu.Machine {
-	return qemu.Machine{
-		Binary: "/usr/bin/qemu-system-x86_64", Type: qemu.Q35, Accel: qemu.TCG, VCPUs: 1, MemoryMiB: 256,
-		Kernel: "/k/vmlinuz", QMPSocket: "/run/berth/s/qmp.sock",
+func baseQ35() vmm.Spec {
+	return vmm.Spec{
+		Binary: "/usr/bin/qemu-system-x86_64", Kind: vmm.Q35, Accel: vmm.TCG, VCPUs: 1, MemoryMiB: 256,
+		Kernel: "/k/vmlinuz", ControlSocket: "/run/berth/s/qmp.sock",
 	}
 }
 
 // TestPlannedTopologyIsAValidMachine: for every cold/hot-plug setting, the
-// topology internal/device plans becomes a machine the qemu package
-// accepts, with every cold-plugged function on QEMU's command line in the
+// topology internal/device plans becomes a machine the QEMU driver
+// accepts (the test alone links the driver, to check the translation), with every cold-plugged function on QEMU's command line in the
 // port planned for it.
 func TestPlannedTopologyIsAValidMachine(t *testing.T) {
 	groups := []device.VFIOGroup{
@@ -44,7 +45,7 @@ func TestPlannedTopologyIsAValidMachine(t *testing.T) {
 			if err != nil {
 				t.Fatalf("cold=%s hot=%s: %v", cold, hot, err)
 			}
-			args, err := m.Args()
+			args, err := qemu.MachineFor(m).Args()
 			if err != nil {
 				t.Fatalf("cold=%s hot=%s: the planned machine is invalid: %v", cold, hot, err)
 			}
@@ -70,24 +71,24 @@ func TestPlannedTopologyIsAValidMachine(t *testing.T) {
 	// Not q35: no ports, and cold-plug is refused with a classified error.
 	cfg := config.Default()
 	m := baseQ35()
-	m.Type = qemu.MicroVM
+	m.Kind = vmm.MicroVM
 	if _, _, err := planTopology(cfg, &m, groups); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("cold-plug on microvm: %v", err)
 	}
 }
 
-// recordingHotplugger is a Hotplugger that records the QEMU devices.
+// recordingHotplugger is a vmm.DeviceHotplugger that records the devices.
 type recordingHotplugger struct{ calls []string }
 
-func (r *recordingHotplugger) HotplugBlock(_ context.Context, d qemu.BlockDevice) error {
+func (r *recordingHotplugger) HotplugBlock(_ context.Context, d vmm.BlockDevice) error {
 	r.calls = append(r.calls, fmt.Sprintf("plug %s %s bus=%s addr=%d ro=%v", d.ID, d.Path, d.Bus, d.Addr, d.ReadOnly))
 	return nil
 }
-func (r *recordingHotplugger) UnplugBlock(_ context.Context, d qemu.BlockDevice) error {
+func (r *recordingHotplugger) UnplugBlock(_ context.Context, d vmm.BlockDevice) error {
 	r.calls = append(r.calls, "unplug "+d.ID)
 	return nil
 }
-func (r *recordingHotplugger) HotplugVFIO(_ context.Context, d qemu.VFIODevice) error {
+func (r *recordingHotplugger) HotplugVFIO(_ context.Context, d vmm.VFIODevice) error {
 	r.calls = append(r.calls, fmt.Sprintf("vfio %s %s bus=%s", d.ID, d.Host, d.Bus))
 	return nil
 }
@@ -96,12 +97,12 @@ func (r *recordingHotplugger) UnplugDevice(_ context.Context, id string) error {
 	return nil
 }
 
-// TestQEMUPluggerTranslates: the adapter hands QEMU the port the device
+// TestVMPluggerTranslates: the adapter hands the driver the port the device
 // package chose, and bounds unplugs by devices.unplug_timeout.
-func TestQEMUPluggerTranslates(t *testing.T) {
+func TestVMPluggerTranslates(t *testing.T) {
 	cfg := config.Default()
 	rec := &recordingHotplugger{}
-	q := qemuPlugger{rec, cfg}
+	q := vmPlugger{hp: rec, driver: "fake", cfg: cfg}
 	topo, cold, err := device.Plan(deviceConfig(cfg), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -117,5 +118,23 @@ func TestQEMUPluggerTranslates(t *testing.T) {
 	want := "plug blk0 /dev/loop3 bus=rp0 addr=0 ro=true; unplug blk0"
 	if got := strings.Join(rec.calls, "; "); got != want {
 		t.Errorf("calls %q, want %q", got, want)
+	}
+}
+
+// TestVMPluggerWithoutHotplug: a driver that cannot hot-plug makes the
+// container that asks for a device fail with NotImplemented naming the
+// driver, instead of pretending the disk is there.
+func TestVMPluggerWithoutHotplug(t *testing.T) {
+	cfg := config.Default()
+	q := vmPlugger{driver: "fake", cfg: cfg}
+	topo, cold, err := device.Plan(deviceConfig(cfg), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := device.NewManager(deviceConfig(cfg), topo, cold, q, q)
+	req := device.Request{Blocks: []device.Block{{HostPath: "/dev/loop3", HostMajor: 7, HostMinor: 3, ContainerPath: "/dev/xda", MountIndex: -1}}}
+	_, err = m.Attach(context.Background(), "c", req)
+	if !errors.Is(err, errdefs.ErrNotImplemented) || !strings.Contains(err.Error(), `hypervisor.driver "fake"`) {
+		t.Errorf("attach without hot-plug: %v, want NotImplemented naming the driver", err)
 	}
 }

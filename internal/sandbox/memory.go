@@ -17,18 +17,8 @@ import (
 	api "github.com/berth-runtime/berth/api/agent/v1"
 	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/memory"
-	"github.com/berth-runtime/berth/internal/qemu"
+	"github.com/berth-runtime/berth/internal/vmm"
 )
-
-// MemoryHotplugger is what a sandbox needs from its VMM to change its
-// memory. *qemu.VM implements it; the interface keeps the mechanism
-// (virtio-mem, DIMMs) separate from booting.
-type MemoryHotplugger interface {
-	ResizeVirtioMem(ctx context.Context, id string, sizeMiB int, settle time.Duration) (int, error)
-	PlugDIMM(ctx context.Context, d qemu.DIMM) error
-	UnplugDIMM(ctx context.Context, id string) error
-	MemoryDeviceRange(ctx context.Context, id string) (addr, size uint64, err error)
-}
 
 // virtioMemID is the id of a sandbox's virtio-mem device.
 const virtioMemID = "vmem0"
@@ -62,13 +52,13 @@ type MemoryStatus struct {
 type memoryState struct {
 	mu     sync.Mutex // one resize at a time
 	limits memory.Limits
-	hp     MemoryHotplugger
+	hp     vmm.MemoryHotplugger // nil without hot-plug (limits.Mechanism none)
 	// bootMemTotalMiB is the guest's MemTotal at boot: what it reports
 	// for BootMiB of RAM.
 	bootMemTotalMiB int
 	requestedMiB    int
 	currentMiB      int
-	dimms           []qemu.DIMM
+	dimms           []vmm.DIMM
 	nextDIMM        int
 }
 
@@ -83,7 +73,7 @@ func mechanismOf(cfg *config.Config) memory.Mechanism {
 }
 
 // memoryLayout fills the machine's hot-plug fields and returns the limits.
-func memoryLayout(cfg *config.Config, m *qemu.Machine) memory.Limits {
+func memoryLayout(cfg *config.Config, m *vmm.Spec) memory.Limits {
 	l := memory.Limits{Mechanism: mechanismOf(cfg), BootMiB: m.MemoryMiB, MaxMiB: m.MemoryMiB}
 	if l.Mechanism == memory.None {
 		return l
@@ -97,7 +87,7 @@ func memoryLayout(cfg *config.Config, m *qemu.Machine) memory.Limits {
 	switch l.Mechanism {
 	case memory.VirtioMem:
 		region := (l.MaxMiB - l.BootMiB) / memory.VirtioMemBlockMiB * memory.VirtioMemBlockMiB
-		m.VirtioMem = &qemu.VirtioMemDevice{ID: virtioMemID, RegionMiB: region, BlockMiB: memory.VirtioMemBlockMiB}
+		m.VirtioMem = &vmm.VirtioMem{ID: virtioMemID, RegionMiB: region, BlockMiB: memory.VirtioMemBlockMiB}
 	case memory.DIMM:
 		m.MemorySlots = cfg.Hypervisor.MemorySlots
 		l.Slots = cfg.Hypervisor.MemorySlots
@@ -211,7 +201,7 @@ func (s *Sandbox) resizeDIMM(ctx context.Context, targetMiB int) error {
 			return fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
 		}
 		for _, size := range sizes {
-			d := qemu.DIMM{ID: "dimm" + strconv.Itoa(m.nextDIMM), SizeMiB: size}
+			d := vmm.DIMM{ID: "dimm" + strconv.Itoa(m.nextDIMM), SizeMiB: size}
 			if err := m.hp.PlugDIMM(ctx, d); err != nil {
 				return err
 			}
@@ -263,7 +253,7 @@ func (s *Sandbox) resizeDIMM(ctx context.Context, targetMiB int) error {
 
 // dimmRemovable reports an error if any memory block of DIMM d is online
 // as kernel memory in the guest.
-func (s *Sandbox) dimmRemovable(ctx context.Context, d qemu.DIMM) error {
+func (s *Sandbox) dimmRemovable(ctx context.Context, d vmm.DIMM) error {
 	addr, size, err := s.memory.hp.MemoryDeviceRange(ctx, d.ID)
 	if err != nil {
 		return err

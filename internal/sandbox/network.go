@@ -15,8 +15,8 @@ import (
 	api "github.com/berth-runtime/berth/api/agent/v1"
 	"github.com/berth-runtime/berth/internal/network"
 	"github.com/berth-runtime/berth/internal/oci"
-	"github.com/berth-runtime/berth/internal/qemu"
 	"github.com/berth-runtime/berth/internal/stats"
+	"github.com/berth-runtime/berth/internal/vmm"
 )
 
 // networkFileName records what the sandbox added to the pod's network
@@ -58,7 +58,7 @@ type networkRecord struct {
 // attachNetwork connects the pod netns to taps and describes a NIC per
 // interface in m. Berth's tap descriptors are closed once QEMU holds its
 // own (closeTaps), so the taps vanish with QEMU.
-func (s *Sandbox) attachNetwork(ctx context.Context, nsPath string, m *qemu.Machine, undo *cleanupStack) error {
+func (s *Sandbox) attachNetwork(ctx context.Context, nsPath string, m *vmm.Spec, undo *cleanupStack) error {
 	if nsPath == "" {
 		return nil
 	}
@@ -82,7 +82,7 @@ func (s *Sandbox) attachNetwork(ctx context.Context, nsPath string, m *qemu.Mach
 		return err
 	}
 	for i, e := range pod.Endpoints {
-		m.NetDevices = append(m.NetDevices, qemu.NetDevice{ID: fmt.Sprintf("net%d", i), Tap: e.Tap, MAC: e.MAC, MTU: e.MTU})
+		m.NetDevices = append(m.NetDevices, vmm.NetDevice{ID: fmt.Sprintf("net%d", i), Tap: e.Tap, MAC: e.MAC, MTU: e.MTU})
 	}
 	s.serveLoopback(nsPath, undo)
 	return nil

@@ -38,8 +38,8 @@ import (
 	"github.com/berth-runtime/berth/internal/memory"
 	"github.com/berth-runtime/berth/internal/network"
 	"github.com/berth-runtime/berth/internal/oci"
-	"github.com/berth-runtime/berth/internal/qemu"
 	"github.com/berth-runtime/berth/internal/transport"
+	"github.com/berth-runtime/berth/internal/vmm"
 )
 
 // Options size one sandbox.
@@ -49,9 +49,12 @@ type Options struct {
 	// VCPUs and MemoryMiB override the configured defaults when non-zero.
 	VCPUs     int
 	MemoryMiB int
+	// Driver starts the VM (hypervisor.driver, chosen once by the
+	// caller: see internal/vmm/drivers). Required.
+	Driver vmm.Driver
 	// Accel is the accelerator to use; the caller resolves "auto" once
-	// (see qemu.CachedAccel) so that every sandbox does not probe again.
-	Accel qemu.Accel
+	// (ResolveAccel) so that every sandbox does not probe again.
+	Accel vmm.Accel
 	// CgroupsPath is the host cgroup containerd asked for the pod (the
 	// sandbox container's linux.cgroupsPath, see oci.CgroupsPath); ""
 	// when there is none. CgroupPath says what becomes of it.
@@ -65,23 +68,14 @@ type Options struct {
 	NetNSPath string
 }
 
-// VMM is what a sandbox needs from a running hypervisor process.
-// *qemu.VM implements it.
-type VMM interface {
-	Pid() int
-	Done() <-chan struct{}
-	ExitError() error
-	Shutdown(ctx context.Context) error
-	Kill() error
-}
-
 // Sandbox is one VM and the host resources that serve it.
 type Sandbox struct {
 	id  string
 	cfg *config.Config
 	dir string
 
-	vmm       VMM
+	vmm       vmm.VM
+	driver    string // hypervisor.driver, for errors
 	virtiofsd *virtiofsd
 	// cgroup holds the VMM and virtiofsd; never nil once Create
 	// succeeded (cgroup.manager = "none" gives a no-op one).
@@ -165,7 +159,10 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	if err := validateID(opts.ID); err != nil {
 		return nil, err
 	}
-	s := &Sandbox{id: opts.ID, cfg: cfg, dir: Dir(cfg.RunDir, opts.ID), mounts: map[string][]hostmount.Mount{}, cpu: map[string]cpuLimit{}, hostDevices: device.Sysfs{}}
+	if opts.Driver == nil {
+		return nil, fmt.Errorf("sandbox %q: no hypervisor driver: %w", opts.ID, errdefs.ErrInvalidArgument)
+	}
+	s := &Sandbox{id: opts.ID, driver: opts.Driver.Name(), cfg: cfg, dir: Dir(cfg.RunDir, opts.ID), mounts: map[string][]hostmount.Mount{}, cpu: map[string]cpuLimit{}, hostDevices: device.Sysfs{}}
 	log := logrus.WithField("sandbox", s.id)
 
 	var undo cleanupStack
@@ -257,13 +254,13 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	}
 	protectFromOOM(fsd.cmd.Process.Pid)
 
-	log.WithField("accel", m.Accel).WithField("machine", m.Type).WithField("cgroup", cg.Path()).Debug("starting qemu")
+	log.WithField("driver", s.driver).WithField("accel", m.Accel).WithField("machine", m.Kind).WithField("cgroup", cg.Path()).Debug("starting the VM")
 	var cred *syscall.Credential
 	if s.vmmUser != nil {
 		cred = s.vmmUser.credential(m.Accel)
 	}
-	log.WithField("unprivileged", s.confinement.Unprivileged).WithField("root_reason", s.confinement.RootReason).WithField("seccomp", m.Sandbox).Debug("qemu confinement")
-	vm, err := qemu.Start(ctx, m, qemu.StartOptions{
+	log.WithField("unprivileged", s.confinement.Unprivileged).WithField("root_reason", s.confinement.RootReason).WithField("seccomp", m.Seccomp).Debug("qemu confinement")
+	vm, err := opts.Driver.Start(ctx, m, vmm.StartOptions{
 		DieWithParent: true,
 		Credential:    cred,
 		// Into the cgroup before QEMU loads the kernel and the guest
@@ -277,12 +274,11 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 		return nil, fmt.Errorf("start VM: %w", err)
 	}
 	s.vmm = vm
-	s.memory.hp = vm
 	undo.push(func() { vm.Kill() })
-	s.watchHelpers(virtiofsdHelper(fsd))
-	if m.Type == qemu.Q35 {
-		s.devices = device.NewManager(deviceConfig(cfg), topo, cold, qemuPlugger{vm, cfg}, qemuPlugger{vm, cfg})
+	if err := s.useCapabilities(vm, m, topo, cold); err != nil {
+		return nil, err
 	}
+	s.watchHelpers(virtiofsdHelper(fsd))
 	// Recorded so that a fresh process (containerd's `shim delete` after a
 	// shim crash) can find and kill a VM whose owner is gone.
 	if err := os.WriteFile(s.path(vmmPidFileName), []byte(strconv.Itoa(vm.Pid())), 0o600); err != nil {
@@ -325,7 +321,7 @@ func validateID(id string) error { return oci.ValidateID("sandbox id", id) }
 func (s *Sandbox) path(name string) string { return filepath.Join(s.dir, name) }
 
 // machine describes the VM from the configuration and options.
-func (s *Sandbox) machine(opts Options) (qemu.Machine, error) {
+func (s *Sandbox) machine(opts Options) (vmm.Spec, error) {
 	h := s.cfg.Hypervisor
 	vcpus, mem := h.DefaultVCPUs, h.DefaultMemoryMiB
 	if opts.VCPUs > 0 {
@@ -336,7 +332,7 @@ func (s *Sandbox) machine(opts Options) (qemu.Machine, error) {
 	}
 	accel := opts.Accel
 	if accel == "" {
-		accel = qemu.TCG
+		accel = vmm.TCG
 	}
 	kind := transportKind(s.cfg.Agent.Transport)
 	params := agentCmdlineTransport + "=" + string(kind) + " " + transport.CmdlineAuth + "=1"
@@ -354,9 +350,9 @@ func (s *Sandbox) machine(opts Options) (qemu.Machine, error) {
 	if h.KernelParams != "" {
 		params += " " + h.KernelParams
 	}
-	m := qemu.Machine{
+	m := vmm.Spec{
 		Binary:       h.Path,
-		Type:         qemu.MachineType(h.Machine),
+		Kind:         vmm.MachineKind(h.Machine),
 		Accel:        accel,
 		VCPUs:        vcpus,
 		MemoryMiB:    mem,
@@ -367,16 +363,16 @@ func (s *Sandbox) machine(opts Options) (qemu.Machine, error) {
 		ConsoleLog:   s.path(consoleLogName),
 		// The guest writes what it likes to its console: capped.
 		ConsoleLogMaxBytes: h.LogMaxBytes(),
-		Sandbox:            h.QEMUSandbox,
-		QMPSocket:          s.path(qmpSocketName),
-		SerialPorts:        []qemu.VirtioSerialPort{{ID: "agent", Name: transport.SerialPortName, SocketPath: s.path(agentSockName)}},
-		FileSystems:        []qemu.VhostUserFS{{ID: "shared", Tag: oci.SharedFSTag, SocketPath: s.path(fsSocketName)}},
-		FwCfgFiles:         []qemu.FwCfgFile{{Name: transport.SecretFwCfgName, Path: s.path(secretFileName)}},
+		Seccomp:            h.QEMUSandbox,
+		ControlSocket:      s.path(qmpSocketName),
+		SerialPorts:        []vmm.SerialPort{{ID: "agent", Name: transport.SerialPortName, SocketPath: s.path(agentSockName)}},
+		FileSystems:        []vmm.VhostUserFS{{ID: "shared", Tag: oci.SharedFSTag, SocketPath: s.path(fsSocketName)}},
+		FirmwareFiles:      []vmm.FirmwareFile{{Name: transport.SecretFwCfgName, Path: s.path(secretFileName)}},
 	}
 	// Free page reporting gives freed guest pages back to the host; elastic
 	// memory relies on it between unplugs.
-	if h.FreePageReporting || s.cfg.ElasticMemory() && m.Type == qemu.Q35 {
-		m.Balloon = &qemu.BalloonDevice{FreePageReporting: true}
+	if h.FreePageReporting || s.cfg.ElasticMemory() && m.Kind == vmm.Q35 {
+		m.Balloon = &vmm.Balloon{FreePageReporting: true}
 	}
 	if kind == transport.Vsock {
 		if _, err := os.Stat(vhostVsockDevice); err != nil {
@@ -384,7 +380,7 @@ func (s *Sandbox) machine(opts Options) (qemu.Machine, error) {
 		}
 		// The virtio-serial port stays (it costs nothing and keeps
 		// the guest's device set the same); the agent listens on vsock.
-		m.Vsock = &qemu.VsockDevice{GuestCID: guestCID(s.id)}
+		m.Vsock = &vmm.Vsock{GuestCID: guestCID(s.id)}
 	}
 	if len(h.Pflashes) == 2 {
 		// UEFI writes its variable store: each VM gets its own copy.

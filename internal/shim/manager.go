@@ -22,6 +22,7 @@ import (
 	"github.com/containerd/ttrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/oci"
 	"github.com/berth-runtime/berth/internal/sandbox"
 )
@@ -169,7 +170,9 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 		// sandbox of ours, and nothing is removed for it.
 		if err := validateIDs(id, group); err != nil {
 			log.G(ctx).WithError(err).Warn("not removing a sandbox")
-		} else if cfg, err := loadConfig(); err == nil {
+		} else if cfg, err := bundleConfig(bundle); err != nil {
+			log.G(ctx).WithError(err).Warn("not removing a sandbox: no configuration")
+		} else {
 			err := sandbox.RemoveOrphan(cfg.RunDir, group)
 			if err != nil && !errors.Is(err, sandbox.ErrOwnerAlive) {
 				log.G(ctx).WithError(err).Warn("remove sandbox")
@@ -177,6 +180,33 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 		}
 	}
 	return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(syscall.SIGKILL)}, nil
+}
+
+// configPathFile, in a bundle, names the ConfigPath configuration its
+// create used; absent when the shim's default applied.
+const configPathFile = "berth-config-path"
+
+// recordConfigPath notes path in the bundle for bundleConfig.
+func recordConfigPath(bundle, path string) error {
+	if err := os.WriteFile(filepath.Join(bundle, configPathFile), []byte(path), 0o600); err != nil {
+		return fmt.Errorf("record the runtime's ConfigPath in the bundle: %w", err)
+	}
+	return nil
+}
+
+// bundleConfig is the configuration the bundle's create used: the
+// recorded ConfigPath, or the default. The config chosen for a request is
+// used for everything in it, cleanup included (its run_dir is where the
+// sandbox lives).
+func bundleConfig(bundle string) (*config.Config, error) {
+	b, err := os.ReadFile(filepath.Join(bundle, configPathFile))
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return loadConfig()
+	case err != nil:
+		return nil, err
+	}
+	return loadConfigPath(string(b))
 }
 
 // validateIDs checks a container id and the sandbox id its annotations

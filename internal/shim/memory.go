@@ -31,7 +31,7 @@ func memoryLimit(res *specs.LinuxResources) int64 {
 // memoryTarget sums the limits of the pod's containers, with override
 // replacing (or adding) one container's limit.
 // The overhead is cfg's: the configuration of the request at hand.
-func (s *service) memoryTarget(cfg *config.Config, sb *sandbox.Sandbox, overrideID string, overrideLimit int64) int {
+func (s *service) memoryTarget(cfg *config.Config, sb podVM, overrideID string, overrideLimit int64) int {
 	target, _ := s.memoryBounds(cfg, sb, overrideID, overrideLimit)
 	return target
 }
@@ -41,7 +41,7 @@ func (s *service) memoryTarget(cfg *config.Config, sb *sandbox.Sandbox, override
 // a limit (the pod can never use more), else the sandbox's maximum. The
 // CRI sandbox (pause) container counts as limited: it only holds the
 // pod's namespaces.
-func (s *service) memoryBounds(cfg *config.Config, sb *sandbox.Sandbox, overrideID string, overrideLimit int64) (target, ceiling int) {
+func (s *service) memoryBounds(cfg *config.Config, sb podVM, overrideID string, overrideLimit int64) (target, ceiling int) {
 	s.mu.Lock()
 	var limits []int64
 	unlimited := false
@@ -84,7 +84,7 @@ func (s *service) podConfig() *config.Config {
 }
 
 // updateElastic gives the sandbox's elastic controller its bounds.
-func (s *service) updateElastic(cfg *config.Config, sb *sandbox.Sandbox, overrideID string, overrideLimit int64) (target, ceiling int) {
+func (s *service) updateElastic(cfg *config.Config, sb podVM, overrideID string, overrideLimit int64) (target, ceiling int) {
 	target, ceiling = s.memoryBounds(cfg, sb, overrideID, overrideLimit)
 	sb.SetElasticBounds(target, ceiling)
 	return target, ceiling
@@ -95,7 +95,7 @@ func (s *service) updateElastic(cfg *config.Config, sb *sandbox.Sandbox, overrid
 // A limit the VM could not give the container even alone is refused: it
 // used to be clamped silently, and the container then OOM-killed below
 // its limit.
-func (s *service) growFor(ctx context.Context, cfg *config.Config, sb *sandbox.Sandbox, id string, limit int64) error {
+func (s *service) growFor(ctx context.Context, cfg *config.Config, sb podVM, id string, limit int64) error {
 	st := sb.MemoryStatus(ctx)
 	if err := limitFits(st, cfg.Hypervisor.MemoryOverheadMiB, id, limit); st.Mechanism != memory.None && err != nil {
 		return err
@@ -127,7 +127,7 @@ func limitFits(st sandbox.MemoryStatus, overheadMiB int, id string, limit int64)
 
 // memoryFloor is the least memory the pod's containers need, for
 // `berth resize` to respect; 0 when no container has a limit.
-func (s *service) memoryFloor(sb *sandbox.Sandbox) int {
+func (s *service) memoryFloor(sb podVM) int {
 	s.mu.Lock()
 	any := false
 	for _, c := range s.containers {
@@ -145,7 +145,7 @@ func (s *service) memoryFloor(sb *sandbox.Sandbox) int {
 // without a limit runs, elastic memory owns the VM's size above the
 // target: it gives memory back once it is idle, not while it may be in
 // use.
-func (s *service) shrinkToFit(ctx context.Context, cfg *config.Config, sb *sandbox.Sandbox) {
+func (s *service) shrinkToFit(ctx context.Context, cfg *config.Config, sb podVM) {
 	target, ceiling := s.updateElastic(cfg, sb, "", 0)
 	if sb.ElasticEnabled() && ceiling > target {
 		return

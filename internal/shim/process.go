@@ -8,8 +8,6 @@ import (
 
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/errdefs"
-
-	"github.com/berth-runtime/berth/internal/sandbox"
 )
 
 // container is the shim's record of one containerd task.
@@ -107,7 +105,7 @@ type process struct {
 	execID      string
 	paths       stdioPaths
 	io          *hostIO
-	sp          *sandbox.Process
+	sp          guestProcess
 
 	mu    sync.Mutex
 	state procState
@@ -120,7 +118,7 @@ type process struct {
 	closeOnce     sync.Once
 }
 
-func newProcess(containerID, execID string, paths stdioPaths, io *hostIO, sp *sandbox.Process) *process {
+func newProcess(containerID, execID string, paths stdioPaths, io *hostIO, sp guestProcess) *process {
 	return &process{containerID: containerID, execID: execID, paths: paths, io: io, sp: sp, exited: make(chan struct{})}
 }
 

@@ -44,9 +44,9 @@ import (
 
 	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/oci"
-	"github.com/berth-runtime/berth/internal/qemu"
 	"github.com/berth-runtime/berth/internal/sandbox"
 	"github.com/berth-runtime/berth/internal/stats"
+	"github.com/berth-runtime/berth/internal/vmm/drivers"
 )
 
 // exitStatusVMGone is reported for processes whose VM died under them: they
@@ -59,14 +59,20 @@ type service struct {
 	publisher shim.Publisher
 	shutdown  shutdown.Service
 	events    chan event
+	// eventsMu orders sends before the close at shutdown (closeEvents):
+	// a send racing with close is a data race even when recovered.
+	eventsMu     sync.RWMutex
+	eventsClosed bool
 
 	cfg    *config.Config
 	cfgErr error
+	// boot starts a pod's VM (bootSandbox; a fake in tests).
+	boot bootFunc
 
 	mu sync.Mutex
 	// booting is closed when a boot of the pod's VM in progress ends.
 	booting   chan struct{}
-	sb        *sandbox.Sandbox
+	sb        podVM
 	sandboxID string
 	// podCfg is the configuration the pod's VM was booted with (its
 	// sandbox container's, annotations applied); requests that carry no
@@ -91,9 +97,21 @@ func newService(ctx context.Context, publisher shim.Publisher, sd shutdown.Servi
 		containers: map[string]*container{},
 	}
 	s.cfg, s.cfgErr = loadConfig()
+	s.boot = s.bootSandbox
 	go s.forwardEvents()
-	sd.RegisterCallback(func(context.Context) error { close(s.events); return nil })
+	sd.RegisterCallback(s.closeEvents)
 	return s
+}
+
+// closeEvents ends forwardEvents at shutdown; later events are dropped.
+func (s *service) closeEvents(context.Context) error {
+	s.eventsMu.Lock()
+	defer s.eventsMu.Unlock()
+	if !s.eventsClosed {
+		s.eventsClosed = true
+		close(s.events)
+	}
+	return nil
 }
 
 // loadConfig reads Berth's configuration as the CLI does: BERTH_CONFIG (or
@@ -110,17 +128,12 @@ func loadConfig() (*config.Config, error) {
 // several runtime classes; otherwise the shim's own. Options are set by the
 // node's administrator, not by pods.
 func (s *service) configFor(r *taskAPI.CreateTaskRequest) (*config.Config, error) {
-	if r.Options != nil && r.Options.GetTypeUrl() != "" {
-		v, err := typeurl.UnmarshalAny(r.Options)
-		if err != nil {
-			return nil, fmt.Errorf("decode runtime options: %w", err)
-		}
-		if o, ok := v.(*runtimeoptions.Options); ok && o.ConfigPath != "" {
-			// Validated exactly like the default: with the host's facts,
-			// so that a combination this host cannot run fails here,
-			// naming the key, rather than when a sandbox starts.
-			return config.Load(o.ConfigPath, config.Overrides{StateDir: os.Getenv("BERTH_STATE_DIR"), Host: sandbox.HostFacts()})
-		}
+	path, err := requestConfigPath(r)
+	if err != nil {
+		return nil, err
+	}
+	if path != "" {
+		return loadConfigPath(path)
 	}
 	if s.cfgErr != nil {
 		return nil, s.cfgErr
@@ -130,6 +143,29 @@ func (s *service) configFor(r *taskAPI.CreateTaskRequest) (*config.Config, error
 		return nil, fmt.Errorf("no configuration loaded: %w", config.ErrInvalid)
 	}
 	return s.cfg, nil
+}
+
+// requestConfigPath is the ConfigPath runtime option of a create, "" when
+// there is none.
+func requestConfigPath(r *taskAPI.CreateTaskRequest) (string, error) {
+	if r.Options == nil || r.Options.GetTypeUrl() == "" {
+		return "", nil
+	}
+	v, err := typeurl.UnmarshalAny(r.Options)
+	if err != nil {
+		return "", fmt.Errorf("decode runtime options: %w", err)
+	}
+	if o, ok := v.(*runtimeoptions.Options); ok {
+		return o.ConfigPath, nil
+	}
+	return "", nil
+}
+
+// loadConfigPath loads a ConfigPath configuration exactly like the
+// default: with the host's facts, so that a combination this host cannot
+// run fails here, naming the key, rather than when a sandbox starts.
+func loadConfigPath(path string) (*config.Config, error) {
+	return config.Load(path, config.Overrides{StateDir: os.Getenv("BERTH_STATE_DIR"), Host: sandbox.HostFacts()})
 }
 
 // forwardEvents publishes events in the order they were sent, so that a
@@ -146,8 +182,12 @@ func (s *service) forwardEvents() {
 }
 
 func (s *service) send(topic string, v any) {
-	defer func() { recover() }() // events closed during shutdown
-	s.events <- event{topic, v}
+	s.eventsMu.RLock()
+	defer s.eventsMu.RUnlock()
+	if s.eventsClosed {
+		return // the shim is shutting down
+	}
+	s.events <- event{topic, v} // forwardEvents drains until closed
 }
 
 func toGRPC(err error) error {
@@ -203,6 +243,14 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 	}
 	if r.Checkpoint != "" {
 		return 0, fmt.Errorf("checkpoint restore: %w", errdefs.ErrNotImplemented)
+	}
+	// `shim delete` runs in a fresh process that containerd gives no
+	// runtime options: it finds the request's configuration (its run_dir)
+	// through the bundle.
+	if path, _ := requestConfigPath(r); path != "" {
+		if err := recordConfigPath(r.Bundle, path); err != nil {
+			return 0, err
+		}
 	}
 	spec, err := readSpec(r.Bundle)
 	if err != nil {
@@ -319,7 +367,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 // The boot takes seconds and is done without the service's lock (every
 // other request would wait for it); a second create meanwhile waits for
 // the boot's outcome.
-func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID string, isSandbox bool, spec *specs.Spec) (*sandbox.Sandbox, uint32, error) {
+func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID string, isSandbox bool, spec *specs.Spec) (podVM, uint32, error) {
 	s.mu.Lock()
 	for s.booting != nil {
 		ch := s.booting
@@ -364,10 +412,6 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 		s.mu.Unlock()
 		close(booting)
 	}()
-	accel, err := resolveAccel(ctx, cfg)
-	if err != nil {
-		return nil, 0, err
-	}
 	cold, err := sandbox.ColdPlugVFIO(cfg, spec)
 	if err != nil {
 		return nil, 0, err
@@ -375,7 +419,7 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 	sandbox.CleanupStale(cfg.RunDir)
 	ns, _ := namespaces.Namespace(ctx)
 	cgroupsPath := oci.CgroupsPath(spec, ns, sandboxID)
-	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: sandboxID, Accel: accel, CgroupsPath: cgroupsPath, ColdPlugVFIO: cold, NetNSPath: netns})
+	sb, err := s.boot(ctx, cfg, sandbox.Options{ID: sandboxID, CgroupsPath: cgroupsPath, ColdPlugVFIO: cold, NetNSPath: netns})
 	if err != nil {
 		return nil, 0, fmt.Errorf("start sandbox VM: %w", err)
 	}
@@ -384,34 +428,35 @@ func (s *service) sandboxFor(ctx context.Context, cfg *config.Config, sandboxID 
 	s.mu.Unlock()
 	go s.watchVM(sb)
 	sb.SetMemoryFloor(func() int { return s.memoryFloor(sb) })
+	return sb, 0, nil
+}
+
+// bootSandbox boots a real sandbox with the driver cfg selects and serves
+// its metrics.
+func (s *service) bootSandbox(ctx context.Context, cfg *config.Config, opts sandbox.Options) (podVM, error) {
+	driver, err := drivers.For(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Accel, err = sandbox.ResolveAccel(ctx, cfg, driver); err != nil {
+		return nil, err
+	}
+	opts.Driver = driver
+	sb, err := sandbox.Create(ctx, cfg, opts)
+	if err != nil {
+		return nil, err
+	}
 	if err := serveMetrics(s.ctx, sb); err != nil {
 		// Metrics are an observer's convenience; the pod runs without.
 		log.G(ctx).WithError(err).Warn("serve sandbox metrics")
 	}
-	return sb, 0, nil
-}
-
-func resolveAccel(ctx context.Context, cfg *config.Config) (qemu.Accel, error) {
-	switch cfg.Hypervisor.Accel {
-	case config.AccelKVM:
-		return qemu.KVM, nil
-	case config.AccelTCG:
-		return qemu.TCG, nil
-	}
-	accel, reason, err := qemu.CachedAccel(ctx, qemu.AccelProbe{
-		Binary: cfg.Hypervisor.Path, Kernel: cfg.Guest.Kernel, Timeout: 5 * time.Second,
-	}, filepath.Join(cfg.RunDir, "accel.json"))
-	if err != nil {
-		return "", fmt.Errorf("probe accelerator: %w", err)
-	}
-	log.G(ctx).Infof("accelerator %s: %s", accel, reason)
-	return accel, nil
+	return sandboxPod{sb}, nil
 }
 
 // watchVM notices the VM dying on its own (killed, crashed, powered off):
 // every process that has not exited is reported as killed, so containerd
 // learns of it at once.
-func (s *service) watchVM(sb *sandbox.Sandbox) {
+func (s *service) watchVM(sb podVM) {
 	<-sb.Done()
 	s.mu.Lock()
 	if s.sb == sb {
@@ -512,7 +557,7 @@ func (s *service) releaseDevices(c *container) {
 // watchOOM publishes TaskOOM each time the guest kernel OOM-kills a
 // process of the container, until the container is deleted or the VM ends
 // (paced against a hostile guest: oom.go).
-func (s *service) watchOOM(sb *sandbox.Sandbox, c *container) {
+func (s *service) watchOOM(sb podVM, c *container) {
 	watchOOM(s.ctx, sb, c.id, defaultOOMPace, c.oomKills, func(n uint64) { s.reportOOM(c, n) })
 }
 
@@ -782,7 +827,7 @@ func (s *service) setPaused(ctx context.Context, id string, paused bool) (*empty
 	return &emptypb.Empty{}, nil
 }
 
-func (s *service) containerAndVM(id string) (*container, *sandbox.Sandbox, error) {
+func (s *service) containerAndVM(id string) (*container, podVM, error) {
 	c, err := s.getContainer(id)
 	if err != nil {
 		return nil, nil, err

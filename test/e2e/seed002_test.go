@@ -15,6 +15,7 @@ import (
 	"github.com/berth-runtime/berth/internal/oci"
 	"github.com/berth-runtime/berth/internal/qemu"
 	"github.com/berth-runtime/berth/internal/sandbox"
+	"github.com/berth-runtime/berth/internal/vmm"
 )
 
 // TestSeed002ColdPlugRootPortHotPluggedXda is seed 002's regression test,
@@ -44,7 +45,7 @@ func TestSeed002ColdPlugRootPortHotPluggedXda(t *testing.T) {
 	defer cancel()
 
 	// TCG works on every host; the accelerator does not matter here.
-	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: "seed002", Accel: qemu.TCG})
+	sb, err := sandbox.Create(ctx, cfg, sandbox.Options{ID: "seed002", Driver: qemu.Driver{}, Accel: vmm.TCG})
 	if err != nil {
 		t.Fatal(err)
 	}
