@@ -51,6 +51,7 @@ func MachineFor(s vmm.Spec) Machine {
 		Binary:             s.Binary,
 		Type:               MachineType(s.Kind),
 		Accel:              Accel(s.Accel),
+		TCGTBSizeMiB:       s.TranslationCacheMiB,
 		VCPUs:              s.VCPUs,
 		MemoryMiB:          s.MemoryMiB,
 		MaxMemoryMiB:       s.MaxMemoryMiB,

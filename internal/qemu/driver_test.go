@@ -16,7 +16,7 @@ func TestMachineForTranslatesEverything(t *testing.T) {
 	tap := os.NewFile(^uintptr(0), "tap")
 	mac := net.HardwareAddr{2, 0, 0, 0, 0, 1}
 	spec := vmm.Spec{
-		Binary: "/usr/bin/qemu-system-x86_64", Kind: vmm.Q35, Accel: vmm.KVM, VCPUs: 2,
+		Binary: "/usr/bin/qemu-system-x86_64", Kind: vmm.Q35, Accel: vmm.KVM, TranslationCacheMiB: 64, VCPUs: 2,
 		MemoryMiB: 256, MaxMemoryMiB: 4096, MemorySlots: 4,
 		VirtioMem: &vmm.VirtioMem{ID: "vmem0", RegionMiB: 2048, BlockMiB: 2},
 		Kernel:    "/k", Initrd: "/i", KernelParams: "quiet", Pflash: []string{"/c", "/v"},
@@ -34,7 +34,7 @@ func TestMachineForTranslatesEverything(t *testing.T) {
 		VFIODevices: []vmm.VFIODevice{{ID: "vfio0", Host: "0000:01:00.0", Bus: "rp0", Addr: 0}},
 	}
 	want := Machine{
-		Binary: "/usr/bin/qemu-system-x86_64", Type: Q35, Accel: KVM, VCPUs: 2,
+		Binary: "/usr/bin/qemu-system-x86_64", Type: Q35, Accel: KVM, TCGTBSizeMiB: 64, VCPUs: 2,
 		MemoryMiB: 256, MaxMemoryMiB: 4096, MemorySlots: 4,
 		VirtioMem: &VirtioMemDevice{ID: "vmem0", RegionMiB: 2048, BlockMiB: 2},
 		Kernel:    "/k", Initrd: "/i", KernelParams: "quiet", Pflash: []string{"/c", "/v"},

@@ -351,16 +351,16 @@ func (s *Sandbox) machine(opts Options) (vmm.Spec, error) {
 		params += " " + h.KernelParams
 	}
 	m := vmm.Spec{
-		Binary:       h.Path,
-		Kind:         vmm.MachineKind(h.Machine),
-		Accel:        accel,
-		VCPUs:        vcpus,
-		MemoryMiB:    mem,
-		TCGTBSizeMiB: h.TCGTBSizeMiB,
-		Kernel:       s.cfg.Guest.Kernel,
-		Initrd:       s.cfg.Guest.Initrd,
-		KernelParams: params,
-		ConsoleLog:   s.path(consoleLogName),
+		Binary:              h.Path,
+		Kind:                vmm.MachineKind(h.Machine),
+		Accel:               accel,
+		VCPUs:               vcpus,
+		MemoryMiB:           mem,
+		TranslationCacheMiB: h.TCGTBSizeMiB,
+		Kernel:              s.cfg.Guest.Kernel,
+		Initrd:              s.cfg.Guest.Initrd,
+		KernelParams:        params,
+		ConsoleLog:          s.path(consoleLogName),
 		// The guest writes what it likes to its console: capped.
 		ConsoleLogMaxBytes: h.LogMaxBytes(),
 		Seccomp:            h.QEMUSandbox,

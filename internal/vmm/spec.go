@@ -37,7 +37,10 @@ type Spec struct {
 	Binary string
 	Kind   MachineKind
 	Accel  Accel
-	VCPUs  int
+	// TranslationCacheMiB is the emulator's translation cache when Accel
+	// is TCG (hypervisor.tcg_tb_size); 0 is the driver's default.
+	TranslationCacheMiB int
+	VCPUs               int
 	// MemoryMiB is the boot memory.
 	MemoryMiB int
 	// MaxMemoryMiB, when above MemoryMiB, reserves room for memory
