@@ -137,13 +137,7 @@ func TestHostileGuestFloodsStreamsOOMAndConsole(t *testing.T) {
 	containerd(t)
 	defer assertNoLeaks(t)
 	cfg := evilConfig(t)
-	events := exec.Command(ctrBinary(), "-a", ctrd.sock, "events")
-	var out syncBuffer
-	events.Stdout = &out
-	if err := events.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { events.Process.Kill(); events.Wait() }()
+	out := ctrEvents(t)
 
 	const id = "hostile-flood"
 	mustCtr(t, "run", "-d", "--runtime", berthRuntime, "--runtime-config-path", cfg, busyboxImage, id, "sleep", "1000")

@@ -27,7 +27,6 @@ package main
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
@@ -209,49 +208,8 @@ func (s *evilService) WaitOOM(ctx context.Context, req *api.WaitOOMRequest) (*ap
 // ignoreGoAway hides the host's yamux GoAway frames from the guest's
 // session, so that it keeps opening streams toward the host.
 func ignoreGoAway(rw io.ReadWriteCloser) io.ReadWriteCloser {
-	return &goAwayFilter{ReadWriteCloser: rw}
-}
-
-// Wire constants of yamux's frame header (github.com/hashicorp/yamux
-// spec.md): version, type, flags, stream id, length; data frames carry
-// length bytes of payload.
-const (
-	yamuxHeaderSize = 12
-	yamuxTypeData   = 0
-	yamuxTypeGoAway = 3
-)
-
-type goAwayFilter struct {
-	io.ReadWriteCloser
-	hdr     [yamuxHeaderSize]byte
-	pending []byte // part of hdr not yet returned
-	body    int64  // payload bytes of the current data frame still to pass
-}
-
-func (f *goAwayFilter) Read(p []byte) (int, error) {
-	for {
-		if len(f.pending) > 0 {
-			n := copy(p, f.pending)
-			f.pending = f.pending[n:]
-			return n, nil
-		}
-		if f.body > 0 {
-			if int64(len(p)) > f.body {
-				p = p[:f.body]
-			}
-			n, err := f.ReadWriteCloser.Read(p)
-			f.body -= int64(n)
-			return n, err
-		}
-		if _, err := io.ReadFull(f.ReadWriteCloser, f.hdr[:]); err != nil {
-			return 0, err
-		}
-		switch f.hdr[1] {
-		case yamuxTypeGoAway:
-			continue
-		case yamuxTypeData:
-			f.body = int64(binary.BigEndian.Uint32(f.hdr[8:12]))
-		}
-		f.pending = f.hdr[:]
-	}
+	return struct {
+		io.Reader
+		io.WriteCloser
+	}{transport.FrameFilter(rw, func(typ uint8, _ uint16) bool { return typ == transport.YamuxTypeGoAway }), rw}
 }
