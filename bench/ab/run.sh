@@ -31,25 +31,26 @@ for i in 0 1; do
     "$here/scripts/containerd-private.sh" start "$work/ctrd$i" "${bins[$i]}")
 done
 now() { date +%s%N; }
-measure() { # measure I ROUND: one berth run and one ctr run of build I
-  local i=$1 r=$2 t0 t1 t2
+measure() { # measure I ROUND: one berth run and one ctr run of build I (round 0 warms up, unrecorded)
+  local i=$1 r=$2 t0 t1 t2 row
   t0=$(now)
   "${bins[$i]}/berth" --config "$work/config$i.toml" run --rootfs "$rootfs" -- /bin/true
   t1=$(now)
   ctr -a "${socks[$i]}" run --rm --runtime io.containerd.berth.v2 --rootfs "$rootfs" "ab-$i-$r" /bin/true
   t2=$(now)
-  echo "${names[$i]} $(( (t1 - t0) / 1000000 )) $(( (t2 - t1) / 1000000 ))" | tee -a "$work/runs"
+  row="${names[$i]} $(( (t1 - t0) / 1000000 )) $(( (t2 - t1) / 1000000 ))"
+  if [ "$r" != 0 ]; then echo "$row" | tee -a "$work/runs"; fi
 }
 echo "build berth_run_ms ctr_run_ms"
 for r in $(seq 0 "$n"); do
   if [ $((r % 2)) = 0 ]; then order="0 1"; else order="1 0"; fi
   for i in $order; do
-    if [ "$r" = 0 ]; then measure "$i" warm >/dev/null; else measure "$i" "$r"; fi
+    measure "$i" "$r"
   done
 done
 # median, min, max of column C for build NAME
 stat() { awk -v b="$1" -v c="$2" '$1 == b { print $c }' "$work/runs" | sort -n |
-  awk '{ v[NR] = $1 } END { m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%d %d %d", m, v[1], v[NR] }'; }
+  awk '{ v[NR] = $1 } END { m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%d %d %d\n", m, v[1], v[NR] }'; }
 echo
 printf '%-26s %-28s %-28s\n' "" "${names[0]} median (min-max)" "${names[1]} median (min-max)"
 for c in 2 3; do
