@@ -33,6 +33,13 @@ $(BIN)/berth-agent: $(GOFILES) go.mod
 	@# glibc's static-linking warnings are expected; show output only on failure.
 	CGO_ENABLED=1 $(GO) build -tags "$(AGENT_TAGS)" -ldflags "$(AGENT_LDFLAGS)" -o $@ ./cmd/berth-agent 2>$(BIN)/.agent-build.log || { cat $(BIN)/.agent-build.log; exit 1; }
 
+# The hostile-guest e2e tests' agent (test/e2e/evilagent): the real agent
+# plus attacks on the host, built like it. Never part of a real image; the
+# tests build it (through this rule) and put it into an initramfs of their own.
+$(BIN)/berth-evil-agent: $(GOFILES) go.mod
+	@mkdir -p $(BIN)
+	CGO_ENABLED=1 $(GO) build -tags "$(AGENT_TAGS)" -ldflags "$(AGENT_LDFLAGS)" -o $@ ./test/e2e/evilagent 2>$(BIN)/.evil-agent-build.log || { cat $(BIN)/.evil-agent-build.log; exit 1; }
+
 deps: ## install the Debian packages Berth needs (root)
 	scripts/install-deps.sh
 
@@ -60,7 +67,7 @@ test-unit: ## unit tests: no root, no VM, seconds
 # initramfs built around a test init.
 TEST_KERNEL = $(or $(firstword $(wildcard $(STATE_DIR)/cache/linux-image-*/boot/vmlinuz-*)),$(STATE_DIR)/guest/vmlinuz)
 
-test-e2e: deps guest ## end-to-end tests: boot real VMs, drive a real containerd (root)
+test-e2e: deps guest $(BIN)/berth-evil-agent ## end-to-end tests: boot real VMs, drive a real containerd (root)
 	BERTH_TEST_KERNEL=$(TEST_KERNEL) $(GO) test -count=1 -timeout 10m ./internal/qemu/...
 	BERTH_TEST_BOOT=1 $(GO) test -count=1 -timeout 10m ./internal/guest/...
 	$(GO) test -count=1 -timeout 5m ./internal/sandbox/... ./internal/cgroup/... ./internal/network/...

@@ -25,7 +25,21 @@ const CmdlineTransport = "berth.transport"
 
 // Serve runs the agent service until its listeners fail. It is the body of
 // `berth-agent serve`, started by RunInit.
-func Serve(ctx context.Context) error {
+func Serve(ctx context.Context) error { return ServeHooked(ctx, Hooks{}) }
+
+// Hooks change what ServeHooked serves. The real agent sets none. They
+// exist for the test-only agent that plays a fully compromised guest
+// (test/e2e/evilagent): it runs this very service, so that sandboxes boot
+// and containers run, and attacks the host through the same channel.
+type Hooks struct {
+	// Service, if set, wraps the service registered with ttrpc.
+	Service func(api.AgentService) api.AgentService
+	// Mux hooks the virtio-serial transport (transport.NewSerialMuxHooked).
+	Mux transport.MuxHooks
+}
+
+// ServeHooked is Serve with hooks.
+func ServeHooked(ctx context.Context, hooks Hooks) error {
 	logrus.SetOutput(os.Stderr)
 	logrus.SetFormatter(&logrus.TextFormatter{DisableTimestamp: true})
 	cmdline, _ := os.ReadFile("/proc/cmdline")
@@ -33,7 +47,7 @@ func Serve(ctx context.Context) error {
 	if kind == "" {
 		kind = transport.VirtioSerial
 	}
-	agentL, stdioL, err := listen(ctx, kind)
+	agentL, stdioL, err := listen(ctx, kind, hooks.Mux)
 	if err != nil {
 		return err
 	}
@@ -56,7 +70,11 @@ func Serve(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	api.RegisterAgentService(srv, svc)
+	var registered api.AgentService = svc
+	if hooks.Service != nil {
+		registered = hooks.Service(svc)
+	}
+	api.RegisterAgentService(srv, registered)
 	go svc.WatchMemory(ctx)
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ctx, agentL) }()
@@ -85,7 +103,7 @@ func readSecret() ([]byte, error) {
 	}
 }
 
-func listen(ctx context.Context, kind transport.Kind) (agentL, stdioL net.Listener, err error) {
+func listen(ctx context.Context, kind transport.Kind, muxHooks transport.MuxHooks) (agentL, stdioL net.Listener, err error) {
 	switch kind {
 	case transport.Vsock:
 		if agentL, err = transport.ListenVsock(transport.AgentPort); err != nil {
@@ -111,7 +129,7 @@ func listen(ctx context.Context, kind transport.Kind) (agentL, stdioL net.Listen
 		if err != nil {
 			return nil, nil, err
 		}
-		mux := transport.NewSerialMux(dev)
+		mux := transport.NewSerialMuxHooked(dev, muxHooks)
 		if agentL, err = mux.Listen(transport.AgentPort); err != nil {
 			return nil, nil, err
 		}

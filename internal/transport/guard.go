@@ -32,20 +32,29 @@ const (
 	yamuxHeaderSize = 12
 	yamuxTypeData   = 0
 	yamuxTypePing   = 2
+	// YamuxTypeGoAway is the type of a yamux GoAway frame.
+	YamuxTypeGoAway = 3
 	yamuxFlagSYN    = 1
 )
 
-// guestFrameFilter reads yamux frames from the guest and passes them on,
-// except ping requests.
-type guestFrameFilter struct {
+// FrameFilter reads yamux frames from r and passes them on, except those
+// drop reports true for (by frame type and flags). The host drops the
+// guest's ping requests with it; the test-only evil agent
+// (test/e2e/evilagent) hides the host's GoAway from its own session.
+func FrameFilter(r io.Reader, drop func(typ uint8, flags uint16) bool) io.Reader {
+	return &frameFilter{r: r, drop: drop}
+}
+
+type frameFilter struct {
 	r       io.Reader
+	drop    func(typ uint8, flags uint16) bool
 	hdr     [yamuxHeaderSize]byte
 	pending []byte // part of hdr not yet returned to the reader
 	body    int64  // payload bytes of the current data frame still to pass
 	dropped atomic.Uint64
 }
 
-func (f *guestFrameFilter) Read(p []byte) (int, error) {
+func (f *frameFilter) Read(p []byte) (int, error) {
 	for {
 		if len(f.pending) > 0 {
 			n := copy(p, f.pending)
@@ -64,7 +73,7 @@ func (f *guestFrameFilter) Read(p []byte) (int, error) {
 			return 0, err
 		}
 		typ, flags := f.hdr[1], binary.BigEndian.Uint16(f.hdr[2:4])
-		if typ == yamuxTypePing && flags&yamuxFlagSYN != 0 {
+		if typ != yamuxTypeData && f.drop(typ, flags) {
 			f.dropped.Add(1)
 			continue
 		}
@@ -75,15 +84,20 @@ func (f *guestFrameFilter) Read(p []byte) (int, error) {
 	}
 }
 
+// isPingRequest is the host's filter of guest frames.
+func isPingRequest(typ uint8, flags uint16) bool {
+	return typ == yamuxTypePing && flags&yamuxFlagSYN != 0
+}
+
 // guardedConn is the host's connection to the QEMU chardev with the guest's
 // frames filtered.
 type guardedConn struct {
 	net.Conn
-	filter *guestFrameFilter
+	filter *frameFilter
 }
 
 func newGuardedConn(c net.Conn) *guardedConn {
-	return &guardedConn{Conn: c, filter: &guestFrameFilter{r: c}}
+	return &guardedConn{Conn: c, filter: &frameFilter{r: c, drop: isPingRequest}}
 }
 
 func (c *guardedConn) Read(p []byte) (int, error) { return c.filter.Read(p) }

@@ -47,6 +47,8 @@ type SerialMux struct {
 	// fresh open (tests).
 	persistent bool
 
+	hooks MuxHooks // NewSerialMuxHooked
+
 	mu        sync.Mutex
 	listeners map[uint32]*portListener
 	closed    bool
@@ -62,10 +64,28 @@ type SerialMux struct {
 // Instead the mux waits, with poll(2), until the port no longer reports
 // POLLHUP (a host is connected) before starting each session.
 func NewSerialMux(devPath string) *SerialMux {
+	return NewSerialMuxHooked(devPath, MuxHooks{})
+}
+
+// MuxHooks change what a SerialMux does with each host connection. The
+// real agent sets none; they exist for the test-only agent that plays a
+// compromised guest (test/e2e/evilagent), which attacks the host on the
+// very session the real agent serves.
+type MuxHooks struct {
+	// Conn, if set, wraps the port's byte stream under each session.
+	Conn func(io.ReadWriteCloser) io.ReadWriteCloser
+	// Session, if set, is started in a goroutine of its own with each
+	// session.
+	Session func(*yamux.Session)
+}
+
+// NewSerialMuxHooked is NewSerialMux with hooks.
+func NewSerialMuxHooked(devPath string, hooks MuxHooks) *SerialMux {
 	m := newSerialMux(func() (io.ReadWriteCloser, error) {
 		return os.OpenFile(devPath, os.O_RDWR, 0)
 	})
 	m.persistent = true
+	m.hooks = hooks
 	go m.run()
 	return m
 }
@@ -181,11 +201,17 @@ type noClose struct{ io.ReadWriter }
 func (noClose) Close() error { return nil }
 
 func (m *SerialMux) serveSession(rw io.ReadWriteCloser) {
+	if m.hooks.Conn != nil {
+		rw = m.hooks.Conn(rw)
+	}
 	s, err := yamux.Server(rw, yamuxConfig())
 	if err != nil {
 		return
 	}
 	defer s.Close()
+	if m.hooks.Session != nil {
+		go m.hooks.Session(s)
+	}
 	go func() {
 		select {
 		case <-m.done:

@@ -345,13 +345,7 @@ func TestCtrPodAnnotationsAreAllowListed(t *testing.T) {
 func TestCtrOOMKillPublishesTaskOOM(t *testing.T) {
 	containerd(t)
 	defer assertNoLeaks(t)
-	events := exec.Command(ctrBinary(), "-a", ctrd.sock, "events")
-	var out syncBuffer
-	events.Stdout = &out
-	if err := events.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { events.Process.Kill(); events.Wait() }()
+	out := ctrEvents(t)
 	// A 16 MiB limit and a shell that builds a 40 MiB string: the guest
 	// kernel OOM-kills it, and containerd must hear about it.
 	r := ctr(t, "run", "--rm", "--runtime", berthRuntime, "--memory-limit", "16777216", busyboxImage, "ctr-oom",
@@ -366,6 +360,20 @@ func TestCtrOOMKillPublishesTaskOOM(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// ctrEvents streams `ctr events` of our containerd into the returned
+// buffer until the test ends.
+func ctrEvents(t *testing.T) *syncBuffer {
+	t.Helper()
+	events := exec.Command(ctrBinary(), "-a", ctrd.sock, "events")
+	out := &syncBuffer{}
+	events.Stdout = out
+	if err := events.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { events.Process.Kill(); events.Wait() })
+	return out
 }
 
 // syncBuffer is a bytes.Buffer safe for a writer goroutine and a reader.

@@ -73,10 +73,20 @@ func qemuRSSKiB(t *testing.T) int {
 	if len(pids) != 1 {
 		t.Fatalf("QEMU pids %v", pids)
 	}
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pids[0]))
-	m := regexp.MustCompile(`VmRSS:\s+(\d+) kB`).FindSubmatch(b)
+	return procStatusField(t, pids[0], "VmRSS")
+}
+
+// procStatusField reads a number field of /proc/PID/status ("VmRSS" in
+// KiB, "Threads").
+func procStatusField(t *testing.T, pid int, field string) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^` + field + `:\s+(\d+)`).FindSubmatch(b)
 	if m == nil {
-		t.Fatal("no VmRSS")
+		t.Fatalf("no %s in /proc/%d/status", field, pid)
 	}
 	v, _ := strconv.Atoi(string(m[1]))
 	return v
