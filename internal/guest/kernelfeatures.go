@@ -45,6 +45,7 @@ var KernelFeatures = []KernelFeature{
 	{"PCIe hot-plug", []string{"CONFIG_HOTPLUG_PCI_PCIE"}, true},
 	{"unix, inet, IPv6 sockets", []string{"CONFIG_UNIX", "CONFIG_INET", "CONFIG_IPV6"}, true},
 	{"virtio-balloon free page reporting", []string{"CONFIG_VIRTIO_BALLOON", "CONFIG_PAGE_REPORTING"}, false},
+	{"pressure stall information (elastic memory)", []string{"CONFIG_PSI"}, false},
 	{"PVH entry (boots uncompressed)", []string{"CONFIG_PVH"}, false},
 	{"qemu_fw_cfg", []string{"CONFIG_FW_CFG_SYSFS"}, false},
 	{"bridge, veth, tun", []string{"CONFIG_BRIDGE", "CONFIG_VETH", "CONFIG_TUN"}, false},
