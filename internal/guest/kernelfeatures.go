@@ -35,7 +35,7 @@ var KernelFeatures = []KernelFeature{
 	{"serial console (ttyS0)", []string{"CONFIG_SERIAL_8250", "CONFIG_SERIAL_8250_CONSOLE"}, true},
 	{"initramfs (uncompressed newc)", []string{"CONFIG_BLK_DEV_INITRD"}, true},
 	{"devtmpfs, tmpfs, proc", []string{"CONFIG_DEVTMPFS", "CONFIG_TMPFS", "CONFIG_PROC_FS"}, true},
-	{"cgroups (memory, cpu, pids, cpuset, freezer, devices)", []string{"CONFIG_CGROUPS", "CONFIG_MEMCG", "CONFIG_CGROUP_SCHED",
+	{"cgroups (memory, cpu, pids, cpuset, freezer, devices)", []string{"CONFIG_CGROUPS", "CONFIG_MEMCG", "CONFIG_MEMCG_KMEM", "CONFIG_CGROUP_SCHED",
 		"CONFIG_CFS_BANDWIDTH", "CONFIG_CGROUP_PIDS", "CONFIG_CPUSETS", "CONFIG_CGROUP_FREEZER", "CONFIG_CGROUP_DEVICE", "CONFIG_CGROUP_BPF"}, true},
 	{"namespaces", []string{"CONFIG_NAMESPACES", "CONFIG_UTS_NS", "CONFIG_IPC_NS", "CONFIG_PID_NS", "CONFIG_NET_NS", "CONFIG_USER_NS"}, true},
 	{"seccomp filters", []string{"CONFIG_SECCOMP", "CONFIG_SECCOMP_FILTER"}, true},
