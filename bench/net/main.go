@@ -20,12 +20,10 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -45,8 +43,7 @@ var podScript = fmt.Sprintf("mkdir -p /www; echo hello > /www/index.html; "+
 
 type options struct {
 	runs, requests, mib int
-	stateDir, rootfs    string
-	bin                 string
+	crienv.Paths
 }
 
 func main() {
@@ -54,16 +51,9 @@ func main() {
 	flag.IntVar(&o.runs, "runs", 3, "transfers per direction and runtime")
 	flag.IntVar(&o.mib, "mib", 32, "MiB per transfer")
 	flag.IntVar(&o.requests, "requests", 200, "timed HTTP requests per runtime")
-	flag.StringVar(&o.stateDir, "state-dir", "/var/lib/berth", "Berth state directory holding the guest image")
-	flag.StringVar(&o.rootfs, "rootfs", "bin/rootfs-busybox", "busybox root file system (scripts/busybox-rootfs.sh)")
-	flag.StringVar(&o.bin, "bin", "bin", "directory holding containerd-shim-berth-v2")
+	o.Paths.Flags()
 	flag.Parse()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, o); err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		os.Exit(1)
-	}
+	crienv.Main(func(ctx context.Context) error { return run(ctx, o) })
 }
 
 type pod struct {
@@ -74,7 +64,7 @@ func run(ctx context.Context, o options) error {
 	if o.requests < 100 {
 		return fmt.Errorf("-requests %d: use at least 100, or p99 means nothing", o.requests)
 	}
-	env, err := crienv.Start(ctx, "net", o.bin, o.stateDir, o.rootfs)
+	env, err := crienv.Start(ctx, "net", o.Paths)
 	if err != nil {
 		return err
 	}

@@ -27,12 +27,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/berth-runtime/berth/bench/internal/benchtab"
@@ -43,9 +41,7 @@ import (
 type options struct {
 	n, parallel int
 	idle        time.Duration
-	stateDir    string
-	rootfs      string
-	bin         string
+	crienv.Paths
 }
 
 func main() {
@@ -53,16 +49,9 @@ func main() {
 	flag.IntVar(&o.n, "n", 5, "single pod starts per runtime")
 	flag.IntVar(&o.parallel, "parallel", 10, "Berth pods started at once")
 	flag.DurationVar(&o.idle, "idle", 10*time.Second, "how long the pod idles before its PSS is read")
-	flag.StringVar(&o.stateDir, "state-dir", "/var/lib/berth", "Berth state directory holding the guest image")
-	flag.StringVar(&o.rootfs, "rootfs", "bin/rootfs-busybox", "busybox root file system for the containers (make rootfs)")
-	flag.StringVar(&o.bin, "bin", "bin", "directory holding containerd-shim-berth-v2")
+	o.Paths.Flags()
 	flag.Parse()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, o); err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		os.Exit(1)
-	}
+	crienv.Main(func(ctx context.Context) error { return run(ctx, o) })
 }
 
 func run(ctx context.Context, o options) error {
@@ -72,7 +61,7 @@ func run(ctx context.Context, o options) error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: it starts containerd and VMs")
 	}
-	env, err := crienv.Start(ctx, "pods", o.bin, o.stateDir, o.rootfs)
+	env, err := crienv.Start(ctx, "pods", o.Paths)
 	if err != nil {
 		return err
 	}

@@ -20,13 +20,10 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -35,34 +32,25 @@ import (
 )
 
 type options struct {
-	n        int
-	warmup   int
-	stateDir string
-	rootfs   string
-	bin      string
+	n      int
+	warmup int
+	crienv.Paths
 }
 
 func main() {
 	var o options
 	flag.IntVar(&o.n, "n", 200, "timed ContainerStats calls per runtime")
 	flag.IntVar(&o.warmup, "warmup", 10, "untimed calls per runtime first")
-	flag.StringVar(&o.stateDir, "state-dir", "/var/lib/berth", "Berth state directory holding the guest image")
-	flag.StringVar(&o.rootfs, "rootfs", "bin/rootfs-busybox", "busybox root file system for the container (scripts/busybox-rootfs.sh)")
-	flag.StringVar(&o.bin, "bin", "bin", "directory holding containerd-shim-berth-v2")
+	o.Paths.Flags()
 	flag.Parse()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, o); err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		os.Exit(1)
-	}
+	crienv.Main(func(ctx context.Context) error { return run(ctx, o) })
 }
 
 func run(ctx context.Context, o options) error {
 	if o.n < 100 {
 		return fmt.Errorf("-n %d: use at least 100 calls, or p99 means nothing", o.n)
 	}
-	env, err := crienv.Start(ctx, "stats", o.bin, o.stateDir, o.rootfs)
+	env, err := crienv.Start(ctx, "stats", o.Paths)
 	if err != nil {
 		return err
 	}

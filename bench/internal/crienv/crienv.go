@@ -6,11 +6,14 @@ package crienv
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -36,16 +39,45 @@ type Env struct {
 	stop   func()
 }
 
-// Start starts containerd with Berth's binaries in bin (the repository's
-// bin/), a configuration whose state_dir is stateDir, and the images packed
-// from rootfs (a busybox root file system, as `make rootfs` unpacks);
-// everything lives below a new temporary directory named for the
+// Paths are the flags every CRI benchmark takes: where Berth's guest
+// image, the busybox root file system and Berth's binaries are. A struct
+// rather than three strings in a row, which a call can shift unnoticed.
+type Paths struct {
+	StateDir string
+	Rootfs   string
+	Bin      string
+}
+
+// Flags registers -state-dir, -rootfs and -bin on the command line.
+func (p *Paths) Flags() {
+	flag.StringVar(&p.StateDir, "state-dir", "/var/lib/berth", "Berth state directory holding the guest image")
+	flag.StringVar(&p.Rootfs, "rootfs", "bin/rootfs-busybox", "busybox root file system for the containers (make rootfs)")
+	flag.StringVar(&p.Bin, "bin", "bin", "directory holding containerd-shim-berth-v2")
+}
+
+// Main runs a benchmark with a context that SIGINT and SIGTERM cancel (so
+// its deferred clean-up runs) and exits 1 with the error, if any.
+func Main(run func(context.Context) error) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// Start starts containerd with Berth's binaries in p.Bin (the repository's
+// bin/), a configuration whose state_dir is p.StateDir, and the images
+// packed from p.Rootfs (a busybox root file system, as `make rootfs`
+// unpacks); everything lives below a new temporary directory named for the
 // benchmark, which Close removes.
-func Start(ctx context.Context, name, bin, stateDir, rootfs string) (*Env, error) {
+func Start(ctx context.Context, name string, p Paths) (*Env, error) {
+	stateDir, rootfs := p.StateDir, p.Rootfs
 	if _, err := os.Stat(filepath.Join(rootfs, "bin", "busybox")); err != nil {
 		return nil, fmt.Errorf("-rootfs %s: %w (make rootfs)", rootfs, err)
 	}
-	bin, err := filepath.Abs(bin)
+	bin, err := filepath.Abs(p.Bin)
 	if err != nil {
 		return nil, err
 	}
