@@ -5,7 +5,11 @@
 # each with its own shim on PATH and its own state directory). Every round
 # runs both builds, in alternating order (AB, BA, ...), so that other VMs
 # on the host weigh on both alike; it prints each run, then the median,
-# min and max per build and the median's delta of B over A.
+# min and max per build and the median's delta of B over A, and the
+# paired delta: the median over rounds of B's time over A's in the same
+# round. On a shared host whose speed drifts during the run (this one is
+# itself a VM) the paired delta is the sharper figure: both builds of a
+# round ran within seconds of each other.
 #
 #   bench/ab/run.sh N ROOTFS NAME_A BIN_A STATE_A NAME_B BIN_B STATE_B
 #
@@ -60,3 +64,8 @@ for c in 2 3; do
   printf '%-26s %-28s %-28s delta %+.1f%%\n' "$label" "$ma ms ($lo_a-$hi_a)" "$mb ms ($lo_b-$hi_b)" \
     "$(awk -v a="$ma" -v b="$mb" 'BEGIN { print (b - a) * 100 / a }')"
 done
+# paired C: the median of B/A over rounds of column C, as a delta
+paired() { awk -v a="${names[0]}" -v b="${names[1]}" -v c="$1" '{ v[$1] = $c } NR % 2 == 0 { print v[b] / v[a] }' "$work/runs" | sort -n |
+  awk '{ v[NR] = $1 } END { m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%+.1f%% over %d rounds", (m - 1) * 100, NR }'; }
+echo
+echo "paired delta (median of ${names[1]}/${names[0]} within a round): berth run $(paired 2), ctr run $(paired 3)"
