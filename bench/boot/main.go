@@ -64,9 +64,12 @@ type options struct {
 	machine  string
 	runc     string
 	quiet    bool
-	// compareStateDir holds a second guest image (another kernel) whose
-	// raw boot and berth run are measured in the same rounds.
+	// compareStateDir holds a second guest image (another kernel), and
+	// compareConfig is a second base configuration (e.g. other hypervisor
+	// settings): with either, a second raw boot and berth run are
+	// measured in the same rounds, so that both see the same host.
 	compareStateDir string
+	compareConfig   string
 }
 
 func main() {
@@ -79,6 +82,7 @@ func main() {
 	flag.StringVar(&o.machine, "machine", "", "QEMU machine type, q35 or microvm (default: hypervisor.machine of the configuration)")
 	flag.StringVar(&o.runc, "runc", "runc", `runc binary for the no-VM baseline row; "" skips it`)
 	flag.StringVar(&o.compareStateDir, "compare-state-dir", "", "a second state directory (e.g. one whose guest image has the other guest.kernel_source): its raw boot and berth run are measured in the same rounds")
+	flag.StringVar(&o.compareConfig, "compare-config", "", "a second base configuration file (e.g. other [hypervisor] settings): its raw boot and berth run are measured in the same rounds (with -compare-state-dir's image if given, else -state-dir's)")
 	flag.BoolVar(&o.quiet, "quiet", true, "repeat rounds during which another VM ran on the host (at most 3n rounds in all)")
 	flag.Parse()
 
@@ -151,8 +155,16 @@ func run(ctx context.Context, o options) (retErr error) {
 	}
 	var cfg2 *config.Config
 	var cfgPath2 string
-	if o.compareStateDir != "" {
-		if cfg2, cfgPath2, err = benchConfig(o, o.compareStateDir, tmp, "2"); err != nil {
+	if o.compareStateDir != "" || o.compareConfig != "" {
+		o2 := o
+		if o.compareConfig != "" {
+			o2.config = o.compareConfig
+		}
+		stateDir2 := o.compareStateDir
+		if stateDir2 == "" {
+			stateDir2 = o.stateDir
+		}
+		if cfg2, cfgPath2, err = benchConfig(o2, stateDir2, tmp, "2"); err != nil {
 			return err
 		}
 	}
@@ -186,8 +198,16 @@ func run(ctx context.Context, o options) (retErr error) {
 		teardownRow = &series{name: "  teardown (delete, destroy VM)", short: "teardown"}
 		berthRow    = &series{name: "berth run /bin/true (end to end)", short: "berth run"}
 	)
-	rawRow.name += " [" + kernelLabel(cfg) + "]"
-	berthRow.name += " [" + kernelLabel(cfg) + "]"
+	label, label2 := kernelLabel(cfg), ""
+	if cfg2 != nil {
+		label2 = kernelLabel(cfg2)
+		if o.compareConfig != "" { // same image perhaps: tell the two apart by configuration
+			label += ", " + configLabel(o.config)
+			label2 += ", " + configLabel(o.compareConfig)
+		}
+	}
+	rawRow.name += " [" + label + "]"
+	berthRow.name += " [" + label + "]"
 	rawRetried := 0 // raw boots whose first Info call failed
 	// One step per measurement; each appends its timings to its rows.
 	steps := []func() error{
@@ -213,22 +233,22 @@ func run(ctx context.Context, o options) (retErr error) {
 	}
 	rows := []*series{rawRow, sandboxRow, createRow, startRow, teardownRow, berthRow}
 	if cfg2 != nil {
-		raw2 := &series{name: "raw QEMU boot to agent ready [" + kernelLabel(cfg2) + "]", short: "raw2"}
-		berth2 := &series{name: "berth run /bin/true (end to end) [" + kernelLabel(cfg2) + "]", short: "berth run2"}
+		raw2 := &series{name: "raw QEMU boot to agent ready [" + label2 + "]", short: "raw2"}
+		berth2 := &series{name: "berth run /bin/true (end to end) [" + label2 + "]", short: "berth run2"}
 		steps = append(steps, func() error {
 			d, failures, err := rawBoot(ctx, cfg2, accel, tmp)
 			raw2.add(d)
 			rawRetried += min(failures, 1)
-			return wrap("raw boot ("+o.compareStateDir+")", err)
+			return wrap("raw boot ["+label2+"]", err)
 		}, func() error {
 			d, err := berthRun(ctx, berthBin, cfgPath2, rootfs)
 			berth2.add(d)
-			return wrap("berth run ("+o.compareStateDir+")", err)
+			return wrap("berth run ["+label2+"]", err)
 		})
 		rows = append(rows, raw2, berth2)
 		defer func() {
 			if retErr == nil {
-				fmt.Printf("%s: berth run / raw boot: %.2fx\n", kernelLabel(cfg2), float64(median(berth2.ds))/float64(median(raw2.ds)))
+				fmt.Printf("%s: berth run / raw boot: %.2fx\n", label2, float64(median(berth2.ds))/float64(median(raw2.ds)))
 			}
 		}()
 	}
@@ -466,6 +486,14 @@ var (
 	median = benchtab.Median
 	ms     = benchtab.MS
 )
+
+// configLabel names a base configuration file for the table.
+func configLabel(path string) string {
+	if path == "" {
+		return "default config"
+	}
+	return filepath.Base(path)
+}
 
 // kernelLabel names the kernel of cfg's guest image, for the table.
 func kernelLabel(cfg *config.Config) string {

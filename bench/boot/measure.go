@@ -51,6 +51,7 @@ func rawBoot(ctx context.Context, cfg *config.Config, accel qemu.Accel, tmp stri
 	m := qemu.Machine{
 		Binary: h.Path, Type: qemu.MachineType(h.Machine), Accel: accel,
 		VCPUs: h.DefaultVCPUs, MemoryMiB: h.DefaultMemoryMiB, TCGTBSizeMiB: h.TCGTBSizeMiB,
+		BIOS:   qemu.MachineFor(vmm.Spec{Kind: vmm.MachineKind(h.Machine), Firmware: h.EffectiveFirmware(cfg.Devices)}).BIOS,
 		Kernel: cfg.Guest.Kernel, Initrd: cfg.Guest.Initrd,
 		KernelParams: params,
 		ConsoleLog:   filepath.Join(dir, "console.log"),

@@ -89,6 +89,10 @@ func TestValidationFail(t *testing.T) {
 		{"memory too small", "[hypervisor]\ndefault_memory = 64", "hypervisor.default_memory", "at least 128"},
 		{"memory odd", "[hypervisor]\ndefault_memory = 257", "hypervisor.default_memory", "use 256 or 258"},
 		{"memory in bytes string", "[hypervisor]\ndefault_memory = \"256M\"", "hypervisor.default_memory", "whole number"},
+		{"firmware unknown name", "[hypervisor]\nfirmware = \"ovmf\"", "hypervisor.firmware", `use "auto" (the default), "qboot", "seabios"`},
+		{"qboot with pci bridges", "[hypervisor]\nfirmware = \"qboot\"\n[devices]\npci_bridges = 1", "hypervisor.firmware", "bridges"},
+		{"firmware image missing", "[hypervisor]\nfirmware = \"/nonexistent/fw.rom\"", "hypervisor.firmware", "does not exist"},
+		{"firmware image on microvm", "[hypervisor]\nmachine = \"microvm\"\nfirmware = \"/usr/share/qemu/qboot.rom\"", "hypervisor.firmware", "only machine \"q35\""},
 		{"kernel params newline", "[hypervisor]\nkernel_params = \"quiet\\ndebug\"", "hypervisor.kernel_params", "one line"},
 		{"relative virtiofsd", "[hypervisor]\nvirtiofsd_path = \"virtiofsd\"", "hypervisor.virtiofsd_path", "absolute path"},
 		{"virtiofs cache", "[hypervisor]\nvirtiofs_cache = \"never\"", "hypervisor.virtiofs_cache", `"auto", "always" or "none"`},
@@ -458,6 +462,29 @@ func TestDeviceCombinationsLoad(t *testing.T) {
 					}
 				}
 			}
+		}
+	}
+}
+
+// TestEffectiveFirmwareAutoAvoidsQbootWithBridges: "auto" boots qboot, but
+// SeaBIOS when the VM has PCI bridges, whose hot-plugged devices only
+// appear when the firmware numbered the bridge's bus; a named choice is
+// kept as it is.
+func TestEffectiveFirmwareAutoAvoidsQbootWithBridges(t *testing.T) {
+	for _, c := range []struct {
+		firmware string
+		bridges  int
+		want     string
+	}{
+		{FirmwareAuto, 0, FirmwareQboot},
+		{FirmwareAuto, 1, FirmwareSeaBIOS},
+		{FirmwareSeaBIOS, 0, FirmwareSeaBIOS},
+		{FirmwareQboot, 0, FirmwareQboot},
+		{"/opt/fw.rom", 2, "/opt/fw.rom"},
+	} {
+		h := Hypervisor{Firmware: c.firmware}
+		if got := h.EffectiveFirmware(Devices{PCIBridges: c.bridges}); got != c.want {
+			t.Errorf("firmware %q with %d bridges: %q, want %q", c.firmware, c.bridges, got, c.want)
 		}
 	}
 }

@@ -109,6 +109,25 @@ func (c *Config) problems() []*KeyError {
 		add(keyError("hypervisor.tcg_tb_size", h.TCGTBSizeMiB, "is out of range",
 			fmt.Sprintf("the value is in MiB; use a whole number from %d to %d (default %d)", MinTCGTBSizeMiB, MaxTCGTBSizeMiB, DefaultTCGTBSizeMiB)))
 	}
+	switch {
+	case h.Firmware == FirmwareAuto || h.Firmware == FirmwareSeaBIOS:
+	case h.Firmware == FirmwareQboot:
+		if c.Devices.PCIBridges > 0 && h.Machine == MachineQ35 {
+			add(keyError("hypervisor.firmware", h.Firmware, fmt.Sprintf("cannot serve devices.pci_bridges = %d: qboot leaves a bridge's bus unnumbered, so devices hot-plugged behind it never appear", c.Devices.PCIBridges),
+				fmt.Sprintf("use %q (SeaBIOS when there are bridges) or %q, or hot-plug through PCIe root ports (devices.pcie_root_port) instead of bridges", FirmwareAuto, FirmwareSeaBIOS)))
+		}
+	case filepath.IsAbs(h.Firmware):
+		if h.Machine != MachineQ35 {
+			add(keyError("hypervisor.firmware", h.Firmware, "is a firmware image, but only machine \"q35\" takes one",
+				"remove the key (microvm boots QEMU's own microvm firmware; virt takes hypervisor.pflashes)"))
+		} else if st, err := os.Stat(h.Firmware); err != nil || st.IsDir() {
+			add(keyError("hypervisor.firmware", h.Firmware, "does not exist or is not a file",
+				fmt.Sprintf("correct the path, or use %q", FirmwareAuto)))
+		}
+	default:
+		add(keyError("hypervisor.firmware", h.Firmware, "is neither a firmware name nor an absolute path",
+			fmt.Sprintf("use %q (the default), %q, %q, or the absolute path of a firmware image", FirmwareAuto, FirmwareQboot, FirmwareSeaBIOS)))
+	}
 	if strings.ContainsAny(h.KernelParams, "\n\r\x00") {
 		add(keyError("hypervisor.kernel_params", h.KernelParams, "contains a line break or NUL",
 			"write the parameters on one line, separated by spaces"))

@@ -23,6 +23,11 @@ const (
 	fallbackTSCkHz = 2_000_000
 )
 
+// QBootROM is qboot's image in QEMU's data directory (Debian's
+// qemu-system-data): -bios takes a bare file name and QEMU finds it there,
+// so it works with any QEMU installation that ships it.
+const QBootROM = "qboot.rom"
+
 // DefaultTCGTBSizeMiB is the TCG translation cache size when
 // Machine.TCGTBSizeMiB is 0 (config hypervisor.tcg_tb_size documents the
 // measurement behind it).
@@ -95,6 +100,9 @@ func (m Machine) Args() ([]string, error) {
 		// works on both q35 and microvm in QEMU 7.2 and does not invent
 		// a NUMA topology for the guest.
 		a.add("-object", "memory-backend-memfd,id="+ramID+",size="+mem+",share=on")
+	}
+	if m.BIOS != "" {
+		a.add("-bios", m.BIOS)
 	}
 	for i, f := range m.Pflash {
 		ro := ""

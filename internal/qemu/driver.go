@@ -59,6 +59,7 @@ func MachineFor(s vmm.Spec) Machine {
 		Kernel:             s.Kernel,
 		Initrd:             s.Initrd,
 		KernelParams:       s.KernelParams,
+		BIOS:               biosFor(s),
 		Pflash:             s.Pflash,
 		ConsoleLog:         s.ConsoleLog,
 		ConsoleLogMaxBytes: s.ConsoleLogMaxBytes,
@@ -138,4 +139,20 @@ func (v driverVM) PlugDIMM(ctx context.Context, d vmm.DIMM) error {
 
 func blockDevice(d vmm.BlockDevice) BlockDevice {
 	return BlockDevice{ID: d.ID, Path: d.Path, ReadOnly: d.ReadOnly, Bus: d.Bus, Addr: d.Addr}
+}
+
+// biosFor maps the neutral firmware choice onto -bios: only q35 takes one
+// (microvm boots QEMU's microvm qboot, virt its pflash), and "seabios" or
+// none is QEMU's own default, which needs no flag.
+func biosFor(s vmm.Spec) string {
+	if MachineType(s.Kind) != Q35 {
+		return ""
+	}
+	switch s.Firmware {
+	case "", "seabios":
+		return ""
+	case "qboot":
+		return QBootROM
+	}
+	return s.Firmware
 }

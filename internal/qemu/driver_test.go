@@ -19,7 +19,7 @@ func TestMachineForTranslatesEverything(t *testing.T) {
 		Binary: "/usr/bin/qemu-system-x86_64", Kind: vmm.Q35, Accel: vmm.KVM, TranslationCacheMiB: 64, VCPUs: 2,
 		MemoryMiB: 256, MaxMemoryMiB: 4096, MemorySlots: 4,
 		VirtioMem: &vmm.VirtioMem{ID: "vmem0", RegionMiB: 2048, BlockMiB: 2},
-		Kernel:    "/k", Initrd: "/i", KernelParams: "quiet", Pflash: []string{"/c", "/v"},
+		Kernel:    "/k", Initrd: "/i", KernelParams: "quiet", Firmware: "/fw.rom", Pflash: []string{"/c", "/v"},
 		ConsoleLog: "/log", ConsoleLogMaxBytes: 1024, Seccomp: true, ControlSocket: "/qmp",
 		SerialPorts:   []vmm.SerialPort{{ID: "agent", Name: "berth", SocketPath: "/a"}},
 		FileSystems:   []vmm.VhostUserFS{{ID: "shared", Tag: "berth", SocketPath: "/fs"}},
@@ -37,7 +37,7 @@ func TestMachineForTranslatesEverything(t *testing.T) {
 		Binary: "/usr/bin/qemu-system-x86_64", Type: Q35, Accel: KVM, TCGTBSizeMiB: 64, VCPUs: 2,
 		MemoryMiB: 256, MaxMemoryMiB: 4096, MemorySlots: 4,
 		VirtioMem: &VirtioMemDevice{ID: "vmem0", RegionMiB: 2048, BlockMiB: 2},
-		Kernel:    "/k", Initrd: "/i", KernelParams: "quiet", Pflash: []string{"/c", "/v"},
+		Kernel:    "/k", Initrd: "/i", KernelParams: "quiet", BIOS: "/fw.rom", Pflash: []string{"/c", "/v"},
 		ConsoleLog: "/log", ConsoleLogMaxBytes: 1024, Sandbox: true, QMPSocket: "/qmp",
 		SerialPorts:   []VirtioSerialPort{{ID: "agent", Name: "berth", SocketPath: "/a"}},
 		FileSystems:   []VhostUserFS{{ID: "shared", Tag: "berth", SocketPath: "/fs"}},
@@ -65,5 +65,28 @@ func TestMachineForTranslatesEverything(t *testing.T) {
 	// The zero spec is the zero machine: no device appears from nowhere.
 	if got := MachineFor(vmm.Spec{}); !reflect.DeepEqual(got, Machine{}) {
 		t.Errorf("MachineFor(zero spec) = %+v", got)
+	}
+}
+
+// TestFirmwareOnlyOnQ35: "qboot" becomes QEMU's qboot.rom on q35, looked
+// up in QEMU's data directory; "seabios" and no choice leave QEMU's
+// default; microvm and virt never get -bios (their firmware is their
+// own), whatever the configuration says.
+func TestFirmwareOnlyOnQ35(t *testing.T) {
+	for _, c := range []struct {
+		kind     vmm.MachineKind
+		firmware string
+		want     string
+	}{
+		{vmm.Q35, "qboot", QBootROM},
+		{vmm.Q35, "seabios", ""},
+		{vmm.Q35, "", ""},
+		{vmm.Q35, "/opt/fw.rom", "/opt/fw.rom"},
+		{vmm.MicroVM, "qboot", ""},
+		{vmm.Virt, "qboot", ""},
+	} {
+		if got := MachineFor(vmm.Spec{Kind: c.kind, Firmware: c.firmware}).BIOS; got != c.want {
+			t.Errorf("%s, firmware %q: BIOS %q, want %q", c.kind, c.firmware, got, c.want)
+		}
 	}
 }

@@ -129,6 +129,11 @@ type Machine struct {
 	// VirtioMem, if set, adds a virtio-mem device at boot whose plugged
 	// size is changed later with SetVirtioMemRequested.
 	VirtioMem *VirtioMemDevice
+	// BIOS is q35's firmware (-bios): a file name QEMU looks up in its
+	// data directory (QBootROM) or a path; empty is QEMU's default,
+	// SeaBIOS. Only q35 takes it: microvm's default firmware is qboot
+	// already and virt boots UEFI from Pflash.
+	BIOS string
 	// Pflash are UEFI firmware images for the "virt" machine: the
 	// read-only code and a writable per-VM copy of the variable store.
 	// arm64 needs them for ACPI, and so for memory hot-plug.
@@ -372,6 +377,9 @@ func (m Machine) validateMemory(bad func(field, format string, args ...any)) {
 		if err := checkQEMUID(v.ID); err != nil {
 			bad("VirtioMem.ID", "%v", err)
 		}
+	}
+	if m.BIOS != "" && m.Type != Q35 {
+		bad("BIOS", "only machine q35 takes a -bios firmware; got %q on %s", m.BIOS, m.Type)
 	}
 	if m.Type == Virt && m.MemorySlots > 0 && len(m.Pflash) != 2 {
 		bad("Pflash", "DIMM hot-plug on arm64 \"virt\" needs ACPI, which QEMU only provides with UEFI firmware: give two pflash images (code, vars); without them QEMU fails with \"memory hotplug is not enabled: missing acpi-ged device\"")

@@ -357,6 +357,7 @@ func (s *Sandbox) machine(opts Options) (vmm.Spec, error) {
 		VCPUs:               vcpus,
 		MemoryMiB:           mem,
 		TranslationCacheMiB: h.TCGTBSizeMiB,
+		Firmware:            h.EffectiveFirmware(s.cfg.Devices),
 		Kernel:              s.cfg.Guest.Kernel,
 		Initrd:              s.cfg.Guest.Initrd,
 		KernelParams:        params,

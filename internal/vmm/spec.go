@@ -57,6 +57,10 @@ type Spec struct {
 	// KernelParams are appended after the driver's base parameters, so
 	// that last-wins parameters override them.
 	KernelParams string
+	// Firmware is the x86 PC firmware: a name the driver knows ("qboot",
+	// "seabios") or an image path; empty is the driver's default
+	// (hypervisor.firmware).
+	Firmware string
 	// Pflash are UEFI images: read-only code and a per-VM variable store.
 	Pflash []string
 
