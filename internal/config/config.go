@@ -466,12 +466,16 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.Strin
 // reads them) describes no hot-plug slots behind it, and a device
 // hot-plugged there never appears in the guest (measured:
 // TestDeviceCtrRunEveryPortKind/bridge). PCIe root and switch ports are
-// native PCIe hot-plug and work under both.
+// native PCIe hot-plug and work under both. Auto also keeps SeaBIOS when
+// VFIO is enabled: a passed-through device's BARs are then assigned by the
+// firmware that is known to do it, since no host here has a device to
+// try qboot with.
 func (h Hypervisor) EffectiveFirmware(d Devices) string {
 	if h.Firmware != FirmwareAuto {
 		return h.Firmware
 	}
-	if d.PCIBridges > 0 {
+	vfio := func(port string) bool { return port != "" && port != PortNone }
+	if d.PCIBridges > 0 || vfio(d.ColdPlugVFIO) || vfio(d.HotPlugVFIO) {
 		return FirmwareSeaBIOS
 	}
 	return FirmwareQboot

@@ -483,8 +483,22 @@ func TestEffectiveFirmwareAutoAvoidsQbootWithBridges(t *testing.T) {
 		{"/opt/fw.rom", 2, "/opt/fw.rom"},
 	} {
 		h := Hypervisor{Firmware: c.firmware}
-		if got := h.EffectiveFirmware(Devices{PCIBridges: c.bridges}); got != c.want {
+		if got := h.EffectiveFirmware(Devices{PCIBridges: c.bridges, ColdPlugVFIO: PortNone, HotPlugVFIO: PortNone}); got != c.want {
 			t.Errorf("firmware %q with %d bridges: %q, want %q", c.firmware, c.bridges, got, c.want)
+		}
+	}
+}
+
+// TestEffectiveFirmwareAutoKeepsSeaBIOSWithVFIO: with VFIO enabled (cold or
+// hot), "auto" boots SeaBIOS, which assigns passed-through devices' BARs.
+func TestEffectiveFirmwareAutoKeepsSeaBIOSWithVFIO(t *testing.T) {
+	h := Hypervisor{Firmware: FirmwareAuto}
+	for _, d := range []Devices{
+		{ColdPlugVFIO: PortRoot, HotPlugVFIO: PortNone},
+		{ColdPlugVFIO: PortNone, HotPlugVFIO: PortRoot},
+	} {
+		if got := h.EffectiveFirmware(d); got != FirmwareSeaBIOS {
+			t.Errorf("cold_plug_vfio %q, hot_plug_vfio %q: %q, want %q", d.ColdPlugVFIO, d.HotPlugVFIO, got, FirmwareSeaBIOS)
 		}
 	}
 }

@@ -148,6 +148,7 @@ func run(ctx context.Context, cfg *config.Config, e env) Report {
 		checkRunDir(e, cfg.RunDir),
 		checkNetwork(e, cfg),
 		checkConfinement(e, cfg),
+		checkFirmware(e, cfg),
 	)
 	if k, err := e.guestKernel(cfg); err == nil {
 		r.Findings = append(r.Findings, checkGuestKernel(cfg, k), checkMemoryHotplug(cfg.ResolvedMemoryHotplug(), k), checkDevices(e, cfg, &k))

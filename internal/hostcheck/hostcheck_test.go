@@ -132,6 +132,7 @@ func goodHost() *fakeHost {
 		files: map[string]fakeFile{
 			"/usr/bin/qemu-system-x86_64":        {size: 1 << 20},
 			"/usr/lib/qemu/virtiofsd":            {size: 1 << 20},
+			"/usr/share/qemu/qboot.rom":          {size: 64 << 10},
 			"/var/lib/berth/guest/vmlinuz":       {size: 8 << 20},
 			"/var/lib/berth/guest/initramfs.img": {size: 12 << 20},
 			"/dev/vhost-vsock":                   {},
