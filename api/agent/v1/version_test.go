@@ -3,7 +3,27 @@ package agent
 import (
 	"strings"
 	"testing"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
+	"google.golang.org/protobuf/types/descriptorpb"
 )
+
+// TestDigestCoversTheWholeDescriptor: the bytes Digest hashes are agent.proto's
+// complete descriptor (every message, field and RPC), as the protobuf
+// runtime sees it, so any API change changes the digest.
+func TestDigestCoversTheWholeDescriptor(t *testing.T) {
+	var raw descriptorpb.FileDescriptorProto
+	if err := proto.Unmarshal([]byte(file_agent_proto_rawDesc), &raw); err != nil {
+		t.Fatal(err)
+	}
+	if want := protodesc.ToFileDescriptorProto(File_agent_proto); !proto.Equal(&raw, want) {
+		t.Fatalf("the embedded descriptor differs from the registered one:\n%v\n%v", &raw, want)
+	}
+	if len(raw.GetService()) == 0 || len(raw.GetMessageType()) < 10 {
+		t.Fatalf("descriptor has %d services, %d messages: not the agent API", len(raw.GetService()), len(raw.GetMessageType()))
+	}
+}
 
 func TestDigestIsStableAndShort(t *testing.T) {
 	d := Digest()
