@@ -15,7 +15,7 @@ AGENT_TAGS    := osusergo netgo seccomp
 AGENT_LDFLAGS := -s -w -extldflags -static
 GOFILES := $(shell find . -name '*.go' -not -path './bin/*' 2>/dev/null)
 
-.PHONY: help build deps guest rootfs demo install test test-unit test-e2e test-e2e-containerd2 bench bench-ctr bench-stats bench-net bench-devices bench-memory bench-pods proto clean
+.PHONY: help build deps guest rootfs demo install test test-unit test-e2e test-e2e-containerd2 bench bench-ctr bench-stats bench-net bench-devices bench-memory bench-firmware bench-pods proto clean
 
 help: ## list targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -105,6 +105,9 @@ bench-ctr: build guest rootfs ## benchmark: ctr run --rm /bin/true, runc vs bert
 
 bench-pods: build guest rootfs ## benchmark: CRI pod start (runc vs berth), 10 pods at once, idle pod PSS (table)
 	$(GO) run ./bench/pods -n 5 -parallel 10 -bin $(BIN) -state-dir $(STATE_DIR) -rootfs $(ROOTFS)
+
+bench-firmware: deps guest ## benchmark: q35 boot to agent ready under qboot vs SeaBIOS (table)
+	bench/firmware/run.sh 8 $(STATE_DIR)
 
 bench-memory: deps guest rootfs ## benchmark: memory hot-plug +/-1 GiB (virtio-mem, DIMM, raw QMP floor), elastic grow latency, 1 GiB in chunks vs runc (table)
 	$(GO) run ./bench/memory -n 5 -state-dir $(STATE_DIR) -rootfs $(ROOTFS)
