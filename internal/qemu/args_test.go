@@ -142,6 +142,16 @@ func TestArgsParts(t *testing.T) {
 			},
 		},
 		{
+			name:    "q35 boots the firmware it is given",
+			machine: func() Machine { m := baseMachine(Q35, TCG); m.BIOS = QBootROM; return m },
+			want:    [][]string{{"-bios", "qboot.rom"}},
+		},
+		{
+			name:    "no firmware is QEMU's default",
+			machine: func() Machine { return baseMachine(Q35, TCG) },
+			absent:  []string{"-bios"},
+		},
+		{
 			name:    "no file systems means private memory",
 			machine: func() Machine { return baseMachine(MicroVM, TCG) },
 			want:    [][]string{{"-m", "512M", "-kernel"}},
@@ -273,6 +283,7 @@ func TestValidate(t *testing.T) {
 		{"no kernel", func(m *Machine) { m.Kernel = "" }, "Kernel: empty"},
 		{"newline in params", func(m *Machine) { m.KernelParams = "a\nb" }, "KernelParams: contains a newline"},
 		{"huge params", func(m *Machine) { m.KernelParams = strings.Repeat("x", 2100) }, "KernelParams: the kernel command line would be"},
+		{"bios on microvm", func(m *Machine) { m.Type = MicroVM; m.BIOS = QBootROM }, "BIOS: only machine q35 takes a -bios firmware"},
 		{"no qmp", func(m *Machine) { m.QMPSocket = "" }, "QMPSocket: empty"},
 		{"long qmp path", func(m *Machine) { m.QMPSocket = long }, "QMPSocket: path is 121 bytes; unix socket paths are limited to 107"},
 		{"port without id", func(m *Machine) {

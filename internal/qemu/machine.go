@@ -239,6 +239,9 @@ func (m Machine) Validate() error {
 	default:
 		bad("Type", "%q is not a supported machine type (want %q, %q or %q)", m.Type, Q35, MicroVM, Virt)
 	}
+	if m.BIOS != "" && m.Type != Q35 {
+		bad("BIOS", "only machine q35 takes a -bios firmware; got %q on %s", m.BIOS, m.Type)
+	}
 	m.validateMemory(bad)
 	switch m.Accel {
 	case KVM, TCG:
@@ -377,9 +380,6 @@ func (m Machine) validateMemory(bad func(field, format string, args ...any)) {
 		if err := checkQEMUID(v.ID); err != nil {
 			bad("VirtioMem.ID", "%v", err)
 		}
-	}
-	if m.BIOS != "" && m.Type != Q35 {
-		bad("BIOS", "only machine q35 takes a -bios firmware; got %q on %s", m.BIOS, m.Type)
 	}
 	if m.Type == Virt && m.MemorySlots > 0 && len(m.Pflash) != 2 {
 		bad("Pflash", "DIMM hot-plug on arm64 \"virt\" needs ACPI, which QEMU only provides with UEFI firmware: give two pflash images (code, vars); without them QEMU fails with \"memory hotplug is not enabled: missing acpi-ged device\"")
