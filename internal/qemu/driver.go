@@ -142,16 +142,16 @@ func blockDevice(d vmm.BlockDevice) BlockDevice {
 }
 
 // biosFor maps the neutral firmware choice onto -bios: only q35 takes one
-// (microvm boots QEMU's microvm qboot, virt its pflash), and "seabios" or
+// (microvm boots QEMU's microvm qboot, virt its pflash), and SeaBIOS or
 // none is QEMU's own default, which needs no flag.
 func biosFor(s vmm.Spec) string {
 	if MachineType(s.Kind) != Q35 {
 		return ""
 	}
 	switch s.Firmware {
-	case "", "seabios":
+	case "", vmm.FirmwareSeaBIOS:
 		return ""
-	case "qboot":
+	case vmm.FirmwareQboot:
 		return QBootROM
 	}
 	return s.Firmware

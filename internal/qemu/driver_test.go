@@ -78,12 +78,12 @@ func TestFirmwareOnlyOnQ35(t *testing.T) {
 		firmware string
 		want     string
 	}{
-		{vmm.Q35, "qboot", QBootROM},
-		{vmm.Q35, "seabios", ""},
+		{vmm.Q35, vmm.FirmwareQboot, QBootROM},
+		{vmm.Q35, vmm.FirmwareSeaBIOS, ""},
 		{vmm.Q35, "", ""},
 		{vmm.Q35, "/opt/fw.rom", "/opt/fw.rom"},
-		{vmm.MicroVM, "qboot", ""},
-		{vmm.Virt, "qboot", ""},
+		{vmm.MicroVM, vmm.FirmwareQboot, ""},
+		{vmm.Virt, vmm.FirmwareQboot, ""},
 	} {
 		if got := MachineFor(vmm.Spec{Kind: c.kind, Firmware: c.firmware}).BIOS; got != c.want {
 			t.Errorf("%s, firmware %q: BIOS %q, want %q", c.kind, c.firmware, got, c.want)

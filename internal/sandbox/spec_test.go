@@ -43,6 +43,15 @@ func TestConfigToVMSpec(t *testing.T) {
 			if len(m.PCIeRootPorts) == 0 || !m.Seccomp || m.ControlSocket == "" {
 				t.Errorf("root ports %v, seccomp %v, control socket %q", m.PCIeRootPorts, m.Seccomp, m.ControlSocket)
 			}
+			// config's firmware names are the driver seam's: auto is qboot.
+			if m.Firmware != vmm.FirmwareQboot {
+				t.Errorf("firmware %q, want %q", m.Firmware, vmm.FirmwareQboot)
+			}
+		}},
+		{name: "pci bridges boot SeaBIOS", edit: func(c *config.Config) { c.Devices.PCIBridges = 1 }, check: func(t *testing.T, m vmm.Spec, l memory.Limits) {
+			if m.Firmware != vmm.FirmwareSeaBIOS || len(m.PCIBridges) != 1 {
+				t.Errorf("firmware %q with bridges %v, want %q", m.Firmware, m.PCIBridges, vmm.FirmwareSeaBIOS)
+			}
 		}},
 		{name: "options override", opts: Options{VCPUs: 2, MemoryMiB: 512, Accel: vmm.KVM}, check: func(t *testing.T, m vmm.Spec, l memory.Limits) {
 			if m.VCPUs != 2 || m.MemoryMiB != 512 || m.Accel != vmm.KVM || l.BootMiB != 512 || m.VirtioMem.RegionMiB != 16384-512 {

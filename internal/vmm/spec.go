@@ -19,6 +19,13 @@ const (
 	Virt MachineKind = "virt"
 )
 
+// Named x86 firmwares of Spec.Firmware, as hypervisor.firmware names them
+// (config resolves "auto" before the spec is built).
+const (
+	FirmwareQboot   = "qboot"
+	FirmwareSeaBIOS = "seabios"
+)
+
 // HasPCIe reports whether the machine has PCIe ports for hot-plug.
 func (k MachineKind) HasPCIe() bool { return k == Q35 }
 
@@ -57,8 +64,8 @@ type Spec struct {
 	// KernelParams are appended after the driver's base parameters, so
 	// that last-wins parameters override them.
 	KernelParams string
-	// Firmware is the x86 PC firmware: a name the driver knows ("qboot",
-	// "seabios") or an image path; empty is the driver's default
+	// Firmware is the x86 PC firmware: FirmwareQboot, FirmwareSeaBIOS or
+	// an image path; empty is the driver's default
 	// (hypervisor.firmware).
 	Firmware string
 	// Pflash are UEFI images: read-only code and a per-VM variable store.
