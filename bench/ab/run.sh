@@ -52,9 +52,10 @@ for r in $(seq 0 "$n"); do
     measure "$i" "$r"
   done
 done
-# median, min, max of column C for build NAME
-stat() { awk -v b="$1" -v c="$2" '$1 == b { print $c }' "$work/runs" | sort -n |
-  awk '{ v[NR] = $1 } END { m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%d %d %d\n", m, v[1], v[NR] }'; }
+# stats: median, min, max and count of the numbers on stdin, one a line
+stats() { sort -n | awk '{ v[NR] = $1 } END { printf "%.17g %.17g %.17g %d\n", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2, v[1], v[NR], NR }'; }
+# stat NAME C: median, min, max of column C for build NAME, in whole ms
+stat() { awk -v b="$1" -v c="$2" '$1 == b { print $c }' "$work/runs" | stats | awk '{ printf "%d %d %d\n", $1, $2, $3 }'; }
 echo
 printf '%-26s %-28s %-28s\n' "" "${names[0]} median (min-max)" "${names[1]} median (min-max)"
 for c in 2 3; do
@@ -65,7 +66,7 @@ for c in 2 3; do
     "$(awk -v a="$ma" -v b="$mb" 'BEGIN { print (b - a) * 100 / a }')"
 done
 # paired C: the median of B/A over rounds of column C, as a delta
-paired() { awk -v a="${names[0]}" -v b="${names[1]}" -v c="$1" '{ v[$1] = $c } NR % 2 == 0 { print v[b] / v[a] }' "$work/runs" | sort -n |
-  awk '{ v[NR] = $1 } END { m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%+.1f%% over %d rounds", (m - 1) * 100, NR }'; }
+paired() { awk -v a="${names[0]}" -v b="${names[1]}" -v c="$1" '{ v[$1] = $c } NR % 2 == 0 { print v[b] / v[a] }' "$work/runs" | stats |
+  awk '{ printf "%+.1f%% over %d rounds", ($1 - 1) * 100, $4 }'; }
 echo
 echo "paired delta (median of ${names[1]}/${names[0]} within a round): berth run $(paired 2), ctr run $(paired 3)"

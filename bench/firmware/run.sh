@@ -49,11 +49,13 @@ for r in $(seq 1 "$n"); do
     boot qboot -bios qboot.rom; boot seabios
   fi
 done | tee "$work/runs"
-med() { sort -n | awk '{ v[NR] = $1 } END { printf "%d", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# stats: median and count of the numbers on stdin, one a line
+stats() { sort -n | awk '{ v[NR] = $1 } END { printf "%.17g %d\n", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2, NR }'; }
+med() { stats | awk '{ printf "%d", $1 }'; }
 echo
 for fw in qboot seabios; do
   printf '%-8s first line %5d ms   agent ready %5d ms (medians)\n' "$fw" \
     "$(awk -v f=$fw '$1 == f { print $2 }' "$work/runs" | med)" "$(awk -v f=$fw '$1 == f { print $3 }' "$work/runs" | med)"
 done
-paste - - < "$work/runs" | awk '{ print ($1 == "qboot") ? $3 / $6 : $6 / $3 }' | sort -n |
-  awk '{ v[NR] = $1 } END { m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "paired: qboot agent ready = %.3f x SeaBIOS over %d rounds\n", m, NR }'
+paste - - < "$work/runs" | awk '{ print ($1 == "qboot") ? $3 / $6 : $6 / $3 }' | stats |
+  awk '{ printf "paired: qboot agent ready = %.3f x SeaBIOS over %d rounds\n", $1, $2 }'
