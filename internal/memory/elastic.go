@@ -78,7 +78,7 @@ type ElasticState struct {
 	CeilingMiB int
 	// HostAvailableMiB is the host's MemAvailable now.
 	HostAvailableMiB int
-	// LastChange is when the VM last grew, or a shrink last failed
+	// LastChange is when the VM last grew, or a shrink last gave nothing back
 	// (zero: never): the shrink delay runs from it.
 	LastChange time.Time
 	// LastShrink is when the VM last shrank: shrinks that follow one

@@ -57,6 +57,30 @@ func TestElasticRecord(t *testing.T) {
 	}
 }
 
+// A shrink that stopped short but gave memory back keeps the pod idle:
+// the next shrink follows after memory.ShrinkSpacing, not after a whole
+// shrink delay (a partial unplug of an idle 1.8 GiB pod once left it at
+// 966 MiB for 20 s more).
+func TestElasticPartialShrinkKeepsIdleness(t *testing.T) {
+	e := testElastic()
+	now := time.Now()
+	idle := now.Add(-time.Minute)
+	e.idleSince, e.lastChange = idle, idle
+	e.window = []availAt{{now, 1500}}
+	e.record(ElasticEvent{At: now, Action: memory.Shrink, FromMiB: 1792, ToMiB: 966, Reason: "idle", Error: "reached 966 MiB: resize stopped short"})
+	if !e.idleSince.Equal(idle) || !e.lastChange.Equal(idle) || !e.lastShrink.Equal(now) || len(e.window) != 0 {
+		t.Errorf("after a partial shrink: idleSince %v (want %v), lastChange %v, lastShrink %v, window %v", e.idleSince, idle, e.lastChange, e.lastShrink, e.window)
+	}
+	st := memory.ElasticState{Limits: memory.Limits{Mechanism: memory.VirtioMem, BootMiB: 256, MaxMiB: 4096}, CurrentMiB: 966, FloorMiB: 256, CeilingMiB: 4096, LastChange: e.lastChange, LastShrink: e.lastShrink}
+	sample := memory.GuestSample{MemTotalMiB: 966, AvailableMiB: 800, IdleSince: e.idleSince, IdleMinAvailMiB: 800, IdleFirstAvailMiB: 800}
+	if d := e.policy.Decide(st, sample, now.Add(memory.ShrinkSpacing+time.Millisecond)); d.Action != memory.Shrink {
+		t.Errorf("decision %v after the shrink spacing (%s): want the shrink to go on", d.Action, d.Reason)
+	}
+	if e.status.Shrinks != 1 || e.status.ShrunkBytes != (1792-966)<<20 {
+		t.Errorf("counts %+v", e.status.ElasticCounts)
+	}
+}
+
 func TestSetElasticBoundsClamps(t *testing.T) {
 	s := &Sandbox{}
 	s.memory.limits = memory.Limits{Mechanism: memory.VirtioMem, BootMiB: 256, MaxMiB: 4096}
