@@ -61,6 +61,10 @@ func RunInit() {
 		// Keep going: the service reports what is missing when it is used.
 		fmt.Fprintf(os.Stderr, "berth-agent: load modules: %v\n", err)
 	}
+	// After the modules: loading virtio_balloon resets the order.
+	if err := reportSmallerFreeBlocks("/sys"); err != nil {
+		fmt.Fprintf(os.Stderr, "berth-agent: %v\n", err)
+	}
 
 	child := exec.Command("/proc/self/exe", "serve")
 	child.Stdout, child.Stderr = os.Stdout, os.Stderr
