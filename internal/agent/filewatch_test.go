@@ -73,3 +73,40 @@ func TestFarFromPressure(t *testing.T) {
 		}
 	}
 }
+
+// Far from pressure the sampler takes one sample a second, wakes at once
+// when memory.events changes, and never samples more than every 100 ms
+// however often it changes.
+func TestSamplerSpeeds(t *testing.T) {
+	root := fakePressureRoot(t, 500)
+	events := filepath.Join(root, containersCgroup, "memory.events")
+	w := newPressureWatch(root)
+	t.Cleanup(w.stop)
+	w.start()
+	seq := func() uint64 { w.mu.Lock(); defer w.mu.Unlock(); return w.last.seq }
+	time.Sleep(300 * time.Millisecond) // the first samples, fast until far
+	s0 := seq()
+	time.Sleep(2500 * time.Millisecond)
+	if n := seq() - s0; n < 1 || n > 4 {
+		t.Errorf("%d samples in 2.5 s far from pressure, want 2-3", n)
+	}
+	s1 := seq()
+	start := time.Now()
+	if err := os.WriteFile(events, []byte("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for seq() == s1 && time.Since(start) < 2*time.Second {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if d := time.Since(start); d > 400*time.Millisecond {
+		t.Errorf("sampled %v after memory.events changed, want at once", d)
+	}
+	s2 := seq()
+	for end := time.Now().Add(time.Second); time.Now().Before(end); {
+		os.WriteFile(events, []byte("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n"), 0o644)
+		time.Sleep(2 * time.Millisecond)
+	}
+	if n := seq() - s2; n > 12 {
+		t.Errorf("%d samples in 1 s of memory.events changes, want at most ~10", n)
+	}
+}

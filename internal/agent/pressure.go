@@ -139,26 +139,38 @@ func (w *pressureWatch) start() {
 func (w *pressureWatch) run() {
 	events := newFileWatch(filepath.Join(w.sysRoot, containersCgroup, "memory.events"))
 	defer events.close()
-	t := time.NewTimer(0)
+	t := time.NewTimer(pressureSampleEvery)
 	defer t.Stop()
 	var prev pressureSample
 	for {
-		select {
-		case <-t.C:
-		case <-events.changed:
-		case <-w.stopped:
-			return
-		}
 		s := w.sampleOnce(time.Now())
 		w.mu.Lock()
 		growBelow := w.growBelow
 		w.mu.Unlock()
-		next := pressureSampleEvery
-		if events.ok() && farFromPressure(s, prev, growBelow) {
-			next = pressureSampleIdle
-		}
+		slow := events.ok() && farFromPressure(s, prev, growBelow)
 		prev = s
-		t.Reset(next)
+		// Never more than one sample per pressureSampleEvery: under
+		// steady throttling the kernel marks memory.events modified up
+		// to every 10 ms, and sampling that often would take the CPU
+		// the throttled workload needs.
+		t.Reset(pressureSampleEvery)
+		select {
+		case <-t.C:
+		case <-w.stopped:
+			return
+		}
+		if !slow {
+			continue
+		}
+		t.Reset(pressureSampleIdle - pressureSampleEvery)
+		select {
+		case <-t.C:
+		case <-events.changed:
+			// Reset discards an expiry not yet received (Go 1.23+
+			// timers), so no drain is needed.
+		case <-w.stopped:
+			return
+		}
 	}
 }
 
