@@ -16,9 +16,10 @@ import (
 // Linux 6.1 sets the order to pageblock_order when the balloon driver
 // registers (order 10, 4 MiB, on the Berth kernel, which has no hugetlb),
 // and overrides page_reporting.page_reporting_order given on the kernel
-// command line. A free block that small is rare after a workload ran next
-// to the agent: the agent's own allocations while elastic memory samples
-// every 100 ms land among the workload's pages, and after the workload
+// command line. A free block that large is rare after a workload ran next
+// to the agent: the agent's own allocations while elastic memory sampled
+// (every 100 ms when this was measured) land among the workload's pages,
+// and after the workload
 // freed ~410 MiB of a 1 GiB guest, 100-125 MiB stayed free in blocks
 // below 4 MiB, never reported. QEMU's RSS stayed 84 MiB above idle.
 // Measured after that free (bench/freepages, QEMU RSS above its ~196 MiB

@@ -1,10 +1,10 @@
 package e2e
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -181,19 +181,7 @@ func berthRunBackgroundWith(t *testing.T, cfg, name string) func() {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	stop := func() {
-		cmd.Process.Signal(os.Interrupt)
-		time.Sleep(200 * time.Millisecond)
-		cmd.Process.Signal(os.Interrupt) // second signal: SIGKILL the container
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	}
+	stop := func() { interruptRun(cmd) }
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		if r := berth(t, "", "--config", cfg, "status", name); r.code == 0 {
@@ -204,6 +192,23 @@ func berthRunBackgroundWith(t *testing.T, cfg, name string) func() {
 			t.Fatalf("sandbox %s never answered; berth run stderr:\n%s", name, stderr.String())
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// interruptRun stops a berth run as a user at a terminal would: SIGINT,
+// then a second one, which SIGKILLs the container; SIGKILL for berth run
+// itself if it has not exited 30 s later.
+func interruptRun(cmd *exec.Cmd) {
+	cmd.Process.Signal(os.Interrupt)
+	time.Sleep(200 * time.Millisecond)
+	cmd.Process.Signal(os.Interrupt) // second signal: SIGKILL the container
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		<-done
 	}
 }
 
@@ -296,45 +301,21 @@ func TestMemoryGrow8GiBAtOnce(t *testing.T) {
 func TestFreedGuestMemoryLeavesQEMU(t *testing.T) {
 	requireE2E(t)
 	defer assertNoLeaks(t)
-	cmd := berthCmd("run", "--memory", "1G", "--rootfs", env.rootfs, "--", "sh", "-c",
-		`sleep 8; echo touch; awk "BEGIN{s=sprintf(\"%320000000s\",\"\"); print length(s)}"; echo freed; sleep 1000`)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		cmd.Process.Signal(os.Interrupt)
-		time.Sleep(200 * time.Millisecond)
-		cmd.Process.Signal(os.Interrupt)
-		cmd.Wait()
-	}()
-	lines := make(chan string)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-	}()
+	cmd, br, stderr := startRunWith(t, []string{"--memory", "1G"},
+		`echo ready; sleep 8; echo touch; awk "BEGIN{s=sprintf(\"%320000000s\",\"\"); print length(s)}"; echo freed; sleep 1000`)
+	defer interruptRun(cmd)
+	// A VM that hangs is killed, which ends the reads below.
+	hung := time.AfterFunc(3*time.Minute, func() { cmd.Process.Kill() })
+	defer hung.Stop()
 	waitLine := func(want string) {
 		t.Helper()
-		timeout := time.After(3 * time.Minute)
 		for {
-			select {
-			case l, ok := <-lines:
-				if !ok {
-					t.Fatalf("berth run ended before printing %q; stderr:\n%s", want, stderr.String())
-				}
-				if l == want {
-					return
-				}
-			case <-timeout:
-				t.Fatalf("no %q from the container within 3 min; stderr:\n%s", want, stderr.String())
+			line, err := br.ReadString('\n')
+			if strings.TrimSuffix(line, "\n") == want {
+				return
+			}
+			if err != nil {
+				t.Fatalf("berth run ended (or hung 3 min) before printing %q; stderr:\n%s", want, stderr.String())
 			}
 		}
 	}

@@ -126,7 +126,14 @@ func TestRunResources(t *testing.T) {
 // returns once it has.
 func startRun(t *testing.T, script string) (*exec.Cmd, *bufio.Reader, *strings.Builder) {
 	t.Helper()
-	cmd := berthCmd("run", "--rootfs", env.rootfs, "--", "/bin/sh", "-c", script)
+	return startRunWith(t, nil, script)
+}
+
+// startRunWith is startRun with more berth run flags (--memory 1G).
+func startRunWith(t *testing.T, flags []string, script string) (*exec.Cmd, *bufio.Reader, *strings.Builder) {
+	t.Helper()
+	args := append(append([]string{"run"}, flags...), "--rootfs", env.rootfs, "--", "/bin/sh", "-c", script)
+	cmd := berthCmd(args...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
