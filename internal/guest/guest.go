@@ -166,7 +166,7 @@ func build(ctx context.Context, o BuildOptions, src packageSource) (*Artefacts, 
 		if err != nil {
 			return nil, err
 		}
-		buildKey = kernelCacheKey(pkg.Version, frag)
+		buildKey = kernelCacheKey(pkg.Version, frag, kernel.Edits(debArch))
 		step(1, "kernel source %s %s, configuration %s", pkg.Name, pkg.Version, buildKey)
 		if err := checkAgent(o.AgentBinary, debArch); err != nil {
 			return nil, err

@@ -53,7 +53,9 @@ type compiledKernel struct {
 	SourceVersion  string `json:"sourceVersion"`
 	Fragment       string `json:"fragment"`
 	FragmentSHA256 string `json:"fragmentSHA256"`
-	BuildSeconds   int    `json:"buildSeconds"`
+	// Edits name the source edits (guest/kernel/edits.go) compiled in.
+	Edits        []string `json:"edits,omitempty"`
+	BuildSeconds int      `json:"buildSeconds"`
 }
 
 // buildTool is a program the kernel build needs that Debian 12 hosts
@@ -88,7 +90,7 @@ var hostToolchain = []string{"gcc", "make", "ld", "objcopy", "bc", "perl", "tar"
 
 // berthKernel returns Berth's own kernel for the source package version
 // pkg, compiling it unless the cache already holds a build of this source
-// and fragment. The kernel tree it returns lives in the cache directory
+// fragment and source edits. The kernel tree it returns lives in the cache directory
 // kernel-<version>-<hash>: vmlinux (the uncompressed ELF, which QEMU boots
 // through its PVH entry, skipping decompression), its config and
 // lib/modules/<release>/modules.builtin.
@@ -97,11 +99,13 @@ func berthKernel(ctx context.Context, src packageSource, pkg debPackage, arch st
 	if err != nil {
 		return nil, nil, err
 	}
+	edits := kernel.Edits(arch)
 	sum := sha256.Sum256(frag)
 	fragSum := hex.EncodeToString(sum[:])
-	dir := filepath.Join(o.CacheDir, kernelCacheName(pkg.Version, kernelCacheKey(pkg.Version, frag)))
+	key := kernelCacheKey(pkg.Version, frag, edits)
+	dir := filepath.Join(o.CacheDir, kernelCacheName(pkg.Version, key))
 	if o.Force {
-		os.RemoveAll(filepath.Join(o.CacheDir, ".kbuild-"+kernelCacheKey(pkg.Version, frag)))
+		os.RemoveAll(filepath.Join(o.CacheDir, ".kbuild-"+key))
 	}
 	if !o.Force {
 		if t, ck, err := openCompiledKernel(dir); err == nil {
@@ -136,9 +140,8 @@ func berthKernel(ctx context.Context, src packageSource, pkg debPackage, arch st
 	// The build directory is kept until the kernel is in the cache, so an
 	// interrupted or failed build resumes where it stopped (make is
 	// incremental) instead of compiling everything again.
-	key := kernelCacheKey(pkg.Version, frag)
 	work := filepath.Join(o.CacheDir, ".kbuild-"+key)
-	srcDir, err := unpackKernelSource(ctx, src, deb, work, progress)
+	srcDir, err := unpackKernelSource(ctx, src, deb, work, edits, progress)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -198,6 +201,9 @@ func berthKernel(ctx context.Context, src packageSource, pkg debPackage, arch st
 		FragmentSHA256: fragSum,
 		BuildSeconds:   int(time.Since(start).Seconds()),
 	}
+	for _, e := range edits {
+		ck.Edits = append(ck.Edits, e.Name)
+	}
 
 	// Assemble the cache directory under a temporary name and rename it
 	// into place: a crash never leaves a directory that looks complete.
@@ -246,8 +252,9 @@ func berthKernel(ctx context.Context, src packageSource, pkg debPackage, arch st
 }
 
 // unpackKernelSource unpacks the source package's tarball into work once
-// (a marker file records that it finished) and returns the source tree.
-func unpackKernelSource(ctx context.Context, src packageSource, deb, work string, progress func(string, ...any)) (string, error) {
+// and applies the source edits (a marker file records that both finished)
+// and returns the source tree.
+func unpackKernelSource(ctx context.Context, src packageSource, deb, work string, edits []kernel.Edit, progress func(string, ...any)) (string, error) {
 	marker := filepath.Join(work, ".unpacked")
 	if b, err := os.ReadFile(marker); err == nil {
 		if dir := strings.TrimSpace(string(b)); filepath.Dir(dir) == work {
@@ -278,14 +285,45 @@ func unpackKernelSource(ctx context.Context, src packageSource, deb, work string
 	if _, err := os.Stat(filepath.Join(dir, "Makefile")); err != nil {
 		return "", fmt.Errorf("unpacked kernel source: %w", err)
 	}
+	if err := applyEdits(dir, edits); err != nil {
+		return "", err
+	}
+	if len(edits) > 0 {
+		progress("applied %d source edits (guest/kernel/edits.go)", len(edits))
+	}
 	return dir, os.WriteFile(marker, []byte(dir+"\n"), 0o644)
 }
 
+// applyEdits makes each edit in the source tree dir. An edit whose text
+// is missing, or found more than once, fails the build: the source moved
+// and the edit must be redone for it.
+func applyEdits(dir string, edits []kernel.Edit) error {
+	for _, e := range edits {
+		p := filepath.Join(dir, filepath.FromSlash(e.File))
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return fmt.Errorf("kernel source edit %s: %w", e.Name, err)
+		}
+		if n := bytes.Count(data, []byte(e.Old)); n != 1 {
+			return fmt.Errorf("kernel source edit %s: %s holds its text %d times, want once: this kernel source differs from the one the edit was written for; update guest/kernel/edits.go, or use guest.kernel_source = \"debian\"", e.Name, e.File, n)
+		}
+		if err := os.WriteFile(p, bytes.Replace(data, []byte(e.Old), []byte(e.New), 1), 0o644); err != nil {
+			return fmt.Errorf("kernel source edit %s: %w", e.Name, err)
+		}
+	}
+	return nil
+}
+
 // kernelCacheKey hashes what decides the compiled kernel: the source
-// version, the fragment and the recipe.
-func kernelCacheKey(sourceVersion string, fragment []byte) string {
+// version, the fragment, the source edits and the recipe.
+func kernelCacheKey(sourceVersion string, fragment []byte, edits []kernel.Edit) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "recipe %s\nsource %s\n", kernelRecipe, sourceVersion)
+	if len(edits) > 0 {
+		// Absent for no edits, so that the key of such a build is what
+		// it was before edits existed.
+		fmt.Fprintf(h, "edits %s\n", kernel.Digest(edits))
+	}
 	h.Write(fragment)
 	return hex.EncodeToString(h.Sum(nil))[:12]
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -52,12 +53,17 @@ func TestUnmetFragment(t *testing.T) {
 }
 
 func TestKernelCacheKey(t *testing.T) {
-	a := kernelCacheKey("6.1.192-3", []byte("CONFIG_A=y\n"))
-	if len(a) != 12 || a != kernelCacheKey("6.1.192-3", []byte("CONFIG_A=y\n")) {
+	a := kernelCacheKey("6.1.192-3", []byte("CONFIG_A=y\n"), nil)
+	if len(a) != 12 || a != kernelCacheKey("6.1.192-3", []byte("CONFIG_A=y\n"), nil) {
 		t.Errorf("key %q not stable", a)
 	}
-	if a == kernelCacheKey("6.1.192-4", []byte("CONFIG_A=y\n")) || a == kernelCacheKey("6.1.192-3", []byte("CONFIG_A=n\n")) {
+	if a == kernelCacheKey("6.1.192-4", []byte("CONFIG_A=y\n"), nil) || a == kernelCacheKey("6.1.192-3", []byte("CONFIG_A=n\n"), nil) {
 		t.Error("key ignores the source version or the fragment")
+	}
+	edit := []kernel.Edit{{Name: "e", File: "f", Old: "a", New: "b"}}
+	changed := []kernel.Edit{{Name: "e", File: "f", Old: "a", New: "c"}}
+	if b := kernelCacheKey("6.1.192-3", []byte("CONFIG_A=y\n"), edit); b == a || b == kernelCacheKey("6.1.192-3", []byte("CONFIG_A=y\n"), changed) {
+		t.Error("key ignores the source edits")
 	}
 	if got := kernelCacheName("1:6.1/x", "abc"); got != "kernel-1_6.1_x-abc" {
 		t.Errorf("kernelCacheName = %q", got)
@@ -103,7 +109,7 @@ func TestBuildBerthKernelCached(t *testing.T) {
 	src := newFakeSource(t)
 	_, frag, _ := kernel.Fragment("amd64")
 	cacheDir := filepath.Join(state, "cache")
-	writeCompiledKernel(t, filepath.Join(cacheDir, kernelCacheName("1.0-1", kernelCacheKey("1.0-1", frag))), "6.1.999-berth")
+	writeCompiledKernel(t, filepath.Join(cacheDir, kernelCacheName("1.0-1", kernelCacheKey("1.0-1", frag, kernel.Edits("amd64")))), "6.1.999-berth")
 	var progress bytes.Buffer
 	o := BuildOptions{OutDir: filepath.Join(state, "guest"), AgentBinary: agent, Progress: &progress, KernelSource: KernelSourceBerth}
 
@@ -193,5 +199,68 @@ func TestCachedLookup(t *testing.T) {
 	cachedLookup(context.Background(), src, cache, SourcePackage)
 	if src.lookups != 2 {
 		t.Errorf("apt lists changed but the memo was used (%d lookups)", src.lookups)
+	}
+}
+
+func TestApplyEditsReplacesOnceAndRefusesMovedSource(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "mm", "page_alloc.c")
+	if err := os.MkdirAll(filepath.Dir(src), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write := func(s string) {
+		if err := os.WriteFile(src, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	edit := []kernel.Edit{{Name: "wider-stores", File: "mm/page_alloc.c", Old: "memset(p, x, 4096);\n", New: "memset64(p, y, 512);\n"}}
+
+	write("a\nmemset(p, x, 4096);\nb\n")
+	if err := applyEdits(dir, edit); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(src); string(got) != "a\nmemset64(p, y, 512);\nb\n" {
+		t.Errorf("edited file = %q", got)
+	}
+
+	for name, content := range map[string]string{"missing": "a\nb\n", "twice": "memset(p, x, 4096);\nmemset(p, x, 4096);\n"} {
+		write(content)
+		err := applyEdits(dir, edit)
+		if err == nil || !strings.Contains(err.Error(), "wider-stores") || !strings.Contains(err.Error(), "mm/page_alloc.c") || !strings.Contains(err.Error(), "edits.go") {
+			t.Errorf("%s: err = %v, want one naming the edit, the file and guest/kernel/edits.go", name, err)
+		}
+		if got, _ := os.ReadFile(src); string(got) != content {
+			t.Errorf("%s: the file changed although the edit failed: %q", name, got)
+		}
+	}
+	if err := applyEdits(dir, []kernel.Edit{{Name: "gone", File: "no/such.c", Old: "x", New: "y"}}); err == nil || !strings.Contains(err.Error(), "gone") {
+		t.Errorf("edit of a missing file: err = %v", err)
+	}
+}
+
+// The edits are written against linux-source-6.1's text; this checks them
+// against the package the build cache holds, when a machine has one, so a
+// source update that moved their text shows here rather than at the start
+// of a build.
+func TestKernelEditsApplyToCachedSource(t *testing.T) {
+	debs, _ := filepath.Glob("/var/lib/berth/cache/linux-source-6.1_*_all.deb")
+	if len(debs) == 0 || testing.Short() {
+		t.Skip("no linux-source-6.1 package in /var/lib/berth/cache (make guest downloads it), or -short")
+	}
+	edits := kernel.Edits("amd64")
+	if len(edits) == 0 {
+		t.Fatal("no edits for amd64")
+	}
+	dir := t.TempDir()
+	var files []string
+	for _, e := range edits {
+		files = append(files, "linux-source-6.1/"+e.File)
+	}
+	script := `dpkg-deb --fsys-tarfile "$1" | tar -xO ./usr/src/linux-source-6.1.tar.xz | tar -xJ -C "$2" "${@:3}"`
+	if out, err := exec.Command("bash", append([]string{"-c", script, "x", debs[len(debs)-1], dir}, files...)...).CombinedOutput(); err != nil {
+		t.Fatalf("extract %v from %s: %v\n%s", files, debs[len(debs)-1], err, out)
+	}
+	if err := applyEdits(filepath.Join(dir, "linux-source-6.1"), edits); err != nil {
+		t.Fatal(err)
 	}
 }
