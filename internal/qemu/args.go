@@ -253,25 +253,45 @@ func (m Machine) virtioDev(base string) string {
 //     devpts). A kernel with CONFIG_LEGACY_PTYS (Berth's) otherwise
 //     registers 256 pairs at boot, and creating their device nodes cost
 //     ~0.3 s of a TCG boot; other kernels ignore the parameter.
-//   - tsc_early_khz (microvm under TCG only): microvm has no HPET, and
-//     microvm guests under TCG have been seen to hang calibrating the TSC
-//     against the PIT; giving the frequency skips that calibration. TCG's
-//     guest TSC runs at the host TSC rate, so the host's frequency is the
-//     right value.
+//   - tsc_early_khz (x86 under TCG): TCG's guest TSC runs at the host
+//     TSC rate, so the host's frequency is the right value, and giving it
+//     skips calibrating the TSC against the HPET or PIT: ~50 ms of a q35
+//     boot, and microvm (no HPET) guests under TCG have been seen to hang
+//     calibrating against the PIT.
+//   - noreplace-smp (x86 under TCG): a kernel that boots on one CPU
+//     otherwise rewrites every `lock` prefix of its text (~4000 sites)
+//     into a no-op, one text_poke each, and each poke switches page
+//     tables and flushes the TLB: 0.13 s of a TCG boot (under KVM it is
+//     microseconds and saves a little later). The prefixes stay; a
+//     guest with more vCPUs keeps them anyway.
+//   - lapic_timer_hz=1000000000 (x86): the local APIC timer's input
+//     clock, 1 GHz in QEMU's emulated APIC and in KVM's. Berth's kernel
+//     (guest/kernel/edits.go) then skips calibrating the timer, which
+//     waits 0.1 s of every boot without a TSC-deadline timer (TCG has
+//     none); other kernels do not know the parameter and hand it to
+//     /init's environment, which the agent ignores.
 func (m Machine) KernelCmdline() string {
 	console := "console=ttyS0"
 	if m.Type == Virt {
 		console = "console=ttyAMA0" // virt's PL011 UART
 	}
 	params := []string{console, "panic=-1", "reboot=t", "loglevel=6", "pty.legacy_count=0"}
-	if m.Type == MicroVM && m.Accel == TCG {
-		params = append(params, "tsc_early_khz="+strconv.Itoa(hostTSCkHz()))
+	if m.Type != Virt {
+		if m.Accel == TCG {
+			params = append(params, "tsc_early_khz="+strconv.Itoa(hostTSCkHz()), "noreplace-smp")
+		}
+		params = append(params, "lapic_timer_hz="+strconv.Itoa(qemuAPICTimerHz))
 	}
 	if p := strings.TrimSpace(m.KernelParams); p != "" {
 		params = append(params, p)
 	}
 	return strings.Join(params, " ")
 }
+
+// qemuAPICTimerHz is the local APIC timer's input clock in QEMU's x86
+// APIC emulation (hw/intc/apic.c counts nanoseconds) and in KVM's
+// (APIC_BUS_CYCLE_NS = 1).
+const qemuAPICTimerHz = 1_000_000_000
 
 // hostTSCkHz is a variable so tests can pin it.
 var hostTSCkHz = sync.OnceValue(readHostTSCkHz)
