@@ -3,14 +3,14 @@
 //
 // One static binary plays three roles, chosen by how it is started:
 //
-//	PID 1            early mounts, module loading, reaping (agent.RunInit)
-//	berth-agent serve   the ttrpc agent service (agent.Serve)
+//	PID 1            reaping orphans, in C before the Go runtime (package pid1)
+//	PID 1's fork     early mounts, module loading and the ttrpc agent
+//	                 service (agent.RunService, agent.Serve)
 //	berth-agent init    runc's container init (libcontainer.Init), which
 //	                 libcontainer starts by re-executing /proc/self/exe
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
 
@@ -22,6 +22,7 @@ import (
 	_ "github.com/opencontainers/cgroups/devices"
 
 	"github.com/berth-runtime/berth/internal/agent"
+	"github.com/berth-runtime/berth/internal/agent/pid1"
 )
 
 func main() {
@@ -29,16 +30,8 @@ func main() {
 		libcontainer.Init()
 		return
 	}
-	if os.Getpid() == 1 {
-		agent.RunInit()
-		return
-	}
-	if len(os.Args) > 1 && os.Args[1] == "serve" {
-		if err := agent.Serve(context.Background()); err != nil {
-			fmt.Fprintln(os.Stderr, "berth-agent:", err)
-			os.Exit(1)
-		}
-		return
+	if pid1.IsService() {
+		agent.RunService(agent.Serve) // never returns
 	}
 	fmt.Fprintln(os.Stderr, "berth-agent runs inside a Berth guest as PID 1; it is not a host command")
 	os.Exit(2)

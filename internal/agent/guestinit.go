@@ -2,11 +2,11 @@ package agent
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -25,33 +25,47 @@ const ModulesList = "/etc/berth/modules.load"
 // checks they agree).
 const InitramfsAgentDir = "/berth"
 
-// RunInit is PID 1 of the guest. It prepares the system and then only
-// reaps: the agent service runs in a child process (`berth-agent serve`).
+// RunService is the agent service: the process that PID 1 forks before
+// the Go runtime starts (package pid1, which keeps PID 1 itself reaping
+// orphans). It prepares the system, the early mounts, the move off the
+// initramfs, modules, then runs serve until it fails, and exits; PID 1
+// then powers the VM off.
 //
 // Why two processes: libcontainer waits for the processes it starts, while
 // PID 1 must reap every orphan in the guest. If one process did both, a
 // wait4(-1) reaper would steal exit statuses from libcontainer. With the
-// service in a child, containers are the service's children (libcontainer
-// reaps them) and orphans are re-parented to PID 1 (reaped here).
-//
-// RunInit never returns: when the service exits, the VM powers off.
-func RunInit() {
+// service apart from PID 1, containers are the service's children
+// (libcontainer reaps them) and orphans are re-parented to PID 1.
+func RunService(serve func(context.Context) error) {
+	if err := prepareSystem(); err != nil {
+		fatal("%v", err)
+	}
+	err := serve(context.Background())
+	fatal("%v", err)
+}
+
+// prepareSystem mounts what the guest needs, moves the system off the
+// initramfs and loads the image's modules. The mounts and the new root
+// are the mount namespace's, so PID 1 and everything started later share
+// them; only PID 1 keeps the initramfs as its root directory, which it
+// never uses.
+func prepareSystem() error {
 	if err := earlyMounts(); err != nil {
-		fatal("early mounts: %v", err)
+		return fmt.Errorf("early mounts: %w", err)
 	}
 	onRootfs, err := rootIsInitramfs()
 	if err != nil {
-		fatal("inspect root mount: %v", err)
+		return fmt.Errorf("inspect root mount: %w", err)
 	}
 	if onRootfs {
 		// runc's pivot_root cannot leave the initramfs (rootfs can never
 		// be unmounted), so move the system onto a tmpfs.
 		if err := switchRoot("/newroot"); err != nil {
-			fatal("switch root: %v", err)
+			return fmt.Errorf("switch root: %w", err)
 		}
 	}
 	if err := lateMounts(); err != nil {
-		fatal("mounts: %v", err)
+		return fmt.Errorf("mounts: %w", err)
 	}
 	cmdline, _ := os.ReadFile("/proc/cmdline")
 	var uts unix.Utsname
@@ -65,55 +79,23 @@ func RunInit() {
 	if err := reportSmallerFreeBlocks("/sys"); err != nil {
 		fmt.Fprintf(os.Stderr, "berth-agent: %v\n", err)
 	}
-
-	child := exec.Command("/proc/self/exe", "serve")
-	child.Stdout, child.Stderr = os.Stdout, os.Stderr
-	if err := child.Start(); err != nil {
-		fatal("start agent service: %v", err)
-	}
-	reapUntil(child.Process.Pid)
-	powerOff()
+	return nil
 }
 
-// reapUntil reaps every child until servicePid exits.
-func reapUntil(servicePid int) {
-	for {
-		var ws unix.WaitStatus
-		pid, err := unix.Wait4(-1, &ws, 0, nil)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "berth-agent: wait: %v\n", err)
-			time.Sleep(time.Second)
-			continue
-		}
-		if pid == servicePid {
-			fmt.Fprintf(os.Stderr, "berth-agent: service exited (%v); powering off\n", describeWait(ws))
-			return
-		}
-	}
-}
-
-func describeWait(ws unix.WaitStatus) string {
-	if ws.Signaled() {
-		return "signal " + ws.Signal().String()
-	}
-	return fmt.Sprintf("status %d", ws.ExitStatus())
-}
-
+// powerOff is the agent's Shutdown: the guest kernel powers the VM off.
 func powerOff() {
 	unix.Sync()
 	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
-	// Reboot only returns on failure; PID 1 must not exit.
+	// Reboot only returns on failure.
 	for {
 		time.Sleep(time.Hour)
 	}
 }
 
+// fatal ends the service; PID 1 sees it exit and powers the VM off.
 func fatal(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "berth-agent: "+format+"\n", args...)
-	powerOff()
+	os.Exit(1)
 }
 
 type mountSpec struct {

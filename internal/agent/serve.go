@@ -24,7 +24,7 @@ import (
 const CmdlineTransport = "berth.transport"
 
 // Serve runs the agent service until its listeners fail. It is the body of
-// `berth-agent serve`, started by RunInit.
+// the agent service (RunService).
 func Serve(ctx context.Context) error { return ServeHooked(ctx, Hooks{}) }
 
 // Hooks change what ServeHooked serves. The real agent sets none. They

@@ -45,6 +45,7 @@ import (
 
 	api "github.com/berth-runtime/berth/api/agent/v1"
 	"github.com/berth-runtime/berth/internal/agent"
+	"github.com/berth-runtime/berth/internal/agent/pid1"
 	"github.com/berth-runtime/berth/internal/transport"
 )
 
@@ -60,20 +61,16 @@ func main() {
 		libcontainer.Init()
 		return
 	}
-	if os.Getpid() == 1 {
-		agent.RunInit() // starts /proc/self/exe serve
-		return
-	}
-	if len(os.Args) > 1 && os.Args[1] == "serve" {
-		e := &evil{start: make(chan struct{})}
-		go e.waitTrigger()
-		go e.writeStats()
-		err := agent.ServeHooked(context.Background(), agent.Hooks{
-			Service: func(s api.AgentService) api.AgentService { return &evilService{AgentService: s, e: e} },
-			Mux:     transport.MuxHooks{Conn: ignoreGoAway, Session: e.session},
+	if pid1.IsService() {
+		agent.RunService(func(ctx context.Context) error {
+			e := &evil{start: make(chan struct{})}
+			go e.waitTrigger()
+			go e.writeStats()
+			return agent.ServeHooked(ctx, agent.Hooks{
+				Service: func(s api.AgentService) api.AgentService { return &evilService{AgentService: s, e: e} },
+				Mux:     transport.MuxHooks{Conn: ignoreGoAway, Session: e.session},
+			})
 		})
-		fmt.Fprintln(os.Stderr, "evilagent:", err)
-		os.Exit(1)
 	}
 	fmt.Fprintln(os.Stderr, "evilagent runs inside a Berth test guest as PID 1")
 	os.Exit(2)
