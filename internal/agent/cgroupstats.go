@@ -29,6 +29,14 @@ func readCgroup2Stats(dir string) (*api.StatsResponse, error) {
 		}
 		return strings.TrimSpace(string(b)), true
 	}
+	// memory.stat before memory.current: the host's working set is usage
+	// minus inactive_file, and a container that is still paging in (its
+	// first seconds) grows between the two reads, each a few ms under TCG.
+	// Read in this order, usage already holds every page the stat counted;
+	// the other order gave a working set of 0 (e2e TestCRIContainerStats).
+	if v, ok := read("memory.stat"); ok {
+		r.MemoryStat = parseFlatKeyed(strings.NewReader(v))
+	}
 	if v, ok := read("memory.current"); ok {
 		r.MemoryUsageBytes = parseCgroupValue(v)
 	}
@@ -37,9 +45,6 @@ func readCgroup2Stats(dir string) (*api.StatsResponse, error) {
 	}
 	if v, ok := read("memory.peak"); ok {
 		r.MemoryMaxUsageBytes = parseCgroupValue(v)
-	}
-	if v, ok := read("memory.stat"); ok {
-		r.MemoryStat = parseFlatKeyed(strings.NewReader(v))
 	}
 	if v, ok := read("memory.events"); ok {
 		ev := parseFlatKeyed(strings.NewReader(v))
