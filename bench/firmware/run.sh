@@ -11,7 +11,7 @@
 set -euo pipefail
 n=${1:-8}
 state=${2:-/var/lib/berth}
-qemu=${QEMU:-/usr/bin/qemu-system-x86_64}
+. "$(dirname "$0")/../internal/q35vm.sh"
 work=$(mktemp -d /tmp/berth-bench-fw-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 boot() { # boot NAME EXTRA...: prints "NAME first_ms ready_ms"
@@ -19,18 +19,7 @@ boot() { # boot NAME EXTRA...: prints "NAME first_ms ready_ms"
   shift
   rm -f "$log"
   t0=$(date +%s%N)
-  "$qemu" -nodefaults -no-user-config -display none -no-reboot -machine q35,memory-backend=ram0 \
-    -accel tcg,thread=multi,tb-size=128 -cpu max -smp 1 -m 256M,slots=0,maxmem=16384M \
-    -object memory-backend-memfd,id=ram0,size=256M,share=on \
-    -object memory-backend-memfd,id=vm0,size=16128M,share=on -device virtio-mem-pci,id=vmem0,memdev=vm0,block-size=2M,requested-size=0 \
-    -kernel "$state/guest/vmlinuz" -initrd "$state/guest/initramfs.img" \
-    -append "console=ttyS0 panic=-1 reboot=t loglevel=6 pty.legacy_count=0 berth.transport=virtio-serial swiotlb=4096" \
-    -serial "file:$log" -device virtio-serial-pci,id=vser0 \
-    -chardev "socket,id=ca,path=$work/$name.sock,server=on,wait=off" -device virtserialport,id=agent,chardev=ca,bus=vser0.0,name=berth.agent \
-    -device pcie-root-port,id=rp0,bus=pcie.0,addr=0x10,chassis=1,io-reserve=0 \
-    -device pcie-root-port,id=rp1,bus=pcie.0,addr=0x11,chassis=2,io-reserve=0 \
-    -device virtio-balloon-pci,id=b,free-page-reporting=on "$@" 2>/dev/null &
-  qp=$!
+  start_q35 "$state" "$log" "$work/$name.sock" "" "$@"
   for _ in $(seq 1 3000); do # 30 s at most
     sleep 0.01
     [ -z "$first" ] && grep -q 'Linux version' "$log" 2>/dev/null && first=$(( ($(date +%s%N) - t0) / 1000000 ))

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Raw boot A/B: two guest images, each with its own extra kernel
-# parameters, booted in turns (AB, BA, ...) in a q35 VM shaped like a
-# sandbox's (shared-memory RAM, a virtio-mem region, two PCIe root ports,
-# the balloon, qboot), timing the host milliseconds from QEMU's start to
+# parameters, booted in turns (AB, BA, ...) under qboot in the q35 VM of
+# bench/internal/q35vm.sh (shaped like a sandbox's), timing the host milliseconds from QEMU's start to
 # the agent's "serving" console line. It prints each round, the medians
 # and the paired ratio (median over rounds of B's time over A's).
 #
@@ -17,7 +16,7 @@
 set -euo pipefail
 n=${1:?usage: run.sh N STATE_A PARAMS_A STATE_B PARAMS_B}
 states=("$2" "$4") params=("$3" "$5")
-qemu=${QEMU:-/usr/bin/qemu-system-x86_64}
+. "$(dirname "$0")/../internal/q35vm.sh"
 work=$(mktemp -d /tmp/berth-bench-rawboot-XXXXXX)
 qp=""
 trap '[ -n "$qp" ] && kill "$qp" 2>/dev/null; rm -rf "$work"' EXIT
@@ -25,18 +24,7 @@ boot() { # boot I: prints the ms to the agent serving
   local i=$1 log="$work/console.log" t0 ready=""
   rm -f "$log" "$work/agent.sock"
   t0=$(date +%s%N)
-  "$qemu" -nodefaults -no-user-config -display none -no-reboot -machine q35,memory-backend=ram0 \
-    -accel tcg,thread=multi,tb-size=128 -cpu max -smp 1 -m 256M,slots=0,maxmem=16384M -bios qboot.rom \
-    -object memory-backend-memfd,id=ram0,size=256M,share=on \
-    -object memory-backend-memfd,id=vm0,size=16128M,share=on -device virtio-mem-pci,id=vmem0,memdev=vm0,block-size=2M,requested-size=0 \
-    -kernel "${states[$i]}/guest/vmlinuz" -initrd "${states[$i]}/guest/initramfs.img" \
-    -append "console=ttyS0 panic=-1 reboot=t loglevel=6 pty.legacy_count=0 berth.transport=virtio-serial swiotlb=4096 ${params[$i]}" \
-    -serial "file:$log" -device virtio-serial-pci,id=vser0 \
-    -chardev "socket,id=ca,path=$work/agent.sock,server=on,wait=off" -device virtserialport,id=agent,chardev=ca,bus=vser0.0,name=berth.agent \
-    -device pcie-root-port,id=rp0,bus=pcie.0,addr=0x10,chassis=1,io-reserve=0 \
-    -device pcie-root-port,id=rp1,bus=pcie.0,addr=0x11,chassis=2,io-reserve=0 \
-    -device virtio-balloon-pci,id=b,free-page-reporting=on 2>/dev/null &
-  qp=$!
+  start_q35 "${states[$i]}" "$log" "$work/agent.sock" "${params[$i]}" -bios qboot.rom
   for _ in $(seq 1 6000); do # 30 s at most
     sleep 0.005
     grep -q 'serving over' "$log" 2>/dev/null && { ready=$(( ($(date +%s%N) - t0) / 1000000 )); break; }

@@ -174,8 +174,8 @@ func parseRootFstype(r io.Reader) string {
 // module list and modules) are bind-mounted read-only into the new root,
 // empty directories and the mount points of the file systems mounted on
 // their own (/dev, /proc, /sys are moved; /run and /tmp get a tmpfs
-// later) are created empty, and
-// this process carries on there. Under TCG, walking, copying and then
+// later) are created empty, and this process carries on there. Under
+// TCG, walking, copying and then
 // deleting the initramfs cost ~0.1 s of every boot (the code runs once and
 // is translated for it); the files stay where the kernel unpacked them,
 // which is where their only copy was anyway.

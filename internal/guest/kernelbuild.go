@@ -89,11 +89,11 @@ var kernelBuildTools = []buildTool{
 var hostToolchain = []string{"gcc", "make", "ld", "objcopy", "bc", "perl", "tar", "xz"}
 
 // berthKernel returns Berth's own kernel for the source package version
-// pkg, compiling it unless the cache already holds a build of this source
-// fragment and source edits. The kernel tree it returns lives in the cache directory
-// kernel-<version>-<hash>: vmlinux (the uncompressed ELF, which QEMU boots
-// through its PVH entry, skipping decompression), its config and
-// lib/modules/<release>/modules.builtin.
+// pkg, compiling it unless the cache already holds a build of this
+// source, fragment and source edits. The kernel tree it returns lives in
+// the cache directory kernel-<version>-<hash>: vmlinux (the uncompressed
+// ELF, which QEMU boots through its PVH entry, skipping decompression),
+// its config and lib/modules/<release>/modules.builtin.
 func berthKernel(ctx context.Context, src packageSource, pkg debPackage, arch string, o BuildOptions, progress func(string, ...any)) (*kernelTree, *compiledKernel, error) {
 	fragName, frag, err := kernel.Fragment(arch)
 	if err != nil {

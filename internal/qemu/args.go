@@ -255,8 +255,8 @@ func (m Machine) virtioDev(base string) string {
 //     ~0.3 s of a TCG boot; other kernels ignore the parameter.
 //   - tsc_early_khz (x86 under TCG): TCG's guest TSC runs at the host
 //     TSC rate, so the host's frequency is the right value, and giving it
-//     skips calibrating the TSC against the HPET or PIT: ~50 ms of a q35
-//     boot, and microvm (no HPET) guests under TCG have been seen to hang
+//     skips calibrating the TSC against the HPET or PIT (~50 ms of a q35
+//     boot in a sampled profile, within the noise end to end), and microvm (no HPET) guests under TCG have been seen to hang
 //     calibrating against the PIT.
 //   - noreplace-smp (x86 under TCG): a kernel that boots on one CPU
 //     otherwise rewrites every `lock` prefix of its text (~4000 sites)

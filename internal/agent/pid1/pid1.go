@@ -5,7 +5,6 @@
 // PID 1 imports this package and calls IsService.
 package pid1
 
-// #include <stdlib.h>
 // extern int berth_pid1_service;
 import "C"
 
