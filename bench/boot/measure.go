@@ -30,7 +30,7 @@ import (
 const runLimit = 2 * time.Minute
 
 // rawBoot boots the smallest VM that reaches the agent: Berth's kernel,
-// initramfs, machine type, vCPUs and memory, and only the agent's
+// initramfs or root image (guest.root), machine type, vCPUs and memory, and only the agent's
 // virtio-serial port; no virtio-fs (so no virtiofsd and no shared memory)
 // and none of the extras sandbox.Create may add (memory hot-plug room,
 // vsock). It measures from QEMU's start until the agent answers Info:
@@ -44,6 +44,10 @@ func rawBoot(ctx context.Context, cfg *config.Config, accel qemu.Accel, tmp stri
 	}
 	defer os.RemoveAll(dir)
 	h := cfg.Hypervisor
+	initrd, rootImage, err := sandbox.GuestRoot(cfg)
+	if err != nil {
+		return 0, 0, err
+	}
 	params := "berth.transport=" + string(transport.VirtioSerial)
 	if h.KernelParams != "" {
 		params += " " + h.KernelParams
@@ -52,7 +56,7 @@ func rawBoot(ctx context.Context, cfg *config.Config, accel qemu.Accel, tmp stri
 		Binary: h.Path, Type: qemu.MachineType(h.Machine), Accel: accel,
 		VCPUs: h.DefaultVCPUs, MemoryMiB: h.DefaultMemoryMiB, TCGTBSizeMiB: h.TCGTBSizeMiB,
 		BIOS:   qemu.MachineFor(vmm.Spec{Kind: vmm.MachineKind(h.Machine), Firmware: h.EffectiveFirmware(cfg.Devices)}).BIOS,
-		Kernel: cfg.Guest.Kernel, Initrd: cfg.Guest.Initrd,
+		Kernel: cfg.Guest.Kernel, Initrd: initrd, RootImage: rootImage,
 		KernelParams: params,
 		ConsoleLog:   filepath.Join(dir, "console.log"),
 		QMPSocket:    filepath.Join(dir, "qmp.sock"),

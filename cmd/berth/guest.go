@@ -90,6 +90,7 @@ func buildOptions(cfg *config.Config, agent string, force bool, progress io.Writ
 		OutDir:        filepath.Dir(kernel),
 		KernelPath:    kernel,
 		InitrdPath:    cfg.ResolvedInitrd(),
+		RootImagePath: cfg.ResolvedRootImage(),
 		CacheDir:      filepath.Join(cfg.StateDir, "cache"),
 		KernelPackage: cfg.Guest.KernelPackage,
 		KernelSource:  cfg.Guest.KernelSource,
@@ -152,6 +153,11 @@ func printArtefacts(w io.Writer, a *guest.Artefacts) {
 	row := func(k, v string) { fmt.Fprintf(w, "%-15s %s\n", k+":", v) }
 	row("kernel", fmt.Sprintf("%s (%s)", a.Kernel, mib(a.KernelSize)))
 	row("initrd", fmt.Sprintf("%s (%s)", a.Initrd, mib(a.InitrdSize)))
+	if a.RootImage != "" {
+		row("root image", fmt.Sprintf("%s (%s, erofs on virtio-pmem: guest.root)", a.RootImage, mib(a.RootImageSize)))
+	} else {
+		row("root image", "none (the kernel lacks one of "+strings.Join(guest.RootImageOptions, " ")+", or mkfs.erofs was missing): guests boot from the initramfs")
+	}
 	row("kernel config", a.Config)
 	row("kernel version", a.KernelVersion)
 	pkg := fmt.Sprintf("%s %s", a.KernelPackage, a.KernelPackageVersion)

@@ -71,6 +71,11 @@ const (
 	KernelSourceDebian = "debian"
 	KernelSourceBerth  = "berth"
 
+	// Where the guest's own root comes from (guest.root).
+	GuestRootAuto      = "auto"
+	GuestRootInitramfs = "initramfs"
+	GuestRootPmem      = "pmem"
+
 	TransportAuto         = "auto"
 	TransportVsock        = "vsock"
 	TransportVirtioSerial = "virtio-serial"
@@ -128,6 +133,7 @@ const (
 	guestDir        = "guest"
 	guestKernelName = "vmlinuz"
 	guestInitrdName = "initramfs.img"
+	guestRootName   = "root.erofs"
 )
 
 // DefaultKernelSource is guest.kernel_source's default for a Go
@@ -189,6 +195,7 @@ func Default() *Config {
 		Guest: Guest{
 			KernelPackage: "linux-image-cloud-amd64",
 			KernelSource:  DefaultKernelSource(runtime.GOARCH),
+			Root:          GuestRootAuto,
 		},
 		Memory: defaultMemory(),
 		Cgroup: Cgroup{
@@ -248,6 +255,32 @@ func (c *Config) ResolvedInitrd() string {
 		return c.Guest.Initrd
 	}
 	return filepath.Join(c.StateDir, guestDir, guestInitrdName)
+}
+
+// ResolvedRootImage is the guest root image's path: Guest.RootImage if
+// set, otherwise StateDir/guest/root.erofs. After Load it equals
+// Guest.RootImage.
+func (c *Config) ResolvedRootImage() string {
+	if c.Guest.RootImage != "" {
+		return c.Guest.RootImage
+	}
+	return filepath.Join(c.StateDir, guestDir, guestRootName)
+}
+
+// BootsRootImage resolves guest.root: whether the guest boots from
+// Guest.RootImage rather than Guest.Initrd, given whether the root image
+// exists. "auto" takes it on q35 without DIMM hot-plug when it exists:
+// `berth guest build` writes it for a kernel that can mount it and
+// removes it otherwise. For "pmem" it is true even if the image is
+// missing, which the caller reports.
+func (c *Config) BootsRootImage(imageExists bool) bool {
+	switch c.Guest.Root {
+	case GuestRootPmem:
+		return true
+	case GuestRootInitramfs:
+		return false
+	}
+	return imageExists && c.Hypervisor.Machine == MachineQ35 && c.ResolvedMemoryHotplug() != MemoryHotplugDIMM
 }
 
 // LogMaxBytes is LogMaxKiB in bytes.
@@ -388,6 +421,16 @@ type Guest struct {
 	// built from Debian's linux-source package with guest/kernel's
 	// configuration, everything built in).
 	KernelSource string `toml:"kernel_source"`
+	// Root is where the guest's own root file system (the agent) comes
+	// from: "initramfs" (unpacked into guest RAM at every boot), "pmem"
+	// (RootImage on a virtio-pmem device, mapped in place: no copy, and
+	// one page cache for every VM of the host; q35 only) or "auto"
+	// (pmem on q35 when `berth guest build` wrote RootImage, which it
+	// does for a kernel with virtio-pmem, DAX and erofs built in).
+	Root string `toml:"root"`
+	// RootImage is the erofs image for Root = "pmem". Default:
+	// StateDir/guest/root.erofs (filled in by Load).
+	RootImage string `toml:"root_image"`
 }
 
 // Debug holds switches for debugging and for the hostile-guest tests.

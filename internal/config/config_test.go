@@ -109,6 +109,10 @@ func TestValidationFail(t *testing.T) {
 		{"macvtap", "[network]\nnetwork_model = \"macvtap\"", "network.network_model", "not implemented"},
 		{"relative kernel", "[guest]\nkernel = \"vmlinuz\"", "guest.kernel", "absolute path"},
 		{"relative initrd", "[guest]\ninitrd = \"./initramfs.img\"", "guest.initrd", "absolute path"},
+		{"relative root image", "[guest]\nroot_image = \"root.erofs\"", "guest.root_image", "absolute path"},
+		{"guest root", "[guest]\nroot = \"disk\"", "guest.root", `"auto", "initramfs" or "pmem"`},
+		{"pmem root with dimms", "[hypervisor]\nmemory_hotplug = \"dimm\"\n[guest]\nroot = \"pmem\"", "guest.root", "DIMM memory hot-plug"},
+		{"pmem root on microvm", "[hypervisor]\nmachine = \"microvm\"\n[guest]\nroot = \"pmem\"", "guest.root", `needs hypervisor.machine = "q35"`},
 		{"empty kernel package", "[guest]\nkernel_package = \"\"", "guest.kernel_package", "Debian package"},
 		{"bad kernel package", "[guest]\nkernel_package = \"Linux Image\"", "guest.kernel_package", "Debian package"},
 		{"unknown top key", "statedir = \"/x\"", "statedir", "did you mean state_dir?"},
@@ -244,6 +248,7 @@ func TestMissingDefaultFileMeansDefaults(t *testing.T) {
 	want := Default()
 	want.Guest.Kernel = "/var/lib/berth/guest/vmlinuz"
 	want.Guest.Initrd = "/var/lib/berth/guest/initramfs.img"
+	want.Guest.RootImage = "/var/lib/berth/guest/root.erofs"
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("Load with no file = %+v\nwant %+v", cfg, want)
 	}
@@ -499,6 +504,30 @@ func TestEffectiveFirmwareAutoKeepsSeaBIOSWithVFIO(t *testing.T) {
 	} {
 		if got := h.EffectiveFirmware(d); got != FirmwareSeaBIOS {
 			t.Errorf("cold_plug_vfio %q, hot_plug_vfio %q: %q, want %q", d.ColdPlugVFIO, d.HotPlugVFIO, got, FirmwareSeaBIOS)
+		}
+	}
+}
+
+func TestBootsRootImageFollowsGuestRoot(t *testing.T) {
+	for _, c := range []struct {
+		root, machine, hotplug string
+		exists, want           bool
+	}{
+		{GuestRootAuto, MachineQ35, MemoryHotplugAuto, true, true},
+		{GuestRootAuto, MachineQ35, MemoryHotplugAuto, false, false},
+		{GuestRootAuto, MachineQ35, MemoryHotplugNone, true, true},
+		// DIMMs placed after the pmem device would be off the guest's
+		// memory-block boundaries.
+		{GuestRootAuto, MachineQ35, MemoryHotplugDIMM, true, false},
+		{GuestRootAuto, MachineMicroVM, MemoryHotplugAuto, true, false},
+		{GuestRootInitramfs, MachineQ35, MemoryHotplugAuto, true, false},
+		// Missing, but asked for: the caller reports it.
+		{GuestRootPmem, MachineQ35, MemoryHotplugAuto, false, true},
+	} {
+		cfg := Default()
+		cfg.Guest.Root, cfg.Hypervisor.Machine, cfg.Hypervisor.MemoryHotplug = c.root, c.machine, c.hotplug
+		if got := cfg.BootsRootImage(c.exists); got != c.want {
+			t.Errorf("root %s, machine %s, hot-plug %s, image exists %v: BootsRootImage = %v, want %v", c.root, c.machine, c.hotplug, c.exists, got, c.want)
 		}
 	}
 }

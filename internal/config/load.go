@@ -79,6 +79,7 @@ func Load(path string, ov Overrides) (*Config, error) {
 	if filepath.IsAbs(cfg.StateDir) {
 		cfg.Guest.Kernel = cfg.ResolvedKernel()
 		cfg.Guest.Initrd = cfg.ResolvedInitrd()
+		cfg.Guest.RootImage = cfg.ResolvedRootImage()
 	}
 
 	for _, e := range cfg.problems() {

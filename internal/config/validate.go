@@ -207,6 +207,20 @@ func (c *Config) problems() []*KeyError {
 			`use a package such as "linux-image-cloud-amd64" (lower case letters, digits and + - .)`))
 	}
 	add(oneOf("guest.kernel_source", c.Guest.KernelSource, KernelSourceDebian, KernelSourceBerth))
+	add(absPath("guest.root_image", c.Guest.RootImage, false))
+	add(oneOf("guest.root", c.Guest.Root, GuestRootAuto, GuestRootInitramfs, GuestRootPmem))
+	if c.Guest.Root == GuestRootPmem && c.Hypervisor.Machine != MachineQ35 {
+		add(keyError("guest.root", c.Guest.Root, fmt.Sprintf("needs hypervisor.machine = %q (virtio-pmem is a PCI memory device; QEMU 7.2 plugs it into q35 only), not %q", MachineQ35, c.Hypervisor.Machine),
+			`set guest.root = "auto" or "initramfs"`))
+	}
+	if c.Guest.Root == GuestRootPmem && c.ResolvedMemoryHotplug() == MemoryHotplugDIMM {
+		// QEMU places memory devices first-fit in one region: DIMMs
+		// plugged after the small pmem device would start off the
+		// guest's 128 MiB memory-block boundaries, and Linux refuses to
+		// add such memory (measured: MemTotal unchanged after +8 GiB).
+		add(keyError("guest.root", c.Guest.Root, `cannot be used with DIMM memory hot-plug: QEMU would place the DIMMs after the root image's pmem device, off the 128 MiB boundaries the guest adds memory at`,
+			`set hypervisor.memory_hotplug = "virtio-mem" (q35's default), or guest.root = "auto" or "initramfs"`))
+	}
 	// [runtime]
 	for _, k := range c.Runtime.EnableAnnotations {
 		if _, ok := annotatable[k]; !ok {

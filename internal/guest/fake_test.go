@@ -123,6 +123,8 @@ type fakeSource struct {
 	fetches, downloads int
 	lookups            int
 	extracts           int
+	// config, if set, replaces the kernel configuration of the tree.
+	config string
 }
 
 func newFakeSource(t *testing.T) *fakeSource {
@@ -151,5 +153,8 @@ func (f *fakeSource) fetch(ctx context.Context, p debPackage, cacheDir string) (
 func (f *fakeSource) extract(ctx context.Context, deb, dir string) error {
 	f.extracts++
 	writeFakeKernelTree(f.t, dir, "6.1.0-99-test-amd64")
+	if f.config != "" {
+		return os.WriteFile(filepath.Join(dir, "boot/config-6.1.0-99-test-amd64"), []byte(f.config), 0o644)
+	}
 	return nil
 }

@@ -9,8 +9,10 @@
 // the agent loads them itself (internal/agent/kmod) because there is no
 // modprobe or udev in the guest.
 //
-// The output directory holds vmlinuz, initramfs.img, config (the kernel's
-// build configuration) and manifest.json. Every file is replaced atomically
+// The output directory holds vmlinuz, initramfs.img, root.erofs (the same
+// tree as an erofs image, for a kernel that can boot from it on
+// virtio-pmem: rootimage.go), config (the kernel's build configuration)
+// and manifest.json. Every file is replaced atomically
 // and the manifest is removed before and written after the others, so an
 // interrupted build never leaves an image that Inspect accepts.
 package guest
@@ -47,6 +49,10 @@ type BuildOptions struct {
 	// configuration whose guest.kernel and guest.initrd point elsewhere.
 	KernelPath string
 	InitrdPath string
+	// RootImagePath is where the root image (an erofs image of the same
+	// tree, for guest.root = "pmem") is written when the kernel can boot
+	// from it. Default: OutDir/root.erofs.
+	RootImagePath string
 	// CacheDir keeps downloaded .deb files between builds. Default:
 	// OutDir/../cache.
 	CacheDir string
@@ -98,7 +104,10 @@ func build(ctx context.Context, o BuildOptions, src packageSource) (*Artefacts, 
 	if o.InitrdPath == "" {
 		o.InitrdPath = filepath.Join(outDir, "initramfs.img")
 	}
-	for _, p := range []*string{&o.KernelPath, &o.InitrdPath} {
+	if o.RootImagePath == "" {
+		o.RootImagePath = filepath.Join(outDir, RootImageName)
+	}
+	for _, p := range []*string{&o.KernelPath, &o.InitrdPath, &o.RootImagePath} {
 		if *p, err = filepath.Abs(*p); err != nil {
 			return nil, err
 		}
@@ -139,7 +148,7 @@ func build(ctx context.Context, o BuildOptions, src packageSource) (*Artefacts, 
 	if err != nil {
 		return nil, fmt.Errorf("agent binary: %w", err)
 	}
-	for _, d := range []string{outDir, filepath.Dir(o.KernelPath), filepath.Dir(o.InitrdPath), o.CacheDir} {
+	for _, d := range []string{outDir, filepath.Dir(o.KernelPath), filepath.Dir(o.InitrdPath), filepath.Dir(o.RootImagePath), o.CacheDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("guest build: %w", err)
 		}
@@ -173,7 +182,7 @@ func build(ctx context.Context, o BuildOptions, src packageSource) (*Artefacts, 
 		}
 		if prev, err := Inspect(outDir); err == nil && !o.Force && prev.KernelSource == KernelSourceBerth &&
 			prev.KernelBuildKey == buildKey && prev.AgentSHA256 == agentSum && slices.Equal(prev.RequestedModules, o.Modules) &&
-			prev.Kernel == o.KernelPath && prev.Initrd == o.InitrdPath {
+			prev.Kernel == o.KernelPath && prev.Initrd == o.InitrdPath && prev.hasRootImageFor(o.RootImagePath) {
 			progress("guest image up to date (kernel %s, agent sha256 %.12s): use --force to rebuild", prev.KernelVersion, agentSum)
 			return prev, nil
 		}
@@ -195,7 +204,7 @@ func build(ctx context.Context, o BuildOptions, src packageSource) (*Artefacts, 
 		if prev, err := Inspect(outDir); err == nil && !o.Force && prev.Source() == KernelSourceDebian &&
 			prev.KernelPackage == pkg.Name && prev.KernelPackageVersion == pkg.Version &&
 			prev.AgentSHA256 == agentSum && slices.Equal(prev.RequestedModules, o.Modules) &&
-			prev.Kernel == o.KernelPath && prev.Initrd == o.InitrdPath {
+			prev.Kernel == o.KernelPath && prev.Initrd == o.InitrdPath && prev.hasRootImageFor(o.RootImagePath) {
 			progress("guest image up to date (kernel %s, agent sha256 %.12s): use --force to rebuild", prev.KernelVersion, agentSum)
 			return prev, nil
 		}
@@ -273,6 +282,21 @@ func build(ctx context.Context, o BuildOptions, src packageSource) (*Artefacts, 
 		return nil, err
 	}
 	step(4, "wrote %s (%.1f MiB)", a.Initrd, float64(a.InitrdSize)/(1<<20))
+	root, why := rootImageFor(a.Config, o.RootImagePath)
+	if why != "" {
+		progress("%s", why)
+	}
+	if root == "" {
+		if err := removeStaleRootImage(o.RootImagePath); err != nil {
+			return nil, err
+		}
+	} else {
+		if a.RootImageSize, err = writeRootImage(ctx, root, outDir, spec); err != nil {
+			return nil, fmt.Errorf("write root image: %w", err)
+		}
+		a.RootImage = root
+		progress("wrote %s (%.1f MiB, erofs for guest.root = \"pmem\")", root, float64(a.RootImageSize)/(1<<20))
+	}
 	a.BuiltAt = time.Now().UTC().Truncate(time.Second)
 	if err := writeManifest(outDir, a); err != nil {
 		return nil, fmt.Errorf("write guest manifest: %w", err)

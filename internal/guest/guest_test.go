@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -340,4 +341,80 @@ func mtime(t *testing.T, p string) time.Time {
 		t.Fatal(err)
 	}
 	return fi.ModTime()
+}
+
+func TestBuildWritesRootImageForAKernelThatBootsIt(t *testing.T) {
+	for _, tool := range []string{mkfsErofs, "fsck.erofs", "dump.erofs"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed (erofs-utils; make deps installs it)", tool)
+		}
+	}
+	ctx := context.Background()
+	agent := filepath.Join(t.TempDir(), "berth-agent")
+	writeStaticAgent(t, agent, "agent v1")
+	src := newFakeSource(t)
+	var cfg strings.Builder
+	for _, o := range RootImageOptions {
+		cfg.WriteString(o + "=y\n")
+	}
+	src.config = cfg.String()
+	out := filepath.Join(t.TempDir(), "guest")
+	o := BuildOptions{OutDir: out, AgentBinary: agent, Modules: []string{"virtiofs"}}
+	a, err := build(ctx, o, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.RootImage != filepath.Join(out, RootImageName) || a.RootImageSize == 0 || a.RootImageSize%rootImageAlign != 0 {
+		t.Fatalf("root image %q of %d bytes, want %s/%s padded to %d", a.RootImage, a.RootImageSize, out, RootImageName, rootImageAlign)
+	}
+	// The image holds the initramfs's tree: the agent, /init, the modules
+	// and their list.
+	tree := filepath.Join(t.TempDir(), "x")
+	if b, err := exec.Command("fsck.erofs", "--extract="+tree, a.RootImage).CombinedOutput(); err != nil {
+		t.Fatalf("fsck.erofs: %v: %s", err, b)
+	}
+	want, _ := os.ReadFile(agent)
+	if got, err := os.ReadFile(filepath.Join(tree, "berth/agent")); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("the image's /berth/agent differs from the agent (%v)", err)
+	}
+	if l, err := os.Readlink(filepath.Join(tree, "init")); err != nil || l != AgentDir+"/agent" {
+		t.Errorf("/init -> %q (%v), want %s/agent", l, err, AgentDir)
+	}
+	if list, err := os.ReadFile(filepath.Join(tree, ModulesListPath)); err != nil || !strings.Contains(string(list), "virtiofs.ko") {
+		t.Errorf("module list %q (%v)", list, err)
+	}
+	for _, d := range []string{"dev", "proc", "sys", "run", "tmp"} {
+		if fi, err := os.Stat(filepath.Join(tree, d)); err != nil || !fi.IsDir() {
+			t.Errorf("no /%s mount point: %v", d, err)
+		}
+	}
+	// Stored flat (layout 0, EROFS_INODE_FLAT_PLAIN): the only layout
+	// erofs maps with DAX.
+	if b, err := exec.Command("dump.erofs", "--path=/berth/agent", a.RootImage).CombinedOutput(); err != nil || !strings.Contains(string(b), "Layout: 0") {
+		t.Errorf("dump.erofs /berth/agent: %v:\n%s", err, b)
+	}
+	if got, err := Inspect(out); err != nil || got.RootImage != a.RootImage {
+		t.Fatalf("Inspect = %+v, %v", got, err)
+	}
+
+	// A kernel that cannot mount it gets none, and the old one goes: a
+	// guest with guest.root = "auto" boots the initramfs.
+	src.config = "CONFIG_VIRTIO_PMEM=m\n"
+	o.Force = true
+	b, err := build(ctx, o, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.RootImage != "" {
+		t.Errorf("root image %q for a kernel without the options", b.RootImage)
+	}
+	if _, err := os.Stat(a.RootImage); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the previous build's root image is still there: %v", err)
+	}
+	ents, _ := os.ReadDir(out)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".rootimage-") || strings.Contains(e.Name(), ".tmp-") {
+			t.Errorf("left behind: %s", e.Name())
+		}
+	}
 }

@@ -55,21 +55,9 @@ func writeInitramfs(w io.Writer, s initramfsSpec) error {
 	cw := cpio.NewWriter(bw)
 	iw := &initramfsWriter{w: cw, raw: bw}
 
-	kmodDir := "lib/modules/" + s.kernelVersion
-	dirs := map[string]bool{}
+	kmodDir := s.kmodDir()
 	agentDir := strings.TrimPrefix(AgentDir, "/")
-	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "etc/berth", agentDir, kmodDir} {
-		addParents(dirs, d)
-	}
-	for _, m := range s.modules {
-		addParents(dirs, path.Dir(path.Join(kmodDir, m)))
-	}
-	sorted := make([]string, 0, len(dirs))
-	for d := range dirs {
-		sorted = append(sorted, d)
-	}
-	sort.Strings(sorted) // a parent sorts before its children
-	for _, d := range sorted {
+	for _, d := range s.dirs() {
 		mode := cpio.FileMode(0o755)
 		if d == "tmp" {
 			mode = cpio.ModeSticky | 0o777
@@ -97,17 +85,43 @@ func writeInitramfs(w io.Writer, s initramfsSpec) error {
 			return fmt.Errorf("add module %s: %w", m, err)
 		}
 	}
-	var list strings.Builder
-	for _, m := range s.modules {
-		list.WriteString(m + "\n")
-	}
-	if err := iw.bytes(strings.TrimPrefix(ModulesListPath, "/"), 0o644, []byte(list.String())); err != nil {
+	if err := iw.bytes(strings.TrimPrefix(ModulesListPath, "/"), 0o644, s.moduleList()); err != nil {
 		return err
 	}
 	if err := cw.Close(); err != nil {
 		return err
 	}
 	return bw.Flush()
+}
+
+// kmodDir is the image's module directory, relative to its root.
+func (s initramfsSpec) kmodDir() string { return "lib/modules/" + s.kernelVersion }
+
+// dirs are the image's directories, relative to its root, each after its
+// parent. The root image (rootimage.go) has the same tree.
+func (s initramfsSpec) dirs() []string {
+	set := map[string]bool{}
+	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "etc/berth", strings.TrimPrefix(AgentDir, "/"), s.kmodDir()} {
+		addParents(set, d)
+	}
+	for _, m := range s.modules {
+		addParents(set, path.Dir(path.Join(s.kmodDir(), m)))
+	}
+	sorted := make([]string, 0, len(set))
+	for d := range set {
+		sorted = append(sorted, d)
+	}
+	sort.Strings(sorted) // a parent sorts before its children
+	return sorted
+}
+
+// moduleList is the content of ModulesListPath.
+func (s initramfsSpec) moduleList() []byte {
+	var list strings.Builder
+	for _, m := range s.modules {
+		list.WriteString(m + "\n")
+	}
+	return []byte(list.String())
 }
 
 func addParents(set map[string]bool, dir string) {

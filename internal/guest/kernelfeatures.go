@@ -47,6 +47,7 @@ var KernelFeatures = []KernelFeature{
 	{"virtio-balloon free page reporting", []string{"CONFIG_VIRTIO_BALLOON", "CONFIG_PAGE_REPORTING"}, false},
 	{"pressure stall information (elastic memory)", []string{"CONFIG_PSI"}, false},
 	{"PVH entry (boots uncompressed)", []string{"CONFIG_PVH"}, false},
+	{"root image on virtio-pmem (erofs, DAX; guest.root)", RootImageOptions, false},
 	{"qemu_fw_cfg", []string{"CONFIG_FW_CFG_SYSFS"}, false},
 	{"bridge, veth, tun", []string{"CONFIG_BRIDGE", "CONFIG_VETH", "CONFIG_TUN"}, false},
 	{"netfilter (iptables, nftables, NAT, conntrack)", []string{"CONFIG_NETFILTER", "CONFIG_NF_CONNTRACK", "CONFIG_NF_NAT",

@@ -29,6 +29,10 @@ type Artefacts struct {
 	Kernel string `json:"kernel"`
 	Initrd string `json:"initrd"`
 	Config string `json:"config"`
+	// RootImage is the erofs image of the same tree for a guest that
+	// boots from virtio-pmem; "" when the kernel cannot (its options are
+	// RootImageOptions) or mkfs.erofs was missing.
+	RootImage string `json:"rootImage,omitempty"`
 
 	// KernelVersion is the kernel release (uname -r in the guest).
 	KernelVersion string `json:"kernelVersion"`
@@ -56,12 +60,22 @@ type Artefacts struct {
 
 	// KernelSize, InitrdSize and InitrdSHA256 let Inspect notice a file
 	// replaced or truncated after the build.
-	KernelSize   int64  `json:"kernelSize"`
-	InitrdSize   int64  `json:"initrdSize"`
-	InitrdSHA256 string `json:"initrdSHA256"`
+	KernelSize    int64  `json:"kernelSize"`
+	InitrdSize    int64  `json:"initrdSize"`
+	InitrdSHA256  string `json:"initrdSHA256"`
+	RootImageSize int64  `json:"rootImageSize,omitempty"`
 
 	BuiltAt time.Time `json:"builtAt"`
 	Format  int       `json:"format"`
+}
+
+// hasRootImageFor reports whether a's root image is what a build
+// writing to want would give a's kernel now: so that an image built
+// before its kernel had the options (or before erofs-utils was
+// installed) is rebuilt, and one built for another path is too.
+func (a *Artefacts) hasRootImageFor(want string) bool {
+	root, _ := rootImageFor(a.Config, want)
+	return a.RootImage == root
 }
 
 // Source is KernelSource with the default of old manifests filled in.
@@ -101,10 +115,14 @@ func Inspect(outDir string) (*Artefacts, error) {
 		return nil, &notBuiltError{dir: outDir, reason: fmt.Sprintf("%s has format %d, this berth writes %d", ManifestName, a.Format, manifestFormat)}
 	}
 	a.Kernel, a.Initrd, a.Config = absIn(outDir, a.Kernel), absIn(outDir, a.Initrd), absIn(outDir, a.Config)
+	a.RootImage = absIn(outDir, a.RootImage)
 	for _, f := range []struct {
 		path string
 		size int64
-	}{{a.Kernel, a.KernelSize}, {a.Initrd, a.InitrdSize}, {a.Config, -1}} {
+	}{{a.Kernel, a.KernelSize}, {a.Initrd, a.InitrdSize}, {a.Config, -1}, {a.RootImage, a.RootImageSize}} {
+		if f.path == "" {
+			continue // no root image
+		}
 		fi, err := os.Stat(f.path)
 		if err != nil {
 			return nil, &notBuiltError{dir: outDir, reason: fmt.Sprintf("%s is listed in %s but %v", f.path, ManifestName, err)}
@@ -137,6 +155,7 @@ func relIn(dir, p string) string {
 func writeManifest(outDir string, a *Artefacts) error {
 	m := *a
 	m.Kernel, m.Initrd, m.Config = relIn(outDir, m.Kernel), relIn(outDir, m.Initrd), relIn(outDir, m.Config)
+	m.RootImage = relIn(outDir, m.RootImage)
 	m.Format = manifestFormat
 	data, err := json.MarshalIndent(&m, "", "  ")
 	if err != nil {

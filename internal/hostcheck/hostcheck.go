@@ -143,7 +143,7 @@ func run(ctx context.Context, cfg *config.Config, e env) Report {
 		checkChannel(e, cfg.Agent.Transport),
 		checkVirtiofsd(e, cfg.Hypervisor.VirtiofsdPath),
 		checkGuestFile(e, "kernel", "guest.kernel", cfg.ResolvedKernel()),
-		checkGuestFile(e, "initramfs", "guest.initrd", cfg.ResolvedInitrd()),
+		checkGuestRoot(e, cfg),
 		checkCgroups(e, cfg.Cgroup),
 		checkRunDir(e, cfg.RunDir),
 		checkNetwork(e, cfg),

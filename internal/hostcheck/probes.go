@@ -204,6 +204,20 @@ func checkGuestFile(e env, what, key, path string) Finding {
 	return f
 }
 
+// checkGuestRoot checks the file the guest's root comes from (guest.root):
+// the initramfs or the root image.
+func checkGuestRoot(e env, cfg *config.Config) Finding {
+	_, err := e.stat(cfg.ResolvedRootImage())
+	if !cfg.BootsRootImage(err == nil) {
+		return checkGuestFile(e, "initramfs", "guest.initrd", cfg.ResolvedInitrd())
+	}
+	f := checkGuestFile(e, "root image (virtio-pmem)", "guest.root_image", cfg.ResolvedRootImage())
+	if f.Status == Fail && cfg.Guest.Root == config.GuestRootPmem {
+		f.Fix += `, or set guest.root = "initramfs"`
+	}
+	return f
+}
+
 // checkCgroups reports the host cgroup layout and whether systemd is PID 1
 // (which decides between the systemd and cgroupfs ways of making the
 // sandbox cgroup), and where sandbox cgroups go. Berth works on every

@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"bufio"
+	"fmt"
 	"math"
 	"os"
 	"strconv"
@@ -18,6 +19,8 @@ const (
 	qmpID          = "berth-qmp"
 	serialCtlID    = "berth-vser0"
 	vsockID        = "berth-vsock"
+	rootImageID    = "berth-root"
+	rootImageMemID = "berth-root-mem"
 	chardevPrefix  = "char-" // chardev of the device with the same ID
 	consoleFdSet   = 1
 	fallbackTSCkHz = 2_000_000
@@ -87,10 +90,21 @@ func (m Machine) Args() ([]string, error) {
 		a.add("-accel", "tcg,thread=multi,tb-size="+strconv.Itoa(tb), "-cpu", "max")
 	}
 	a.add("-smp", strconv.Itoa(m.VCPUs))
+	rootMiB := 0
+	if m.RootImage != "" {
+		var err error
+		if rootMiB, err = rootImageMiB(m.RootImage); err != nil {
+			return nil, err
+		}
+	}
 	mem := strconv.Itoa(m.MemoryMiB) + "M"
 	memOpt := mem
-	if m.MaxMemoryMiB > m.MemoryMiB {
-		memOpt += ",slots=" + strconv.Itoa(m.MemorySlots) + ",maxmem=" + strconv.Itoa(m.MaxMemoryMiB) + "M"
+	if m.MaxMemoryMiB > m.MemoryMiB || rootMiB > 0 {
+		// A virtio-pmem device takes guest physical address space from
+		// the same device-memory region as hot-plugged memory: the
+		// root image is added to the ceiling, so hot-plug keeps all of
+		// the room it was given.
+		memOpt += ",slots=" + strconv.Itoa(m.MemorySlots) + ",maxmem=" + strconv.Itoa(max(m.MaxMemoryMiB, m.MemoryMiB)+rootMiB) + "M"
 	}
 	a.add("-m", memOpt)
 	if m.sharedMemory() {
@@ -119,12 +133,23 @@ func (m Machine) Args() ([]string, error) {
 		a.add("-device", "virtio-mem-pci,id="+v.ID+",memdev="+v.ID+"-mem,block-size="+strconv.Itoa(v.BlockMiB)+"M,requested-size=0")
 	}
 
+	if rootMiB > 0 {
+		// readonly=on: QEMU opens and maps the file read-only and the
+		// region is ROM to the guest (its writes are dropped) and to
+		// vhost-user back ends, which QEMU gives only writable RAM: a
+		// guest cannot have virtiofsd write into the image through it.
+		// share=off keeps the mapping private to this VM either way.
+		// After virtio-mem's region, so that its placement is unchanged.
+		a.add("-object", "memory-backend-file,id="+rootImageMemID+",mem-path="+opt(m.RootImage)+",size="+strconv.Itoa(rootMiB)+"M,share=off,readonly=on")
+		a.add("-device", "virtio-pmem-pci,id="+rootImageID+",memdev="+rootImageMemID)
+	}
+
 	for _, f := range m.FwCfgFiles {
 		a.add("-fw_cfg", "name="+opt(f.Name)+",file="+opt(f.Path))
 	}
 
 	a.add("-kernel", m.Kernel)
-	if m.Initrd != "" {
+	if m.Initrd != "" && m.RootImage == "" {
 		a.add("-initrd", m.Initrd)
 	}
 	a.add("-append", m.KernelCmdline())
@@ -282,10 +307,41 @@ func (m Machine) KernelCmdline() string {
 		}
 		params = append(params, "lapic_timer_hz="+strconv.Itoa(qemuAPICTimerHz))
 	}
+	if m.RootImage != "" {
+		params = append(params, RootImageParams)
+	}
 	if p := strings.TrimSpace(m.KernelParams); p != "" {
 		params = append(params, p)
 	}
 	return strings.Join(params, " ")
+}
+
+// RootImageParams boot the guest from Machine.RootImage: its only pmem
+// device, an erofs image mounted read-only with DAX (the kernel maps the
+// files' pages from the device instead of reading them into its page
+// cache), and the agent as init. The kernel waits for device probing
+// before it mounts the root, so no rootwait is needed (and rootwait
+// would wait forever for a device that never comes).
+const RootImageParams = "root=/dev/pmem0 rootfstype=erofs rootflags=dax=always ro init=/init"
+
+// RootImageAlignMiB is what a root image's size must be a multiple of:
+// QEMU maps the whole file, and the guest hot-adds the device's memory in
+// 2 MiB sub-sections (guest.Build pads the image to it).
+const RootImageAlignMiB = 2
+
+// rootImageMiB is the size of the root image at path in MiB, which must
+// be a positive multiple of RootImageAlignMiB: QEMU would otherwise map
+// past the file's end or refuse to start.
+func rootImageMiB(path string) (int, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, &FieldError{Field: "RootImage", Problem: err.Error()}
+	}
+	const align = RootImageAlignMiB << 20
+	if !fi.Mode().IsRegular() || fi.Size() <= 0 || fi.Size()%align != 0 {
+		return 0, &FieldError{Field: "RootImage", Problem: fmt.Sprintf("%s is not a regular file of a positive multiple of %d MiB (%d bytes): rebuild it with `berth guest build`", path, RootImageAlignMiB, fi.Size())}
+	}
+	return int(fi.Size() >> 20), nil
 }
 
 // qemuAPICTimerHz is the local APIC timer's input clock in QEMU's x86

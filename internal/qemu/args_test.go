@@ -2,6 +2,8 @@ package qemu
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -395,5 +397,76 @@ func TestLastLines(t *testing.T) {
 	}
 	if got := lastLines(strings.Repeat("x", 50), 8, 10); got != "..."+strings.Repeat("x", 10) {
 		t.Errorf("lastLines = %q", got)
+	}
+}
+
+func TestArgsRootImageBootsFromReadOnlyPmem(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "root.erofs")
+	if err := os.WriteFile(img, make([]byte, 4<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := baseMachine(Q35, TCG)
+	m.RootImage = img
+	m.MaxMemoryMiB, m.MemorySlots = 16384, 0
+	m.VirtioMem = &VirtioMemDevice{ID: "vmem0", RegionMiB: 15872, BlockMiB: 2}
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := m.Args()
+	if err != nil {
+		t.Fatal(err)
+	}
+	joined := strings.Join(got, " ")
+	for _, want := range []string{
+		// The image's 4 MiB on top of the hot-plug ceiling.
+		"-m 512M,slots=0,maxmem=16388M",
+		"-object memory-backend-file,id=berth-root-mem,mem-path=" + img + ",size=4M,share=off,readonly=on",
+		"-device virtio-pmem-pci,id=berth-root,memdev=berth-root-mem",
+		RootImageParams,
+	} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("args lack %q:\n%s", want, joined)
+		}
+	}
+	if slices.Contains(got, "-initrd") {
+		t.Errorf("a root image boot also loads an initramfs: %s", joined)
+	}
+	// After virtio-mem, which keeps its place in the device-memory region.
+	if strings.Index(joined, "virtio-pmem-pci") < strings.Index(joined, "virtio-mem-pci") {
+		t.Errorf("virtio-pmem comes before virtio-mem: %s", joined)
+	}
+
+	// Without hot-plug room the ceiling is the boot memory plus the image.
+	m.MaxMemoryMiB, m.VirtioMem = 0, nil
+	if got, err = m.Args(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(got, " "), "-m 512M,slots=0,maxmem=516M") {
+		t.Errorf("args: %s", strings.Join(got, " "))
+	}
+}
+
+func TestArgsRefuseRootImageOfUnalignedSize(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "root.erofs")
+	if err := os.WriteFile(img, make([]byte, 3<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := baseMachine(Q35, TCG)
+	m.RootImage = img
+	_, err := m.Args()
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Field != "RootImage" || !strings.Contains(err.Error(), "berth guest build") {
+		t.Fatalf("Args with a 3 MiB root image: %v, want a RootImage error naming the fix", err)
+	}
+}
+
+func TestValidateRootImageOnlyOnQ35WithoutInitrd(t *testing.T) {
+	m := baseMachine(MicroVM, TCG)
+	m.RootImage, m.Initrd = "/r", "/i"
+	err := m.Validate()
+	for _, field := range []string{"RootImage", "Initrd"} {
+		if err == nil || !strings.Contains(err.Error(), field) {
+			t.Errorf("Validate(microvm with a root image and an initrd) = %v, want a %s error", err, field)
+		}
 	}
 }

@@ -58,6 +58,7 @@ func MachineFor(s vmm.Spec) Machine {
 		MemorySlots:        s.MemorySlots,
 		Kernel:             s.Kernel,
 		Initrd:             s.Initrd,
+		RootImage:          s.RootImage,
 		KernelParams:       s.KernelParams,
 		BIOS:               biosFor(s),
 		Pflash:             s.Pflash,

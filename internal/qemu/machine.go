@@ -80,6 +80,15 @@ type Machine struct {
 
 	Kernel string
 	Initrd string // optional
+	// RootImage, if set, is a read-only file-system image (erofs) the
+	// guest boots from as its root, on a virtio-pmem device: QEMU maps
+	// the file read-only (a guest write cannot reach it, nor can
+	// virtiofsd, which QEMU gives only writable RAM) and the guest mounts
+	// it with DAX, reading the pages in place. Nothing is copied into
+	// guest RAM, and every VM of the host shares the file's page cache.
+	// Its size must be a multiple of RootImageAlignMiB. Initrd is then
+	// not used (Validate refuses both).
+	RootImage string
 	// KernelParams is appended after Berth's base parameters (see
 	// KernelCmdline), so for parameters the kernel reads last-wins (e.g.
 	// loglevel=) it overrides them.
@@ -243,6 +252,14 @@ func (m Machine) Validate() error {
 		bad("BIOS", "only machine q35 takes a -bios firmware; got %q on %s", m.BIOS, m.Type)
 	}
 	m.validateMemory(bad)
+	if m.RootImage != "" {
+		if m.Type != Q35 {
+			bad("RootImage", "virtio-pmem is a PCI device and QEMU 7.2 plugs memory devices only into q35 of Berth's machines; boot %s from the initramfs", m.Type)
+		}
+		if m.Initrd != "" {
+			bad("Initrd", "is set with RootImage: the guest boots from one or the other")
+		}
+	}
 	switch m.Accel {
 	case KVM, TCG:
 	default:

@@ -158,6 +158,7 @@ func checkFiles(m Machine) error {
 	for _, f := range []struct{ field, path string }{
 		{"Kernel", m.Kernel},
 		{"Initrd", m.Initrd},
+		{"RootImage", m.RootImage},
 	} {
 		if f.path == "" {
 			continue

@@ -350,6 +350,10 @@ func (s *Sandbox) machine(opts Options) (vmm.Spec, error) {
 	if h.KernelParams != "" {
 		params += " " + h.KernelParams
 	}
+	initrd, rootImage, err := GuestRoot(s.cfg)
+	if err != nil {
+		return vmm.Spec{}, err
+	}
 	m := vmm.Spec{
 		Binary:              h.Path,
 		Kind:                vmm.MachineKind(h.Machine),
@@ -359,7 +363,8 @@ func (s *Sandbox) machine(opts Options) (vmm.Spec, error) {
 		TranslationCacheMiB: h.TCGTBSizeMiB,
 		Firmware:            h.EffectiveFirmware(s.cfg.Devices),
 		Kernel:              s.cfg.Guest.Kernel,
-		Initrd:              s.cfg.Guest.Initrd,
+		Initrd:              initrd,
+		RootImage:           rootImage,
 		KernelParams:        params,
 		ConsoleLog:          s.path(consoleLogName),
 		// The guest writes what it likes to its console: capped.
@@ -395,6 +400,21 @@ func (s *Sandbox) machine(opts Options) (vmm.Spec, error) {
 		m.Pflash = []string{h.Pflashes[0], vars}
 	}
 	return m, nil
+}
+
+// GuestRoot resolves guest.root into the VM's initramfs or root image
+// (one of the two is empty).
+func GuestRoot(cfg *config.Config) (initrd, rootImage string, err error) {
+	g := cfg.Guest
+	_, statErr := os.Stat(g.RootImage)
+	if !cfg.BootsRootImage(statErr == nil) {
+		return g.Initrd, "", nil
+	}
+	if statErr != nil {
+		return "", "", fmt.Errorf("guest.root = %q but the root image is missing: run `berth guest build` (it writes one for a kernel with virtio-pmem, DAX and erofs built in), or set guest.root = %q: %w",
+			g.Root, config.GuestRootInitramfs, errors.Join(statErr, errdefs.ErrFailedPrecondition))
+	}
+	return "", g.RootImage, nil
 }
 
 // vhostVsockDevice is the host device vsock needs.

@@ -61,6 +61,10 @@ type Spec struct {
 
 	Kernel string
 	Initrd string
+	// RootImage, if set, is a read-only erofs image the guest boots from
+	// as its root (on a virtio-pmem device, mapped in place) instead of
+	// an initramfs; Initrd is then empty. Only Q35.
+	RootImage string
 	// KernelParams are appended after the driver's base parameters, so
 	// that last-wins parameters override them.
 	KernelParams string

@@ -1,9 +1,15 @@
 package e2e
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/berth-runtime/berth/internal/guest"
 )
 
 // TestGuestPID1ReapsOrphans: the guest's PID 1 (the C reaper of
@@ -41,4 +47,68 @@ func TestGuestPID1ReapsOrphans(t *testing.T) {
 	if !strings.Contains(r.stdout, "orphan reaped") {
 		t.Errorf("PID 1 did not reap the orphan after it exited: %q", r.stdout)
 	}
+}
+
+// TestGuestRootImageIsReadOnlyToTheGuest: with the root image (guest.root
+// "auto" on q35 boots it), the guest's root is the erofs image on
+// virtio-pmem, mounted with DAX; root in the guest writing the pmem device
+// changes neither what the guest reads back nor the host's file, which
+// every VM of the host maps, and the VM keeps running.
+func TestGuestRootImageIsReadOnlyToTheGuest(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	img := filepath.Join(env.stateDir, "guest", guest.RootImageName)
+	if _, err := os.Stat(img); err != nil {
+		t.Skipf("the guest image has no root image (%v): its kernel lacks %v", err, guest.RootImageOptions)
+	}
+	before := fileDigest(t, img)
+	cfg := hostileConfig(t)
+	const id = "root-image-ro"
+	mustCtr(t, "run", "-d", "--runtime", berthRuntime, "--runtime-config-path", cfg, busyboxImage, id, "sleep", "1000")
+	defer cleanupTask(t, id)
+
+	r := guestRoot(t, cfg, id, id, `
+		$B awk '$2 == "/" { print "root", $3, $4 }' /proc/mounts
+		first() { $B dd if=/dev/pmem0 bs=4096 count=256 iflag=direct 2>/dev/null | $B md5sum | $B cut -d" " -f1; }
+		echo "before $(first)"
+		$B dd if=/dev/urandom of=/dev/pmem0 bs=4096 count=256 oflag=direct conv=fsync 2>/dev/null; echo "dd exit $?"
+		echo "after $(first)"
+		$B mount -o remount,rw / 2>/dev/null
+		$B awk '$2 == "/" { print "remounted", $3, $4 }' /proc/mounts
+		$B touch /berth/x 2>/dev/null; echo "touch exit $?"`)
+	if r.code != 0 {
+		t.Fatalf("guest script: exit %d\nstdout %s\nstderr %s", r.code, r.stdout, r.stderr)
+	}
+	t.Logf("guest:\n%s", r.stdout)
+	lines := map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		k, v, _ := strings.Cut(l, " ")
+		lines[k] = v
+	}
+	if root := lines["root"]; !strings.HasPrefix(root, "erofs ro") || !strings.Contains(root, "dax=always") {
+		t.Errorf("guest root is %q, want erofs mounted ro with dax=always", root)
+	}
+	if lines["before"] == "" || lines["after"] != lines["before"] {
+		t.Errorf("the guest changed its view of the root device: %q -> %q", lines["before"], lines["after"])
+	}
+	if !strings.HasPrefix(lines["remounted"], "erofs ro") || lines["touch"] == "exit 0" {
+		t.Errorf("the guest's root is writable: after a read-write remount %q, touch %s", lines["remounted"], lines["touch"])
+	}
+	if after := fileDigest(t, img); after != before {
+		t.Fatalf("the host's root image %s changed under a guest's writes", img)
+	}
+	if r := guestRoot(t, cfg, id, id, `echo alive`); r.code != 0 || strings.TrimSpace(r.stdout) != "alive" {
+		t.Errorf("the VM did not survive the writes: exit %d %q %q", r.code, r.stdout, r.stderr)
+	}
+}
+
+// fileDigest is the SHA-256 of a host file.
+func fileDigest(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }
