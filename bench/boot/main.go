@@ -49,6 +49,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/berth-runtime/berth/bench/internal/benchtab"
+	"github.com/berth-runtime/berth/bench/internal/floor"
 	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/guest"
 	"github.com/berth-runtime/berth/internal/qemu"
@@ -212,7 +213,7 @@ func run(ctx context.Context, o options) (retErr error) {
 	// One step per measurement; each appends its timings to its rows.
 	steps := []func() error{
 		func() error {
-			d, failures, err := rawBoot(ctx, cfg, accel, tmp)
+			d, failures, err := floor.RawBoot(ctx, cfg, accel, tmp)
 			rawRow.add(d)
 			rawRetried += min(failures, 1)
 			return wrap("raw boot", err)
@@ -236,7 +237,7 @@ func run(ctx context.Context, o options) (retErr error) {
 		raw2 := &series{name: "raw QEMU boot to agent ready [" + label2 + "]", short: "raw2"}
 		berth2 := &series{name: "berth run /bin/true (end to end) [" + label2 + "]", short: "berth run2"}
 		steps = append(steps, func() error {
-			d, failures, err := rawBoot(ctx, cfg2, accel, tmp)
+			d, failures, err := floor.RawBoot(ctx, cfg2, accel, tmp)
 			raw2.add(d)
 			rawRetried += min(failures, 1)
 			return wrap("raw boot ["+label2+"]", err)

@@ -20,14 +20,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/containerd/ttrpc"
-
-	api "github.com/berth-runtime/berth/api/agent/v1"
 	"github.com/berth-runtime/berth/bench/internal/benchtab"
+	"github.com/berth-runtime/berth/bench/internal/floor"
 	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/ociimage"
 	"github.com/berth-runtime/berth/internal/qemu"
-	"github.com/berth-runtime/berth/internal/transport"
 )
 
 const image = "docker.io/library/busybox:berth-bench"
@@ -74,23 +71,23 @@ func main() {
 	if err != nil {
 		fatal(err)
 	}
-	var runc, berth, floor []time.Duration
+	var runc, berth, bootFloor []time.Duration
 	for i := 0; i < *n; i++ {
 		runc = append(runc, ctrRun(sock, "io.containerd.runc.v2", i))
 		berth = append(berth, ctrRun(sock, "io.containerd.berth.v2", i))
-		d, err := rawBoot(cfg)
+		d, _, err := floor.RawBoot(context.Background(), cfg, qemu.TCG, work)
 		if err != nil {
 			fatal(err)
 		}
-		floor = append(floor, d)
+		bootFloor = append(bootFloor, d)
 	}
 	fmt.Printf("ctr run --rm %s /bin/true, private containerd %s, %d runs each (TCG, 2 vCPU host)\n\n", image, containerdVersion(), *n)
 	benchtab.Print(os.Stdout, []benchtab.Series{
 		{Name: "runc", Runs: runc},
 		{Name: "berth", Runs: berth},
-		{Name: "raw VM boot floor (QEMU to agent ready)", Runs: floor},
+		{Name: "raw VM boot floor (QEMU to agent ready)", Runs: bootFloor},
 	})
-	mr, mb, mf := benchtab.Median(runc), benchtab.Median(berth), benchtab.Median(floor)
+	mr, mb, mf := benchtab.Median(runc), benchtab.Median(berth), benchtab.Median(bootFloor)
 	fmt.Printf("\nberth / runc: %.1fx; berth over the VM boot floor: %s (%.2fx the floor)\n",
 		float64(mb)/float64(mr), benchtab.MS(mb-mf), float64(mb)/float64(mf))
 }
@@ -103,43 +100,6 @@ func ctrRun(sock, runtime string, i int) time.Duration {
 		fatal(fmt.Errorf("ctr run (%s): %v: %s", runtime, err, out))
 	}
 	return time.Since(t0)
-}
-
-// rawBoot is bench/boot's floor: QEMU with the guest image and a
-// virtio-serial port, until the agent answers Info.
-func rawBoot(cfg *config.Config) (time.Duration, error) {
-	dir, err := os.MkdirTemp("", "berth-bench-raw-")
-	if err != nil {
-		return 0, err
-	}
-	defer os.RemoveAll(dir)
-	m := qemu.Machine{
-		Binary: cfg.Hypervisor.Path, Type: qemu.MachineType(cfg.Hypervisor.Machine), Accel: qemu.TCG,
-		VCPUs: cfg.Hypervisor.DefaultVCPUs, MemoryMiB: cfg.Hypervisor.DefaultMemoryMiB,
-		Kernel: cfg.Guest.Kernel, Initrd: cfg.Guest.Initrd, KernelParams: "berth.transport=virtio-serial",
-		QMPSocket:   filepath.Join(dir, "qmp.sock"),
-		SerialPorts: []qemu.VirtioSerialPort{{ID: "agent", Name: transport.SerialPortName, SocketPath: filepath.Join(dir, "agent.sock")}},
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	t0 := time.Now()
-	vm, err := qemu.Start(ctx, m, qemu.StartOptions{DieWithParent: true})
-	if err != nil {
-		return 0, err
-	}
-	defer vm.Kill()
-	d := transport.NewSerialDialer(filepath.Join(dir, "agent.sock"))
-	defer d.Close()
-	conn, err := d.Dial(ctx, transport.AgentPort)
-	if err != nil {
-		return 0, err
-	}
-	c := ttrpc.NewClient(conn)
-	defer c.Close()
-	if _, err := api.NewAgentClient(c).Info(ctx, &api.InfoRequest{}); err != nil {
-		return 0, err
-	}
-	return time.Since(t0), nil
 }
 
 func containerdVersion() string {

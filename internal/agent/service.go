@@ -530,7 +530,10 @@ func (s *Service) Delete(ctx context.Context, req *api.DeleteRequest) (*api.Dele
 	return &api.DeleteResponse{ExitStatus: p.status, ExitedAt: timestamppb.New(p.exitedAt)}, nil
 }
 
-// Shutdown kills every container and powers the VM off after replying.
+// Shutdown kills every container, syncs the guest's file systems (a
+// hot-plugged volume's writes reach the host's disk image), replies, and
+// powers the VM off. The host quits the VM as soon as the reply arrives,
+// so nothing the guest does after the sync is relied on.
 func (s *Service) Shutdown(ctx context.Context, _ *emptypb.Empty) (*emptypb.Empty, error) {
 	s.mu.Lock()
 	for _, c := range s.containers {
@@ -539,6 +542,7 @@ func (s *Service) Shutdown(ctx context.Context, _ *emptypb.Empty) (*emptypb.Empt
 		}
 	}
 	s.mu.Unlock()
+	unix.Sync()
 	if s.opts.PowerOff != nil {
 		go func() {
 			// Let the reply reach the host first.

@@ -134,7 +134,7 @@ func (c *Config) problems() []*KeyError {
 	}
 	add(absPath("hypervisor.virtiofsd_path", h.VirtiofsdPath, true))
 	add(oneOf("hypervisor.virtiofs_cache", h.VirtiofsCache, VirtiofsCacheAuto, VirtiofsCacheAlways, VirtiofsCacheNone))
-	add(positive("hypervisor.boot_timeout", h.BootTimeout, `use a positive duration such as "60s" (TCG boots need tens of seconds)`))
+	add(positive("hypervisor.boot_timeout", h.BootTimeout, `use a positive duration such as "60s" (ten TCG boots at once on two cores take tens of seconds)`))
 
 	add(oneOf("hypervisor.memory_hotplug", h.MemoryHotplug, MemoryHotplugAuto, MemoryHotplugVirtioMem, MemoryHotplugDIMM, MemoryHotplugNone))
 	if h.DefaultMaxMemoryMiB < h.DefaultMemoryMiB {

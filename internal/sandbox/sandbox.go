@@ -568,6 +568,10 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 	return s.destroyErr
 }
 
+// errNoAgent stands for a Shutdown that could not be asked: the sandbox
+// never reached its agent.
+var errNoAgent = errors.New("no agent connection")
+
 func (s *Sandbox) destroy(ctx context.Context) error {
 	log := logrus.WithField("sandbox", s.id)
 	s.failure.closing.Store(true)
@@ -576,15 +580,22 @@ func (s *Sandbox) destroy(ctx context.Context) error {
 	select {
 	case <-s.vmm.Done():
 	default:
-		// Ask the guest to power off; it syncs first. Fall back to QMP
-		// quit and then SIGKILL inside Shutdown.
+		// Ask the guest to end: the agent kills the containers and syncs
+		// before it replies. After a reply nothing in the guest needs to
+		// run any more and QEMU is told to quit at once, rather than
+		// waiting for the guest's own power-off (~0.1 s under TCG).
+		// Without one, give the guest the rest of the 2 s to power off.
+		// Either way QMP quit and then SIGKILL (inside Shutdown) follow.
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		var err error = errNoAgent
 		if s.agent != nil {
-			s.agent.Shutdown(sctx, nil)
+			_, err = s.agent.Shutdown(sctx, nil)
 		}
-		select {
-		case <-s.vmm.Done():
-		case <-sctx.Done():
+		if err != nil {
+			select {
+			case <-s.vmm.Done():
+			case <-sctx.Done():
+			}
 		}
 		cancel()
 		sctx, cancel = context.WithTimeout(ctx, 5*time.Second)
