@@ -283,6 +283,19 @@ func (c *Config) BootsRootImage(imageExists bool) bool {
 	return imageExists && c.Hypervisor.Machine == MachineQ35 && c.ResolvedMemoryHotplug() != MemoryHotplugDIMM
 }
 
+// BootSlots resolves hypervisor.boot_concurrency for a VM booting with
+// the accelerator tcg (true for TCG): the number of host-wide boot slots,
+// or 0 for no limit.
+func (h Hypervisor) BootSlots(tcg bool) int {
+	switch {
+	case h.BootConcurrency > 0:
+		return h.BootConcurrency
+	case tcg:
+		return runtime.NumCPU()
+	}
+	return 0
+}
+
 // LogMaxBytes is LogMaxKiB in bytes.
 func (h Hypervisor) LogMaxBytes() int64 { return int64(h.LogMaxKiB) << 10 }
 
@@ -345,6 +358,12 @@ type Hypervisor struct {
 	VirtiofsCache string `toml:"virtiofs_cache"`
 	// BootTimeout bounds the time from QEMU start until the agent answers.
 	BootTimeout Duration `toml:"boot_timeout"`
+	// BootConcurrency is how many VMs of the host may boot at once (QEMU
+	// start until the agent answers); the others wait for a slot before
+	// QEMU starts. 0 means the host's CPUs under TCG (where boots are
+	// CPU-bound and slow each other down past that) and no limit under
+	// KVM. See BootSlots.
+	BootConcurrency int `toml:"boot_concurrency"`
 	// FreePageReporting gives each VM a virtio-balloon device with free
 	// page reporting, so memory the guest frees goes back to the host.
 	FreePageReporting bool `toml:"free_page_reporting"`

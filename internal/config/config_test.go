@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -109,6 +110,7 @@ func TestValidationFail(t *testing.T) {
 		{"macvtap", "[network]\nnetwork_model = \"macvtap\"", "network.network_model", "not implemented"},
 		{"relative kernel", "[guest]\nkernel = \"vmlinuz\"", "guest.kernel", "absolute path"},
 		{"relative initrd", "[guest]\ninitrd = \"./initramfs.img\"", "guest.initrd", "absolute path"},
+		{"negative boot concurrency", "[hypervisor]\nboot_concurrency = -1", "hypervisor.boot_concurrency", "is negative"},
 		{"relative root image", "[guest]\nroot_image = \"root.erofs\"", "guest.root_image", "absolute path"},
 		{"guest root", "[guest]\nroot = \"disk\"", "guest.root", `"auto", "initramfs" or "pmem"`},
 		{"pmem root with dimms", "[hypervisor]\nmemory_hotplug = \"dimm\"\n[guest]\nroot = \"pmem\"", "guest.root", "DIMM memory hot-plug"},
@@ -529,5 +531,19 @@ func TestBootsRootImageFollowsGuestRoot(t *testing.T) {
 		if got := cfg.BootsRootImage(c.exists); got != c.want {
 			t.Errorf("root %s, machine %s, hot-plug %s, image exists %v: BootsRootImage = %v, want %v", c.root, c.machine, c.hotplug, c.exists, got, c.want)
 		}
+	}
+}
+
+func TestBootSlotsLimitTCGBootsToTheCPUs(t *testing.T) {
+	h := Default().Hypervisor
+	if got := h.BootSlots(true); got != runtime.NumCPU() {
+		t.Errorf("default under TCG: %d slots, want the %d CPUs", got, runtime.NumCPU())
+	}
+	if got := h.BootSlots(false); got != 0 {
+		t.Errorf("default under KVM: %d slots, want 0 (no limit)", got)
+	}
+	h.BootConcurrency = 3
+	if h.BootSlots(true) != 3 || h.BootSlots(false) != 3 {
+		t.Errorf("boot_concurrency = 3: %d (TCG), %d (KVM) slots", h.BootSlots(true), h.BootSlots(false))
 	}
 }

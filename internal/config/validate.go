@@ -134,6 +134,9 @@ func (c *Config) problems() []*KeyError {
 	}
 	add(absPath("hypervisor.virtiofsd_path", h.VirtiofsdPath, true))
 	add(oneOf("hypervisor.virtiofs_cache", h.VirtiofsCache, VirtiofsCacheAuto, VirtiofsCacheAlways, VirtiofsCacheNone))
+	if h.BootConcurrency < 0 {
+		add(keyError("hypervisor.boot_concurrency", h.BootConcurrency, "is negative", "use 0 (the host's CPUs under TCG, no limit under KVM) or a positive number of VMs"))
+	}
 	add(positive("hypervisor.boot_timeout", h.BootTimeout, `use a positive duration such as "60s" (ten TCG boots at once on two cores take tens of seconds)`))
 
 	add(oneOf("hypervisor.memory_hotplug", h.MemoryHotplug, MemoryHotplugAuto, MemoryHotplugVirtioMem, MemoryHotplugDIMM, MemoryHotplugNone))

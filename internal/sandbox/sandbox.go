@@ -31,6 +31,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	api "github.com/berth-runtime/berth/api/agent/v1"
+	"github.com/berth-runtime/berth/internal/bootslot"
 	"github.com/berth-runtime/berth/internal/cgroup"
 	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/device"
@@ -260,6 +261,12 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 		cred = s.vmmUser.credential(m.Accel)
 	}
 	log.WithField("unprivileged", s.confinement.Unprivileged).WithField("root_reason", s.confinement.RootReason).WithField("seccomp", m.Seccomp).Debug("qemu confinement")
+	slot, err := s.bootSlot(ctx, m.Accel)
+	if err != nil {
+		return nil, err
+	}
+	// Held from QEMU's start until the agent answers (or the boot fails).
+	defer slot.Release()
 	vm, err := opts.Driver.Start(ctx, m, vmm.StartOptions{
 		DieWithParent: true,
 		Credential:    cred,
@@ -296,6 +303,7 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	if err := s.connectAgent(ctx); err != nil {
 		return nil, err
 	}
+	slot.Release()
 	if err := s.configureGuestNetwork(ctx); err != nil {
 		return nil, err
 	}
@@ -312,6 +320,31 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	go s.releaseCgroupWhenVMExits()
 	s.startElastic()
 	return s, nil
+}
+
+// bootSlotDir holds the host-wide boot slots, under run_dir.
+const bootSlotDir = "boot-slots"
+
+// bootSlot waits for one of the host's boot slots
+// (hypervisor.boot_concurrency); a nil slot means no limit.
+func (s *Sandbox) bootSlot(ctx context.Context, accel vmm.Accel) (*bootslot.Slot, error) {
+	n := s.cfg.Hypervisor.BootSlots(accel == vmm.TCG)
+	if n == 0 {
+		return nil, nil
+	}
+	start := time.Now()
+	waited := false
+	slot, err := bootslot.Acquire(ctx, filepath.Join(s.cfg.RunDir, bootSlotDir), n, func() {
+		waited = true
+		logrus.WithField("sandbox", s.id).Infof("waiting to boot: %d VMs of this host are booting (hypervisor.boot_concurrency)", n)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w (hypervisor.boot_concurrency = %d)", err, s.cfg.Hypervisor.BootConcurrency)
+	}
+	if waited {
+		logrus.WithField("sandbox", s.id).WithField("waited", time.Since(start).Round(time.Millisecond)).Info("boot slot free: booting")
+	}
+	return slot, nil
 }
 
 // validateID checks a sandbox id before it names a directory (see

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
@@ -309,5 +310,49 @@ func TestRunExitCodesForExecFailures(t *testing.T) {
 		if r.code != tc.code || !strings.Contains(r.stderr, tc.cmd) {
 			t.Errorf("berth run -- %s: exit %d, want %d; stderr:\n%s", tc.cmd, r.code, tc.code, r.stderr)
 		}
+	}
+}
+
+// TestBootsBeyondBootConcurrencyWaitTheirTurn: with
+// hypervisor.boot_concurrency = 1, three `berth run`s started together
+// all succeed, and the ones that found the slot taken say they waited
+// for it before starting QEMU.
+func TestBootsBeyondBootConcurrencyWaitTheirTurn(t *testing.T) {
+	requireE2E(t)
+	defer assertNoLeaks(t)
+	cfg := writeConfigVariant(t, "[hypervisor]\nboot_concurrency = 1\n")
+	const n = 3
+	cmds := make([]*exec.Cmd, n)
+	outs := make([]*bytes.Buffer, n)
+	errOuts := make([]*bytes.Buffer, n)
+	for i := range cmds {
+		cmds[i] = berthCmd("--config", cfg, "--log-level", "info", "run", "--rootfs", env.rootfs, "--", "echo", "ok")
+		outs[i], errOuts[i] = &bytes.Buffer{}, &bytes.Buffer{}
+		cmds[i].Stdout, cmds[i].Stderr = outs[i], errOuts[i]
+		if err := cmds[i].Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	results := make([]result, n)
+	for i, c := range cmds {
+		err := c.Wait()
+		results[i] = result{stdout: outs[i].String(), stderr: errOuts[i].String()}
+		if ee, ok := err.(*exec.ExitError); ok {
+			results[i].code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatalf("run %d: %v", i, err)
+		}
+	}
+	waited := 0
+	for i, r := range results {
+		if r.code != 0 || strings.TrimSpace(r.stdout) != "ok" {
+			t.Errorf("run %d: exit %d, stdout %q, stderr:\n%s", i, r.code, r.stdout, r.stderr)
+		}
+		if strings.Contains(r.stderr, "waiting to boot") && strings.Contains(r.stderr, "hypervisor.boot_concurrency") {
+			waited++
+		}
+	}
+	if waited == 0 {
+		t.Errorf("none of %d runs waited for the one boot slot:\n%s\n%s\n%s", n, results[0].stderr, results[1].stderr, results[2].stderr)
 	}
 }
