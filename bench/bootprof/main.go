@@ -38,6 +38,7 @@ import (
 
 	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/qemu"
+	"github.com/berth-runtime/berth/internal/sandbox"
 	"github.com/berth-runtime/berth/internal/transport"
 	"github.com/berth-runtime/berth/internal/vmm"
 )
@@ -134,6 +135,10 @@ func sample(ctx context.Context, cfg *config.Config, params string, d, interval 
 	}
 	defer os.RemoveAll(dir)
 	h := cfg.Hypervisor
+	initrd, rootImage, err := sandbox.GuestRoot(cfg)
+	if err != nil {
+		return nil, err
+	}
 	kp := "berth.transport=" + string(transport.VirtioSerial)
 	for _, p := range []string{h.KernelParams, params} {
 		if p != "" {
@@ -144,7 +149,7 @@ func sample(ctx context.Context, cfg *config.Config, params string, d, interval 
 		Binary: h.Path, Type: qemu.MachineType(h.Machine), Accel: qemu.TCG,
 		VCPUs: h.DefaultVCPUs, MemoryMiB: h.DefaultMemoryMiB, TCGTBSizeMiB: h.TCGTBSizeMiB,
 		BIOS:   qemu.MachineFor(vmm.Spec{Kind: vmm.MachineKind(h.Machine), Firmware: h.EffectiveFirmware(cfg.Devices)}).BIOS,
-		Kernel: cfg.Guest.Kernel, Initrd: cfg.Guest.Initrd, KernelParams: kp,
+		Kernel: cfg.Guest.Kernel, Initrd: initrd, RootImage: rootImage, KernelParams: kp,
 		ConsoleLog:  filepath.Join(dir, "console.log"),
 		QMPSocket:   filepath.Join(dir, "qmp.sock"),
 		SerialPorts: []qemu.VirtioSerialPort{{ID: "agent", Name: transport.SerialPortName, SocketPath: filepath.Join(dir, "agent.sock")}},
