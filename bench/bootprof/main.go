@@ -36,11 +36,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berth-runtime/berth/bench/internal/floor"
 	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/qemu"
-	"github.com/berth-runtime/berth/internal/sandbox"
-	"github.com/berth-runtime/berth/internal/transport"
-	"github.com/berth-runtime/berth/internal/vmm"
 )
 
 func main() {
@@ -134,25 +132,9 @@ func sample(ctx context.Context, cfg *config.Config, params string, d, interval 
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	h := cfg.Hypervisor
-	initrd, rootImage, err := sandbox.GuestRoot(cfg)
+	m, err := floor.Machine(cfg, qemu.TCG, dir, params)
 	if err != nil {
 		return nil, err
-	}
-	kp := "berth.transport=" + string(transport.VirtioSerial)
-	for _, p := range []string{h.KernelParams, params} {
-		if p != "" {
-			kp += " " + p
-		}
-	}
-	m := qemu.Machine{
-		Binary: h.Path, Type: qemu.MachineType(h.Machine), Accel: qemu.TCG,
-		VCPUs: h.DefaultVCPUs, MemoryMiB: h.DefaultMemoryMiB, TCGTBSizeMiB: h.TCGTBSizeMiB,
-		BIOS:   qemu.MachineFor(vmm.Spec{Kind: vmm.MachineKind(h.Machine), Firmware: h.EffectiveFirmware(cfg.Devices)}).BIOS,
-		Kernel: cfg.Guest.Kernel, Initrd: initrd, RootImage: rootImage, KernelParams: kp,
-		ConsoleLog:  filepath.Join(dir, "console.log"),
-		QMPSocket:   filepath.Join(dir, "qmp.sock"),
-		SerialPorts: []qemu.VirtioSerialPort{{ID: "agent", Name: transport.SerialPortName, SocketPath: filepath.Join(dir, "agent.sock")}},
 	}
 	start := time.Now()
 	vm, err := qemu.Start(ctx, m, qemu.StartOptions{DieWithParent: true})

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Raw boot A/B: two guest images, each with its own extra kernel
-# parameters, booted in turns (AB, BA, ...) under qboot in the q35 VM of
-# bench/internal/q35vm.sh (shaped like a sandbox's), timing the host milliseconds from QEMU's start to
-# the agent's "serving" console line. It prints each round, the medians
+# parameters, booted in turns (AB, BA, ...) under qboot from their
+# initramfs in the q35 VM of bench/internal/q35vm.sh (shaped like a
+# sandbox's), timing the host milliseconds from QEMU's start to the
+# agent's "serving" console line. It prints each round, the medians
 # and the paired ratio (median over rounds of B's time over A's).
 #
 # Unlike bench/boot, whose raw boot uses the command line of the berth

@@ -175,10 +175,10 @@ func parseRootFstype(r io.Reader) string {
 // empty directories and the mount points of the file systems mounted on
 // their own (/dev, /proc, /sys are moved; /run and /tmp get a tmpfs
 // later) are created empty, and this process carries on there. Under
-// TCG, walking, copying and then
-// deleting the initramfs cost ~0.1 s of every boot (the code runs once and
-// is translated for it); the files stay where the kernel unpacked them,
-// which is where their only copy was anyway.
+// TCG, walking, copying and then deleting the initramfs cost ~0.1 s of
+// every boot (the code runs once and is translated for it); the files
+// stay where the kernel unpacked them, which is where their only copy
+// was anyway.
 func switchRoot(newRoot string) error {
 	if err := mountAll([]mountSpec{{"tmpfs", newRoot, "tmpfs", 0, "mode=0755"}}); err != nil {
 		return err

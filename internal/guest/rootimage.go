@@ -70,10 +70,6 @@ func rootImageFor(config, want string) (string, string) {
 // them. The tree is staged in a temporary directory under tmpDir, which
 // is removed.
 func writeRootImage(ctx context.Context, dst, tmpDir string, s initramfsSpec) (int64, error) {
-	mkfs, err := exec.LookPath(mkfsErofs)
-	if err != nil {
-		return 0, fmt.Errorf("%s not found: install erofs-utils (make deps): %w", mkfsErofs, err)
-	}
 	stage, err := os.MkdirTemp(tmpDir, ".rootimage-")
 	if err != nil {
 		return 0, err
@@ -84,7 +80,8 @@ func writeRootImage(ctx context.Context, dst, tmpDir string, s initramfsSpec) (i
 		return 0, fmt.Errorf("stage the root image's tree: %w", err)
 	}
 	img := filepath.Join(stage, "image")
-	cmd := exec.CommandContext(ctx, mkfs, "--quiet", "-x-1", "-T0", "--all-root", "-U", rootImageUUID, "-Enoinline_data", img, tree)
+	// rootImageFor found mkfs.erofs before the build chose to write one.
+	cmd := exec.CommandContext(ctx, mkfsErofs, "--quiet", "-x-1", "-T0", "--all-root", "-U", rootImageUUID, "-Enoinline_data", img, tree)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return 0, fmt.Errorf("%s: %w: %s", strings.Join(cmd.Args, " "), err, strings.TrimSpace(string(out)))
 	}
@@ -100,7 +97,7 @@ func writeRootImage(ctx context.Context, dst, tmpDir string, s initramfsSpec) (i
 			return err
 		}
 		pad := (rootImageAlign - n%rootImageAlign) % rootImageAlign
-		if _, err := io.CopyN(w, zeroReader{}, pad); err != nil {
+		if _, err := w.Write(make([]byte, pad)); err != nil {
 			return err
 		}
 		size = n + pad
@@ -178,11 +175,4 @@ func removeStaleRootImage(path string) error {
 		return fmt.Errorf("remove the previous build's root image: %w", err)
 	}
 	return nil
-}
-
-type zeroReader struct{}
-
-func (zeroReader) Read(p []byte) (int, error) {
-	clear(p)
-	return len(p), nil
 }

@@ -149,7 +149,7 @@ func (m Machine) Args() ([]string, error) {
 	}
 
 	a.add("-kernel", m.Kernel)
-	if m.Initrd != "" && m.RootImage == "" {
+	if m.Initrd != "" { // never with RootImage: Validate refuses both
 		a.add("-initrd", m.Initrd)
 	}
 	a.add("-append", m.KernelCmdline())
@@ -281,7 +281,8 @@ func (m Machine) virtioDev(base string) string {
 //   - tsc_early_khz (x86 under TCG): TCG's guest TSC runs at the host
 //     TSC rate, so the host's frequency is the right value, and giving it
 //     skips calibrating the TSC against the HPET or PIT (~50 ms of a q35
-//     boot in a sampled profile, within the noise end to end), and microvm (no HPET) guests under TCG have been seen to hang
+//     boot in a sampled profile, within the noise end to end), and
+//     microvm (no HPET) guests under TCG have been seen to hang
 //     calibrating against the PIT.
 //   - noreplace-smp (x86 under TCG): a kernel that boots on one CPU
 //     otherwise rewrites every `lock` prefix of its text (~4000 sites)

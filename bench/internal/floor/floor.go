@@ -26,9 +26,36 @@ import (
 // means something hangs, not that the host is slow.
 const bootLimit = 2 * time.Minute
 
+// Machine is the raw VM RawBoot boots (bench/bootprof samples the same
+// one), with its sockets and console in dir and params added to the
+// configured kernel parameters.
+func Machine(cfg *config.Config, accel qemu.Accel, dir, params string) (qemu.Machine, error) {
+	h := cfg.Hypervisor
+	initrd, rootImage, err := sandbox.GuestRoot(cfg)
+	if err != nil {
+		return qemu.Machine{}, err
+	}
+	kp := "berth.transport=" + string(transport.VirtioSerial)
+	for _, p := range []string{h.KernelParams, params} {
+		if p != "" {
+			kp += " " + p
+		}
+	}
+	return qemu.Machine{
+		Binary: h.Path, Type: qemu.MachineType(h.Machine), Accel: accel,
+		VCPUs: h.DefaultVCPUs, MemoryMiB: h.DefaultMemoryMiB, TCGTBSizeMiB: h.TCGTBSizeMiB,
+		BIOS:   qemu.MachineFor(vmm.Spec{Kind: vmm.MachineKind(h.Machine), Firmware: h.EffectiveFirmware(cfg.Devices)}).BIOS,
+		Kernel: cfg.Guest.Kernel, Initrd: initrd, RootImage: rootImage,
+		KernelParams: kp,
+		ConsoleLog:   filepath.Join(dir, "console.log"),
+		QMPSocket:    filepath.Join(dir, "qmp.sock"),
+		SerialPorts:  []qemu.VirtioSerialPort{{ID: "agent", Name: transport.SerialPortName, SocketPath: filepath.Join(dir, "agent.sock")}},
+	}, nil
+}
+
 // RawBoot boots the smallest VM that reaches the agent: Berth's kernel,
-// initramfs or root image (guest.root), machine type, vCPUs and memory, and only the agent's
-// virtio-serial port; no virtio-fs (so no virtiofsd and no shared memory)
+// initramfs or root image (guest.root), machine type, vCPUs and memory,
+// and only the agent's virtio-serial port; no virtio-fs (so no virtiofsd and no shared memory)
 // and none of the extras sandbox.Create may add (memory hot-plug room,
 // vsock). It measures from QEMU's start until the agent answers Info:
 // the floor any VM-based run pays, so that what sandbox.Create takes
@@ -40,24 +67,9 @@ func RawBoot(ctx context.Context, cfg *config.Config, accel qemu.Accel, tmp stri
 		return 0, 0, err
 	}
 	defer os.RemoveAll(dir)
-	h := cfg.Hypervisor
-	initrd, rootImage, err := sandbox.GuestRoot(cfg)
+	m, err := Machine(cfg, accel, dir, "")
 	if err != nil {
 		return 0, 0, err
-	}
-	params := "berth.transport=" + string(transport.VirtioSerial)
-	if h.KernelParams != "" {
-		params += " " + h.KernelParams
-	}
-	m := qemu.Machine{
-		Binary: h.Path, Type: qemu.MachineType(h.Machine), Accel: accel,
-		VCPUs: h.DefaultVCPUs, MemoryMiB: h.DefaultMemoryMiB, TCGTBSizeMiB: h.TCGTBSizeMiB,
-		BIOS:   qemu.MachineFor(vmm.Spec{Kind: vmm.MachineKind(h.Machine), Firmware: h.EffectiveFirmware(cfg.Devices)}).BIOS,
-		Kernel: cfg.Guest.Kernel, Initrd: initrd, RootImage: rootImage,
-		KernelParams: params,
-		ConsoleLog:   filepath.Join(dir, "console.log"),
-		QMPSocket:    filepath.Join(dir, "qmp.sock"),
-		SerialPorts:  []qemu.VirtioSerialPort{{ID: "agent", Name: transport.SerialPortName, SocketPath: filepath.Join(dir, "agent.sock")}},
 	}
 	ctx, cancel := context.WithTimeout(ctx, bootLimit)
 	defer cancel()
