@@ -52,6 +52,10 @@ const (
 	VirtiofsCacheAlways = "always"
 	VirtiofsCacheNone   = "none"
 
+	SchedulingAuto   = "auto"
+	SchedulingBatch  = "batch"
+	SchedulingNormal = "normal"
+
 	MachineVirt = "virt"
 
 	MemoryHotplugAuto      = "auto"
@@ -171,6 +175,7 @@ func Default() *Config {
 			// Generous because under TCG (no KVM) a Debian kernel
 			// takes tens of seconds to reach the agent.
 			BootTimeout:         Duration{60 * time.Second},
+			Scheduling:          SchedulingAuto,
 			DefaultMaxMemoryMiB: 16384,
 			MemoryHotplug:       MemoryHotplugAuto,
 			MemorySlots:         8,
@@ -296,6 +301,18 @@ func (h Hypervisor) BootSlots(tcg bool) int {
 	return 0
 }
 
+// Batch resolves hypervisor.scheduling for a VM running with the
+// accelerator tcg (true for TCG).
+func (h Hypervisor) Batch(tcg bool) bool {
+	switch h.Scheduling {
+	case SchedulingBatch:
+		return true
+	case SchedulingAuto:
+		return tcg
+	}
+	return false
+}
+
 // LogMaxBytes is LogMaxKiB in bytes.
 func (h Hypervisor) LogMaxBytes() int64 { return int64(h.LogMaxKiB) << 10 }
 
@@ -364,6 +381,14 @@ type Hypervisor struct {
 	// CPU-bound and slow each other down past that) and no limit under
 	// KVM. See BootSlots.
 	BootConcurrency int `toml:"boot_concurrency"`
+	// Scheduling is how the host schedules each VM's QEMU process:
+	// "batch" (Linux's SCHED_BATCH with a 20 ms slice: CPU-bound work
+	// that does not preempt other tasks on wake-up), "normal" (the
+	// default policy), or "auto": batch under TCG, where QEMU is pure
+	// emulation and many VMs sharing few CPUs lose time to preempting
+	// one another, normal under KVM, where a vCPU mostly waits for the
+	// guest's interrupts and should run as soon as one comes. See Batch.
+	Scheduling string `toml:"scheduling"`
 	// FreePageReporting gives each VM a virtio-balloon device with free
 	// page reporting, so memory the guest frees goes back to the host.
 	FreePageReporting bool `toml:"free_page_reporting"`

@@ -111,6 +111,7 @@ func TestValidationFail(t *testing.T) {
 		{"relative kernel", "[guest]\nkernel = \"vmlinuz\"", "guest.kernel", "absolute path"},
 		{"relative initrd", "[guest]\ninitrd = \"./initramfs.img\"", "guest.initrd", "absolute path"},
 		{"negative boot concurrency", "[hypervisor]\nboot_concurrency = -1", "hypervisor.boot_concurrency", "is negative"},
+		{"unknown scheduling", "[hypervisor]\nscheduling = \"fifo\"", "hypervisor.scheduling", `"auto", "batch" or "normal"`},
 		{"relative root image", "[guest]\nroot_image = \"root.erofs\"", "guest.root_image", "absolute path"},
 		{"guest root", "[guest]\nroot = \"disk\"", "guest.root", `"auto", "initramfs" or "pmem"`},
 		{"pmem root with dimms", "[hypervisor]\nmemory_hotplug = \"dimm\"\n[guest]\nroot = \"pmem\"", "guest.root", "DIMM memory hot-plug"},
@@ -545,5 +546,23 @@ func TestBootSlotsLimitTCGBootsToTheCPUs(t *testing.T) {
 	h.BootConcurrency = 3
 	if h.BootSlots(true) != 3 || h.BootSlots(false) != 3 {
 		t.Errorf("boot_concurrency = 3: %d (TCG), %d (KVM) slots", h.BootSlots(true), h.BootSlots(false))
+	}
+}
+
+func TestBatchSchedulingIsForEmulatedVCPUsUnlessSet(t *testing.T) {
+	for _, c := range []struct {
+		scheduling string
+		tcg, want  bool
+	}{
+		{SchedulingAuto, true, true},
+		{SchedulingAuto, false, false},
+		{SchedulingBatch, false, true},
+		{SchedulingNormal, true, false},
+	} {
+		h := Default().Hypervisor
+		h.Scheduling = c.scheduling
+		if got := h.Batch(c.tcg); got != c.want {
+			t.Errorf("scheduling %q, TCG %v: Batch = %v, want %v", c.scheduling, c.tcg, got, c.want)
+		}
 	}
 }

@@ -137,6 +137,7 @@ func (c *Config) problems() []*KeyError {
 	if h.BootConcurrency < 0 {
 		add(keyError("hypervisor.boot_concurrency", h.BootConcurrency, "is negative", "use 0 (the host's CPUs under TCG, no limit under KVM) or a positive number of VMs"))
 	}
+	add(oneOf("hypervisor.scheduling", h.Scheduling, SchedulingAuto, SchedulingBatch, SchedulingNormal))
 	add(positive("hypervisor.boot_timeout", h.BootTimeout, `use a positive duration such as "60s" (ten TCG boots at once on two cores take tens of seconds)`))
 
 	add(oneOf("hypervisor.memory_hotplug", h.MemoryHotplug, MemoryHotplugAuto, MemoryHotplugVirtioMem, MemoryHotplugDIMM, MemoryHotplugNone))

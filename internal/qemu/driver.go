@@ -31,6 +31,7 @@ func (Driver) Start(ctx context.Context, spec vmm.Spec, opts vmm.StartOptions) (
 		DieWithParent: opts.DieWithParent,
 		Credential:    opts.Credential,
 		Started:       opts.Started,
+		Batch:         opts.Batch,
 	})
 	if err != nil {
 		return nil, err

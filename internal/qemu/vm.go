@@ -37,6 +37,9 @@ type StartOptions struct {
 	// move it into a cgroup before the guest's memory is touched. An
 	// error kills QEMU and fails Start.
 	Started func(pid int) error
+	// Batch runs QEMU and all its threads as SCHED_BATCH with
+	// BatchSlice (startBatch).
+	Batch bool
 }
 
 // VM is a running QEMU process and its QMP connection.
@@ -110,7 +113,11 @@ func Start(ctx context.Context, m Machine, opts StartOptions) (*VM, error) {
 		return nil, err
 	}
 	cmd.ExtraFiles = append(cmd.ExtraFiles, m.extraFiles()...)
-	if err := cmd.Start(); err != nil {
+	start := cmd.Start
+	if opts.Batch {
+		start = func() error { return startBatch(cmd) }
+	}
+	if err := start(); err != nil {
 		console.abort()
 		return nil, fmt.Errorf("starting qemu %s: %w", m.Binary, err)
 	}

@@ -273,6 +273,7 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 		// Into the cgroup before QEMU loads the kernel and the guest
 		// touches its memory, so that the guest's RAM is charged there.
 		Started: func(pid int) error { return cg.Add(ctx, pid) },
+		Batch:   s.cfg.Hypervisor.Batch(m.Accel == vmm.TCG),
 	})
 	if s.net != nil {
 		s.net.CloseTaps() // QEMU holds its own; the taps end with it

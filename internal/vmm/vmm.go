@@ -40,6 +40,10 @@ type StartOptions struct {
 	// the process exists and before the guest runs (to move it into a
 	// cgroup before guest memory is touched); an error fails Start.
 	Started func(pid int) error
+	// Batch runs the hypervisor process as CPU-bound batch work (Linux's
+	// SCHED_BATCH with a long slice), for emulated vCPUs
+	// (hypervisor.scheduling).
+	Batch bool
 }
 
 // VM is a running hypervisor process: what every driver must offer.

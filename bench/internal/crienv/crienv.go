@@ -46,6 +46,9 @@ type Paths struct {
 	StateDir string
 	Rootfs   string
 	Bin      string
+	// Config, if set, is a Berth configuration file whose settings the
+	// shims use, below the state_dir and run_dir Start sets.
+	Config string
 }
 
 // Flags registers -state-dir, -rootfs and -bin on the command line.
@@ -53,6 +56,7 @@ func (p *Paths) Flags() {
 	flag.StringVar(&p.StateDir, "state-dir", "/var/lib/berth", "Berth state directory holding the guest image")
 	flag.StringVar(&p.Rootfs, "rootfs", "bin/rootfs-busybox", "busybox root file system for the containers (make rootfs)")
 	flag.StringVar(&p.Bin, "bin", "bin", "directory holding containerd-shim-berth-v2")
+	flag.StringVar(&p.Config, "config", "", "Berth configuration file for the shims (state_dir and run_dir are set by the benchmark)")
 }
 
 // Main runs a benchmark with a context that SIGINT and SIGTERM cancel (so
@@ -90,7 +94,14 @@ func Start(ctx context.Context, name string, p Paths) (*Env, error) {
 		os.RemoveAll(tmp)
 		return nil, err
 	}
-	e, err := start(ctx, bin, stateDir, rootfs, tmp)
+	var base []byte
+	if p.Config != "" {
+		if base, err = os.ReadFile(p.Config); err != nil {
+			os.RemoveAll(tmp)
+			return nil, fmt.Errorf("-config: %w", err)
+		}
+	}
+	e, err := start(ctx, bin, stateDir, rootfs, tmp, base)
 	if err != nil {
 		os.RemoveAll(tmp)
 		return nil, err
@@ -98,10 +109,13 @@ func Start(ctx context.Context, name string, p Paths) (*Env, error) {
 	return e, nil
 }
 
-func start(ctx context.Context, bin, stateDir, rootfs, tmp string) (*Env, error) {
+func start(ctx context.Context, bin, stateDir, rootfs, tmp string, base []byte) (*Env, error) {
 	e := &Env{Dir: tmp, RunDir: filepath.Join(tmp, "run")}
 	cfg := filepath.Join(tmp, "config.toml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("state_dir = %q\nrun_dir = %q\n", stateDir, e.RunDir)), 0o644); err != nil {
+	// Top-level keys first: TOML puts any key after a [table] header
+	// into that table.
+	text := append([]byte(fmt.Sprintf("state_dir = %q\nrun_dir = %q\n", stateDir, e.RunDir)), base...)
+	if err := os.WriteFile(cfg, text, 0o644); err != nil {
 		return nil, err
 	}
 	script := filepath.Join(filepath.Dir(bin), "scripts", "containerd-private.sh")
