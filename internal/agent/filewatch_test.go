@@ -1,10 +1,13 @@
 package agent
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	api "github.com/berth-runtime/berth/api/agent/v1"
 )
 
 // A watch waits for its file to exist, reports a write at once, and
@@ -108,5 +111,57 @@ func TestSamplerSpeeds(t *testing.T) {
 	}
 	if n := seq() - s2; n > 12 {
 		t.Errorf("%d samples in 1 s of memory.events changes, want at most ~10", n)
+	}
+}
+
+// WaitOOM answers as soon as memory.events counts a new kill: it sleeps on
+// the file's watch, not on a poll (both of its timed reads are made an
+// hour long here).
+func TestWaitOOMWakesOnMemoryEvents(t *testing.T) {
+	poll, backstop := oomPollInterval, oomBackstop
+	oomPollInterval, oomBackstop = time.Hour, time.Hour
+	t.Cleanup(func() { oomPollInterval, oomBackstop = poll, backstop })
+	dir := t.TempDir()
+	events := filepath.Join(dir, "memory.events")
+	if err := os.WriteFile(events, []byte("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := New(Options{SysRoot: t.TempDir()})
+	s.containers["c"] = &container{id: "c", cgroupPaths: map[string]string{"": dir}}
+	type answer struct {
+		n   uint64
+		err error
+		at  time.Time
+	}
+	done := make(chan answer, 1)
+	go func() {
+		r, err := s.WaitOOM(context.Background(), &api.WaitOOMRequest{ContainerId: "c", After: 0})
+		a := answer{err: err, at: time.Now()}
+		if r != nil {
+			a.n = r.OomKillCount
+		}
+		done <- a
+	}()
+	// Long enough for WaitOOM to have read the file and gone to sleep.
+	time.Sleep(300 * time.Millisecond)
+	select {
+	case a := <-done:
+		t.Fatalf("WaitOOM returned %+v before any kill", a)
+	default:
+	}
+	wrote := time.Now()
+	if err := os.WriteFile(events, []byte("low 0\nhigh 0\nmax 1\noom 1\noom_kill 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case a := <-done:
+		if a.err != nil || a.n != 1 {
+			t.Fatalf("WaitOOM = %d, %v; want 1", a.n, a.err)
+		}
+		if d := a.at.Sub(wrote); d > time.Second {
+			t.Errorf("WaitOOM answered %v after the kill was counted, want at once", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("WaitOOM did not answer within 5 s of memory.events counting a kill")
 	}
 }

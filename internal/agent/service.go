@@ -717,30 +717,66 @@ func (s *Service) Stats(ctx context.Context, req *api.ContainerRequest) (*api.St
 	return r, nil
 }
 
-// oomPollInterval is how often WaitOOM reads memory.events. Polling keeps
-// this simple and costs a few reads per second per waiting container;
-// the kill itself has already happened, so latency only delays the event.
-const oomPollInterval = 200 * time.Millisecond
+// oomPollInterval is how often WaitOOM reads memory.events when it cannot
+// watch the file (no cgroup v2, or inotify failed); the kill itself has
+// already happened, so latency only delays the event. (Variables, so
+// that a test can show that the watch alone wakes WaitOOM.)
+var oomPollInterval = 200 * time.Millisecond
+
+// oomBackstop is how often WaitOOM reads memory.events although it
+// watches it: the kernel notifies every change of the file, so this only
+// bounds the cost of a missed notification.
+var oomBackstop = 10 * time.Second
 
 // WaitOOM returns once the container's OOM-kill count exceeds req.After.
+//
+// It sleeps on an inotify watch of the container's memory.events, which
+// the kernel marks modified on every change of its counters, rather than
+// reading it five times a second: every container of every pod waits
+// here for its whole life, and under TCG each read woke the idle guest
+// (two containers of an idle CRI pod: ten wake-ups a second).
 func (s *Service) WaitOOM(ctx context.Context, req *api.WaitOOMRequest) (*api.OOMResponse, error) {
+	var events *fileWatch
+	defer func() {
+		if events != nil {
+			events.close()
+		}
+	}()
 	for {
 		c, err := s.get(req.ContainerId)
 		if err != nil {
 			return nil, toGRPC(err)
 		}
+		wait := oomPollInterval
 		if dir := c.cgroupPaths[""]; dir != "" {
-			if b, err := os.ReadFile(filepath.Join(dir, "memory.events")); err == nil {
+			path := filepath.Join(dir, "memory.events")
+			if events == nil {
+				events = newFileWatch(path)
+			}
+			// Watch before reading, so that a kill between the read
+			// and the wait still wakes it.
+			if events.ok() {
+				wait = oomBackstop
+			}
+			if b, err := os.ReadFile(path); err == nil {
 				if n := parseFlatKeyed(strings.NewReader(string(b)))["oom_kill"]; n > req.After {
 					return &api.OOMResponse{OomKillCount: n}, nil
 				}
 			}
 		}
+		var changed <-chan struct{}
+		if events != nil {
+			changed = events.changed
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return nil, toGRPC(ctx.Err())
-		case <-time.After(oomPollInterval):
+		case <-changed:
+		case <-t.C:
 		}
+		t.Stop()
 	}
 }
 
