@@ -8,6 +8,8 @@
 //	                 service (agent.RunService, agent.Serve)
 //	berth-agent init    runc's container init (libcontainer.Init), which
 //	                 libcontainer starts by re-executing /proc/self/exe
+//	berth-pod-holder a CRI pod sandbox's process, in C before the Go
+//	                 runtime (package podholder)
 package main
 
 import (

@@ -28,6 +28,8 @@ type process struct {
 	stdio *api.Stdio
 
 	lp *libcontainer.Process
+	// holder is set instead of lp for a pod sandbox (holder.go).
+	holder *os.Process
 
 	// Agent-side ends of the stdio pipes, or the pty master.
 	stdin  *os.File
@@ -162,10 +164,26 @@ func recvFile(sock *os.File) (*os.File, error) {
 	return os.NewFile(uintptr(fds[0]), string(name[:n])), nil
 }
 
+// procHandle is a started process as the agent waits for and signals it:
+// a *libcontainer.Process, or a pod's namespace holder.
+type procHandle interface {
+	Pid() (int, error)
+	Wait() (*os.ProcessState, error)
+	Signal(os.Signal) error
+}
+
+func (p *process) handle() procHandle {
+	if p.holder != nil {
+		return holderProcess{p.holder}
+	}
+	return p.lp
+}
+
 // markStarted records the pid and starts the goroutine that reaps the
-// process through libcontainer.
+// process (through libcontainer, or os.Process for a holder).
 func (p *process) markStarted(onExit func()) error {
-	pid, err := p.lp.Pid()
+	h := p.handle()
+	pid, err := h.Pid()
 	if err != nil {
 		return err
 	}
@@ -173,7 +191,7 @@ func (p *process) markStarted(onExit func()) error {
 	p.started, p.pid = true, pid
 	p.mu.Unlock()
 	go func() {
-		state, err := p.lp.Wait()
+		state, err := h.Wait()
 		status := exitStatus(state, err)
 		// Output may still be in flight; the host waits for the stdio
 		// streams to end on its own, so the exit is recorded at once.

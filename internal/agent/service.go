@@ -85,10 +85,13 @@ type Service struct {
 }
 
 type container struct {
-	id    string
-	lc    *libcontainer.Container
-	init  *process
-	execs map[string]*process
+	id string
+	// lc is the runc container; nil for a pod sandbox, whose init is
+	// the pod's namespace holder in holderCgroup (holder.go).
+	lc           *libcontainer.Container
+	holderCgroup cgroups.Manager
+	init         *process
+	execs        map[string]*process
 	// privatePidNS: the container has its own pid namespace (signal.go).
 	privatePidNS bool
 	// paused is set between a successful Pause and Resume.
@@ -244,6 +247,17 @@ func (s *Service) create(ctx context.Context, req *api.CreateRequest) (int, erro
 	if spec.Linux.CgroupsPath == "" {
 		spec.Linux.CgroupsPath = "/berth/" + id
 	}
+	if holdsPodNamespaces(&spec) {
+		c, err := s.createHolder(id, &spec)
+		if err != nil {
+			return 0, err
+		}
+		s.mu.Lock()
+		s.containers[id] = c
+		s.mu.Unlock()
+		ok = true
+		return c.init.pid, nil
+	}
 	lcConfig, err := specconv.CreateLibcontainerConfig(&specconv.CreateOpts{
 		CgroupName: id,
 		Spec:       &spec,
@@ -345,6 +359,9 @@ func (s *Service) Start(ctx context.Context, req *api.StartRequest) (*api.StartR
 		return nil, toGRPC(err)
 	}
 	if req.ExecId == "" {
+		if c.lc == nil {
+			return &api.StartResponse{Pid: uint32(p.pid)}, nil // the holder runs from Create on
+		}
 		if err := c.lc.Exec(); err != nil {
 			return nil, toGRPC(fmt.Errorf("start container %q: %w", c.id, err))
 		}
@@ -387,6 +404,9 @@ func (s *Service) Exec(ctx context.Context, req *api.ExecRequest) (*emptypb.Empt
 	if req.ExecId == "" {
 		return nil, toGRPC(fmt.Errorf("exec id is empty: %w", errdefs.ErrInvalidArgument))
 	}
+	if c.lc == nil {
+		return nil, toGRPC(errHolderExec(c.id))
+	}
 	var sp specs.Process
 	if err := json.Unmarshal(req.Process, &sp); err != nil {
 		return nil, toGRPC(fmt.Errorf("decode OCI process: %v: %w", err, errdefs.ErrInvalidArgument))
@@ -426,8 +446,7 @@ func (s *Service) Kill(ctx context.Context, req *api.KillRequest) (*emptypb.Empt
 	}
 	switch {
 	case req.All:
-		pids, _ := c.lc.Processes()
-		for _, pid := range pids {
+		for _, pid := range c.processes() {
 			unix.Kill(pid, sig)
 		}
 	case req.ExecId == "":
@@ -467,8 +486,10 @@ func (s *Service) Pids(ctx context.Context, req *api.PidsRequest) (*api.PidsResp
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	pids, err := c.lc.Processes()
-	if err != nil {
+	var pids []int
+	if c.lc == nil {
+		pids = c.processes()
+	} else if pids, err = c.lc.Processes(); err != nil {
 		return nil, toGRPC(fmt.Errorf("list processes of %q: %w", c.id, err))
 	}
 	resp := &api.PidsResponse{}
@@ -520,7 +541,7 @@ func (s *Service) Delete(ctx context.Context, req *api.DeleteRequest) (*api.Dele
 		for _, e := range c.execs {
 			e.release()
 		}
-		if err := c.lc.Destroy(); err != nil {
+		if err := c.destroy(); err != nil {
 			log(ctx).WithError(err).WithField("container", c.id).Warn("destroy container")
 		}
 	}
@@ -617,7 +638,7 @@ func (s *Service) Pause(ctx context.Context, req *api.ContainerRequest) (*emptyp
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	if err := c.lc.Pause(); err != nil {
+	if err := c.freeze(cgroups.Frozen); err != nil {
 		return nil, toGRPC(fmt.Errorf("pause %q: %w", c.id, err))
 	}
 	c.paused.Store(true)
@@ -630,7 +651,7 @@ func (s *Service) Resume(ctx context.Context, req *api.ContainerRequest) (*empty
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	if err := c.lc.Resume(); err != nil {
+	if err := c.freeze(cgroups.Thawed); err != nil {
 		return nil, toGRPC(fmt.Errorf("resume %q: %w", c.id, err))
 	}
 	c.paused.Store(false)
@@ -647,12 +668,51 @@ func (s *Service) Update(ctx context.Context, req *api.UpdateRequest) (*emptypb.
 	if err := json.Unmarshal(req.Resources, &res); err != nil {
 		return nil, toGRPC(fmt.Errorf("decode resources: %v: %w", err, errdefs.ErrInvalidArgument))
 	}
+	if c.lc == nil {
+		r := &cgroups.Resources{}
+		applyResources(r, &res)
+		if err := c.holderCgroup.Set(r); err != nil {
+			return nil, toGRPC(fmt.Errorf("update %q: %w", c.id, err))
+		}
+		return &emptypb.Empty{}, nil
+	}
 	config := c.lc.Config()
 	applyResources(config.Cgroups.Resources, &res)
 	if err := c.lc.Set(config); err != nil {
 		return nil, toGRPC(fmt.Errorf("update %q: %w", c.id, err))
 	}
 	return &emptypb.Empty{}, nil
+}
+
+// processes lists the container's processes, read from its cgroup without
+// libcontainer's lock (signal.go).
+func (c *container) processes() []int {
+	if c.lc == nil {
+		pids, _ := c.holderCgroup.GetAllPids()
+		return pids
+	}
+	pids, _ := c.lc.Processes()
+	return pids
+}
+
+// freeze pauses or thaws the container's cgroup.
+func (c *container) freeze(state cgroups.FreezerState) error {
+	switch {
+	case c.lc == nil:
+		return c.holderCgroup.Freeze(state)
+	case state == cgroups.Frozen:
+		return c.lc.Pause()
+	}
+	return c.lc.Resume()
+}
+
+// destroy removes what the container left: libcontainer's state and
+// cgroup, or the holder's cgroup.
+func (c *container) destroy() error {
+	if c.lc == nil {
+		return c.holderCgroup.Destroy()
+	}
+	return c.lc.Destroy()
 }
 
 // applyResources copies the limits an update may change (what `runc

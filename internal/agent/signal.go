@@ -21,7 +21,7 @@ import (
 
 // signalInit sends sig to a container's init.
 func signalInit(c *container, p *process, sig unix.Signal) error {
-	err := p.lp.Signal(sig)
+	err := p.handle().Signal(sig)
 	if errors.Is(err, os.ErrProcessDone) || p.hasExited() {
 		return nil
 	}
@@ -37,8 +37,7 @@ func signalInit(c *container, p *process, sig unix.Signal) error {
 // killAll sends sig to every process in the container's cgroup (read
 // without libcontainer's lock).
 func killAll(c *container, sig unix.Signal) {
-	pids, _ := c.lc.Processes()
-	for _, pid := range pids {
+	for _, pid := range c.processes() {
 		unix.Kill(pid, sig)
 	}
 }

@@ -41,6 +41,10 @@ __attribute__((constructor(101))) static void berth_pid1(int argc, char **argv)
 {
 	if (getpid() != 1 || (argc > 1 && strcmp(argv[1], "init") == 0))
 		return;
+	// A CRI pod's namespace holder (podholder/holder.c) is PID 1 of its
+	// own PID namespace, and not the guest's first process.
+	if (argc > 0 && strcmp(argv[0], "berth-pod-holder") == 0)
+		return;
 	pid_t service = fork();
 	if (service < 0) {
 		fprintf(stderr, "berth-agent: PID 1 cannot start the agent service: fork: %s; powering off\n", strerror(errno));
