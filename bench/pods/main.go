@@ -70,18 +70,20 @@ func run(ctx context.Context, o options) error {
 	timeout := config.Default().Hypervisor.BootTimeout.Duration
 
 	seq := 0
+	var ph crienv.Phases
 	start := func(handler string) (time.Duration, string, error) {
 		seq++
 		t0 := time.Now()
 		podID, _, err := env.StartPod(ctx, crienv.Pod{
 			Handler: handler, Name: fmt.Sprintf("pods-%s-%d", handler, seq), LogDir: filepath.Join(tmp, "logs"),
-			Container: "sleep", Command: []string{"sleep", "100000"},
+			Container: "sleep", Command: []string{"sleep", "100000"}, Phases: &ph,
 		})
 		return time.Since(t0), podID, err
 	}
 
 	// Single starts, one warm-up round first, the runtimes taking turns.
 	single := map[string][]time.Duration{}
+	var sandbox, create, startC []time.Duration // Berth's phases
 	for i := 0; i <= o.n; i++ {
 		for _, h := range []string{"runc", "berth"} {
 			d, id, err := start(h)
@@ -93,6 +95,9 @@ func run(ctx context.Context, o options) error {
 			}
 			if i > 0 {
 				single[h] = append(single[h], d)
+				if h == "berth" {
+					sandbox, create, startC = append(sandbox, ph.RunPodSandbox), append(create, ph.CreateContainer), append(startC, ph.StartContainer)
+				}
 			}
 			fmt.Fprintf(os.Stderr, "single %s %d: %s\n", h, i, benchtab.MS(d))
 		}
@@ -151,6 +156,9 @@ func run(ctx context.Context, o options) error {
 	benchtab.Print(os.Stdout, []benchtab.Series{
 		{Name: "runc pod start (RunPodSandbox+Create+Start)", Runs: single["runc"]},
 		{Name: "berth pod start (RunPodSandbox+Create+Start)", Runs: single["berth"]},
+		{Name: "  RunPodSandbox (VM boot, sandbox)", Runs: sandbox},
+		{Name: "  CreateContainer", Runs: create},
+		{Name: "  StartContainer", Runs: startC},
 		{Name: fmt.Sprintf("berth pod start, %d at once", o.parallel), Runs: par},
 	})
 	one := benchtab.Median(single["berth"])

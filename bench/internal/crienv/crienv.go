@@ -196,6 +196,13 @@ type Pod struct {
 	// Container and Command are the container's name and command.
 	Container string
 	Command   []string
+	// Phases, if set, receives how long each CRI call took.
+	Phases *Phases
+}
+
+// Phases are the CRI calls of one pod start.
+type Phases struct {
+	RunPodSandbox, CreateContainer, StartContainer time.Duration
 }
 
 // StartPod runs p and starts its container. A pod id is returned whenever
@@ -215,10 +222,17 @@ func (e *Env) StartPod(ctx context.Context, p Pod) (podID, ctrID string, err err
 	os.MkdirAll(pc.LogDirectory, 0o755)
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
+	var ph Phases
+	if p.Phases != nil {
+		defer func() { *p.Phases = ph }()
+	}
+	t0 := time.Now()
 	pod, err := e.RT.RunPodSandbox(cctx, &cri.RunPodSandboxRequest{Config: pc, RuntimeHandler: p.Handler})
+	ph.RunPodSandbox = time.Since(t0)
 	if err != nil {
 		return "", "", err
 	}
+	t0 = time.Now()
 	c, err := e.RT.CreateContainer(cctx, &cri.CreateContainerRequest{PodSandboxId: pod.PodSandboxId, SandboxConfig: pc, Config: &cri.ContainerConfig{
 		Metadata: &cri.ContainerMetadata{Name: p.Container},
 		Image:    &cri.ImageSpec{Image: BusyboxImage},
@@ -226,10 +240,14 @@ func (e *Env) StartPod(ctx context.Context, p Pod) (podID, ctrID string, err err
 		LogPath:  p.Container + ".log",
 		Linux:    &cri.LinuxContainerConfig{SecurityContext: &cri.LinuxContainerSecurityContext{NamespaceOptions: ns}},
 	}})
+	ph.CreateContainer = time.Since(t0)
 	if err != nil {
 		return pod.PodSandboxId, "", err
 	}
-	if _, err := e.RT.StartContainer(cctx, &cri.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
+	t0 = time.Now()
+	_, err = e.RT.StartContainer(cctx, &cri.StartContainerRequest{ContainerId: c.ContainerId})
+	ph.StartContainer = time.Since(t0)
+	if err != nil {
 		return pod.PodSandboxId, "", err
 	}
 	return pod.PodSandboxId, c.ContainerId, nil
