@@ -45,24 +45,22 @@ func holderNamespaces(nss []specs.LinuxNamespace) (uintptr, error) {
 		if ns.Path != "" {
 			return 0, fmt.Errorf("pod sandbox: joining the %s namespace %s: %w", ns.Type, ns.Path, errdefs.ErrNotImplemented)
 		}
-		switch ns.Type {
-		case specs.PIDNamespace:
-			flags |= unix.CLONE_NEWPID
-		case specs.IPCNamespace:
-			flags |= unix.CLONE_NEWIPC
-		case specs.UTSNamespace:
-			flags |= unix.CLONE_NEWUTS
-		case specs.MountNamespace:
-			flags |= unix.CLONE_NEWNS
-		case specs.CgroupNamespace:
-			flags |= unix.CLONE_NEWCGROUP
-		case specs.NetworkNamespace:
-			flags |= unix.CLONE_NEWNET
-		default:
+		f, ok := holderCloneFlags[ns.Type]
+		if !ok {
 			return 0, fmt.Errorf("pod sandbox: a %s namespace: %w", ns.Type, errdefs.ErrNotImplemented)
 		}
+		flags |= f
 	}
 	return flags, nil
+}
+
+var holderCloneFlags = map[specs.LinuxNamespaceType]uintptr{
+	specs.PIDNamespace:     unix.CLONE_NEWPID,
+	specs.IPCNamespace:     unix.CLONE_NEWIPC,
+	specs.UTSNamespace:     unix.CLONE_NEWUTS,
+	specs.MountNamespace:   unix.CLONE_NEWNS,
+	specs.CgroupNamespace:  unix.CLONE_NEWCGROUP,
+	specs.NetworkNamespace: unix.CLONE_NEWNET,
 }
 
 // sysctlKey is a well-formed sysctl name: it becomes a path below
