@@ -114,26 +114,22 @@ func (s *Service) createHolder(id string, spec *specs.Spec) (*container, error) 
 	}
 	cg, err := cgmanager.New(&cgroups.Cgroup{Path: spec.Linux.CgroupsPath, Resources: &cgroups.Resources{}})
 	if err == nil {
-		err = cg.Apply(proc.Pid)
+		if err = cg.Apply(proc.Pid); err != nil {
+			cg.Destroy()
+		}
 	}
 	if err != nil {
 		proc.Kill()
 		proc.Wait()
-		if cg != nil {
-			cg.Destroy()
-		}
 		return nil, fmt.Errorf("container %q: the pod holder's cgroup %s: %w", id, spec.Linux.CgroupsPath, err)
 	}
 	p := newProcess("", nil, nil)
 	p.holder = proc
 	p.markIOReady() // no stdio
-	c := &container{id: id, holderCgroup: cg, init: p, execs: map[string]*process{}, privatePidNS: flags&unix.CLONE_NEWPID != 0, cgroupPaths: cg.GetPaths()}
-	if err := p.markStarted(nil); err != nil {
-		proc.Kill()
-		cg.Destroy()
-		return nil, err
-	}
-	return c, nil
+	// A holder's pid is known (holderProcess.Pid cannot fail), so this
+	// only starts the reaper.
+	p.markStarted(nil)
+	return &container{id: id, holderCgroup: cg, init: p, execs: map[string]*process{}, privatePidNS: flags&unix.CLONE_NEWPID != 0, cgroupPaths: cg.GetPaths()}, nil
 }
 
 // holderProcess is the holder as a procHandle.

@@ -446,7 +446,8 @@ func (s *Service) Kill(ctx context.Context, req *api.KillRequest) (*emptypb.Empt
 	}
 	switch {
 	case req.All:
-		for _, pid := range c.processes() {
+		pids, _ := c.processes()
+		for _, pid := range pids {
 			unix.Kill(pid, sig)
 		}
 	case req.ExecId == "":
@@ -486,10 +487,8 @@ func (s *Service) Pids(ctx context.Context, req *api.PidsRequest) (*api.PidsResp
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	var pids []int
-	if c.lc == nil {
-		pids = c.processes()
-	} else if pids, err = c.lc.Processes(); err != nil {
+	pids, err := c.processes()
+	if err != nil {
 		return nil, toGRPC(fmt.Errorf("list processes of %q: %w", c.id, err))
 	}
 	resp := &api.PidsResponse{}
@@ -668,31 +667,31 @@ func (s *Service) Update(ctx context.Context, req *api.UpdateRequest) (*emptypb.
 	if err := json.Unmarshal(req.Resources, &res); err != nil {
 		return nil, toGRPC(fmt.Errorf("decode resources: %v: %w", err, errdefs.ErrInvalidArgument))
 	}
-	if c.lc == nil {
-		r := &cgroups.Resources{}
-		applyResources(r, &res)
-		if err := c.holderCgroup.Set(r); err != nil {
-			return nil, toGRPC(fmt.Errorf("update %q: %w", c.id, err))
-		}
-		return &emptypb.Empty{}, nil
-	}
-	config := c.lc.Config()
-	applyResources(config.Cgroups.Resources, &res)
-	if err := c.lc.Set(config); err != nil {
+	if err := c.setResources(&res); err != nil {
 		return nil, toGRPC(fmt.Errorf("update %q: %w", c.id, err))
 	}
 	return &emptypb.Empty{}, nil
 }
 
+// setResources applies new limits to the container's cgroup.
+func (c *container) setResources(res *specs.LinuxResources) error {
+	if c.lc == nil {
+		r := &cgroups.Resources{}
+		applyResources(r, res)
+		return c.holderCgroup.Set(r)
+	}
+	config := c.lc.Config()
+	applyResources(config.Cgroups.Resources, res)
+	return c.lc.Set(config)
+}
+
 // processes lists the container's processes, read from its cgroup without
 // libcontainer's lock (signal.go).
-func (c *container) processes() []int {
+func (c *container) processes() ([]int, error) {
 	if c.lc == nil {
-		pids, _ := c.holderCgroup.GetAllPids()
-		return pids
+		return c.holderCgroup.GetAllPids()
 	}
-	pids, _ := c.lc.Processes()
-	return pids
+	return c.lc.Processes()
 }
 
 // freeze pauses or thaws the container's cgroup.
@@ -824,19 +823,16 @@ func (s *Service) WaitOOM(ctx context.Context, req *api.WaitOOMRequest) (*api.OO
 				}
 			}
 		}
-		var changed <-chan struct{}
+		var changed <-chan struct{} // nil (never ready) without a watch
 		if events != nil {
 			changed = events.changed
 		}
-		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
-			t.Stop()
 			return nil, toGRPC(ctx.Err())
 		case <-changed:
-		case <-t.C:
+		case <-time.After(wait):
 		}
-		t.Stop()
 	}
 }
 

@@ -37,7 +37,8 @@ func signalInit(c *container, p *process, sig unix.Signal) error {
 // killAll sends sig to every process in the container's cgroup (read
 // without libcontainer's lock).
 func killAll(c *container, sig unix.Signal) {
-	for _, pid := range c.processes() {
+	pids, _ := c.processes()
+	for _, pid := range pids {
 		unix.Kill(pid, sig)
 	}
 }

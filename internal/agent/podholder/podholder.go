@@ -19,13 +19,6 @@ import (
 // with it runs the holder (holder.c's HOLDER_ARGV0).
 const Argv0 = "berth-pod-holder"
 
-// UID and GID are the holder's ids once it has confined itself: the
-// pause image's user (holder.c's HOLDER_ID).
-const (
-	UID = 65535
-	GID = 65535
-)
-
 // Start starts the holder: this binary again, as Argv0, in the new
 // namespaces cloneflags asks for (CLONE_NEWPID and the like), with the
 // pod's hostname, the directory to chroot into, and the sysctls to set in
