@@ -1,9 +1,7 @@
 package e2e
 
 import (
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -13,16 +11,7 @@ import (
 // the same run dir (and therefore the same leak checks).
 func machineConfig(t *testing.T, machine string) string {
 	t.Helper()
-	base, err := os.ReadFile(env.config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), machine+".toml")
-	cfg := string(base) + "\n[hypervisor]\nmachine = \"" + machine + "\"\n"
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return writeConfigVariant(t, "[hypervisor]\nmachine = \""+machine+"\"\n")
 }
 
 // TestRunMicroVM runs the basic scenario on microvm, whose devices are
