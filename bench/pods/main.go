@@ -5,12 +5,15 @@
 //     of a busybox container) -n times, Berth and runc taking turns;
 //   - the host memory of one idle Berth pod: the proportional set size
 //     (PSS, /proc/<pid>/smaps_rollup) of its QEMU, virtiofsd and shim,
-//     after -idle of idling;
+//     after -idle of idling, split into anonymous, shared-memory (guest
+//     RAM) and file pages;
 //   - -parallel Berth pods started at once: every start's time, p50, p99
 //     and max against the single start's median of the same run, how
-//     close the slowest came to hypervisor.boot_timeout, and whether
-//     anything (a QEMU, virtiofsd, shim or sandbox directory) is left
-//     once they are removed.
+//     close the slowest came to hypervisor.boot_timeout, their PSS per
+//     pod after -idle side by side (the file pages every pod maps are
+//     then shared, as on a node), and whether anything (a QEMU,
+//     virtiofsd, shim or sandbox directory) is left once they are
+//     removed.
 //
 // It starts a private containerd (bench/internal/crienv) and removes
 // everything it created.
@@ -145,6 +148,17 @@ func run(ctx context.Context, o options) error {
 			fmt.Fprintf(os.Stderr, "parallel pod %d: %v\n", i, err)
 		}
 	}
+	// The same pods idle side by side: what each costs the host when the
+	// file pages every pod maps (QEMU's and the shim's binaries, the guest
+	// kernel and root image) are shared, as on a node, rather than
+	// counted whole for one pod alone.
+	var allPSS []procPSS
+	if started := o.parallel - failed; started > 0 {
+		time.Sleep(o.idle)
+		if allPSS, err = podPSS(env.RunDir); err != nil {
+			return err
+		}
+	}
 	for _, id := range ids {
 		if id != "" {
 			env.RemovePod(id)
@@ -171,13 +185,16 @@ func run(ctx context.Context, o options) error {
 	} else {
 		fmt.Printf("after removal: LEFT: %s\n", strings.Join(left, "; "))
 	}
-	fmt.Printf("\nidle Berth pod after %v, host PSS:\n\n| process | PSS |\n|---|--:|\n", o.idle)
-	total := 0
+	fmt.Printf("\nidle Berth pod after %v, host PSS (anonymous, shared memory and file pages; file pages are shared with every other pod of the host, so one pod alone counts them whole):\n\n| process | PSS | anon | shmem | file |\n|---|--:|--:|--:|--:|\n", o.idle)
 	for _, p := range pss {
-		fmt.Printf("| %s | %.1f MiB |\n", p.name, float64(p.kib)/1024)
-		total += p.kib
+		fmt.Printf("| %s | %s |\n", p.name, p.mib())
 	}
-	fmt.Printf("| **total** | **%.1f MiB** |\n", float64(total)/1024)
+	fmt.Printf("| **total** | %s |\n", sumPSS(pss).mib())
+	if n := o.parallel - failed; n > 0 && len(allPSS) > 0 {
+		t := sumPSS(allPSS)
+		per := pssKiB{pss: t.pss / n, anon: t.anon / n, shmem: t.shmem / n, file: t.file / n}
+		fmt.Printf("| **per pod, %d pods idle side by side** | %s |\n", n, per.mib())
+	}
 	if failed > 0 || len(left) > 0 {
 		return errors.New("some pods failed to start or left something behind")
 	}
@@ -186,7 +203,24 @@ func run(ctx context.Context, o options) error {
 
 type procPSS struct {
 	name string
-	kib  int
+	pssKiB
+}
+
+// pssKiB is one process's proportional set size (smaps_rollup), in KiB,
+// and its parts.
+type pssKiB struct{ pss, anon, shmem, file int }
+
+func (p pssKiB) mib() string {
+	m := func(kib int) string { return fmt.Sprintf("%.1f MiB", float64(kib)/1024) }
+	return fmt.Sprintf("%s | %s | %s | %s", m(p.pss), m(p.anon), m(p.shmem), m(p.file))
+}
+
+func sumPSS(ps []procPSS) pssKiB {
+	var t pssKiB
+	for _, p := range ps {
+		t.pss, t.anon, t.shmem, t.file = t.pss+p.pss, t.anon+p.anon, t.shmem+p.shmem, t.file+p.file
+	}
+	return t
 }
 
 // podPSS reads the PSS of the one running Berth pod's processes: QEMU and
@@ -206,11 +240,11 @@ func podPSS(runDir string) ([]procPSS, error) {
 		default:
 			continue
 		}
-		kib, err := pssKiB(pid)
+		kib, err := readPSS(pid)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, procPSS{name: fmt.Sprintf("%s (pid %d)", name, pid), kib: kib})
+		out = append(out, procPSS{name: fmt.Sprintf("%s (pid %d)", name, pid), pssKiB: kib})
 		if pp := parent(pid); pp > 0 && strings.Contains(cmdline(pp), "containerd-shim-berth-v2") {
 			shims[pp] = true
 		}
@@ -219,11 +253,11 @@ func podPSS(runDir string) ([]procPSS, error) {
 		return nil, fmt.Errorf("no QEMU or virtiofsd below %s", runDir)
 	}
 	for pid := range shims {
-		kib, err := pssKiB(pid)
+		kib, err := readPSS(pid)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, procPSS{name: fmt.Sprintf("shim (pid %d)", pid), kib: kib})
+		out = append(out, procPSS{name: fmt.Sprintf("shim (pid %d)", pid), pssKiB: kib})
 	}
 	return out, nil
 }
@@ -280,17 +314,29 @@ func parent(pid int) int {
 	return 0
 }
 
-func pssKiB(pid int) (int, error) {
+// readPSS reads pid's smaps_rollup.
+func readPSS(pid int) (pssKiB, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
 	if err != nil {
-		return 0, err
+		return pssKiB{}, err
 	}
 	defer f.Close()
+	var p pssKiB
+	fields := map[string]*int{"Pss:": &p.pss, "Pss_Anon:": &p.anon, "Pss_Shmem:": &p.shmem, "Pss_File:": &p.file}
+	seen := false
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "Pss:"); ok {
-			return strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+		k, v, _ := strings.Cut(sc.Text(), " ")
+		if dst, ok := fields[k]; ok {
+			n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			if err != nil {
+				return pssKiB{}, fmt.Errorf("pid %d: smaps_rollup %s: %w", pid, k, err)
+			}
+			*dst, seen = n, seen || k == "Pss:"
 		}
 	}
-	return 0, fmt.Errorf("pid %d: no Pss in smaps_rollup", pid)
+	if !seen {
+		return pssKiB{}, fmt.Errorf("pid %d: no Pss in smaps_rollup", pid)
+	}
+	return p, nil
 }
