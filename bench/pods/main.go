@@ -24,7 +24,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -39,6 +38,7 @@ import (
 	"github.com/berth-runtime/berth/bench/internal/benchtab"
 	"github.com/berth-runtime/berth/bench/internal/crienv"
 	"github.com/berth-runtime/berth/internal/config"
+	"github.com/berth-runtime/berth/internal/stats"
 )
 
 type options struct {
@@ -152,8 +152,9 @@ func run(ctx context.Context, o options) error {
 	// file pages every pod maps (QEMU's and the shim's binaries, the guest
 	// kernel and root image) are shared, as on a node, rather than
 	// counted whole for one pod alone.
+	started := o.parallel - failed
 	var allPSS []procPSS
-	if started := o.parallel - failed; started > 0 {
+	if started > 0 {
 		time.Sleep(o.idle)
 		if allPSS, err = podPSS(env.RunDir); err != nil {
 			return err
@@ -178,7 +179,7 @@ func run(ctx context.Context, o options) error {
 	one := benchtab.Median(single["berth"])
 	p50, p99 := benchtab.Percentile(par, 50), benchtab.Percentile(par, 99)
 	fmt.Printf("\n%d at once: %d of %d started; p50 %s (%.1fx a single start), p99 %s (%.1fx), slowest at %.0f%% of boot_timeout (%v)\n",
-		o.parallel, o.parallel-failed, o.parallel, benchtab.MS(p50), float64(p50)/float64(one), benchtab.MS(p99), float64(p99)/float64(one),
+		o.parallel, started, o.parallel, benchtab.MS(p50), float64(p50)/float64(one), benchtab.MS(p99), float64(p99)/float64(one),
 		100*float64(benchtab.Percentile(par, 100))/float64(timeout), timeout)
 	if len(left) == 0 {
 		fmt.Println("after removal: nothing left (no QEMU, virtiofsd or shim process, no sandbox directory)")
@@ -190,10 +191,10 @@ func run(ctx context.Context, o options) error {
 		fmt.Printf("| %s | %s |\n", p.name, p.mib())
 	}
 	fmt.Printf("| **total** | %s |\n", sumPSS(pss).mib())
-	if n := o.parallel - failed; n > 0 && len(allPSS) > 0 {
+	if started > 0 {
 		t := sumPSS(allPSS)
-		per := pssKiB{pss: t.pss / n, anon: t.anon / n, shmem: t.shmem / n, file: t.file / n}
-		fmt.Printf("| **per pod, %d pods idle side by side** | %s |\n", n, per.mib())
+		per := pssKiB{pss: t.pss / started, anon: t.anon / started, shmem: t.shmem / started, file: t.file / started}
+		fmt.Printf("| **per pod, %d pods idle side by side** | %s |\n", started, per.mib())
 	}
 	if failed > 0 || len(left) > 0 {
 		return errors.New("some pods failed to start or left something behind")
@@ -321,22 +322,13 @@ func readPSS(pid int) (pssKiB, error) {
 		return pssKiB{}, err
 	}
 	defer f.Close()
-	var p pssKiB
-	fields := map[string]*int{"Pss:": &p.pss, "Pss_Anon:": &p.anon, "Pss_Shmem:": &p.shmem, "Pss_File:": &p.file}
-	seen := false
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, _ := strings.Cut(sc.Text(), " ")
-		if dst, ok := fields[k]; ok {
-			n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-			if err != nil {
-				return pssKiB{}, fmt.Errorf("pid %d: smaps_rollup %s: %w", pid, k, err)
-			}
-			*dst, seen = n, seen || k == "Pss:"
-		}
+	m, err := stats.ParseSmapsRollup(f)
+	if err != nil {
+		return pssKiB{}, fmt.Errorf("pid %d: smaps_rollup: %w", pid, err)
 	}
-	if !seen {
+	if m.Pss == 0 {
 		return pssKiB{}, fmt.Errorf("pid %d: no Pss in smaps_rollup", pid)
 	}
-	return p, nil
+	kib := func(b uint64) int { return int(b >> 10) }
+	return pssKiB{pss: kib(m.Pss), anon: kib(m.PssAnon), shmem: kib(m.PssShmem), file: kib(m.PssFile)}, nil
 }

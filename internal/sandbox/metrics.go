@@ -105,7 +105,8 @@ func readProcess(pid int) (stats.ProcessSample, error) {
 	}
 	p.Name = strings.TrimSpace(string(comm))
 	if f, err := os.Open(dir + "/smaps_rollup"); err == nil {
-		p.RSSBytes, p.PSSBytes, _ = stats.ParseSmapsRollup(f)
+		m, _ := stats.ParseSmapsRollup(f)
+		p.RSSBytes, p.PSSBytes = m.Rss, m.Pss
 		f.Close()
 	}
 	if f, err := os.Open(dir + "/status"); err == nil {

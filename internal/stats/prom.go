@@ -225,26 +225,34 @@ func Cache(r *api.StatsResponse) uint64 {
 	return r.GetMemoryStat()["file"]
 }
 
-// ParseSmapsRollup reads Rss and Pss (bytes) from /proc/<pid>/smaps_rollup.
-func ParseSmapsRollup(r io.Reader) (rssBytes, pssBytes uint64, err error) {
+// SmapsRollup is a process's memory from /proc/<pid>/smaps_rollup, in
+// bytes. Pss splits into anonymous, shared-memory (for QEMU: the guest's
+// RAM) and file pages (Linux 5.9+ lists the parts).
+type SmapsRollup struct {
+	Rss, Pss, PssAnon, PssShmem, PssFile uint64
+}
+
+// ParseSmapsRollup reads /proc/<pid>/smaps_rollup.
+func ParseSmapsRollup(r io.Reader) (SmapsRollup, error) {
+	var m SmapsRollup
+	fields := map[string]*uint64{"Rss:": &m.Rss, "Pss:": &m.Pss, "Pss_Anon:": &m.PssAnon, "Pss_Shmem:": &m.PssShmem, "Pss_File:": &m.PssFile}
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
 		if len(f) != 3 || f[2] != "kB" {
 			continue
 		}
+		dst, ok := fields[f[0]]
+		if !ok {
+			continue
+		}
 		v, perr := strconv.ParseUint(f[1], 10, 64)
 		if perr != nil {
 			continue
 		}
-		switch f[0] {
-		case "Rss:":
-			rssBytes = v << 10
-		case "Pss:":
-			pssBytes = v << 10
-		}
+		*dst = v << 10
 	}
-	return rssBytes, pssBytes, sc.Err()
+	return m, sc.Err()
 }
 
 // ParseStatusThreads reads Threads from /proc/<pid>/status.

@@ -21,9 +21,9 @@ Private_Dirty:    380000 kB
 `
 
 func TestParseProc(t *testing.T) {
-	rss, pss, err := ParseSmapsRollup(strings.NewReader(smapsRollup))
-	if err != nil || rss != 412340<<10 || pss != 301122<<10 {
-		t.Errorf("ParseSmapsRollup = %d, %d, %v", rss, pss, err)
+	m, err := ParseSmapsRollup(strings.NewReader(smapsRollup))
+	if err != nil || m != (SmapsRollup{Rss: 412340 << 10, Pss: 301122 << 10, PssAnon: 40000 << 10}) {
+		t.Errorf("ParseSmapsRollup = %+v, %v", m, err)
 	}
 	n, err := ParseStatusThreads(strings.NewReader("Name:\tqemu-system-x86\nState:\tS (sleeping)\nThreads:\t4\nSigQ:\t0/94\n"))
 	if err != nil || n != 4 {
