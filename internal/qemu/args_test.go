@@ -49,7 +49,7 @@ func TestArgsQ35Full(t *testing.T) {
 		"-object", "memory-backend-memfd,id=berth-ram,size=512M,share=on",
 		"-kernel", "/k/vmlinuz",
 		"-initrd", "/k/initrd.img",
-		"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6 pty.legacy_count=0 lapic_timer_hz=1000000000 rdinit=/sbin/berth-agent",
+		"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6 pty.legacy_count=0 lapic_timer_hz=1000000000 no_timer_check rdinit=/sbin/berth-agent",
 		"-chardev", "file,id=berth-console,path=/run/berth/vm1/console.log",
 		"-serial", "chardev:berth-console",
 		"-chardev", "socket,id=berth-qmp,path=/run/berth/vm1/qmp.sock,server=on,wait=off",
@@ -90,7 +90,7 @@ func TestArgsMicroVMFull(t *testing.T) {
 		"-m", "512M",
 		"-object", "memory-backend-memfd,id=berth-ram,size=512M,share=on",
 		"-kernel", "/k/vmlinuz",
-		"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6 pty.legacy_count=0 tsc_early_khz=2596120 noreplace-smp lapic_timer_hz=1000000000",
+		"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6 pty.legacy_count=0 tsc_early_khz=2596120 noreplace-smp lapic_timer_hz=1000000000 no_timer_check",
 		"-chardev", "file,id=berth-console,path=/run/berth/vm1/console.log",
 		"-serial", "chardev:berth-console",
 		"-chardev", "socket,id=berth-qmp,path=/run/berth/vm1/qmp.sock,server=on,wait=off",
@@ -132,7 +132,7 @@ func TestArgsParts(t *testing.T) {
 		{
 			name:    "q35 tcg gives the TSC and APIC timer frequencies",
 			machine: func() Machine { return baseMachine(Q35, TCG) },
-			want:    [][]string{{"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6 pty.legacy_count=0 tsc_early_khz=2596120 noreplace-smp lapic_timer_hz=1000000000"}},
+			want:    [][]string{{"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6 pty.legacy_count=0 tsc_early_khz=2596120 noreplace-smp lapic_timer_hz=1000000000 no_timer_check"}},
 		},
 		{
 			name:    "microvm kvm has no tsc_early_khz",
@@ -140,7 +140,7 @@ func TestArgsParts(t *testing.T) {
 			want: [][]string{
 				{"-machine", "microvm,acpi=on,auto-kernel-cmdline=off,isa-serial=on"},
 				{"-global", "virtio-mmio.force-legacy=false"},
-				{"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6 pty.legacy_count=0 lapic_timer_hz=1000000000"},
+				{"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6 pty.legacy_count=0 lapic_timer_hz=1000000000 no_timer_check"},
 			},
 		},
 		{
@@ -216,7 +216,7 @@ func TestArgsParts(t *testing.T) {
 		{
 			name:    "kernel params go last",
 			machine: func() Machine { m := baseMachine(Q35, TCG); m.KernelParams = "  loglevel=7 quiet "; return m },
-			want:    [][]string{{"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6 pty.legacy_count=0 tsc_early_khz=2596120 noreplace-smp lapic_timer_hz=1000000000 loglevel=7 quiet"}},
+			want:    [][]string{{"-append", "console=ttyS0 panic=-1 reboot=t loglevel=6 pty.legacy_count=0 tsc_early_khz=2596120 noreplace-smp lapic_timer_hz=1000000000 no_timer_check loglevel=7 quiet"}},
 		},
 	}
 	for _, tt := range tests {
