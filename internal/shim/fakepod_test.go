@@ -113,11 +113,11 @@ func (f *fakePod) WaitOOM(ctx context.Context, _ string, _ uint64) (uint64, erro
 	}
 }
 
-func (f *fakePod) MemoryStatus(context.Context) sandbox.MemoryStatus {
+func (f *fakePod) HostMemoryStatus() sandbox.MemoryStatus {
 	return sandbox.MemoryStatus{Mechanism: memory.None, GuestAtBootMiB: 256, MaxGuestMiB: 256, GuestCurrentMiB: 256, GuestRequestedMiB: 256}
 }
 func (f *fakePod) ResizeMemory(context.Context, int) (sandbox.MemoryStatus, error) {
-	return f.MemoryStatus(context.Background()), nil
+	return f.HostMemoryStatus(), nil
 }
 func (f *fakePod) SetElasticBounds(int, int) {}
 func (f *fakePod) ElasticEnabled() bool      { return false }

@@ -61,7 +61,7 @@ func (s *service) memoryBounds(cfg *config.Config, sb podVM, overrideID string, 
 	if overrideID != "" {
 		limits = append(limits, overrideLimit)
 	}
-	st := sb.MemoryStatus(s.ctx)
+	st := sb.HostMemoryStatus()
 	l := memory.Limits{Mechanism: st.Mechanism, BootMiB: st.GuestAtBootMiB, MaxMiB: st.MaxGuestMiB}
 	target = memory.Target(l, cfg.Hypervisor.MemoryOverheadMiB, limits)
 	ceiling = target
@@ -96,7 +96,7 @@ func (s *service) updateElastic(cfg *config.Config, sb podVM, overrideID string,
 // used to be clamped silently, and the container then OOM-killed below
 // its limit.
 func (s *service) growFor(ctx context.Context, cfg *config.Config, sb podVM, id string, limit int64) error {
-	st := sb.MemoryStatus(ctx)
+	st := sb.HostMemoryStatus()
 	if err := limitFits(st, cfg.Hypervisor.MemoryOverheadMiB, id, limit); st.Mechanism != memory.None && err != nil {
 		return err
 	}
@@ -150,7 +150,7 @@ func (s *service) shrinkToFit(ctx context.Context, cfg *config.Config, sb podVM)
 	if sb.ElasticEnabled() && ceiling > target {
 		return
 	}
-	st := sb.MemoryStatus(ctx)
+	st := sb.HostMemoryStatus()
 	if st.Mechanism == memory.None || target >= st.GuestCurrentMiB {
 		return
 	}

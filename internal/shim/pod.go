@@ -45,7 +45,9 @@ type guestContainers interface {
 
 // podMemory sizes the VM for its containers (memory.go).
 type podMemory interface {
-	MemoryStatus(ctx context.Context) sandbox.MemoryStatus
+	// HostMemoryStatus: sizing needs only the host's bookkeeping, not
+	// the guest's view (an agent round trip).
+	HostMemoryStatus() sandbox.MemoryStatus
 	ResizeMemory(ctx context.Context, targetMiB int) (sandbox.MemoryStatus, error)
 	SetElasticBounds(floorMiB, ceilingMiB int)
 	ElasticEnabled() bool
