@@ -188,13 +188,13 @@ func run(ctx context.Context, o options) error {
 	}
 	fmt.Printf("\nidle Berth pod after %v, host PSS (anonymous, shared memory and file pages; file pages are shared with every other pod of the host, so one pod alone counts them whole):\n\n| process | PSS | anon | shmem | file |\n|---|--:|--:|--:|--:|\n", o.idle)
 	for _, p := range pss {
-		fmt.Printf("| %s | %s |\n", p.name, p.mib())
+		fmt.Printf("| %s | %s |\n", p.name, pssMiB(p.mem))
 	}
-	fmt.Printf("| **total** | %s |\n", sumPSS(pss).mib())
+	fmt.Printf("| **total** | %s |\n", pssMiB(sumPSS(pss)))
 	if started > 0 {
-		t := sumPSS(allPSS)
-		per := pssKiB{pss: t.pss / started, anon: t.anon / started, shmem: t.shmem / started, file: t.file / started}
-		fmt.Printf("| **per pod, %d pods idle side by side** | %s |\n", started, per.mib())
+		t, n := sumPSS(allPSS), uint64(started)
+		per := stats.SmapsRollup{Pss: t.Pss / n, PssAnon: t.PssAnon / n, PssShmem: t.PssShmem / n, PssFile: t.PssFile / n}
+		fmt.Printf("| **per pod, %d pods idle side by side** | %s |\n", started, pssMiB(per))
 	}
 	if failed > 0 || len(left) > 0 {
 		return errors.New("some pods failed to start or left something behind")
@@ -204,22 +204,20 @@ func run(ctx context.Context, o options) error {
 
 type procPSS struct {
 	name string
-	pssKiB
+	mem  stats.SmapsRollup
 }
 
-// pssKiB is one process's proportional set size (smaps_rollup), in KiB,
-// and its parts.
-type pssKiB struct{ pss, anon, shmem, file int }
-
-func (p pssKiB) mib() string {
-	m := func(kib int) string { return fmt.Sprintf("%.1f MiB", float64(kib)/1024) }
-	return fmt.Sprintf("%s | %s | %s | %s", m(p.pss), m(p.anon), m(p.shmem), m(p.file))
+// pssMiB is the table cells of m's PSS and its anonymous, shared-memory
+// and file parts.
+func pssMiB(m stats.SmapsRollup) string {
+	f := func(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+	return fmt.Sprintf("%s | %s | %s | %s", f(m.Pss), f(m.PssAnon), f(m.PssShmem), f(m.PssFile))
 }
 
-func sumPSS(ps []procPSS) pssKiB {
-	var t pssKiB
+func sumPSS(ps []procPSS) stats.SmapsRollup {
+	var t stats.SmapsRollup
 	for _, p := range ps {
-		t.pss, t.anon, t.shmem, t.file = t.pss+p.pss, t.anon+p.anon, t.shmem+p.shmem, t.file+p.file
+		t.Pss, t.PssAnon, t.PssShmem, t.PssFile = t.Pss+p.mem.Pss, t.PssAnon+p.mem.PssAnon, t.PssShmem+p.mem.PssShmem, t.PssFile+p.mem.PssFile
 	}
 	return t
 }
@@ -241,11 +239,11 @@ func podPSS(runDir string) ([]procPSS, error) {
 		default:
 			continue
 		}
-		kib, err := readPSS(pid)
+		m, err := readPSS(pid)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, procPSS{name: fmt.Sprintf("%s (pid %d)", name, pid), pssKiB: kib})
+		out = append(out, procPSS{name: fmt.Sprintf("%s (pid %d)", name, pid), mem: m})
 		if pp := parent(pid); pp > 0 && strings.Contains(cmdline(pp), "containerd-shim-berth-v2") {
 			shims[pp] = true
 		}
@@ -254,11 +252,11 @@ func podPSS(runDir string) ([]procPSS, error) {
 		return nil, fmt.Errorf("no QEMU or virtiofsd below %s", runDir)
 	}
 	for pid := range shims {
-		kib, err := readPSS(pid)
+		m, err := readPSS(pid)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, procPSS{name: fmt.Sprintf("shim (pid %d)", pid), pssKiB: kib})
+		out = append(out, procPSS{name: fmt.Sprintf("shim (pid %d)", pid), mem: m})
 	}
 	return out, nil
 }
@@ -316,19 +314,18 @@ func parent(pid int) int {
 }
 
 // readPSS reads pid's smaps_rollup.
-func readPSS(pid int) (pssKiB, error) {
+func readPSS(pid int) (stats.SmapsRollup, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
 	if err != nil {
-		return pssKiB{}, err
+		return stats.SmapsRollup{}, err
 	}
 	defer f.Close()
 	m, err := stats.ParseSmapsRollup(f)
 	if err != nil {
-		return pssKiB{}, fmt.Errorf("pid %d: smaps_rollup: %w", pid, err)
+		return stats.SmapsRollup{}, fmt.Errorf("pid %d: smaps_rollup: %w", pid, err)
 	}
 	if m.Pss == 0 {
-		return pssKiB{}, fmt.Errorf("pid %d: no Pss in smaps_rollup", pid)
+		return stats.SmapsRollup{}, fmt.Errorf("pid %d: no Pss in smaps_rollup", pid)
 	}
-	kib := func(b uint64) int { return int(b >> 10) }
-	return pssKiB{pss: kib(m.Pss), anon: kib(m.PssAnon), shmem: kib(m.PssShmem), file: kib(m.PssFile)}, nil
+	return m, nil
 }

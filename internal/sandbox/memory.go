@@ -313,8 +313,8 @@ func (s *Sandbox) MemoryStatus(ctx context.Context) MemoryStatus {
 // mechanism, the boot size, the ceiling and what was requested and
 // plugged. Sizing the VM for a container needs no more, and the guest's
 // view costs an agent round trip in which the guest reads every memory
-// block's sysfs files (~25 ms under TCG), which a container create used
-// to pay twice.
+// block's sysfs files (~25 ms under TCG), and a container create sizes
+// the VM twice (its own fit check and the elastic bounds).
 func (s *Sandbox) HostMemoryStatus() MemoryStatus {
 	s.memory.mu.Lock()
 	defer s.memory.mu.Unlock()
