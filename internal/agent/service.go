@@ -467,7 +467,7 @@ func (s *Service) Kill(ctx context.Context, req *api.KillRequest) (*emptypb.Empt
 
 // Wait blocks until the process exits.
 func (s *Service) Wait(ctx context.Context, req *api.WaitRequest) (*api.WaitResponse, error) {
-	_, p, err := s.getProcess(req.ContainerId, req.ExecId)
+	c, p, err := s.getProcess(req.ContainerId, req.ExecId)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
@@ -477,8 +477,16 @@ func (s *Service) Wait(ctx context.Context, req *api.WaitRequest) (*api.WaitResp
 		return nil, toGRPC(ctx.Err())
 	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	return &api.WaitResponse{ExitStatus: p.status, ExitedAt: timestamppb.New(p.exitedAt)}, nil
+	resp := &api.WaitResponse{ExitStatus: p.status, ExitedAt: timestamppb.New(p.exitedAt)}
+	p.mu.Unlock()
+	// The container's processes died with its init, so the count is
+	// final; the cgroup lasts until Delete.
+	if req.ExecId == "" {
+		if n, ok := oomKillCount(c.cgroupPaths[""]); ok {
+			resp.OomKillCount = &n
+		}
+	}
+	return resp, nil
 }
 
 // Pids lists the container's processes.
@@ -817,10 +825,8 @@ func (s *Service) WaitOOM(ctx context.Context, req *api.WaitOOMRequest) (*api.OO
 			if events.ok() {
 				wait = oomBackstop
 			}
-			if b, err := os.ReadFile(path); err == nil {
-				if n := parseFlatKeyed(strings.NewReader(string(b)))["oom_kill"]; n > req.After {
-					return &api.OOMResponse{OomKillCount: n}, nil
-				}
+			if n, ok := oomKillCount(dir); ok && n > req.After {
+				return &api.OOMResponse{OomKillCount: n}, nil
 			}
 		}
 		var changed <-chan struct{} // nil (never ready) without a watch
@@ -834,6 +840,20 @@ func (s *Service) WaitOOM(ctx context.Context, req *api.WaitOOMRequest) (*api.OO
 		case <-time.After(wait):
 		}
 	}
+}
+
+// oomKillCount reads the oom_kill counter of the cgroup v2 directory dir
+// (false without one, e.g. a pod holder, or if memory.events is
+// unreadable).
+func oomKillCount(dir string) (uint64, bool) {
+	if dir == "" {
+		return 0, false
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "memory.events"))
+	if err != nil {
+		return 0, false
+	}
+	return parseFlatKeyed(strings.NewReader(string(b)))["oom_kill"], true
 }
 
 // mountPodShm mounts the pod's shared /dev/shm tmpfs the first time a

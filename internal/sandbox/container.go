@@ -49,6 +49,10 @@ type ExitStatus struct {
 	// Code is the exit code, or 128+signal when a signal killed it.
 	Code     uint32
 	ExitedAt time.Time
+	// OOMKills is, for a container's init, the container's OOM-kill
+	// count the guest read after the init exited: nil for an exec, or if
+	// the guest could not read it.
+	OOMKills *uint64
 }
 
 // Process is a container's init or an exec'd process in the guest.
@@ -452,7 +456,7 @@ func (p *Process) Wait(ctx context.Context) (ExitStatus, error) {
 	case <-ctx.Done():
 		return ExitStatus{}, ctx.Err()
 	}
-	return ExitStatus{Code: r.resp.ExitStatus, ExitedAt: r.resp.ExitedAt.AsTime()}, nil
+	return ExitStatus{Code: r.resp.ExitStatus, ExitedAt: r.resp.ExitedAt.AsTime(), OOMKills: r.resp.OomKillCount}, nil
 }
 
 // updateHostCPU follows a container's CPU limits into the sandbox cgroup.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -32,6 +33,8 @@ type fakePod struct {
 	mu    sync.Mutex
 	calls []string
 	procs map[string]*fakeProc // "container/exec"
+	// statsOOMKills is the OOM-kill count ContainerStats reports.
+	statsOOMKills uint64
 }
 
 func newFakePod() *fakePod {
@@ -98,8 +101,18 @@ func (f *fakePod) UpdateContainer(_ context.Context, id string, _ *specs.LinuxRe
 	f.record("update " + id)
 	return nil
 }
-func (f *fakePod) ContainerStats(context.Context, string) (*api.StatsResponse, error) {
-	return &api.StatsResponse{CgroupVersion: 2}, nil
+func (f *fakePod) ContainerStats(_ context.Context, id string) (*api.StatsResponse, error) {
+	f.record("stats " + id)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return &api.StatsResponse{CgroupVersion: 2, MemoryOomKillEvents: f.statsOOMKills}, nil
+}
+
+// called reports whether the guest call c was made.
+func (f *fakePod) called(c string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Contains(f.calls, c)
 }
 func (f *fakePod) ReleaseDevices(context.Context, string) error { return nil }
 
@@ -147,8 +160,11 @@ func (p *fakeProc) Wait(ctx context.Context) (sandbox.ExitStatus, error) {
 	}
 }
 func (p *fakeProc) end(code uint32) {
+	p.endWith(sandbox.ExitStatus{Code: code, ExitedAt: time.Now()})
+}
+func (p *fakeProc) endWith(st sandbox.ExitStatus) {
 	select {
-	case p.exit <- sandbox.ExitStatus{Code: code, ExitedAt: time.Now()}:
+	case p.exit <- st:
 	default:
 	}
 }
@@ -172,6 +188,25 @@ func (r *recordingPublisher) Publish(_ context.Context, topic string, _ events.E
 	return nil
 }
 func (r *recordingPublisher) Close() error { return nil }
+
+// topicsUntil returns the topics published once topic is among them, or
+// fails the test after 5 s.
+func (r *recordingPublisher) topicsUntil(t *testing.T, topic string) []string {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r.mu.Lock()
+		got := slices.Clone(r.topics)
+		r.mu.Unlock()
+		if slices.Contains(got, topic) {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not published; got %v", topic, got)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
 
 // newTestService is the task service with a fake pod booted on the first
 // create: what containerd talks to, minus the VM.

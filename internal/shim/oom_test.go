@@ -3,14 +3,17 @@ package shim
 import (
 	"context"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/runtime"
 	"github.com/containerd/ttrpc"
 
 	api "github.com/berth-runtime/berth/api/agent/v1"
+	"github.com/berth-runtime/berth/internal/sandbox"
 )
 
 // hostileOOMAgent answers WaitOOM at once: with the count the host asked
@@ -123,5 +126,42 @@ func TestWatchOOMBacksOffFromAGuestAnsweringWithoutNews(t *testing.T) {
 	// 10+20+40+80+80... ms: about 15 calls in 1 s.
 	if calls := agent.calls.Load(); calls > 20 {
 		t.Errorf("%d WaitOOM calls in 1 s from an agent answering at once: the watcher does not back off", calls)
+	}
+}
+
+// TestInitOOMKillIsPublishedBeforeItsExit: an init that the guest kernel
+// OOM-killed is reported with TaskOOM before TaskExit, as runc's shim
+// does. The count comes with the guest's exit report; only when that
+// lacks it does the shim ask for the container's statistics.
+func TestInitOOMKillIsPublishedBeforeItsExit(t *testing.T) {
+	one, zero := uint64(1), uint64(0)
+	for _, tc := range []struct {
+		name          string
+		atExit        *uint64
+		statsOOMKills uint64
+		wantOOM       bool
+		wantStats     bool
+	}{
+		{"kill counted in the exit report", &one, 0, true, false},
+		{"no kill in the exit report", &zero, 7, false, false},
+		{"exit report without a count", nil, 2, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, pod, ctx := newTestService(t)
+			pod.statsOOMKills = tc.statsOOMKills
+			toState(t, s, pod, ctx, "running")
+			pod.proc(cid + "/").endWith(sandbox.ExitStatus{Code: 137, ExitedAt: time.Now(), OOMKills: tc.atExit})
+			topics := s.publisher.(*recordingPublisher).topicsUntil(t, runtime.TaskExitEventTopic)
+			oom, exit := slices.Index(topics, runtime.TaskOOMEventTopic), slices.Index(topics, runtime.TaskExitEventTopic)
+			if tc.wantOOM && (oom < 0 || oom > exit) {
+				t.Errorf("topics %v: want TaskOOM before TaskExit", topics)
+			}
+			if !tc.wantOOM && oom >= 0 {
+				t.Errorf("topics %v: TaskOOM without a kill", topics)
+			}
+			if got := pod.called("stats " + cid); got != tc.wantStats {
+				t.Errorf("ContainerStats called: %v, want %v", got, tc.wantStats)
+			}
+		})
 	}
 }

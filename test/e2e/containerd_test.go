@@ -342,6 +342,8 @@ func TestCtrPodAnnotationsAreAllowListed(t *testing.T) {
 	}
 }
 
+// TestCtrOOMKillPublishesTaskOOM: a container the guest kernel OOM-kills
+// is reported to containerd with /tasks/oom, before its /tasks/exit.
 func TestCtrOOMKillPublishesTaskOOM(t *testing.T) {
 	containerd(t)
 	defer assertNoLeaks(t)
@@ -354,11 +356,16 @@ func TestCtrOOMKillPublishesTaskOOM(t *testing.T) {
 		t.Fatalf("the container survived its memory limit: %q", r.stdout)
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(out.String(), "/tasks/oom") {
+	for ev := out.String(); !strings.Contains(ev, "/tasks/oom") || !strings.Contains(ev, "/tasks/exit"); ev = out.String() {
 		if time.Now().After(deadline) {
-			t.Fatalf("no /tasks/oom event; exit %d; events:\n%s", r.code, out.String())
+			t.Fatalf("no /tasks/oom event, or no /tasks/exit; exit %d; events:\n%s", r.code, ev)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	// As under runc: the kill is reported before the exit it caused, so
+	// that CRI records the container as OOMKilled.
+	if ev := out.String(); strings.Index(ev, "/tasks/oom") > strings.Index(ev, "/tasks/exit") {
+		t.Errorf("/tasks/oom came after /tasks/exit:\n%s", ev)
 	}
 }
 

@@ -1680,8 +1680,13 @@ type WaitResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// exit_status follows the shell convention: the exit code, or
 	// 128+signal when the process was killed by a signal.
-	ExitStatus    uint32                 `protobuf:"varint,1,opt,name=exit_status,json=exitStatus,proto3" json:"exit_status,omitempty"`
-	ExitedAt      *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=exited_at,json=exitedAt,proto3" json:"exited_at,omitempty"`
+	ExitStatus uint32                 `protobuf:"varint,1,opt,name=exit_status,json=exitStatus,proto3" json:"exit_status,omitempty"`
+	ExitedAt   *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=exited_at,json=exitedAt,proto3" json:"exited_at,omitempty"`
+	// oom_kill_count is, for a container's init, the container's OOM-kill
+	// count read after the init exited; absent for an exec or when the
+	// guest could not read it. The host reports an OOM kill before the
+	// exit it caused (as runc's shim does) without another round trip.
+	OomKillCount  *uint64 `protobuf:"varint,3,opt,name=oom_kill_count,json=oomKillCount,proto3,oneof" json:"oom_kill_count,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1728,6 +1733,13 @@ func (x *WaitResponse) GetExitedAt() *timestamppb.Timestamp {
 		return x.ExitedAt
 	}
 	return nil
+}
+
+func (x *WaitResponse) GetOomKillCount() uint64 {
+	if x != nil && x.OomKillCount != nil {
+		return *x.OomKillCount
+	}
+	return 0
 }
 
 type PidsRequest struct {
@@ -2719,11 +2731,13 @@ const file_agent_proto_rawDesc = "" +
 	"\x03all\x18\x04 \x01(\bR\x03all\"I\n" +
 	"\vWaitRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
-	"\aexec_id\x18\x02 \x01(\tR\x06execId\"h\n" +
+	"\aexec_id\x18\x02 \x01(\tR\x06execId\"\xa6\x01\n" +
 	"\fWaitResponse\x12\x1f\n" +
 	"\vexit_status\x18\x01 \x01(\rR\n" +
 	"exitStatus\x127\n" +
-	"\texited_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bexitedAt\"0\n" +
+	"\texited_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bexitedAt\x12)\n" +
+	"\x0eoom_kill_count\x18\x03 \x01(\x04H\x00R\foomKillCount\x88\x01\x01B\x11\n" +
+	"\x0f_oom_kill_count\"0\n" +
 	"\vPidsRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"\"\n" +
 	"\fPidsResponse\x12\x12\n" +
@@ -2944,6 +2958,7 @@ func file_agent_proto_init() {
 	if File_agent_proto != nil {
 		return
 	}
+	file_agent_proto_msgTypes[21].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
