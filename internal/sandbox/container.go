@@ -274,14 +274,29 @@ func (s *Sandbox) DeleteContainer(ctx context.Context, id string) error {
 		return err
 	}
 	_, err := s.agent.Delete(ctx, &api.DeleteRequest{ContainerId: id})
-	s.updateHostCPU(ctx, id, nil, true)
-	s.removeContainerCgroup(ctx, id)
-	if rerr := s.releaseMounts(id); err == nil {
-		err = rerr
-	}
 	if err != nil {
 		err = s.rpcError("delete container", err)
 	}
+	return errors.Join(err, s.releaseContainer(ctx, id))
+}
+
+// ReleaseContainer undoes on the host what CreateContainer set up for a
+// container (its cgroup, its mounts in the share, its devices) without
+// the guest's own clean-up: for the last container of a VM that is
+// destroyed next, whose agent Shutdown kills whatever is left anyway. The
+// guest's delete (libcontainer's destroy, ~40 ms under TCG) would only
+// delay the reply containerd waits for.
+func (s *Sandbox) ReleaseContainer(ctx context.Context, id string) error {
+	if err := oci.ValidateID("container id", id); err != nil {
+		return err
+	}
+	return s.releaseContainer(ctx, id)
+}
+
+func (s *Sandbox) releaseContainer(ctx context.Context, id string) error {
+	s.updateHostCPU(ctx, id, nil, true)
+	s.removeContainerCgroup(ctx, id)
+	err := s.releaseMounts(id)
 	if derr := s.detachDevices(ctx, id); derr != nil {
 		err = errors.Join(err, fmt.Errorf("container %q: %w", id, derr))
 	}

@@ -85,6 +85,10 @@ func (f *fakePod) DeleteContainer(_ context.Context, id string) error {
 	f.record("delete " + id)
 	return nil
 }
+func (f *fakePod) ReleaseContainer(_ context.Context, id string) error {
+	f.record("release " + id)
+	return nil
+}
 func (f *fakePod) DeleteExec(_ context.Context, cid, eid string) error {
 	f.record("delete " + cid + "/" + eid)
 	return nil

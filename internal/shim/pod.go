@@ -34,6 +34,9 @@ type guestContainers interface {
 	CreateContainer(ctx context.Context, cc sandbox.ContainerConfig) (guestProcess, error)
 	Exec(ctx context.Context, containerID, execID string, p *specs.Process, stdio sandbox.IO) (guestProcess, error)
 	DeleteContainer(ctx context.Context, id string) error
+	// ReleaseContainer is DeleteContainer without the guest's part, for
+	// the last container of a VM about to be destroyed.
+	ReleaseContainer(ctx context.Context, id string) error
 	DeleteExec(ctx context.Context, containerID, execID string) error
 	PauseContainer(ctx context.Context, id string) error
 	ResumeContainer(ctx context.Context, id string) error

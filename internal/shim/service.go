@@ -652,9 +652,23 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		for _, e := range c.execList() {
 			e.closeIO()
 		}
+		s.mu.Lock()
+		delete(s.containers, c.id)
+		endVM := c.isSandbox || len(s.containers) == 0
+		if endVM {
+			s.sb = nil
+		}
+		s.mu.Unlock()
 		if vmAlive {
-			if err := sb.DeleteContainer(ctx, c.id); err != nil {
-				log.G(ctx).WithError(err).WithField("container", c.id).Warn("delete container in guest")
+			// The last container's VM is destroyed next, and the
+			// agent's Shutdown kills what is left: only the host's
+			// side needs undoing before the reply.
+			release := sb.DeleteContainer
+			if endVM {
+				release = sb.ReleaseContainer
+			}
+			if err := release(ctx, c.id); err != nil {
+				log.G(ctx).WithError(err).WithField("container", c.id).Warn("delete container")
 			}
 		}
 		p.closeIO()
@@ -663,13 +677,6 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 				log.G(ctx).WithError(err).Warn("unmount rootfs")
 			}
 		}
-		s.mu.Lock()
-		delete(s.containers, c.id)
-		endVM := c.isSandbox || len(s.containers) == 0
-		if endVM {
-			s.sb = nil
-		}
-		s.mu.Unlock()
 		if endVM && sb != nil {
 			// Publish the delete before the slow VM teardown.
 			defer sb.Destroy(context.WithoutCancel(ctx))

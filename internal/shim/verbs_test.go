@@ -3,6 +3,8 @@ package shim
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -303,5 +305,38 @@ func TestExecStates(t *testing.T) {
 	st, err := s.State(ctx, &taskAPI.StateRequest{ID: cid})
 	if err != nil || st.Status != task.Status_RUNNING {
 		t.Fatalf("init after its exec: %v, %v", st.GetStatus(), err)
+	}
+}
+
+// TestDeleteAsksTheGuestOnlyWhileThePodGoesOn: deleting a container of a
+// pod that keeps running asks the guest to delete it; deleting the pod's
+// sandbox container, after which the VM is destroyed and its agent's
+// Shutdown kills what is left, undoes only the host's side.
+func TestDeleteAsksTheGuestOnlyWhileThePodGoesOn(t *testing.T) {
+	s, pod, ctx := newTestService(t)
+	toState(t, s, pod, ctx, "stopped") // cid: the pod's sandbox container
+	bundle := t.TempDir()
+	writeBundle(t, bundle, cid)
+	os.Mkdir(filepath.Join(bundle, "rootfs"), 0o755)
+	if _, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: "app", Bundle: bundle}); err != nil {
+		t.Fatalf("create a container in the pod: %v", err)
+	}
+	if _, err := s.Delete(ctx, &taskAPI.DeleteRequest{ID: "app"}); err != nil {
+		t.Fatal(err)
+	}
+	if !pod.called("delete app") || pod.called("release app") {
+		t.Errorf("a container deleted from a running pod was not deleted in the guest")
+	}
+	if isDone(pod.Done()) {
+		t.Fatal("the VM ended with its sandbox container still there")
+	}
+	if _, err := s.Delete(ctx, &taskAPI.DeleteRequest{ID: cid}); err != nil {
+		t.Fatal(err)
+	}
+	if !pod.called("release "+cid) || pod.called("delete "+cid) {
+		t.Errorf("the sandbox container was deleted in the guest, or not released on the host")
+	}
+	if !isDone(pod.Done()) {
+		t.Error("the VM outlived its sandbox container")
 	}
 }
