@@ -213,8 +213,10 @@ func runRun(ctx context.Context, f runFlags, args []string) error {
 	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := sb.DeleteContainer(dctx, "main"); err != nil {
-		logrus.WithError(err).Warn("delete container")
+	// Destroy follows: only the host's side of the container needs
+	// undoing, the agent's Shutdown kills what is left in the guest.
+	if err := sb.ReleaseContainer(dctx, "main"); err != nil {
+		logrus.WithError(err).Warn("release container")
 	}
 	if err := sb.Destroy(dctx); err != nil {
 		fmt.Fprintln(os.Stderr, "berth: cleanup:", err)
