@@ -9,7 +9,7 @@
 //	  container create             CreateContainer: rootfs bind mount,
 //	                               libcontainer's init in the guest
 //	  container start + wait       Start, Wait: /bin/true runs and exits
-//	  teardown                     DeleteContainer, Destroy
+//	  teardown                     ReleaseContainer, Destroy
 //	berth run /bin/true            the whole CLI, end to end
 //
 // The indented rows are the phases of berth run, measured in this process
@@ -196,7 +196,7 @@ func run(ctx context.Context, o options) (retErr error) {
 		sandboxRow  = &series{name: "  sandbox create (virtiofsd, QEMU, agent)", short: "sandbox"}
 		createRow   = &series{name: "  container create (runc init in guest)", short: "create"}
 		startRow    = &series{name: "  container start + wait (/bin/true)", short: "start+wait"}
-		teardownRow = &series{name: "  teardown (delete, destroy VM)", short: "teardown"}
+		teardownRow = &series{name: "  teardown (release, destroy VM)", short: "teardown"}
 		berthRow    = &series{name: "berth run /bin/true (end to end)", short: "berth run"}
 	)
 	label, label2 := kernelLabel(cfg), ""

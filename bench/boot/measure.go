@@ -39,7 +39,7 @@ type phases struct {
 	sandbox   time.Duration // sandbox.Create: virtiofsd, QEMU, agent ready
 	create    time.Duration // CreateContainer: bind mount, runc init in the guest
 	startWait time.Duration // Start and Wait: exec /bin/true, exit status
-	teardown  time.Duration // DeleteContainer and Destroy
+	teardown  time.Duration // ReleaseContainer and Destroy
 }
 
 // berthPhases does what berth run does, with the sandbox package in this
@@ -86,7 +86,7 @@ func berthPhases(ctx context.Context, cfg *config.Config, accel qemu.Accel, root
 	t3 := time.Now()
 	ph.startWait = t3.Sub(t2)
 
-	err = sb.DeleteContainer(ctx, "main")
+	err = sb.ReleaseContainer(ctx, "main") // as berth run does before Destroy
 	destroyed = true
 	if derr := sb.Destroy(context.Background()); err == nil {
 		err = derr
