@@ -358,11 +358,11 @@ func TestCRIContainerStats(t *testing.T) {
 	defer c.removePod(t, pod.id)
 	// The shell holds a 1 MiB string: anonymous memory the working set
 	// must count, whatever the guest's file-page statistics say. A
-	// container of only a shell and sleep uses ~300 KiB; the kernel
-	// updates memory.stat's counters lazily, and its inactive_file once
-	// covered all of memory.current, a working set of 0 (CI, stop 24).
-	// (The last echo keeps the shell, and the string, from being replaced
-	// by an exec of sleep.)
+	// container of only a shell and sleep holds ~300 KiB, and once (CI,
+	// stop 24) memory.stat's inactive_file covered all of memory.current:
+	// a working set of 0. (Not explained; lazily updated memory.stat
+	// counters are the likely cause.) The last echo keeps the shell, and
+	// the string, from being replaced by an exec of sleep.
 	id, _ := c.createContainer(t, pod, "stats", "sh", "-c", "x=$(head -c 1048576 /dev/zero | tr '\\0' x); echo ready ${#x}; sleep 1000; echo ${#x}")
 	c.startContainer(t, id)
 	waitLogLine(t, filepath.Join(pod.logDir, "stats.log"), "ready 1048576", 30*time.Second)
