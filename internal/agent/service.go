@@ -167,6 +167,22 @@ func (s *Service) Info(ctx context.Context, _ *api.InfoRequest) (*api.InfoRespon
 	}, nil
 }
 
+// SetClock sets the guest's wall clock to the host's: under TCG the guest
+// has no paravirtual clock and starts from the emulated RTC, whole seconds
+// only. It only moves CLOCK_REALTIME; timers and durations in the guest
+// run on the monotonic clock and are not disturbed.
+func (s *Service) SetClock(ctx context.Context, req *api.SetClockRequest) (*api.SetClockResponse, error) {
+	if !req.GetHostTime().IsValid() {
+		return nil, toGRPC(fmt.Errorf("set clock: host_time is missing or out of range: %w", errdefs.ErrInvalidArgument))
+	}
+	before := time.Now()
+	ts := unix.NsecToTimespec(req.GetHostTime().AsTime().UnixNano())
+	if err := unix.ClockSettime(unix.CLOCK_REALTIME, &ts); err != nil {
+		return nil, toGRPC(fmt.Errorf("set clock: clock_settime: %w", err))
+	}
+	return &api.SetClockResponse{GuestTime: timestamppb.New(before)}, nil
+}
+
 func onlineCPUs() int {
 	var set unix.CPUSet
 	if err := unix.SchedGetaffinity(0, &set); err != nil {

@@ -20,6 +20,7 @@ import (
 	"github.com/containerd/ttrpc"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/sirupsen/logrus"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	api "github.com/berth-runtime/berth/api/agent/v1"
 	"github.com/berth-runtime/berth/internal/hostmount"
@@ -61,6 +62,9 @@ type Process struct {
 	containerID string
 	execID      string
 	pid         uint32
+	// asked is when the host asked the guest for the process: it cannot
+	// have exited before.
+	asked time.Time
 
 	// outputDone is closed when every attached output stream has ended.
 	outputDone chan struct{}
@@ -160,11 +164,12 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (_ *P
 	if err != nil {
 		return nil, err
 	}
+	asked := time.Now()
 	resp, err := s.agent.Create(ctx, &api.CreateRequest{ContainerId: id, Spec: b, Stdio: cc.IO.stdio(), Devices: devices})
 	if err != nil {
 		return nil, s.rpcError("create container", err)
 	}
-	p := &Process{sb: s, containerID: id, pid: resp.Pid}
+	p := &Process{sb: s, containerID: id, pid: resp.Pid, asked: asked}
 	if err := p.attach(ctx, cc.IO); err != nil {
 		s.agent.Delete(ctx, &api.DeleteRequest{ContainerId: id})
 		return nil, err
@@ -251,10 +256,11 @@ func (s *Sandbox) Exec(ctx context.Context, containerID, execID string, process 
 	if err != nil {
 		return nil, err
 	}
+	asked := time.Now()
 	if _, err := s.agent.Exec(ctx, &api.ExecRequest{ContainerId: containerID, ExecId: execID, Process: b, Stdio: stdio.stdio()}); err != nil {
 		return nil, s.rpcError("exec", err)
 	}
-	p := &Process{sb: s, containerID: containerID, execID: execID}
+	p := &Process{sb: s, containerID: containerID, execID: execID, asked: asked}
 	if err := p.attach(ctx, stdio); err != nil {
 		s.agent.Delete(ctx, &api.DeleteRequest{ContainerId: containerID, ExecId: execID})
 		return nil, err
@@ -471,7 +477,23 @@ func (p *Process) Wait(ctx context.Context) (ExitStatus, error) {
 	case <-ctx.Done():
 		return ExitStatus{}, ctx.Err()
 	}
-	return ExitStatus{Code: r.resp.ExitStatus, ExitedAt: r.resp.ExitedAt.AsTime(), OOMKills: r.resp.OomKillCount}, nil
+	return ExitStatus{Code: r.resp.ExitStatus, ExitedAt: exitTime(r.resp.ExitedAt, p.asked, time.Now()), OOMKills: r.resp.OomKillCount}, nil
+}
+
+// exitTime is the exit time the guest reported, kept only if it lies
+// between when the host asked for the process and when it heard of the
+// exit; otherwise (missing, a hostile guest's, or a clock that drifted
+// since SetClock) the time the host heard. An honest guest's time lies
+// within: its clock is set from the host's when the agent connects.
+func exitTime(reported *timestamppb.Timestamp, asked, heard time.Time) time.Time {
+	if !reported.IsValid() {
+		return heard
+	}
+	t := reported.AsTime()
+	if t.Before(asked) || t.After(heard) {
+		return heard
+	}
+	return t
 }
 
 // updateHostCPU follows a container's CPU limits into the sandbox cgroup.

@@ -1107,6 +1107,97 @@ func (*InfoRequest) Descriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
+type SetClockRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// host_time is the host's wall clock when it sent the request.
+	HostTime      *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=host_time,json=hostTime,proto3" json:"host_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetClockRequest) Reset() {
+	*x = SetClockRequest{}
+	mi := &file_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetClockRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetClockRequest) ProtoMessage() {}
+
+func (x *SetClockRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetClockRequest.ProtoReflect.Descriptor instead.
+func (*SetClockRequest) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *SetClockRequest) GetHostTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.HostTime
+	}
+	return nil
+}
+
+type SetClockResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// guest_time is the guest's wall clock just before it was set, so
+	// that the host can log how far off it was.
+	GuestTime     *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=guest_time,json=guestTime,proto3" json:"guest_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetClockResponse) Reset() {
+	*x = SetClockResponse{}
+	mi := &file_agent_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetClockResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetClockResponse) ProtoMessage() {}
+
+func (x *SetClockResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetClockResponse.ProtoReflect.Descriptor instead.
+func (*SetClockResponse) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *SetClockResponse) GetGuestTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.GuestTime
+	}
+	return nil
+}
+
 type InfoResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	AgentVersion  string                 `protobuf:"bytes,1,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
@@ -1126,7 +1217,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1138,7 +1229,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1151,7 +1242,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *InfoResponse) GetAgentVersion() string {
@@ -1218,7 +1309,7 @@ type Stdio struct {
 
 func (x *Stdio) Reset() {
 	*x = Stdio{}
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1230,7 +1321,7 @@ func (x *Stdio) String() string {
 func (*Stdio) ProtoMessage() {}
 
 func (x *Stdio) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1243,7 +1334,7 @@ func (x *Stdio) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stdio.ProtoReflect.Descriptor instead.
 func (*Stdio) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Stdio) GetStdin() bool {
@@ -1291,7 +1382,7 @@ type CreateRequest struct {
 
 func (x *CreateRequest) Reset() {
 	*x = CreateRequest{}
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1303,7 +1394,7 @@ func (x *CreateRequest) String() string {
 func (*CreateRequest) ProtoMessage() {}
 
 func (x *CreateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[14]
+	mi := &file_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1316,7 +1407,7 @@ func (x *CreateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRequest.ProtoReflect.Descriptor instead.
 func (*CreateRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CreateRequest) GetContainerId() string {
@@ -1356,7 +1447,7 @@ type CreateResponse struct {
 
 func (x *CreateResponse) Reset() {
 	*x = CreateResponse{}
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1368,7 +1459,7 @@ func (x *CreateResponse) String() string {
 func (*CreateResponse) ProtoMessage() {}
 
 func (x *CreateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[15]
+	mi := &file_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1381,7 +1472,7 @@ func (x *CreateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateResponse.ProtoReflect.Descriptor instead.
 func (*CreateResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CreateResponse) GetPid() uint32 {
@@ -1401,7 +1492,7 @@ type StartRequest struct {
 
 func (x *StartRequest) Reset() {
 	*x = StartRequest{}
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1413,7 +1504,7 @@ func (x *StartRequest) String() string {
 func (*StartRequest) ProtoMessage() {}
 
 func (x *StartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[16]
+	mi := &file_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1426,7 +1517,7 @@ func (x *StartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequest.ProtoReflect.Descriptor instead.
 func (*StartRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StartRequest) GetContainerId() string {
@@ -1452,7 +1543,7 @@ type StartResponse struct {
 
 func (x *StartResponse) Reset() {
 	*x = StartResponse{}
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1464,7 +1555,7 @@ func (x *StartResponse) String() string {
 func (*StartResponse) ProtoMessage() {}
 
 func (x *StartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[17]
+	mi := &file_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1477,7 +1568,7 @@ func (x *StartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartResponse.ProtoReflect.Descriptor instead.
 func (*StartResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StartResponse) GetPid() uint32 {
@@ -1500,7 +1591,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1512,7 +1603,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[18]
+	mi := &file_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1525,7 +1616,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ExecRequest) GetContainerId() string {
@@ -1568,7 +1659,7 @@ type KillRequest struct {
 
 func (x *KillRequest) Reset() {
 	*x = KillRequest{}
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1580,7 +1671,7 @@ func (x *KillRequest) String() string {
 func (*KillRequest) ProtoMessage() {}
 
 func (x *KillRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[19]
+	mi := &file_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1593,7 +1684,7 @@ func (x *KillRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillRequest.ProtoReflect.Descriptor instead.
 func (*KillRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *KillRequest) GetContainerId() string {
@@ -1634,7 +1725,7 @@ type WaitRequest struct {
 
 func (x *WaitRequest) Reset() {
 	*x = WaitRequest{}
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1646,7 +1737,7 @@ func (x *WaitRequest) String() string {
 func (*WaitRequest) ProtoMessage() {}
 
 func (x *WaitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[20]
+	mi := &file_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1659,7 +1750,7 @@ func (x *WaitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitRequest.ProtoReflect.Descriptor instead.
 func (*WaitRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WaitRequest) GetContainerId() string {
@@ -1693,7 +1784,7 @@ type WaitResponse struct {
 
 func (x *WaitResponse) Reset() {
 	*x = WaitResponse{}
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1705,7 +1796,7 @@ func (x *WaitResponse) String() string {
 func (*WaitResponse) ProtoMessage() {}
 
 func (x *WaitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[21]
+	mi := &file_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1718,7 +1809,7 @@ func (x *WaitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitResponse.ProtoReflect.Descriptor instead.
 func (*WaitResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *WaitResponse) GetExitStatus() uint32 {
@@ -1751,7 +1842,7 @@ type PidsRequest struct {
 
 func (x *PidsRequest) Reset() {
 	*x = PidsRequest{}
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1763,7 +1854,7 @@ func (x *PidsRequest) String() string {
 func (*PidsRequest) ProtoMessage() {}
 
 func (x *PidsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[22]
+	mi := &file_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1776,7 +1867,7 @@ func (x *PidsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsRequest.ProtoReflect.Descriptor instead.
 func (*PidsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PidsRequest) GetContainerId() string {
@@ -1795,7 +1886,7 @@ type PidsResponse struct {
 
 func (x *PidsResponse) Reset() {
 	*x = PidsResponse{}
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1807,7 +1898,7 @@ func (x *PidsResponse) String() string {
 func (*PidsResponse) ProtoMessage() {}
 
 func (x *PidsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[23]
+	mi := &file_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1820,7 +1911,7 @@ func (x *PidsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsResponse.ProtoReflect.Descriptor instead.
 func (*PidsResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PidsResponse) GetPids() []uint32 {
@@ -1842,7 +1933,7 @@ type ResizePtyRequest struct {
 
 func (x *ResizePtyRequest) Reset() {
 	*x = ResizePtyRequest{}
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1854,7 +1945,7 @@ func (x *ResizePtyRequest) String() string {
 func (*ResizePtyRequest) ProtoMessage() {}
 
 func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[24]
+	mi := &file_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1867,7 +1958,7 @@ func (x *ResizePtyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResizePtyRequest.ProtoReflect.Descriptor instead.
 func (*ResizePtyRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ResizePtyRequest) GetContainerId() string {
@@ -1908,7 +1999,7 @@ type CloseIORequest struct {
 
 func (x *CloseIORequest) Reset() {
 	*x = CloseIORequest{}
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1920,7 +2011,7 @@ func (x *CloseIORequest) String() string {
 func (*CloseIORequest) ProtoMessage() {}
 
 func (x *CloseIORequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[25]
+	mi := &file_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1933,7 +2024,7 @@ func (x *CloseIORequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseIORequest.ProtoReflect.Descriptor instead.
 func (*CloseIORequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CloseIORequest) GetContainerId() string {
@@ -1960,7 +2051,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1972,7 +2063,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[26]
+	mi := &file_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1985,7 +2076,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteRequest) GetContainerId() string {
@@ -2012,7 +2103,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2024,7 +2115,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[27]
+	mi := &file_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2037,7 +2128,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DeleteResponse) GetExitStatus() uint32 {
@@ -2069,7 +2160,7 @@ type StreamHeader struct {
 
 func (x *StreamHeader) Reset() {
 	*x = StreamHeader{}
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2081,7 +2172,7 @@ func (x *StreamHeader) String() string {
 func (*StreamHeader) ProtoMessage() {}
 
 func (x *StreamHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[28]
+	mi := &file_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2094,7 +2185,7 @@ func (x *StreamHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamHeader.ProtoReflect.Descriptor instead.
 func (*StreamHeader) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StreamHeader) GetContainerId() string {
@@ -2147,7 +2238,7 @@ type MemoryInfo struct {
 
 func (x *MemoryInfo) Reset() {
 	*x = MemoryInfo{}
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2159,7 +2250,7 @@ func (x *MemoryInfo) String() string {
 func (*MemoryInfo) ProtoMessage() {}
 
 func (x *MemoryInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[29]
+	mi := &file_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2172,7 +2263,7 @@ func (x *MemoryInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryInfo.ProtoReflect.Descriptor instead.
 func (*MemoryInfo) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *MemoryInfo) GetMemTotalBytes() uint64 {
@@ -2267,7 +2358,7 @@ type DebugExecRequest struct {
 
 func (x *DebugExecRequest) Reset() {
 	*x = DebugExecRequest{}
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2279,7 +2370,7 @@ func (x *DebugExecRequest) String() string {
 func (*DebugExecRequest) ProtoMessage() {}
 
 func (x *DebugExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[30]
+	mi := &file_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2292,7 +2383,7 @@ func (x *DebugExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DebugExecRequest.ProtoReflect.Descriptor instead.
 func (*DebugExecRequest) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{30}
+	return file_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DebugExecRequest) GetArgs() []string {
@@ -2330,7 +2421,7 @@ type DebugExecResponse struct {
 
 func (x *DebugExecResponse) Reset() {
 	*x = DebugExecResponse{}
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2342,7 +2433,7 @@ func (x *DebugExecResponse) String() string {
 func (*DebugExecResponse) ProtoMessage() {}
 
 func (x *DebugExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[31]
+	mi := &file_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2355,7 +2446,7 @@ func (x *DebugExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DebugExecResponse.ProtoReflect.Descriptor instead.
 func (*DebugExecResponse) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{31}
+	return file_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DebugExecResponse) GetExitCode() int32 {
@@ -2392,7 +2483,7 @@ type NetworkConfig struct {
 
 func (x *NetworkConfig) Reset() {
 	*x = NetworkConfig{}
-	mi := &file_agent_proto_msgTypes[32]
+	mi := &file_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2404,7 +2495,7 @@ func (x *NetworkConfig) String() string {
 func (*NetworkConfig) ProtoMessage() {}
 
 func (x *NetworkConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[32]
+	mi := &file_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2417,7 +2508,7 @@ func (x *NetworkConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkConfig.ProtoReflect.Descriptor instead.
 func (*NetworkConfig) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{32}
+	return file_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *NetworkConfig) GetInterfaces() []*NetworkInterface {
@@ -2452,7 +2543,7 @@ type NetworkInterface struct {
 
 func (x *NetworkInterface) Reset() {
 	*x = NetworkInterface{}
-	mi := &file_agent_proto_msgTypes[33]
+	mi := &file_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2464,7 +2555,7 @@ func (x *NetworkInterface) String() string {
 func (*NetworkInterface) ProtoMessage() {}
 
 func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[33]
+	mi := &file_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2477,7 +2568,7 @@ func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkInterface.ProtoReflect.Descriptor instead.
 func (*NetworkInterface) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{33}
+	return file_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *NetworkInterface) GetName() string {
@@ -2529,7 +2620,7 @@ type NetworkRoute struct {
 
 func (x *NetworkRoute) Reset() {
 	*x = NetworkRoute{}
-	mi := &file_agent_proto_msgTypes[34]
+	mi := &file_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2541,7 +2632,7 @@ func (x *NetworkRoute) String() string {
 func (*NetworkRoute) ProtoMessage() {}
 
 func (x *NetworkRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[34]
+	mi := &file_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2554,7 +2645,7 @@ func (x *NetworkRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkRoute.ProtoReflect.Descriptor instead.
 func (*NetworkRoute) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{34}
+	return file_agent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *NetworkRoute) GetDestination() string {
@@ -2690,7 +2781,12 @@ const file_agent_proto_rawDesc = "" +
 	"\x06wbytes\x18\x04 \x01(\x04R\x06wbytes\x12\x12\n" +
 	"\x04rios\x18\x05 \x01(\x04R\x04rios\x12\x12\n" +
 	"\x04wios\x18\x06 \x01(\x04R\x04wios\"\r\n" +
-	"\vInfoRequest\"\xfc\x01\n" +
+	"\vInfoRequest\"J\n" +
+	"\x0fSetClockRequest\x127\n" +
+	"\thost_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\bhostTime\"M\n" +
+	"\x10SetClockResponse\x129\n" +
+	"\n" +
+	"guest_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tguestTime\"\xfc\x01\n" +
 	"\fInfoResponse\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12\x1f\n" +
 	"\vapi_version\x18\x02 \x01(\rR\n" +
@@ -2810,9 +2906,10 @@ const file_agent_proto_rawDesc = "" +
 	"\x12STREAM_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fSTREAM_STDIN\x10\x01\x12\x11\n" +
 	"\rSTREAM_STDOUT\x10\x02\x12\x11\n" +
-	"\rSTREAM_STDERR\x10\x032\xd9\v\n" +
+	"\rSTREAM_STDERR\x10\x032\xa8\f\n" +
 	"\x05Agent\x12A\n" +
-	"\x04Info\x12\x1b.berth.agent.v1.InfoRequest\x1a\x1c.berth.agent.v1.InfoResponse\x12G\n" +
+	"\x04Info\x12\x1b.berth.agent.v1.InfoRequest\x1a\x1c.berth.agent.v1.InfoResponse\x12M\n" +
+	"\bSetClock\x12\x1f.berth.agent.v1.SetClockRequest\x1a .berth.agent.v1.SetClockResponse\x12G\n" +
 	"\x06Create\x12\x1d.berth.agent.v1.CreateRequest\x1a\x1e.berth.agent.v1.CreateResponse\x12D\n" +
 	"\x05Start\x12\x1c.berth.agent.v1.StartRequest\x1a\x1d.berth.agent.v1.StartResponse\x12;\n" +
 	"\x04Exec\x12\x1b.berth.agent.v1.ExecRequest\x1a\x16.google.protobuf.Empty\x12;\n" +
@@ -2848,7 +2945,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_agent_proto_goTypes = []any{
 	(DeviceKind)(0),                   // 0: berth.agent.v1.DeviceKind
 	(StreamKind)(0),                   // 1: berth.agent.v1.StreamKind
@@ -2864,93 +2961,99 @@ var file_agent_proto_goTypes = []any{
 	(*StatsResponse)(nil),             // 11: berth.agent.v1.StatsResponse
 	(*IOEntry)(nil),                   // 12: berth.agent.v1.IOEntry
 	(*InfoRequest)(nil),               // 13: berth.agent.v1.InfoRequest
-	(*InfoResponse)(nil),              // 14: berth.agent.v1.InfoResponse
-	(*Stdio)(nil),                     // 15: berth.agent.v1.Stdio
-	(*CreateRequest)(nil),             // 16: berth.agent.v1.CreateRequest
-	(*CreateResponse)(nil),            // 17: berth.agent.v1.CreateResponse
-	(*StartRequest)(nil),              // 18: berth.agent.v1.StartRequest
-	(*StartResponse)(nil),             // 19: berth.agent.v1.StartResponse
-	(*ExecRequest)(nil),               // 20: berth.agent.v1.ExecRequest
-	(*KillRequest)(nil),               // 21: berth.agent.v1.KillRequest
-	(*WaitRequest)(nil),               // 22: berth.agent.v1.WaitRequest
-	(*WaitResponse)(nil),              // 23: berth.agent.v1.WaitResponse
-	(*PidsRequest)(nil),               // 24: berth.agent.v1.PidsRequest
-	(*PidsResponse)(nil),              // 25: berth.agent.v1.PidsResponse
-	(*ResizePtyRequest)(nil),          // 26: berth.agent.v1.ResizePtyRequest
-	(*CloseIORequest)(nil),            // 27: berth.agent.v1.CloseIORequest
-	(*DeleteRequest)(nil),             // 28: berth.agent.v1.DeleteRequest
-	(*DeleteResponse)(nil),            // 29: berth.agent.v1.DeleteResponse
-	(*StreamHeader)(nil),              // 30: berth.agent.v1.StreamHeader
-	(*MemoryInfo)(nil),                // 31: berth.agent.v1.MemoryInfo
-	(*DebugExecRequest)(nil),          // 32: berth.agent.v1.DebugExecRequest
-	(*DebugExecResponse)(nil),         // 33: berth.agent.v1.DebugExecResponse
-	(*NetworkConfig)(nil),             // 34: berth.agent.v1.NetworkConfig
-	(*NetworkInterface)(nil),          // 35: berth.agent.v1.NetworkInterface
-	(*NetworkRoute)(nil),              // 36: berth.agent.v1.NetworkRoute
-	nil,                               // 37: berth.agent.v1.StatsResponse.MemoryStatEntry
-	(*timestamppb.Timestamp)(nil),     // 38: google.protobuf.Timestamp
-	(*emptypb.Empty)(nil),             // 39: google.protobuf.Empty
+	(*SetClockRequest)(nil),           // 14: berth.agent.v1.SetClockRequest
+	(*SetClockResponse)(nil),          // 15: berth.agent.v1.SetClockResponse
+	(*InfoResponse)(nil),              // 16: berth.agent.v1.InfoResponse
+	(*Stdio)(nil),                     // 17: berth.agent.v1.Stdio
+	(*CreateRequest)(nil),             // 18: berth.agent.v1.CreateRequest
+	(*CreateResponse)(nil),            // 19: berth.agent.v1.CreateResponse
+	(*StartRequest)(nil),              // 20: berth.agent.v1.StartRequest
+	(*StartResponse)(nil),             // 21: berth.agent.v1.StartResponse
+	(*ExecRequest)(nil),               // 22: berth.agent.v1.ExecRequest
+	(*KillRequest)(nil),               // 23: berth.agent.v1.KillRequest
+	(*WaitRequest)(nil),               // 24: berth.agent.v1.WaitRequest
+	(*WaitResponse)(nil),              // 25: berth.agent.v1.WaitResponse
+	(*PidsRequest)(nil),               // 26: berth.agent.v1.PidsRequest
+	(*PidsResponse)(nil),              // 27: berth.agent.v1.PidsResponse
+	(*ResizePtyRequest)(nil),          // 28: berth.agent.v1.ResizePtyRequest
+	(*CloseIORequest)(nil),            // 29: berth.agent.v1.CloseIORequest
+	(*DeleteRequest)(nil),             // 30: berth.agent.v1.DeleteRequest
+	(*DeleteResponse)(nil),            // 31: berth.agent.v1.DeleteResponse
+	(*StreamHeader)(nil),              // 32: berth.agent.v1.StreamHeader
+	(*MemoryInfo)(nil),                // 33: berth.agent.v1.MemoryInfo
+	(*DebugExecRequest)(nil),          // 34: berth.agent.v1.DebugExecRequest
+	(*DebugExecResponse)(nil),         // 35: berth.agent.v1.DebugExecResponse
+	(*NetworkConfig)(nil),             // 36: berth.agent.v1.NetworkConfig
+	(*NetworkInterface)(nil),          // 37: berth.agent.v1.NetworkInterface
+	(*NetworkRoute)(nil),              // 38: berth.agent.v1.NetworkRoute
+	nil,                               // 39: berth.agent.v1.StatsResponse.MemoryStatEntry
+	(*timestamppb.Timestamp)(nil),     // 40: google.protobuf.Timestamp
+	(*emptypb.Empty)(nil),             // 41: google.protobuf.Empty
 }
 var file_agent_proto_depIdxs = []int32{
 	0,  // 0: berth.agent.v1.Device.kind:type_name -> berth.agent.v1.DeviceKind
 	0,  // 1: berth.agent.v1.WaitDeviceRequest.kind:type_name -> berth.agent.v1.DeviceKind
-	37, // 2: berth.agent.v1.StatsResponse.memory_stat:type_name -> berth.agent.v1.StatsResponse.MemoryStatEntry
+	39, // 2: berth.agent.v1.StatsResponse.memory_stat:type_name -> berth.agent.v1.StatsResponse.MemoryStatEntry
 	12, // 3: berth.agent.v1.StatsResponse.io:type_name -> berth.agent.v1.IOEntry
-	15, // 4: berth.agent.v1.CreateRequest.stdio:type_name -> berth.agent.v1.Stdio
-	4,  // 5: berth.agent.v1.CreateRequest.devices:type_name -> berth.agent.v1.Device
-	15, // 6: berth.agent.v1.ExecRequest.stdio:type_name -> berth.agent.v1.Stdio
-	38, // 7: berth.agent.v1.WaitResponse.exited_at:type_name -> google.protobuf.Timestamp
-	38, // 8: berth.agent.v1.DeleteResponse.exited_at:type_name -> google.protobuf.Timestamp
-	1,  // 9: berth.agent.v1.StreamHeader.kind:type_name -> berth.agent.v1.StreamKind
-	35, // 10: berth.agent.v1.NetworkConfig.interfaces:type_name -> berth.agent.v1.NetworkInterface
-	36, // 11: berth.agent.v1.NetworkConfig.routes:type_name -> berth.agent.v1.NetworkRoute
-	13, // 12: berth.agent.v1.Agent.Info:input_type -> berth.agent.v1.InfoRequest
-	16, // 13: berth.agent.v1.Agent.Create:input_type -> berth.agent.v1.CreateRequest
-	18, // 14: berth.agent.v1.Agent.Start:input_type -> berth.agent.v1.StartRequest
-	20, // 15: berth.agent.v1.Agent.Exec:input_type -> berth.agent.v1.ExecRequest
-	21, // 16: berth.agent.v1.Agent.Kill:input_type -> berth.agent.v1.KillRequest
-	22, // 17: berth.agent.v1.Agent.Wait:input_type -> berth.agent.v1.WaitRequest
-	24, // 18: berth.agent.v1.Agent.Pids:input_type -> berth.agent.v1.PidsRequest
-	26, // 19: berth.agent.v1.Agent.ResizePty:input_type -> berth.agent.v1.ResizePtyRequest
-	27, // 20: berth.agent.v1.Agent.CloseIO:input_type -> berth.agent.v1.CloseIORequest
-	28, // 21: berth.agent.v1.Agent.Delete:input_type -> berth.agent.v1.DeleteRequest
-	39, // 22: berth.agent.v1.Agent.Shutdown:input_type -> google.protobuf.Empty
-	9,  // 23: berth.agent.v1.Agent.Pause:input_type -> berth.agent.v1.ContainerRequest
-	9,  // 24: berth.agent.v1.Agent.Resume:input_type -> berth.agent.v1.ContainerRequest
-	10, // 25: berth.agent.v1.Agent.Update:input_type -> berth.agent.v1.UpdateRequest
-	9,  // 26: berth.agent.v1.Agent.Stats:input_type -> berth.agent.v1.ContainerRequest
-	7,  // 27: berth.agent.v1.Agent.WaitOOM:input_type -> berth.agent.v1.WaitOOMRequest
-	5,  // 28: berth.agent.v1.Agent.WaitDevice:input_type -> berth.agent.v1.WaitDeviceRequest
-	39, // 29: berth.agent.v1.Agent.OnlineMemory:input_type -> google.protobuf.Empty
-	32, // 30: berth.agent.v1.Agent.DebugExec:input_type -> berth.agent.v1.DebugExecRequest
-	34, // 31: berth.agent.v1.Agent.ConfigureNetwork:input_type -> berth.agent.v1.NetworkConfig
-	2,  // 32: berth.agent.v1.Agent.WaitMemoryPressure:input_type -> berth.agent.v1.WaitMemoryPressureRequest
-	14, // 33: berth.agent.v1.Agent.Info:output_type -> berth.agent.v1.InfoResponse
-	17, // 34: berth.agent.v1.Agent.Create:output_type -> berth.agent.v1.CreateResponse
-	19, // 35: berth.agent.v1.Agent.Start:output_type -> berth.agent.v1.StartResponse
-	39, // 36: berth.agent.v1.Agent.Exec:output_type -> google.protobuf.Empty
-	39, // 37: berth.agent.v1.Agent.Kill:output_type -> google.protobuf.Empty
-	23, // 38: berth.agent.v1.Agent.Wait:output_type -> berth.agent.v1.WaitResponse
-	25, // 39: berth.agent.v1.Agent.Pids:output_type -> berth.agent.v1.PidsResponse
-	39, // 40: berth.agent.v1.Agent.ResizePty:output_type -> google.protobuf.Empty
-	39, // 41: berth.agent.v1.Agent.CloseIO:output_type -> google.protobuf.Empty
-	29, // 42: berth.agent.v1.Agent.Delete:output_type -> berth.agent.v1.DeleteResponse
-	39, // 43: berth.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
-	39, // 44: berth.agent.v1.Agent.Pause:output_type -> google.protobuf.Empty
-	39, // 45: berth.agent.v1.Agent.Resume:output_type -> google.protobuf.Empty
-	39, // 46: berth.agent.v1.Agent.Update:output_type -> google.protobuf.Empty
-	11, // 47: berth.agent.v1.Agent.Stats:output_type -> berth.agent.v1.StatsResponse
-	8,  // 48: berth.agent.v1.Agent.WaitOOM:output_type -> berth.agent.v1.OOMResponse
-	6,  // 49: berth.agent.v1.Agent.WaitDevice:output_type -> berth.agent.v1.WaitDeviceResponse
-	31, // 50: berth.agent.v1.Agent.OnlineMemory:output_type -> berth.agent.v1.MemoryInfo
-	33, // 51: berth.agent.v1.Agent.DebugExec:output_type -> berth.agent.v1.DebugExecResponse
-	39, // 52: berth.agent.v1.Agent.ConfigureNetwork:output_type -> google.protobuf.Empty
-	3,  // 53: berth.agent.v1.Agent.WaitMemoryPressure:output_type -> berth.agent.v1.MemoryPressure
-	33, // [33:54] is the sub-list for method output_type
-	12, // [12:33] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	40, // 4: berth.agent.v1.SetClockRequest.host_time:type_name -> google.protobuf.Timestamp
+	40, // 5: berth.agent.v1.SetClockResponse.guest_time:type_name -> google.protobuf.Timestamp
+	17, // 6: berth.agent.v1.CreateRequest.stdio:type_name -> berth.agent.v1.Stdio
+	4,  // 7: berth.agent.v1.CreateRequest.devices:type_name -> berth.agent.v1.Device
+	17, // 8: berth.agent.v1.ExecRequest.stdio:type_name -> berth.agent.v1.Stdio
+	40, // 9: berth.agent.v1.WaitResponse.exited_at:type_name -> google.protobuf.Timestamp
+	40, // 10: berth.agent.v1.DeleteResponse.exited_at:type_name -> google.protobuf.Timestamp
+	1,  // 11: berth.agent.v1.StreamHeader.kind:type_name -> berth.agent.v1.StreamKind
+	37, // 12: berth.agent.v1.NetworkConfig.interfaces:type_name -> berth.agent.v1.NetworkInterface
+	38, // 13: berth.agent.v1.NetworkConfig.routes:type_name -> berth.agent.v1.NetworkRoute
+	13, // 14: berth.agent.v1.Agent.Info:input_type -> berth.agent.v1.InfoRequest
+	14, // 15: berth.agent.v1.Agent.SetClock:input_type -> berth.agent.v1.SetClockRequest
+	18, // 16: berth.agent.v1.Agent.Create:input_type -> berth.agent.v1.CreateRequest
+	20, // 17: berth.agent.v1.Agent.Start:input_type -> berth.agent.v1.StartRequest
+	22, // 18: berth.agent.v1.Agent.Exec:input_type -> berth.agent.v1.ExecRequest
+	23, // 19: berth.agent.v1.Agent.Kill:input_type -> berth.agent.v1.KillRequest
+	24, // 20: berth.agent.v1.Agent.Wait:input_type -> berth.agent.v1.WaitRequest
+	26, // 21: berth.agent.v1.Agent.Pids:input_type -> berth.agent.v1.PidsRequest
+	28, // 22: berth.agent.v1.Agent.ResizePty:input_type -> berth.agent.v1.ResizePtyRequest
+	29, // 23: berth.agent.v1.Agent.CloseIO:input_type -> berth.agent.v1.CloseIORequest
+	30, // 24: berth.agent.v1.Agent.Delete:input_type -> berth.agent.v1.DeleteRequest
+	41, // 25: berth.agent.v1.Agent.Shutdown:input_type -> google.protobuf.Empty
+	9,  // 26: berth.agent.v1.Agent.Pause:input_type -> berth.agent.v1.ContainerRequest
+	9,  // 27: berth.agent.v1.Agent.Resume:input_type -> berth.agent.v1.ContainerRequest
+	10, // 28: berth.agent.v1.Agent.Update:input_type -> berth.agent.v1.UpdateRequest
+	9,  // 29: berth.agent.v1.Agent.Stats:input_type -> berth.agent.v1.ContainerRequest
+	7,  // 30: berth.agent.v1.Agent.WaitOOM:input_type -> berth.agent.v1.WaitOOMRequest
+	5,  // 31: berth.agent.v1.Agent.WaitDevice:input_type -> berth.agent.v1.WaitDeviceRequest
+	41, // 32: berth.agent.v1.Agent.OnlineMemory:input_type -> google.protobuf.Empty
+	34, // 33: berth.agent.v1.Agent.DebugExec:input_type -> berth.agent.v1.DebugExecRequest
+	36, // 34: berth.agent.v1.Agent.ConfigureNetwork:input_type -> berth.agent.v1.NetworkConfig
+	2,  // 35: berth.agent.v1.Agent.WaitMemoryPressure:input_type -> berth.agent.v1.WaitMemoryPressureRequest
+	16, // 36: berth.agent.v1.Agent.Info:output_type -> berth.agent.v1.InfoResponse
+	15, // 37: berth.agent.v1.Agent.SetClock:output_type -> berth.agent.v1.SetClockResponse
+	19, // 38: berth.agent.v1.Agent.Create:output_type -> berth.agent.v1.CreateResponse
+	21, // 39: berth.agent.v1.Agent.Start:output_type -> berth.agent.v1.StartResponse
+	41, // 40: berth.agent.v1.Agent.Exec:output_type -> google.protobuf.Empty
+	41, // 41: berth.agent.v1.Agent.Kill:output_type -> google.protobuf.Empty
+	25, // 42: berth.agent.v1.Agent.Wait:output_type -> berth.agent.v1.WaitResponse
+	27, // 43: berth.agent.v1.Agent.Pids:output_type -> berth.agent.v1.PidsResponse
+	41, // 44: berth.agent.v1.Agent.ResizePty:output_type -> google.protobuf.Empty
+	41, // 45: berth.agent.v1.Agent.CloseIO:output_type -> google.protobuf.Empty
+	31, // 46: berth.agent.v1.Agent.Delete:output_type -> berth.agent.v1.DeleteResponse
+	41, // 47: berth.agent.v1.Agent.Shutdown:output_type -> google.protobuf.Empty
+	41, // 48: berth.agent.v1.Agent.Pause:output_type -> google.protobuf.Empty
+	41, // 49: berth.agent.v1.Agent.Resume:output_type -> google.protobuf.Empty
+	41, // 50: berth.agent.v1.Agent.Update:output_type -> google.protobuf.Empty
+	11, // 51: berth.agent.v1.Agent.Stats:output_type -> berth.agent.v1.StatsResponse
+	8,  // 52: berth.agent.v1.Agent.WaitOOM:output_type -> berth.agent.v1.OOMResponse
+	6,  // 53: berth.agent.v1.Agent.WaitDevice:output_type -> berth.agent.v1.WaitDeviceResponse
+	33, // 54: berth.agent.v1.Agent.OnlineMemory:output_type -> berth.agent.v1.MemoryInfo
+	35, // 55: berth.agent.v1.Agent.DebugExec:output_type -> berth.agent.v1.DebugExecResponse
+	41, // 56: berth.agent.v1.Agent.ConfigureNetwork:output_type -> google.protobuf.Empty
+	3,  // 57: berth.agent.v1.Agent.WaitMemoryPressure:output_type -> berth.agent.v1.MemoryPressure
+	36, // [36:58] is the sub-list for method output_type
+	14, // [14:36] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -2958,14 +3061,14 @@ func file_agent_proto_init() {
 	if File_agent_proto != nil {
 		return
 	}
-	file_agent_proto_msgTypes[21].OneofWrappers = []any{}
+	file_agent_proto_msgTypes[23].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   36,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

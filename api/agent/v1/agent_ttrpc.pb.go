@@ -10,6 +10,7 @@ import (
 
 type AgentService interface {
 	Info(context.Context, *InfoRequest) (*InfoResponse, error)
+	SetClock(context.Context, *SetClockRequest) (*SetClockResponse, error)
 	Create(context.Context, *CreateRequest) (*CreateResponse, error)
 	Start(context.Context, *StartRequest) (*StartResponse, error)
 	Exec(context.Context, *ExecRequest) (*emptypb.Empty, error)
@@ -41,6 +42,13 @@ func RegisterAgentService(srv *ttrpc.Server, svc AgentService) {
 					return nil, err
 				}
 				return svc.Info(ctx, &req)
+			},
+			"SetClock": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req SetClockRequest
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				return svc.SetClock(ctx, &req)
 			},
 			"Create": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req CreateRequest
@@ -199,6 +207,14 @@ func NewAgentClient(client *ttrpc.Client) AgentService {
 func (c *agentClient) Info(ctx context.Context, req *InfoRequest) (*InfoResponse, error) {
 	var resp InfoResponse
 	if err := c.client.Call(ctx, "berth.agent.v1.Agent", "Info", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *agentClient) SetClock(ctx context.Context, req *SetClockRequest) (*SetClockResponse, error) {
+	var resp SetClockResponse
+	if err := c.client.Call(ctx, "berth.agent.v1.Agent", "SetClock", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
