@@ -30,6 +30,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -125,9 +127,12 @@ func run(ctx context.Context, o options) error {
 	// -parallel pods at once.
 	var wg sync.WaitGroup
 	par := make([]time.Duration, o.parallel)
+	parPhases := make([]crienv.Phases, o.parallel)
 	ids := make([]string, o.parallel)
 	errs := make([]error, o.parallel)
 	seq += o.parallel
+	cpu0 := hostCPUTime()
+	tAll := time.Now()
 	for i := range par {
 		wg.Add(1)
 		go func(i int) {
@@ -136,11 +141,13 @@ func run(ctx context.Context, o options) error {
 			ids[i], _, errs[i] = env.StartPod(ctx, crienv.Pod{
 				Handler: "berth", Name: fmt.Sprintf("pods-par-%d", i), LogDir: filepath.Join(tmp, "logs"),
 				Container: "sleep", Command: []string{"sleep", "100000"},
+				Phases: &parPhases[i],
 			})
 			par[i] = time.Since(t0)
 		}(i)
 	}
 	wg.Wait()
+	parWall, parCPU := time.Since(tAll), hostCPUTime()-cpu0
 	failed := 0
 	for i, err := range errs {
 		if err != nil {
@@ -181,20 +188,29 @@ func run(ctx context.Context, o options) error {
 	fmt.Printf("\n%d at once: %d of %d started; p50 %s (%.1fx a single start), p99 %s (%.1fx), slowest at %.0f%% of boot_timeout (%v)\n",
 		o.parallel, started, o.parallel, benchtab.MS(p50), float64(p50)/float64(one), benchtab.MS(p99), float64(p99)/float64(one),
 		100*float64(benchtab.Percentile(par, 100))/float64(timeout), timeout)
+	fmt.Printf("the %d starts used %.1f s of host CPU in %.1f s (%.2f of the host's %d CPUs)\n",
+		o.parallel, parCPU.Seconds(), parWall.Seconds(), parCPU.Seconds()/parWall.Seconds(), runtime.NumCPU())
+	printTimeline(par, parPhases)
 	if len(left) == 0 {
 		fmt.Println("after removal: nothing left (no QEMU, virtiofsd or shim process, no sandbox directory)")
 	} else {
 		fmt.Printf("after removal: LEFT: %s\n", strings.Join(left, "; "))
 	}
-	fmt.Printf("\nidle Berth pod after %v, host PSS (anonymous, shared memory and file pages; file pages are shared with every other pod of the host, so one pod alone counts them whole):\n\n| process | PSS | anon | shmem | file |\n|---|--:|--:|--:|--:|\n", o.idle)
+	fmt.Printf("\nidle Berth pod after %v, host PSS (anonymous, shared memory and file pages; file pages are shared with every other pod of the host, so one pod alone counts them whole) and the CPU time each process used from its start:\n\n| process | PSS | anon | shmem | file | CPU |\n|---|--:|--:|--:|--:|--:|\n", o.idle)
+	var cpu time.Duration
 	for _, p := range pss {
-		fmt.Printf("| %s | %s |\n", p.name, pssMiB(p.mem))
+		fmt.Printf("| %s | %s | %s |\n", p.name, pssMiB(p.mem), benchtab.MS(p.cpu))
+		cpu += p.cpu
 	}
-	fmt.Printf("| **total** | %s |\n", pssMiB(sumPSS(pss)))
+	fmt.Printf("| **total** | %s | %s |\n", pssMiB(sumPSS(pss)), benchtab.MS(cpu))
 	if started > 0 {
 		t, n := sumPSS(allPSS), uint64(started)
 		per := stats.SmapsRollup{Pss: t.Pss / n, PssAnon: t.PssAnon / n, PssShmem: t.PssShmem / n, PssFile: t.PssFile / n}
-		fmt.Printf("| **per pod, %d pods idle side by side** | %s |\n", started, pssMiB(per))
+		var cpu time.Duration
+		for _, p := range allPSS {
+			cpu += p.cpu
+		}
+		fmt.Printf("| **per pod, %d pods idle side by side** | %s | %s |\n", started, pssMiB(per), benchtab.MS(cpu/time.Duration(n)))
 	}
 	if failed > 0 || len(left) > 0 {
 		return errors.New("some pods failed to start or left something behind")
@@ -205,6 +221,8 @@ func run(ctx context.Context, o options) error {
 type procPSS struct {
 	name string
 	mem  stats.SmapsRollup
+	// cpu is the CPU time the process has used since it started.
+	cpu time.Duration
 }
 
 // pssMiB is the table cells of m's PSS and its anonymous, shared-memory
@@ -243,7 +261,7 @@ func podPSS(runDir string) ([]procPSS, error) {
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, procPSS{name: fmt.Sprintf("%s (pid %d)", name, pid), mem: m})
+		out = append(out, procPSS{name: fmt.Sprintf("%s (pid %d)", name, pid), mem: m, cpu: procCPU(pid)})
 		if pp := parent(pid); pp > 0 && strings.Contains(cmdline(pp), "containerd-shim-berth-v2") {
 			shims[pp] = true
 		}
@@ -256,7 +274,7 @@ func podPSS(runDir string) ([]procPSS, error) {
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, procPSS{name: fmt.Sprintf("shim (pid %d)", pid), mem: m})
+		out = append(out, procPSS{name: fmt.Sprintf("shim (pid %d)", pid), mem: m, cpu: procCPU(pid)})
 	}
 	return out, nil
 }
@@ -328,4 +346,61 @@ func readPSS(pid int) (stats.SmapsRollup, error) {
 		return stats.SmapsRollup{}, fmt.Errorf("pid %d: no Pss in smaps_rollup", pid)
 	}
 	return m, nil
+}
+
+// printTimeline prints, for pods started at once, when each one's CRI
+// calls returned (from the common start, in order of finishing): where a
+// pod waited shows apart from what it did.
+func printTimeline(total []time.Duration, phases []crienv.Phases) {
+	order := make([]int, len(total))
+	for i := range order {
+		order[i] = i
+	}
+	sort.Slice(order, func(a, b int) bool { return total[order[a]] < total[order[b]] })
+	fmt.Println("\n| pod | RunPodSandbox returned | CreateContainer | StartContainer (done) |\n|--:|--:|--:|--:|")
+	for _, i := range order {
+		ph := phases[i]
+		fmt.Printf("| %d | %s | +%s | +%s (%s) |\n", i, benchtab.MS(ph.RunPodSandbox),
+			benchtab.MS(ph.CreateContainer), benchtab.MS(ph.StartContainer), benchtab.MS(total[i]))
+	}
+	fmt.Println()
+}
+
+// hostCPUTime is the CPU time the whole host has spent outside idle and
+// iowait since boot (/proc/stat), 0 if it cannot be read.
+func hostCPUTime() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	var ticks int64
+	for i, v := range f[1:] {
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		n, _ := strconv.ParseInt(v, 10, 64)
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ
+}
+
+// procCPU is the user and system time pid has used (/proc/PID/stat), 0 if
+// it cannot be read.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command, which is in parentheses and may hold
+	// spaces: utime and stime are the 12th and 13th.
+	_, rest, ok := strings.Cut(string(b), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+st) * time.Second / 100 // USER_HZ
 }
