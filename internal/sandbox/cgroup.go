@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/containerd/errdefs"
@@ -279,18 +281,23 @@ func (s *Sandbox) CgroupPids(ctx context.Context) ([]int, error) { return s.cgro
 // Cgroup returns the sandbox cgroup's path (see cgroup.Cgroup.Path).
 func (s *Sandbox) Cgroup() string { return s.cgroup.Path() }
 
-// protectFromOOM lowers pid's OOM score so that, when the sandbox cgroup
-// hits its limit, the kernel kills QEMU (the VM ends and the pod is
-// reported dead) rather than virtiofsd (which would leave a VM whose
-// root file system hangs). Lowering a score needs CAP_SYS_RESOURCE, which
+// protectFromOOM lowers the OOM score of pids (virtiofsd's) so that,
+// when the sandbox cgroup hits its limit, the kernel kills QEMU (the VM
+// ends and the pod is reported dead) rather than virtiofsd (which would
+// leave a VM whose root file system hangs). Lowering a score needs CAP_SYS_RESOURCE, which
 // root lacks on some hosts (inside containers, on these test machines):
 // there the sandbox runs without the preference. That is a property of
 // the host, the same for every sandbox, so it is logged at info level;
 // as a warning it would land on the stderr of every `berth run`, mixed
 // into the container's own output.
-func protectFromOOM(pid int) {
-	err := os.WriteFile("/proc/"+strconv.Itoa(pid)+"/oom_score_adj", []byte("-500"), 0)
-	log := logrus.WithError(err).WithField("pid", pid)
+func protectFromOOM(pids ...int) {
+	var err error
+	for _, pid := range pids {
+		if e := os.WriteFile("/proc/"+strconv.Itoa(pid)+"/oom_score_adj", []byte("-500"), 0); e != nil && err == nil {
+			err = e
+		}
+	}
+	log := logrus.WithError(err).WithField("pids", pids)
 	switch {
 	case err == nil:
 	case errors.Is(err, os.ErrPermission):
@@ -298,4 +305,37 @@ func protectFromOOM(pid int) {
 	default:
 		log.Warn("lower virtiofsd's oom_score_adj")
 	}
+}
+
+// addProcessTree moves pid and its descendants into cg and protects them
+// from the OOM killer (protectFromOOM), for a helper that forks after it
+// starts (virtiofsd's namespace sandbox). A parent moves before its
+// children are listed, so a child forked after the listing is born in cg.
+func addProcessTree(ctx context.Context, cg cgroup.Cgroup, pid int) error {
+	var moved []int
+	for todo := []int{pid}; len(todo) > 0; todo = todo[1:] {
+		if err := cg.Add(ctx, todo[0]); err != nil {
+			return err
+		}
+		moved = append(moved, todo[0])
+		todo = append(todo, childPids(todo[0])...)
+	}
+	protectFromOOM(moved...)
+	return nil
+}
+
+// childPids lists pid's children (/proc/PID/task/*/children); a process
+// that is gone has none.
+func childPids(pid int) []int {
+	tasks, _ := filepath.Glob("/proc/" + strconv.Itoa(pid) + "/task/*/children")
+	var out []int
+	for _, t := range tasks {
+		b, _ := os.ReadFile(t)
+		for _, f := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(f); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
 }

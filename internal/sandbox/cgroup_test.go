@@ -2,8 +2,13 @@ package sandbox
 
 import (
 	"context"
+	"os/exec"
+	"slices"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -113,5 +118,52 @@ func TestCgroupPath(t *testing.T) {
 		if err != nil || got != tc.want {
 			t.Errorf("%s only=%v %q: %q, %v; want %q", tc.manager, tc.only, tc.spec, got, err, tc.want)
 		}
+	}
+}
+
+// addsCgroup records the pids moved into it.
+type addsCgroup struct {
+	cgroup.Cgroup
+	mu    sync.Mutex
+	added []int
+}
+
+func (c *addsCgroup) Add(_ context.Context, pid int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.added = append(c.added, pid)
+	return nil
+}
+
+// virtiofsd forks its sandboxed child once QEMU connects, before the
+// sandbox moves it into the cgroup (off the boot's critical path): the
+// child must move too, or it would serve the guest outside the pod's
+// accounting.
+func TestHelperForkedBeforeItsMoveJoinsTheCgroupWithItsChildren(t *testing.T) {
+	cmd := exec.Command("/bin/sh", "-c", "sleep 30 & wait")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, c := range childPids(cmd.Process.Pid) {
+			syscall.Kill(c, syscall.SIGKILL)
+		}
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	var children []int
+	for deadline := time.Now().Add(5 * time.Second); len(children) == 0; children = childPids(cmd.Process.Pid) {
+		if time.Now().After(deadline) {
+			t.Fatal("the shell forked no child within 5 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cg := &addsCgroup{}
+	if err := addProcessTree(context.Background(), cg, cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	want := append([]int{cmd.Process.Pid}, children...)
+	if !slices.Equal(cg.added, want) {
+		t.Errorf("moved %v, want the parent then its child %v", cg.added, want)
 	}
 }

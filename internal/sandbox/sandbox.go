@@ -251,10 +251,6 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	if err := giveToVMM(s.vmmUser, s.path(fsSocketName)); err != nil {
 		return nil, err
 	}
-	if err := cg.Add(ctx, fsd.cmd.Process.Pid); err != nil {
-		return nil, fmt.Errorf("virtiofsd: %w", err)
-	}
-	protectFromOOM(fsd.cmd.Process.Pid)
 
 	log.WithField("driver", s.driver).WithField("accel", m.Accel).WithField("machine", m.Kind).WithField("cgroup", cg.Path()).Debug("starting the VM")
 	var cred *syscall.Credential
@@ -284,6 +280,16 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 	}
 	s.vmm = vm
 	undo.push(func() { vm.Kill() })
+	// virtiofsd joins the cgroup only now, while the guest boots: the
+	// move (into each cgroup v1 hierarchy) took 6-10 ms, which before
+	// QEMU's start delayed the boot. By now virtiofsd has forked its
+	// sandboxed child (once QEMU connected) and answered QEMU's
+	// vhost-user handshake, so both move; it serves the guest, and
+	// allocates for it, once the agent mounts the share, hundreds of
+	// ms later.
+	if err := addProcessTree(ctx, cg, fsd.cmd.Process.Pid); err != nil {
+		return nil, fmt.Errorf("virtiofsd: %w", err)
+	}
 	if err := s.useCapabilities(vm, m, topo, cold); err != nil {
 		return nil, err
 	}
