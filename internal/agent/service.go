@@ -169,18 +169,48 @@ func (s *Service) Info(ctx context.Context, _ *api.InfoRequest) (*api.InfoRespon
 
 // SetClock sets the guest's wall clock to the host's: under TCG the guest
 // has no paravirtual clock and starts from the emulated RTC, whole seconds
-// only. It only moves CLOCK_REALTIME; timers and durations in the guest
-// run on the monotonic clock and are not disturbed.
+// only, and then drifts with its TSC. The host's time arrives late by the
+// request's transit, so the guest is never set ahead of the host by it.
+// A guest behind by clockStepForward or more is stepped forward at once
+// (the boot's difference, the transit the first set left); one ahead by
+// clockStepBack or more is stepped back; anything smaller (the drift the
+// host's periodic calls find) is slewed away, so that the time containers
+// read does not jump back. Only CLOCK_REALTIME moves; timers and
+// durations in the guest run on the monotonic clock.
 func (s *Service) SetClock(ctx context.Context, req *api.SetClockRequest) (*api.SetClockResponse, error) {
 	if !req.GetHostTime().IsValid() {
 		return nil, toGRPC(fmt.Errorf("set clock: host_time is missing or out of range: %w", errdefs.ErrInvalidArgument))
 	}
 	before := time.Now()
-	ts := unix.NsecToTimespec(req.GetHostTime().AsTime().UnixNano())
-	if err := unix.ClockSettime(unix.CLOCK_REALTIME, &ts); err != nil {
-		return nil, toGRPC(fmt.Errorf("set clock: clock_settime: %w", err))
+	host := req.GetHostTime().AsTime()
+	if off := host.Sub(before); stepClock(off) {
+		ts := unix.NsecToTimespec(host.UnixNano())
+		if err := unix.ClockSettime(unix.CLOCK_REALTIME, &ts); err != nil {
+			return nil, toGRPC(fmt.Errorf("set clock: clock_settime: %w", err))
+		}
+	} else {
+		// adjtime(3)'s single-shot slew: the kernel runs the clock up
+		// to 0.05% fast or slow until the offset is gone.
+		tx := unix.Timex{Modes: unix.ADJ_OFFSET_SINGLESHOT, Offset: off.Microseconds()}
+		if _, err := unix.Adjtimex(&tx); err != nil {
+			return nil, toGRPC(fmt.Errorf("set clock: adjtimex: %w", err))
+		}
 	}
 	return &api.SetClockResponse{GuestTime: timestamppb.New(before)}, nil
+}
+
+// clockStepForward and clockStepBack are the smallest differences
+// between the host's clock and the guest's that SetClock steps rather
+// than slews: slewing 10 ms away takes 20 s, a second half an hour.
+const (
+	clockStepForward = 10 * time.Millisecond
+	clockStepBack    = 100 * time.Millisecond
+)
+
+// stepClock reports whether a guest clock off by off (host minus guest:
+// positive when the guest is behind) is set at once rather than slewed.
+func stepClock(off time.Duration) bool {
+	return off >= clockStepForward || off <= -clockStepBack
 }
 
 func onlineCPUs() int {

@@ -415,7 +415,7 @@ func TestContainerClockFollowsTheHosts(t *testing.T) {
 	}
 	guest := time.Unix(sec, usec*1000)
 	// The guest's clock is set to the host's time of sending, so it
-	// trails by that request's transit: 6-20 ms measured, while the host
+	// trails by that request's transit: 6-25 ms measured, while the host
 	// goes on with the container's create.
 	const slack = 200 * time.Millisecond
 	if guest.Before(before.Add(-slack)) || guest.After(after) {
