@@ -135,7 +135,13 @@ func startRun(t *testing.T, script string) (*exec.Cmd, *bufio.Reader, *strings.B
 func startRunWith(t *testing.T, flags []string, script string) (*exec.Cmd, *bufio.Reader, *strings.Builder) {
 	t.Helper()
 	args := append(append([]string{"run"}, flags...), "--rootfs", env.rootfs, "--", "/bin/sh", "-c", script)
-	cmd := berthCmd(args...)
+	return startReady(t, berthCmd(args...))
+}
+
+// startReady starts cmd, a berth run whose container prints "ready"
+// first, and returns once it has.
+func startReady(t *testing.T, cmd *exec.Cmd) (*exec.Cmd, *bufio.Reader, *strings.Builder) {
+	t.Helper()
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -370,21 +376,7 @@ func TestContainerClockFollowsTheHosts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stderr := &strings.Builder{}
-	cmd.Stderr = stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(out)
-	if line, _ := br.ReadString('\n'); line != "ready\n" {
-		cmd.Process.Kill()
-		cmd.Wait()
-		t.Fatalf("first line %q, want ready; stderr:\n%s", line, stderr.String())
-	}
+	cmd, br, stderr := startReady(t, cmd)
 	before := time.Now()
 	io.WriteString(stdin, "go\n")
 	stdin.Close()
