@@ -533,8 +533,8 @@ func (s *Sandbox) setGuestClock(ctx context.Context) bool {
 	defer cancel()
 	sent := time.Now()
 	resp, err := s.agent.SetClock(ctx, &api.SetClockRequest{HostTime: timestamppb.New(sent)})
-	if errors.Is(err, ttrpc.ErrClosed) || s.failure.closing.Load() {
-		return false // the sandbox went away
+	if errors.Is(err, ttrpc.ErrClosed) || s.failure.closing.Load() || isClosed(s.vmm.Done()) {
+		return false // the sandbox or its VM went away
 	}
 	if err != nil {
 		log.WithError(err).Warn("set the guest's clock from the host's: the guest's time and the exit times it reports may be off")
