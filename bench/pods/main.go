@@ -318,15 +318,23 @@ func cmdline(pid int) string {
 	return strings.ReplaceAll(string(b), "\x00", " ")
 }
 
-func parent(pid int) int {
+// statFields is /proc/PID/stat after the command name, which is in
+// parentheses and may hold spaces: the state first, the parent second.
+// nil if it cannot be read.
+func statFields(pid int) []string {
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	// The command name is in parentheses and may hold spaces.
 	s := string(b)
-	if i := strings.LastIndexByte(s, ')'); i >= 0 {
-		if f := strings.Fields(s[i+1:]); len(f) > 1 {
-			pp, _ := strconv.Atoi(f[1])
-			return pp
-		}
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(s[i+1:])
+}
+
+func parent(pid int) int {
+	if f := statFields(pid); len(f) > 1 {
+		pp, _ := strconv.Atoi(f[1])
+		return pp
 	}
 	return 0
 }
@@ -389,15 +397,9 @@ func hostCPUTime() time.Duration {
 // procCPU is the user and system time pid has used (/proc/PID/stat), 0 if
 // it cannot be read.
 func procCPU(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// The fields after the command, which is in parentheses and may hold
-	// spaces: utime and stime are the 12th and 13th.
-	_, rest, ok := strings.Cut(string(b), ") ")
-	f := strings.Fields(rest)
-	if !ok || len(f) < 13 {
+	// utime and stime are the 12th and 13th fields after the command.
+	f := statFields(pid)
+	if len(f) < 13 {
 		return 0
 	}
 	u, _ := strconv.ParseInt(f[11], 10, 64)

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -324,15 +325,50 @@ func addProcessTree(ctx context.Context, cg cgroup.Cgroup, pid int) error {
 	return nil
 }
 
-// childPids lists pid's children (/proc/PID/task/*/children); a process
-// that is gone has none.
+// childPids lists pid's children: from /proc/PID/task/*/children, or,
+// on a kernel without CONFIG_PROC_CHILDREN, from every process's parent
+// in /proc/*/stat. A process that is gone has none.
 func childPids(pid int) []int {
 	tasks, _ := filepath.Glob("/proc/" + strconv.Itoa(pid) + "/task/*/children")
+	if len(tasks) == 0 {
+		return childPidsByScan(pid)
+	}
 	var out []int
 	for _, t := range tasks {
-		b, _ := os.ReadFile(t)
+		b, err := os.ReadFile(t)
+		if errors.Is(err, os.ErrNotExist) {
+			return childPidsByScan(pid)
+		}
 		for _, f := range strings.Fields(string(b)) {
 			if n, err := strconv.Atoi(f); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+// childPidsByScan finds pid's children by the parent each process names
+// in /proc/PID/stat (the field after the command, which is in
+// parentheses and may hold spaces).
+func childPidsByScan(pid int) []int {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	var out []int
+	for _, st := range stats {
+		b, err := os.ReadFile(st)
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 2 {
+			continue
+		}
+		if ppid, _ := strconv.Atoi(f[1]); ppid == pid {
+			if n, err := strconv.Atoi(filepath.Base(filepath.Dir(st))); err == nil {
 				out = append(out, n)
 			}
 		}

@@ -158,6 +158,11 @@ func TestHelperForkedBeforeItsMoveJoinsTheCgroupWithItsChildren(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	// A kernel without CONFIG_PROC_CHILDREN has no children files; the
+	// scan of every process's parent finds the same.
+	if byScan := childPidsByScan(cmd.Process.Pid); !slices.Equal(byScan, children) {
+		t.Errorf("children by /proc/*/stat %v, by the children files %v", byScan, children)
+	}
 	cg := &addsCgroup{}
 	if err := addProcessTree(context.Background(), cg, cmd.Process.Pid); err != nil {
 		t.Fatal(err)
