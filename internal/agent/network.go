@@ -79,15 +79,14 @@ func configureNetwork(ctx context.Context, r *api.NetworkConfig) error {
 	for i, iface := range r.Interfaces {
 		rename = rename || links[i].Attrs().Name != iface.Name
 	}
-	for i, l := range links {
-		if !rename {
-			break // none of them
-		}
-		if err := netlink.LinkSetDown(l); err != nil {
-			return fmt.Errorf("interface %s: %w", r.Interfaces[i].Name, err)
-		}
-		if err := netlink.LinkSetName(l, fmt.Sprintf("berthtmp%d", i)); err != nil {
-			return fmt.Errorf("interface %s: rename: %w", r.Interfaces[i].Name, err)
+	if rename {
+		for i, l := range links {
+			if err := netlink.LinkSetDown(l); err != nil {
+				return fmt.Errorf("interface %s: %w", r.Interfaces[i].Name, err)
+			}
+			if err := netlink.LinkSetName(l, fmt.Sprintf("berthtmp%d", i)); err != nil {
+				return fmt.Errorf("interface %s: rename: %w", r.Interfaces[i].Name, err)
+			}
 		}
 	}
 	for i, iface := range r.Interfaces {

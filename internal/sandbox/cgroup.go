@@ -1,7 +1,6 @@
 package sandbox
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -285,9 +284,9 @@ func (s *Sandbox) Cgroup() string { return s.cgroup.Path() }
 // protectFromOOM lowers the OOM score of pids (virtiofsd's) so that,
 // when the sandbox cgroup hits its limit, the kernel kills QEMU (the VM
 // ends and the pod is reported dead) rather than virtiofsd (which would
-// leave a VM whose root file system hangs). Lowering a score needs CAP_SYS_RESOURCE, which
-// root lacks on some hosts (inside containers, on these test machines):
-// there the sandbox runs without the preference. That is a property of
+// leave a VM whose root file system hangs). Lowering a score needs
+// CAP_SYS_RESOURCE, which root lacks on some hosts (inside containers,
+// on these test machines): there the sandbox runs without the preference. That is a property of
 // the host, the same for every sandbox, so it is logged at info level;
 // as a warning it would land on the stderr of every `berth run`, mixed
 // into the container's own output.
@@ -349,28 +348,17 @@ func childPids(pid int) []int {
 }
 
 // childPidsByScan finds pid's children by the parent each process names
-// in /proc/PID/stat (the field after the command, which is in
-// parentheses and may hold spaces).
+// in /proc/PID/stat.
 func childPidsByScan(pid int) []int {
-	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
 	var out []int
-	for _, st := range stats {
-		b, err := os.ReadFile(st)
+	for _, d := range dirs {
+		n, err := strconv.Atoi(filepath.Base(d))
 		if err != nil {
 			continue
 		}
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) < 2 {
-			continue
-		}
-		if ppid, _ := strconv.Atoi(f[1]); ppid == pid {
-			if n, err := strconv.Atoi(filepath.Base(filepath.Dir(st))); err == nil {
-				out = append(out, n)
-			}
+		if f := procStat(n); len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			out = append(out, n)
 		}
 	}
 	return out

@@ -5,7 +5,6 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -16,14 +15,21 @@ import (
 	"github.com/berth-runtime/berth/internal/config"
 )
 
-// recordingCgroup remembers the limits it was given.
+// recordingCgroup remembers the limits it was given and the pids moved
+// into it.
 type recordingCgroup struct {
 	cgroup.Cgroup
 	limits []cgroup.Limits
+	added  []int
 }
 
 func (r *recordingCgroup) Update(_ context.Context, l cgroup.Limits) error {
 	r.limits = append(r.limits, l)
+	return nil
+}
+
+func (r *recordingCgroup) Add(_ context.Context, pid int) error {
+	r.added = append(r.added, pid)
 	return nil
 }
 
@@ -121,20 +127,6 @@ func TestCgroupPath(t *testing.T) {
 	}
 }
 
-// addsCgroup records the pids moved into it.
-type addsCgroup struct {
-	cgroup.Cgroup
-	mu    sync.Mutex
-	added []int
-}
-
-func (c *addsCgroup) Add(_ context.Context, pid int) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.added = append(c.added, pid)
-	return nil
-}
-
 // virtiofsd forks its sandboxed child once QEMU connects, before the
 // sandbox moves it into the cgroup (off the boot's critical path): the
 // child must move too, or it would serve the guest outside the pod's
@@ -163,7 +155,7 @@ func TestHelperForkedBeforeItsMoveJoinsTheCgroupWithItsChildren(t *testing.T) {
 	if byScan := childPidsByScan(cmd.Process.Pid); !slices.Equal(byScan, children) {
 		t.Errorf("children by /proc/*/stat %v, by the children files %v", byScan, children)
 	}
-	cg := &addsCgroup{}
+	cg := &recordingCgroup{}
 	if err := addProcessTree(context.Background(), cg, cmd.Process.Pid); err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -115,15 +116,23 @@ func processAlive(pid int) bool {
 	if err := syscall.Kill(pid, 0); err != nil && err != syscall.EPERM {
 		return false
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	f := procStat(pid)
+	return len(f) > 0 && f[0] != "Z"
+}
+
+// procStat is /proc/PID/stat after the command name, which is in
+// parentheses and may hold spaces: the state first, the parent second.
+// nil if pid is gone or the file cannot be parsed.
+func procStat(pid int) []string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return false
+		return nil
 	}
-	// The state follows the parenthesised command name.
-	if i := strings.LastIndexByte(string(b), ')'); i >= 0 && i+2 < len(b) && b[i+2] == 'Z' {
-		return false
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil
 	}
-	return true
+	return strings.Fields(string(b[i+1:]))
 }
 
 // mountsUnder lists mount points at or below dir, deepest first.
