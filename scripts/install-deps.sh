@@ -8,7 +8,7 @@
 # make, binutils), bc, perl, tar and xz-utils on the host. erofs-utils
 # (mkfs.erofs) writes the guest root image that virtio-pmem maps.
 set -euo pipefail
-pkgs=(qemu-system-x86 qemu-system-common qemu-utils busybox-static containerd runc cpio kmod iproute2 procps psmisc containernetworking-plugins iptables libseccomp-dev gcc libc6-dev make binutils bc perl tar xz-utils erofs-utils)
+pkgs=(qemu-system-x86 qemu-system-common qemu-utils busybox-static containerd runc cpio kmod iproute2 procps psmisc containernetworking-plugins iptables nftables libseccomp-dev gcc libc6-dev make binutils bc perl tar xz-utils erofs-utils)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

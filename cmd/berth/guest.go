@@ -176,19 +176,20 @@ func printArtefacts(w io.Writer, a *guest.Artefacts) {
 	}
 	row("modules", mods)
 	row("built", a.BuiltAt.Local().Format("2006-01-02 15:04:05 MST"))
-	printKernelFeatures(w, a.Config)
+	printKernelFeatures(w, a.Config, a.Modules)
 }
 
 // printKernelFeatures lists guest.KernelFeatures as the kernel's config
-// has them: built in, module (loaded by the agent) or missing.
-func printKernelFeatures(w io.Writer, configPath string) {
+// and the image's modules have them: built in, module (packed, loaded by
+// the agent) or missing.
+func printKernelFeatures(w io.Writer, configPath string, modules []string) {
 	cfg, err := guest.ReadKernelConfig(configPath)
 	if err != nil {
 		fmt.Fprintf(w, "kernel features: unknown: %v\n", err)
 		return
 	}
 	fmt.Fprintln(w, "kernel features (from the kernel config):")
-	for _, s := range guest.CheckKernelFeatures(cfg) {
+	for _, s := range guest.CheckKernelFeatures(cfg, modules) {
 		state := "built in"
 		switch {
 		case !s.OK():

@@ -23,7 +23,7 @@ func TestFragmentHasEveryRequiredFeature(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := ParseKernelConfig(bytes.NewReader(frag))
-	for _, s := range CheckKernelFeatures(cfg) {
+	for _, s := range CheckKernelFeatures(cfg, nil) {
 		if !s.OK() || len(s.Modular) > 0 {
 			t.Errorf("fragment: feature %q: missing %v, modular %v", s.Name, s.Missing, s.Modular)
 		}

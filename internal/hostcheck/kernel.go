@@ -15,7 +15,7 @@ import (
 func checkGuestKernel(cfg *config.Config, k GuestKernel) Finding {
 	f := Finding{Check: CheckKernel}
 	var missing, optional []string
-	for _, s := range guest.CheckKernelFeatures(k.Config) {
+	for _, s := range guest.CheckKernelFeatures(k.Config, k.Modules) {
 		if s.OK() {
 			continue
 		}

@@ -91,20 +91,30 @@ func startContainerd() error {
 		{busyboxImage, []string{"/bin/sh"}},
 		{pauseImage, []string{"/bin/sleep", "2147483647"}},
 	} {
-		archive := filepath.Join(ctrd.dir, strings.NewReplacer("/", "_", ":", "_").Replace(img.ref)+".tar")
-		f, err := os.Create(archive)
-		if err != nil {
+		if err := importImage(img.ref, env.rootfs, img.cmd); err != nil {
 			return err
 		}
-		err = ociimage.Pack(f, env.rootfs, ociimage.Options{Ref: img.ref, Cmd: img.cmd})
-		f.Close()
-		if err != nil {
-			return err
-		}
-		for _, ns := range []string{"default", "k8s.io"} {
-			if out, err := exec.Command(ctrBinary(), "-a", ctrd.sock, "-n", ns, "images", "import", archive).CombinedOutput(); err != nil {
-				return fmt.Errorf("import %s: %v: %s", img.ref, err, out)
-			}
+	}
+	return nil
+}
+
+// importImage packs the root file system directory rootfs as image ref and
+// imports it into the private containerd's default and k8s.io namespaces.
+// The archive stays in the containerd directory for other instances.
+func importImage(ref, rootfs string, cmd []string) error {
+	archive := filepath.Join(ctrd.dir, strings.NewReplacer("/", "_", ":", "_").Replace(ref)+".tar")
+	f, err := os.Create(archive)
+	if err != nil {
+		return err
+	}
+	err = ociimage.Pack(f, rootfs, ociimage.Options{Ref: ref, Cmd: cmd})
+	f.Close()
+	if err != nil {
+		return err
+	}
+	for _, ns := range []string{"default", "k8s.io"} {
+		if out, err := exec.Command(ctrBinary(), "-a", ctrd.sock, "-n", ns, "images", "import", archive).CombinedOutput(); err != nil {
+			return fmt.Errorf("import %s: %v: %s", ref, err, out)
 		}
 	}
 	return nil
