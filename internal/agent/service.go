@@ -293,6 +293,9 @@ func (s *Service) create(ctx context.Context, req *api.CreateRequest) (int, erro
 	if spec.Linux.CgroupsPath == "" {
 		spec.Linux.CgroupsPath = "/berth/" + id
 	}
+	if err := fitGuestResources(spec.Linux.Resources, cgroups.HugePageSizes()); err != nil {
+		return 0, fmt.Errorf("container %q: %w", id, err)
+	}
 	if holdsPodNamespaces(&spec) {
 		c, err := s.createHolder(id, &spec)
 		if err != nil {
@@ -793,12 +796,8 @@ func applyResources(r *cgroups.Resources, res *specs.LinuxResources) {
 		if c.Period != nil {
 			r.CpuPeriod = *c.Period
 		}
-		if c.Cpus != "" {
-			r.CpusetCpus = c.Cpus
-		}
-		if c.Mems != "" {
-			r.CpusetMems = c.Mems
-		}
+		// c.Cpus and c.Mems name host CPUs and nodes: not applied in the
+		// guest (fitGuestResources).
 	}
 	if p := res.Pids; p != nil && p.Limit != nil {
 		limit := *p.Limit
