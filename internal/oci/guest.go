@@ -17,6 +17,38 @@ type GuestSpecOptions struct {
 	// container joins by host path (/proc/<pid>/ns/...) are joined by this
 	// pid inside the guest instead.
 	SandboxInitPid uint32
+	// PIDNamespacePid, when not 0, is the guest pid whose PID namespace a
+	// container that joins one by host path joins, instead of the sandbox
+	// container's: the target of a CRI NamespaceMode_TARGET container
+	// (kubectl debug --target). The host path cannot say which container
+	// it names, because every task of a pod reports the VM's pid; the
+	// shim works the target out (shim.pidNamespaceTarget).
+	PIDNamespacePid uint32
+}
+
+// NamespaceByPath reports whether spec joins an existing namespace of type
+// t by path, and HasOwnNamespace whether it makes a new one.
+func NamespaceByPath(spec *specs.Spec, t specs.LinuxNamespaceType) bool {
+	ns, ok := namespace(spec, t)
+	return ok && ns.Path != ""
+}
+
+// HasOwnNamespace reports whether spec makes a new namespace of type t.
+func HasOwnNamespace(spec *specs.Spec, t specs.LinuxNamespaceType) bool {
+	ns, ok := namespace(spec, t)
+	return ok && ns.Path == ""
+}
+
+func namespace(spec *specs.Spec, t specs.LinuxNamespaceType) (specs.LinuxNamespace, bool) {
+	if spec == nil || spec.Linux == nil {
+		return specs.LinuxNamespace{}, false
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == t {
+			return ns, true
+		}
+	}
+	return specs.LinuxNamespace{}, false
 }
 
 // ForGuest returns a copy of spec adapted to run inside the guest. What
@@ -24,7 +56,8 @@ type GuestSpecOptions struct {
 //
 //   - root.path becomes the container's place in the virtio-fs share;
 //   - namespace paths point at the sandbox container's namespaces in the
-//     guest (or are dropped, giving a new namespace); a network namespace
+//     guest (a PID namespace at PIDNamespacePid's, when set), or are
+//     dropped, giving a new namespace; a network namespace
 //     the sandbox container joins by path is the pod's, which the host
 //     connected to the VM's NICs: the sandbox container runs in the
 //     guest's own network namespace, where the agent configured them;
@@ -60,10 +93,14 @@ func ForGuest(spec *specs.Spec, o GuestSpecOptions) (*specs.Spec, error) {
 				if o.SandboxInitPid == 0 && ns.Type == specs.NetworkNamespace {
 					continue // the guest's own namespace
 				}
-				if o.SandboxInitPid == 0 {
+				pid := o.SandboxInitPid
+				if ns.Type == specs.PIDNamespace && o.PIDNamespacePid != 0 {
+					pid = o.PIDNamespacePid
+				}
+				if pid == 0 {
 					ns.Path = ""
 				} else {
-					ns.Path = fmt.Sprintf("/proc/%d/ns/%s", o.SandboxInitPid, nsFile(ns.Type))
+					ns.Path = fmt.Sprintf("/proc/%d/ns/%s", pid, nsFile(ns.Type))
 				}
 			}
 			l.Namespaces = append(l.Namespaces, ns)

@@ -76,3 +76,25 @@ func TestCgroupsPath(t *testing.T) {
 		t.Errorf("no linux section: %q", got)
 	}
 }
+
+// TestForGuestJoinsTheDebugTargetsPIDNamespace: a debug container
+// (NamespaceMode_TARGET) joins its target's PID namespace and the
+// sandbox's others.
+func TestForGuestJoinsTheDebugTargetsPIDNamespace(t *testing.T) {
+	spec := DefaultSpec("/r", ProcessOptions{Args: []string{"sh"}})
+	spec.Linux.Namespaces = []specs.LinuxNamespace{
+		{Type: specs.IPCNamespace, Path: "/proc/4242/ns/ipc"},
+		{Type: specs.PIDNamespace, Path: "/proc/4242/ns/pid"},
+		{Type: specs.MountNamespace},
+	}
+	if !NamespaceByPath(spec, specs.PIDNamespace) || HasOwnNamespace(spec, specs.PIDNamespace) || !HasOwnNamespace(spec, specs.MountNamespace) {
+		t.Error("NamespaceByPath / HasOwnNamespace disagree with the spec")
+	}
+	g, err := ForGuest(spec, GuestSpecOptions{ContainerID: "dbg", SandboxInitPid: 7, PIDNamespacePid: 31})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Linux.Namespaces[0].Path != "/proc/7/ns/ipc" || g.Linux.Namespaces[1].Path != "/proc/31/ns/pid" || g.Linux.Namespaces[2].Path != "" {
+		t.Errorf("namespaces %+v", g.Linux.Namespaces)
+	}
+}

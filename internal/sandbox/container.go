@@ -85,7 +85,11 @@ type ContainerConfig struct {
 	// SandboxInitPid is the guest pid of the pod's sandbox container whose
 	// namespaces CRI app containers join; 0 when there is none.
 	SandboxInitPid uint32
-	IO             IO
+	// PIDNamespacePid is the guest pid whose PID namespace the container
+	// joins when its spec joins one by path, 0 for the sandbox
+	// container's (oci.GuestSpecOptions).
+	PIDNamespacePid uint32
+	IO              IO
 	// CgroupsPath is the container's linux.cgroupsPath as the caller
 	// chose it (see oci.CgroupsPath), "" for none; with
 	// sandbox_cgroup_only = false it exists on the host (podCgroups).
@@ -103,7 +107,7 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (_ *P
 	if cc.Spec == nil || cc.Spec.Process == nil || cc.Spec.Root == nil {
 		return nil, fmt.Errorf("spec needs process and root: %w", errdefs.ErrInvalidArgument)
 	}
-	guestSpec, err := oci.ForGuest(cc.Spec, oci.GuestSpecOptions{ContainerID: id, SandboxInitPid: cc.SandboxInitPid})
+	guestSpec, err := oci.ForGuest(cc.Spec, oci.GuestSpecOptions{ContainerID: id, SandboxInitPid: cc.SandboxInitPid, PIDNamespacePid: cc.PIDNamespacePid})
 	if err != nil {
 		return nil, fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
 	}

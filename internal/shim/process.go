@@ -17,6 +17,9 @@ type container struct {
 	isSandbox bool
 	// podSandbox: the CRI sandbox (pause) container of a pod.
 	podSandbox bool
+	// ownPIDNS: the container has a PID namespace of its own (CRI
+	// NamespaceMode_CONTAINER), which a debug container may target.
+	ownPIDNS bool
 	// mountedRootfs is bundle/rootfs when the shim mounted containerd's
 	// rootfs mounts there (and must unmount them).
 	mountedRootfs string

@@ -274,7 +274,8 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 		s.mu.Unlock()
 		return 0, fmt.Errorf("container %q: %w", r.ID, errdefs.ErrAlreadyExists)
 	}
-	c := &container{id: r.ID, bundle: r.Bundle, isSandbox: isSandbox, podSandbox: oci.IsPodSandbox(spec.Annotations), execs: map[string]*process{}}
+	c := &container{id: r.ID, bundle: r.Bundle, isSandbox: isSandbox, podSandbox: oci.IsPodSandbox(spec.Annotations), execs: map[string]*process{},
+		ownPIDNS: oci.HasOwnNamespace(spec, specs.PIDNamespace)}
 	// Reserve the id; slow work happens without the lock.
 	s.containers[r.ID] = c
 	s.mu.Unlock()
@@ -314,6 +315,11 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 	if err != nil {
 		return 0, err
 	}
+	pidNSPid, err := s.pidNamespaceTarget(r.ID, isSandbox, spec)
+	if err != nil {
+		s.destroySandboxIfEmpty(ctx, c)
+		return 0, err
+	}
 	var limit int64
 	if spec.Linux != nil {
 		limit = memoryLimit(spec.Linux.Resources)
@@ -331,7 +337,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 		return 0, err
 	}
 	sp, err := sb.CreateContainer(ctx, sandbox.ContainerConfig{
-		ID: r.ID, Spec: spec, RootfsDir: rootfs, SandboxInitPid: sandboxPid, IO: hio.IO,
+		ID: r.ID, Spec: spec, RootfsDir: rootfs, SandboxInitPid: sandboxPid, PIDNamespacePid: pidNSPid, IO: hio.IO,
 		CgroupsPath: oci.CgroupsPath(spec, ns, r.ID),
 	})
 	if err != nil {
