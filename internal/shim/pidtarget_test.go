@@ -28,7 +28,7 @@ func TestDebugContainerTargetsThePodsOneOwnPIDNamespace(t *testing.T) {
 		return &container{id: id, ownPIDNS: ownNS, init: newProcess(id, "", stdioPaths{}, nil, &guestPid{pid: pid})}
 	}
 	s := &service{containers: map[string]*container{
-		"pod": {id: "pod", podSandbox: true, ownPIDNS: true, init: newProcess("pod", "", stdioPaths{}, nil, &guestPid{pid: 2})},
+		"pod":    {id: "pod", podSandbox: true, ownPIDNS: true, init: newProcess("pod", "", stdioPaths{}, nil, &guestPid{pid: 2})},
 		"shared": running("shared", 5, false),
 	}}
 	if pid, err := s.pidNamespaceTarget("dbg", false, byPath); pid != 0 || err != nil {
