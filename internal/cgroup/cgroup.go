@@ -40,6 +40,11 @@ type Limits struct {
 	// CPUShares is the v1 relative weight (2-262144); v2 converts it to
 	// cpu.weight the way runc does.
 	CPUShares uint64
+	// CPUs are the host CPUs the cgroup's processes may run on, a cpuset
+	// list ("2-3,6"); "" is every CPU of the parent. It is written on its
+	// own, after the other limits, so that a CPU list the host cannot
+	// take does not keep the memory and CPU limits from applying.
+	CPUs string
 }
 
 // Cgroup is one sandbox's host cgroup.

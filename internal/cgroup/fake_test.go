@@ -105,7 +105,7 @@ func TestRealHost(t *testing.T) {
 			t.Error(err)
 		}
 		os.Remove(filepath.Join(h.V1Root(), "memory", "berth-unit-test"))
-		for _, c := range []string{"cpu", "cpuacct", "pids"} {
+		for _, c := range []string{"cpu", "cpuacct", "pids", "cpuset"} {
 			os.Remove(filepath.Join(h.V1Root(), c, "berth-unit-test"))
 		}
 		os.Remove(filepath.Join(h.V2Mount, "berth-unit-test"))
@@ -131,6 +131,20 @@ func TestRealHost(t *testing.T) {
 	if pids, _ := cg.Pids(ctx); len(pids) != 1 || pids[0] != sleep.Process.Pid {
 		t.Errorf("Pids = %v, want [%d]", pids, sleep.Process.Pid)
 	}
+	// Pinned to CPU 0 (the kubelet's static CPU manager), then every CPU
+	// of the parent again.
+	if err := cg.Update(ctx, Limits{MemoryBytes: 128 << 20, CPUs: "0"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := cpusAllowed(t, sleep.Process.Pid); got != "0" {
+		t.Errorf("pinned to CPU 0: the process may run on %q", got)
+	}
+	if err := cg.Update(ctx, Limits{MemoryBytes: 128 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := cpusAllowed(t, sleep.Process.Pid), cpusAllowed(t, os.Getpid()); got != want {
+		t.Errorf("unpinned: the process may run on %q, want %q as its parent", got, want)
+	}
 	if err := m.Remove(ctx, path); err != nil {
 		t.Errorf("Remove: %v", err)
 	}
@@ -143,4 +157,16 @@ func TestRealHost(t *testing.T) {
 	if err := m.Remove(ctx, path); err != nil {
 		t.Errorf("second Remove: %v", err)
 	}
+}
+
+// cpusAllowed is a process's Cpus_allowed_list.
+func cpusAllowed(t *testing.T, pid int) string {
+	t.Helper()
+	for _, line := range strings.Split(readFile(t, "/proc/"+strconv.Itoa(pid)+"/status"), "\n") {
+		if v, ok := strings.CutPrefix(line, "Cpus_allowed_list:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("no Cpus_allowed_list for pid %d", pid)
+	return ""
 }

@@ -120,6 +120,7 @@ func (c *systemdScope) dir() string {
 func (c *systemdScope) Update(ctx context.Context, l Limits) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	was := c.limits
 	c.limits = l
 	if !c.started {
 		return nil
@@ -129,7 +130,12 @@ func (c *systemdScope) Update(ctx context.Context, l Limits) error {
 		return fmt.Errorf("connect to systemd: %w", err)
 	}
 	defer conn.Close()
-	if err := conn.SetUnitPropertiesContext(ctx, c.unit, true, unitLimits(l)...); err != nil {
+	props := unitLimits(l)
+	if l.CPUs == "" && was.CPUs != "" {
+		// An empty AllowedCPUs is every CPU again.
+		props = append(props, systemd.Property{Name: "AllowedCPUs", Value: dbus.MakeVariant([]byte{})})
+	}
+	if err := conn.SetUnitPropertiesContext(ctx, c.unit, true, props...); err != nil {
 		return fmt.Errorf("update systemd scope %s: %w", c.unit, err)
 	}
 	return nil
@@ -184,6 +190,11 @@ func unitLimits(l Limits) []systemd.Property {
 	}
 	if l.CPUShares > 0 {
 		props = append(props, systemd.Property{Name: "CPUWeight", Value: dbus.MakeVariant(sharesToWeight(l.CPUShares))})
+	}
+	// A list that does not parse was refused where it came in
+	// (sandbox.limitsLocked); it cannot reach here.
+	if mask, err := cpuMask(l.CPUs); err == nil && len(mask) > 0 {
+		props = append(props, systemd.Property{Name: "AllowedCPUs", Value: dbus.MakeVariant(mask)})
 	}
 	return props
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/containerd/cgroups/v3/cgroup1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -14,8 +15,9 @@ import (
 // v1 writes cgroupfs v1 (also on hybrid hosts, whose v2 mount has no
 // controllers) through containerd's cgroup1 package, with a hierarchy
 // limited to the controllers a VMM needs: memory (required), cpu,
-// cpuacct and pids when mounted. cpuset is left out on purpose: a new v1
-// cpuset cgroup starts with no CPUs and would have to be filled in first.
+// cpuacct, pids and cpuset when mounted. A new v1 cpuset cgroup starts
+// with no CPUs; cgroup1 fills it from its parent's when it makes it, and
+// Limits.CPUs is written by setCPUs.
 type v1 struct {
 	root       string
 	subsystems func() ([]cgroup1.Subsystem, error)
@@ -43,6 +45,9 @@ func newV1(h Host) (Manager, error) {
 		}
 		if exists(filepath.Join(root, "pids")) {
 			s = append(s, cgroup1.NewPids(root))
+		}
+		if exists(filepath.Join(root, "cpuset")) {
+			s = append(s, cgroup1.NewCpuset(root))
 		}
 		return s, nil
 	}
@@ -74,7 +79,14 @@ func (m *v1) New(_ context.Context, path string, l Limits) (Cgroup, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create v1 cgroup %s: %w", path, err)
 	}
-	return &v1Cgroup{m: m, path: path, cg: cg}, nil
+	c := &v1Cgroup{m: m, path: path, cg: cg}
+	if l.CPUs != "" {
+		if err := c.setCPUs(l.CPUs); err != nil {
+			cg.Delete()
+			return nil, err
+		}
+	}
+	return c, nil
 }
 
 func (m *v1) Remove(ctx context.Context, path string) error {
@@ -113,6 +125,29 @@ func (c *v1Cgroup) Add(_ context.Context, pid int) error {
 func (c *v1Cgroup) Update(_ context.Context, l Limits) error {
 	if err := c.cg.Update(specResources(l, true)); err != nil {
 		return fmt.Errorf("update v1 cgroup %s: %w", c.path, err)
+	}
+	return c.setCPUs(l.CPUs)
+}
+
+// setCPUs writes cpuset.cpus: cpus, or for "" the parent's CPUs (a v1
+// cpuset cannot be emptied to mean "all").
+func (c *v1Cgroup) setCPUs(cpus string) error {
+	dir := filepath.Join(c.m.root, "cpuset", c.path)
+	if !exists(dir) {
+		if cpus == "" {
+			return nil
+		}
+		return fmt.Errorf("cpuset %q for %s: the host has no v1 cpuset hierarchy: %w", cpus, c.path, ErrUnsupported)
+	}
+	if cpus == "" {
+		parent, err := os.ReadFile(filepath.Join(filepath.Dir(dir), "cpuset.cpus"))
+		if err != nil {
+			return fmt.Errorf("read the parent's cpuset of %s: %w", c.path, err)
+		}
+		cpus = string(parent)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cpuset.cpus"), []byte(cpus), 0); err != nil {
+		return fmt.Errorf("cpuset %q for %s: %w", strings.TrimSpace(cpus), c.path, err)
 	}
 	return nil
 }

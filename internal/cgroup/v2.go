@@ -31,7 +31,14 @@ func (m *v2) New(_ context.Context, path string, l Limits) (Cgroup, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create v2 cgroup %s: %w", path, err)
 	}
-	return &v2Cgroup{path: path, dir: filepath.Join(m.mount, path), mgr: mgr}, nil
+	c := &v2Cgroup{path: path, dir: filepath.Join(m.mount, path), mgr: mgr}
+	if l.CPUs != "" {
+		if err := c.setCPUs(l.CPUs); err != nil {
+			mgr.Delete()
+			return nil, err
+		}
+	}
+	return c, nil
 }
 
 func (m *v2) Remove(ctx context.Context, path string) error {
@@ -69,6 +76,24 @@ func (c *v2Cgroup) Add(_ context.Context, pid int) error {
 func (c *v2Cgroup) Update(_ context.Context, l Limits) error {
 	if err := c.mgr.Update(v2Resources(l, true)); err != nil {
 		return fmt.Errorf("update v2 cgroup %s: %w", c.path, err)
+	}
+	return c.setCPUs(l.CPUs)
+}
+
+// setCPUs writes cpuset.cpus, enabling the cpuset controller down to the
+// cgroup first when it has none; an empty cpuset.cpus is the parent's.
+func (c *v2Cgroup) setCPUs(cpus string) error {
+	file := filepath.Join(c.dir, "cpuset.cpus")
+	if !exists(file) {
+		if cpus == "" {
+			return nil
+		}
+		if err := c.mgr.ToggleControllers([]string{"cpuset"}, cgroup2.Enable); err != nil {
+			return fmt.Errorf("cpuset %q for %s: enable the cpuset controller: %w", cpus, c.path, err)
+		}
+	}
+	if err := os.WriteFile(file, []byte(cpus+"\n"), 0); err != nil {
+		return fmt.Errorf("cpuset %q for %s: %w", cpus, c.path, err)
 	}
 	return nil
 }

@@ -202,6 +202,10 @@ type cpuLimit struct {
 	quotaUsec  int64
 	periodUsec uint64
 	shares     uint64
+	// cpus is the container's cpuset.cpus: host CPUs (the kubelet's
+	// static CPU manager pins Guaranteed pods' containers), which the
+	// guest does not apply and the VMM's cgroup does.
+	cpus string
 }
 
 func cpuLimitOf(res *specs.LinuxResources) cpuLimit {
@@ -219,6 +223,7 @@ func cpuLimitOf(res *specs.LinuxResources) cpuLimit {
 	if res.CPU.Shares != nil {
 		l.shares = *res.CPU.Shares
 	}
+	l.cpus = res.CPU.Cpus
 	return l
 }
 
@@ -238,21 +243,28 @@ func (s *Sandbox) setContainerCPU(ctx context.Context, id string, res *specs.Lin
 // limitsLocked sizes the sandbox cgroup: memory is the VM plus overhead;
 // the CPU quota is the sum of the containers' quotas, but only when every
 // container has one (a single unlimited container makes the pod
-// unlimited, as it would be under runc); shares add up. The container
-// that shares the sandbox's id is either a CRI pod's pause container,
-// which asks for nothing and does not count, or a plain container (ctr
-// run) that is the whole pod, whose quota does count.
+// unlimited, as it would be under runc); shares add up; the VMM may run
+// on the union of the containers' cpusets, again only when every one has
+// a cpuset (an unpinned container may run anywhere). The container that
+// shares the sandbox's id is either a CRI pod's pause container, which
+// asks for nothing and does not count, or a plain container (ctr run)
+// that is the whole pod, whose limits do count.
 func (s *Sandbox) limitsLocked() cgroup.Limits {
 	l := cgroup.Limits{MemoryBytes: s.cfg.SandboxMemoryLimitBytes(s.vmMiB)}
 	const period = 100000
 	var quota int64
-	limited, n := true, 0
+	var cpusets []string
+	limited, pinned, n := true, true, 0
 	for id, c := range s.cpu {
-		if id == s.id && c.quotaUsec == 0 {
+		if id == s.id && c.quotaUsec == 0 && c.cpus == "" {
 			continue
 		}
 		n++
 		l.CPUShares += c.shares
+		if c.cpus == "" {
+			pinned = false
+		}
+		cpusets = append(cpusets, c.cpus)
 		if c.quotaUsec == 0 {
 			limited = false
 			continue
@@ -261,6 +273,13 @@ func (s *Sandbox) limitsLocked() cgroup.Limits {
 	}
 	if limited && n > 0 {
 		l.CPUQuotaUsec, l.CPUPeriodUsec = quota, period
+	}
+	if pinned && n > 0 {
+		cpus, err := cgroup.UnionCPULists(cpusets...)
+		if err != nil {
+			logrus.WithError(err).WithField("sandbox", s.id).Warn("a container's cpuset does not parse; the VMM is not pinned")
+		}
+		l.CPUs = cpus
 	}
 	return l
 }

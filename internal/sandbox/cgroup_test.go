@@ -84,6 +84,37 @@ func TestPlainContainerQuotaCounts(t *testing.T) {
 	}
 }
 
+// TestSandboxCgroupPinsTheVMMToItsContainersCPUs: the kubelet's static
+// CPU manager pins containers to host CPUs; the VMM's cgroup runs on the
+// union of the containers' cpusets while every app container has one, and
+// on every CPU again once an unpinned container joins.
+func TestSandboxCgroupPinsTheVMMToItsContainersCPUs(t *testing.T) {
+	ctx := context.Background()
+	rec := &recordingCgroup{}
+	s := &Sandbox{id: "pod", cfg: config.Default(), cgroup: rec, vmMiB: 256, cpu: map[string]cpuLimit{}}
+	last := func() cgroup.Limits { return rec.limits[len(rec.limits)-1] }
+	s.setContainerCPU(ctx, "pod", nil, false)
+	s.setContainerCPU(ctx, "a", &specs.LinuxResources{CPU: &specs.LinuxCPU{Cpus: "4-5"}}, false)
+	s.setContainerCPU(ctx, "b", &specs.LinuxResources{CPU: &specs.LinuxCPU{Cpus: "2,6"}}, false)
+	if got := last().CPUs; got != "2,4-6" {
+		t.Errorf("two pinned containers: cpus %q, want 2,4-6", got)
+	}
+	s.setContainerCPU(ctx, "c", &specs.LinuxResources{}, false)
+	if got := last().CPUs; got != "" {
+		t.Errorf("with an unpinned container: cpus %q, want every CPU", got)
+	}
+	s.setContainerCPU(ctx, "c", nil, true)
+	s.setContainerCPU(ctx, "b", &specs.LinuxResources{CPU: &specs.LinuxCPU{Cpus: "nonsense"}}, false)
+	if got := last().CPUs; got != "" {
+		t.Errorf("a cpuset that does not parse: cpus %q, want unpinned", got)
+	}
+	solo := &Sandbox{id: "solo", cfg: config.Default(), cgroup: rec, vmMiB: 256, cpu: map[string]cpuLimit{}}
+	solo.setContainerCPU(ctx, "solo", &specs.LinuxResources{CPU: &specs.LinuxCPU{Cpus: "1"}}, false)
+	if got := last().CPUs; got != "1" {
+		t.Errorf("a plain container pinned without a quota: cpus %q, want 1", got)
+	}
+}
+
 func TestCgroupPath(t *testing.T) {
 	cfg := config.Default()
 	for _, tc := range []struct {

@@ -44,7 +44,7 @@ func containerLimits(res *specs.LinuxResources) cgroup.Limits {
 		l.MemoryBytes = *res.Memory.Limit
 	}
 	c := cpuLimitOf(res)
-	l.CPUQuotaUsec, l.CPUPeriodUsec, l.CPUShares = c.quotaUsec, c.periodUsec, c.shares
+	l.CPUQuotaUsec, l.CPUPeriodUsec, l.CPUShares, l.CPUs = c.quotaUsec, c.periodUsec, c.shares, c.cpus
 	return l
 }
 

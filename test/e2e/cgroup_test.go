@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"bufio"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -406,5 +408,70 @@ func TestCgroupCPUQuotaFollowsCRIUpdate(t *testing.T) {
 	}
 	if got, want := hostCPUQuota(t, path), quotaString(t, 20000); got != want {
 		t.Errorf("after the update the host cgroup CPU quota is %q, want %q (0.2 CPU)", got, want)
+	}
+}
+
+// threadsCPUsAllowed maps every thread of the processes in the host
+// cgroup at path (the memory hierarchy's) to its Cpus_allowed_list.
+func threadsCPUsAllowed(t *testing.T, path string) map[string]string {
+	t.Helper()
+	procs, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory", path, "cgroup.procs"))
+	if err != nil {
+		t.Fatalf("the VMM's cgroup: %v", err)
+	}
+	out := map[string]string{}
+	for _, pid := range strings.Fields(string(procs)) {
+		tasks, _ := filepath.Glob(filepath.Join("/proc", pid, "task", "*", "status"))
+		for _, status := range tasks {
+			b, err := os.ReadFile(status)
+			if err != nil {
+				continue // the thread ended
+			}
+			for _, line := range strings.Split(string(b), "\n") {
+				if v, ok := strings.CutPrefix(line, "Cpus_allowed_list:"); ok {
+					out[status] = strings.TrimSpace(v)
+				}
+			}
+		}
+	}
+	if len(out) == 0 {
+		t.Fatalf("no threads in the VMM's cgroup %s", path)
+	}
+	return out
+}
+
+// TestCgroupCPUSetPinsTheVMMWhereTheKubeletPinsTheContainer: the kubelet's
+// static CPU manager pins a Guaranteed container to host CPUs. The guest's
+// vCPUs are not those CPUs (the agent drops the cpuset inside), so the
+// VM's threads on the host, QEMU's vCPU thread and virtiofsd included, run
+// only there, and follow UpdateContainerResources.
+func TestCgroupCPUSetPinsTheVMMWhereTheKubeletPinsTheContainer(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("needs two host CPUs to pin to one of them")
+	}
+	c := newCRI(t)
+	defer assertNoLeaks(t)
+	pod := c.runPod(t, "pinned")
+	defer c.removePod(t, pod.id)
+	id, _ := c.createContainerWith(t, pod, "pinned", func(cc *cri.ContainerConfig) {
+		cc.Linux.Resources = &cri.LinuxContainerResources{CpuQuota: 100000, CpuPeriod: 100000, CpusetCpus: "1"}
+	}, "sleep", "1000")
+	c.startContainer(t, id)
+	path := pod.config.Linux.CgroupParent + "/" + pod.id
+	for thread, cpus := range threadsCPUsAllowed(t, path) {
+		if cpus != "1" {
+			t.Errorf("%s may run on CPUs %q, want 1 (the container's cpuset)", thread, cpus)
+		}
+	}
+	all := fmt.Sprintf("0-%d", runtime.NumCPU()-1)
+	if _, err := c.rt.UpdateContainerResources(criCtx(t, time.Minute), &cri.UpdateContainerResourcesRequest{
+		ContainerId: id, Linux: &cri.LinuxContainerResources{CpuQuota: 100000, CpuPeriod: 100000, CpusetCpus: all},
+	}); err != nil {
+		t.Fatalf("UpdateContainerResources: %v", err)
+	}
+	for thread, cpus := range threadsCPUsAllowed(t, path) {
+		if cpus != all {
+			t.Errorf("after the update %s may run on CPUs %q, want %s", thread, cpus, all)
+		}
 	}
 }
