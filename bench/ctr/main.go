@@ -55,14 +55,9 @@ func main() {
 	sock := strings.TrimSpace(string(out))
 
 	archive := filepath.Join(work, "busybox.tar")
-	f, err := os.Create(archive)
-	if err != nil {
+	if err := ociimage.PackFile(archive, *rootfs, ociimage.Options{Ref: image, Cmd: []string{"/bin/sh"}}); err != nil {
 		fatal(err)
 	}
-	if err := ociimage.Pack(f, *rootfs, ociimage.Options{Ref: image, Cmd: []string{"/bin/sh"}}); err != nil {
-		fatal(err)
-	}
-	f.Close()
 	if out, err := exec.Command("ctr", "-a", sock, "images", "import", archive).CombinedOutput(); err != nil {
 		fatal(fmt.Errorf("import: %v: %s", err, out))
 	}

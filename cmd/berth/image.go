@@ -19,16 +19,10 @@ func newImageCmd() *cobra.Command {
 			if st, err := os.Stat(rootfs); err != nil || !st.IsDir() {
 				return fmt.Errorf("--rootfs %s: not a directory", rootfs)
 			}
-			f, err := os.Create(out)
-			if err != nil {
+			if err := ociimage.PackFile(out, rootfs, ociimage.Options{Ref: ref, Cmd: args}); err != nil {
 				return fmt.Errorf("--out %s: %w", out, err)
 			}
-			if err := ociimage.Pack(f, rootfs, ociimage.Options{Ref: ref, Cmd: args}); err != nil {
-				f.Close()
-				os.Remove(out)
-				return err
-			}
-			return f.Close()
+			return nil
 		},
 	}
 	pack.Flags().StringVar(&rootfs, "rootfs", "", "root file system directory (required)")

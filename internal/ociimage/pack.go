@@ -189,3 +189,18 @@ func layerTarGz(rootfs string) ([]byte, digest.Digest, error) {
 	}
 	return gz.Bytes(), dd.Digest(), nil
 }
+
+// PackFile writes the archive of rootfs to the file path, removing it
+// again when packing fails.
+func PackFile(path, rootfs string, o Options) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := Pack(f, rootfs, o); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	return f.Close()
+}

@@ -103,13 +103,7 @@ func startContainerd() error {
 // The archive stays in the containerd directory for other instances.
 func importImage(ref, rootfs string, cmd []string) error {
 	archive := filepath.Join(ctrd.dir, strings.NewReplacer("/", "_", ":", "_").Replace(ref)+".tar")
-	f, err := os.Create(archive)
-	if err != nil {
-		return err
-	}
-	err = ociimage.Pack(f, rootfs, ociimage.Options{Ref: ref, Cmd: cmd})
-	f.Close()
-	if err != nil {
+	if err := ociimage.PackFile(archive, rootfs, ociimage.Options{Ref: ref, Cmd: cmd}); err != nil {
 		return err
 	}
 	for _, ns := range []string{"default", "k8s.io"} {

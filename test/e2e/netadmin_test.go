@@ -25,6 +25,28 @@ step up ip link set br0 up
 step sysfs test -d /sys/class/net/br0/bridge
 step ipv6 test -e /proc/sys/net/ipv6/conf/br0`
 
+// underRuncAndBerthWithNetAdmin runs script in a container of image with
+// CAP_NET_ADMIN under runc, then under Berth, and returns each one's
+// stdout by runtime; a failing run fails the test.
+func underRuncAndBerthWithNetAdmin(t *testing.T, image, name, script string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, rt := range []string{runcRuntime, berthRuntime} {
+		id := name + "-" + shortRuntime(rt)
+		r := ctr(t, "run", "--runtime", rt, "--rm", "--cap-add", "CAP_NET_ADMIN", image, id, "sh", "-c", script)
+		if r.code != 0 {
+			cleanupTask(t, id)
+			t.Fatalf("under %s: exit %d\n%s%s", rt, r.code, r.stdout, r.stderr)
+		}
+		out[rt] = strings.TrimSpace(r.stdout)
+		if r.stderr != "" {
+			t.Logf("under %s, stderr:\n%s", rt, r.stderr)
+		}
+		t.Logf("under %s: %s", rt, r.elapsed.Round(time.Millisecond))
+	}
+	return out
+}
+
 // TestCtrNetAdminBridgeVethAsUnderRunc: a container with CAP_NET_ADMIN
 // builds a bridge and a veth pair in its network namespace under Berth as
 // it does under runc. With Berth's own kernel these are built in
@@ -33,16 +55,7 @@ step ipv6 test -e /proc/sys/net/ipv6/conf/br0`
 func TestCtrNetAdminBridgeVethAsUnderRunc(t *testing.T) {
 	containerd(t)
 	defer assertNoLeaks(t)
-	out := map[string]string{}
-	for _, rt := range []string{runcRuntime, berthRuntime} {
-		id := "netadmin-" + shortRuntime(rt)
-		r := ctr(t, "run", "--runtime", rt, "--rm", "--cap-add", "CAP_NET_ADMIN", busyboxImage, id, "sh", "-c", netAdminProbe)
-		if r.code != 0 {
-			cleanupTask(t, id)
-			t.Fatalf("under %s: exit %d\n%s%s", rt, r.code, r.stdout, r.stderr)
-		}
-		out[rt] = strings.TrimSpace(r.stdout)
-	}
+	out := underRuncAndBerthWithNetAdmin(t, busyboxImage, "netadmin", netAdminProbe)
 	t.Logf("runc:\n%s", out[runcRuntime])
 	if out[berthRuntime] != out[runcRuntime] {
 		t.Errorf("under berth:\n%s\nunder runc:\n%s", out[berthRuntime], out[runcRuntime])
@@ -275,20 +288,7 @@ func TestCtrIptablesInPodAsUnderRunc(t *testing.T) {
 	defer assertNoLeaks(t)
 	script := "rules() {\n" + netfilterRulesProbe + "\n}\npackets() {\n" + netfilterPacketsProbe + "\n}\n" +
 		"rules legacy; rules nft\n" + nftRulesProbe + "\nfor b in legacy nft nft-native; do packets $b; nft flush ruleset; iptables-legacy -t nat -F; iptables-legacy -F; done\n"
-	out := map[string]string{}
-	for _, rt := range []string{runcRuntime, berthRuntime} {
-		id := "netfilter-" + shortRuntime(rt)
-		r := ctr(t, "run", "--runtime", rt, "--rm", "--cap-add", "CAP_NET_ADMIN", netfilterImage, id, "sh", "-c", script)
-		if r.code != 0 {
-			cleanupTask(t, id)
-			t.Fatalf("under %s: exit %d\n%s%s", rt, r.code, r.stdout, r.stderr)
-		}
-		out[rt] = strings.TrimSpace(r.stdout)
-		if rt == berthRuntime && r.stderr != "" {
-			t.Logf("under berth, stderr:\n%s", r.stderr)
-		}
-		t.Logf("under %s: %s", rt, r.elapsed.Round(time.Millisecond))
-	}
+	out := underRuncAndBerthWithNetAdmin(t, netfilterImage, "netfilter", script)
 	if out[berthRuntime] != out[runcRuntime] {
 		t.Errorf("under berth:\n%s\nunder runc:\n%s", out[berthRuntime], out[runcRuntime])
 	}

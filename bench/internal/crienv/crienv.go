@@ -160,13 +160,7 @@ func (e *Env) Close() { e.stop() }
 
 func importImage(sock, tmp, rootfs, ref string, cmd []string) error {
 	archive := filepath.Join(tmp, filepath.Base(strings.ReplaceAll(ref, ":", "_"))+".tar")
-	f, err := os.Create(archive)
-	if err != nil {
-		return err
-	}
-	err = ociimage.Pack(f, rootfs, ociimage.Options{Ref: ref, Cmd: cmd})
-	f.Close()
-	if err != nil {
+	if err := ociimage.PackFile(archive, rootfs, ociimage.Options{Ref: ref, Cmd: cmd}); err != nil {
 		return err
 	}
 	if out, err := exec.Command("ctr", "-a", sock, "-n", "k8s.io", "images", "import", archive).CombinedOutput(); err != nil {
