@@ -3,9 +3,10 @@
 # own root, state and socket under DIR, and Berth's runtime configured as
 # handler "berth". It never touches a system containerd.
 # CRI pods get their network from Debian's CNI plugins (bridge, host-local,
-# portmap): a private bridge and a private 10.x /24, both derived from DIR so
-# that several private containerds on one machine do not collide; the
-# bridge is removed by stop.
+# portmap), dual-stack as in a cluster: a private bridge, a private 10.x /24
+# and a private fd00:be:x:y::/64, all derived from DIR so that several
+# private containerds on one machine do not collide; the bridge is removed
+# by stop.
 #   containerd-private.sh start DIR [BIN_DIR]   prints the socket path
 #   containerd-private.sh stop DIR
 # BERTH_CONTAINERD=/path/to/containerd picks the binary (default: the one on
@@ -16,11 +17,12 @@ set -euo pipefail
 cmd=${1:?usage: containerd-private.sh start|stop DIR [BIN_DIR]}
 dir=$(readlink -f "${2:?DIR missing}")
 bindir=$(readlink -f "${3:-$(dirname "$0")/../bin}")
-# cni_net DIR prints the bridge name, subnet and gateway for DIR.
+# cni_net DIR prints the bridge name, the IPv4 subnet and gateway, and the
+# IPv6 subnet and gateway for DIR.
 cni_net() {
   local h
   h=$(printf %s "$1" | sha256sum | cut -c1-6)
-  echo "berth$h 10.$((128 + 0x${h:0:2} % 100)).$((0x${h:2:2})).0/24 10.$((128 + 0x${h:0:2} % 100)).$((0x${h:2:2})).1"
+  echo "berth$h 10.$((128 + 0x${h:0:2} % 100)).$((0x${h:2:2})).0/24 10.$((128 + 0x${h:0:2} % 100)).$((0x${h:2:2})).1 fd00:be:${h:0:4}:${h:4:2}::/64 fd00:be:${h:0:4}:${h:4:2}::1"
 }
 case "$cmd" in
 start)
@@ -29,7 +31,7 @@ start)
   ctr=$(dirname "$containerd")/ctr
   [ -x "$ctr" ] || ctr=ctr
   mkdir -p "$dir"
-  read -r br subnet gw < <(cni_net "$dir")
+  read -r br subnet gw subnet6 gw6 < <(cni_net "$dir")
   mkdir -p "$dir/cni/net.d"
   cat > "$dir/cni/net.d/10-berth.conflist" <<JSON
 {
@@ -37,8 +39,8 @@ start)
   "name": "berth-private",
   "plugins": [
     {"type": "bridge", "bridge": "$br", "isGateway": true, "ipMasq": false,
-     "ipam": {"type": "host-local", "ranges": [[{"subnet": "$subnet", "gateway": "$gw"}]],
-              "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$dir/cni/ipam"}},
+     "ipam": {"type": "host-local", "ranges": [[{"subnet": "$subnet", "gateway": "$gw"}], [{"subnet": "$subnet6", "gateway": "$gw6"}]],
+              "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}], "dataDir": "$dir/cni/ipam"}},
     {"type": "portmap", "capabilities": {"portMappings": true}}
   ]
 }

@@ -525,3 +525,57 @@ func TestCRIPortForward(t *testing.T) {
 		t.Errorf("reply through port-forward:\n%s\ncontainerd log:\n%s", reply, tail(filepath.Join(ctrd.dir, "containerd.log"), 15))
 	}
 }
+
+// podIPv6 is the pod's IPv6 address from PodSandboxStatus (CNI's second
+// range: the private network is dual-stack).
+func (c *criClient) podIPv6(t *testing.T, id string) string {
+	t.Helper()
+	st, err := c.rt.PodSandboxStatus(criCtx(t, time.Minute), &cri.PodSandboxStatusRequest{PodSandboxId: id})
+	if err != nil {
+		t.Fatalf("PodSandboxStatus: %v", err)
+	}
+	for _, ip := range st.GetStatus().GetNetwork().GetAdditionalIps() {
+		if strings.Contains(ip.GetIp(), ":") {
+			return ip.GetIp()
+		}
+	}
+	t.Fatalf("pod %s has no IPv6 address: %+v", id, st.GetStatus().GetNetwork())
+	return ""
+}
+
+// TestCRIDualStackPodTalksIPv6: on a dual-stack pod network, the Berth
+// pod's NIC in the guest has the IPv6 address and default route CNI gave
+// its veth, the host reaches its server over IPv6, and it reaches a runc
+// pod's server over IPv6.
+func TestCRIDualStackPodTalksIPv6(t *testing.T) {
+	c := newCRI(t)
+	defer assertNoLeaks(t)
+	podA := c.runPod(t, "v6-a")
+	defer c.removePod(t, podA.id)
+	podR := c.runPodWith(t, "v6-r", "runc", nil)
+	defer c.removePod(t, podR.id)
+	a, _ := c.createContainer(t, podA, "httpd", httpdArgs...)
+	c.startContainer(t, a)
+	r, _ := c.createContainer(t, podR, "httpd", httpdArgs...)
+	c.startContainer(t, r)
+	waitLogLine(t, filepath.Join(podA.logDir, "httpd.log"), "serving", time.Minute)
+	waitLogLine(t, filepath.Join(podR.logDir, "httpd.log"), "serving", time.Minute)
+
+	ipA, ipR := c.podIPv6(t, podA.id), c.podIPv6(t, podR.id)
+	t.Logf("pod IPv6 addresses: berth %s, runc %s", ipA, ipR)
+	if got := c.execOut(t, a, "ip", "-o", "-6", "addr", "show", "dev", "eth0", "scope", "global"); !strings.Contains(got, " "+ipA+"/64 ") {
+		t.Errorf("container eth0 IPv6 addresses %q, want %s/64 (the CNI address)", got, ipA)
+	}
+	if got := c.execOut(t, a, "ip", "-6", "route", "show", "default"); !strings.HasPrefix(got, "default via ") {
+		t.Errorf("container IPv6 default route %q, want the CNI gateway's", got)
+	}
+	if body := httpGet(t, "http://"+net.JoinHostPort(ipA, "8080")+"/"); body != "hello-from-v6-a" {
+		t.Errorf("GET over IPv6 from the host to the Berth pod: %q", body)
+	}
+	// busybox's wget crashes on an IPv6 URL (also on the host); nc does
+	// not.
+	got := c.execOut(t, a, "sh", "-c", "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 10 "+ipR+" 8080 | tail -n 1")
+	if got != "hello-from-v6-r" {
+		t.Errorf("GET over IPv6 from the Berth pod to the runc pod: %q", got)
+	}
+}
