@@ -19,3 +19,22 @@ func TestCPUListsParseUnionAndMask(t *testing.T) {
 		t.Errorf("cpuMask = %x, %v; want 0106", m, err)
 	}
 }
+
+// TestSystemdScopeGetsAllowedCPUs: the systemd driver pins with
+// AllowedCPUs, and leaves it out when the pod is not pinned.
+func TestSystemdScopeGetsAllowedCPUs(t *testing.T) {
+	allowed := func(l Limits) []byte {
+		for _, p := range unitLimits(l) {
+			if p.Name == "AllowedCPUs" {
+				return p.Value.Value().([]byte)
+			}
+		}
+		return nil
+	}
+	if m := allowed(Limits{CPUs: "0,9-10"}); !bytes.Equal(m, []byte{0x01, 0x06}) {
+		t.Errorf("AllowedCPUs = %x, want 0106", m)
+	}
+	if m := allowed(Limits{MemoryBytes: 1 << 30}); m != nil {
+		t.Errorf("unpinned: AllowedCPUs = %x, want none", m)
+	}
+}
