@@ -65,6 +65,25 @@ func TestFakeHostLifecycle(t *testing.T) {
 			} else if got := readFile(t, filepath.Join(dir, "cpu", "berth", "sb1", "cpu.cfs_quota_us")); got != "50000" {
 				t.Errorf("cpu.cfs_quota_us %q", got)
 			}
+			// Pinned, then every CPU of the parent again: "" on v2, the
+			// parent's list on v1, where a cpuset cannot be emptied.
+			cpusFile := filepath.Join(dir, "cpuset", "berth", "sb1", "cpuset.cpus")
+			unpinned := "0-3"
+			if layout == LayoutV2 {
+				cpusFile, unpinned = filepath.Join(dir, "berth", "sb1", "cpuset.cpus"), ""
+			}
+			if err := cg.Update(ctx, Limits{MemoryBytes: 1 << 30, CPUs: "1,3"}); err != nil {
+				t.Fatalf("Update with CPUs: %v", err)
+			}
+			if got := readFile(t, cpusFile); got != "1,3" {
+				t.Errorf("pinned: cpuset.cpus %q, want 1,3", got)
+			}
+			if err := cg.Update(ctx, Limits{MemoryBytes: 1 << 30}); err != nil {
+				t.Fatalf("Update without CPUs: %v", err)
+			}
+			if got := readFile(t, cpusFile); got != unpinned {
+				t.Errorf("unpinned: cpuset.cpus %q, want %q", got, unpinned)
+			}
 			// The VMM has exited: the kernel empties cgroup.procs.
 			cgrouptest.Exited(h, "/berth/sb1")
 			if err := cg.Delete(ctx); err != nil {

@@ -12,7 +12,8 @@ import (
 )
 
 // Host builds a tree under dir for layout (v1 and hybrid get memory, cpu,
-// cpuacct and pids hierarchies; v2 and hybrid a unified one) and returns
+// cpuacct, pids and cpuset hierarchies, the host's CPUs being 0-3; v2 and
+// hybrid a unified one) and returns
 // the host description a Manager needs. parents are cgroup paths (such as
 // "/berth") that exist already, as the kernel's cgroup.subtree_control
 // files would.
@@ -25,11 +26,14 @@ func Host(t testing.TB, dir string, layout cgroup.Layout, systemd bool, parents 
 		}
 	}
 	if layout == cgroup.LayoutV1 || layout == cgroup.LayoutHybrid {
-		for _, c := range []string{"memory", "cpu", "cpuacct", "pids"} {
+		for _, c := range []string{"memory", "cpu", "cpuacct", "pids", "cpuset"} {
 			p := filepath.Join(dir, c)
 			mkdir(p)
 			h.V1Mounts[c] = p
 		}
+		// A new v1 cpuset cgroup is filled from its parent's.
+		os.WriteFile(filepath.Join(dir, "cpuset", "cpuset.cpus"), []byte("0-3\n"), 0o644)
+		os.WriteFile(filepath.Join(dir, "cpuset", "cpuset.mems"), []byte("0\n"), 0o644)
 	}
 	switch layout {
 	case cgroup.LayoutV2:
@@ -42,7 +46,7 @@ func Host(t testing.TB, dir string, layout cgroup.Layout, systemd bool, parents 
 		for _, p := range append([]string{"/"}, parents...) {
 			d := filepath.Join(h.V2Mount, p)
 			mkdir(d)
-			os.WriteFile(filepath.Join(d, "cgroup.controllers"), []byte("cpu memory pids\n"), 0o644)
+			os.WriteFile(filepath.Join(d, "cgroup.controllers"), []byte("cpu cpuset memory pids\n"), 0o644)
 			os.WriteFile(filepath.Join(d, "cgroup.subtree_control"), nil, 0o644)
 		}
 	}
