@@ -59,6 +59,10 @@ var KernelFeatures = []KernelFeature{
 	{"netfilter (iptables, nftables, NAT, conntrack)", []string{"CONFIG_NETFILTER", "CONFIG_NF_CONNTRACK", "CONFIG_NF_NAT",
 		"CONFIG_NF_TABLES", "CONFIG_IP_NF_IPTABLES", "CONFIG_IP_NF_NAT"}, false,
 		[]string{"nf_conntrack", "nf_nat", "nf_tables", "ip_tables", "iptable_nat"}},
+	// Links and traffic control pods with NET_ADMIN set up themselves.
+	{"links and tc (wireguard, dummy, ifb, geneve, netem, htb, sctp)", []string{"CONFIG_WIREGUARD", "CONFIG_DUMMY",
+		"CONFIG_IFB", "CONFIG_GENEVE", "CONFIG_NET_SCH_NETEM", "CONFIG_NET_SCH_HTB", "CONFIG_NET_SCH_TBF", "CONFIG_IP_SCTP"}, false,
+		[]string{"wireguard", "dummy", "ifb", "geneve", "sch_netem", "sch_htb", "sch_tbf", "sctp"}},
 	// What pods' own rules use beyond the core: a service mesh's init
 	// container (owner match, TPROXY, socket, CT zones in the raw table),
 	// MSS clamping, rate limits, logging, IPv6 REJECT, nft's reject and

@@ -67,34 +67,34 @@ func TestCtrNetAdminBridgeVethAsUnderRunc(t *testing.T) {
 	}
 }
 
-// netfilterImage is busybox with the host's own iptables (both backends,
-// every extension) and nft, with their libraries, so that runc and Berth
-// run the same binaries. Its /etc/passwd has a mesh proxy's user (uid
-// 1337, as Istio's).
-const netfilterImage = "docker.io/library/netfilter:berth"
+// netToolsImage is busybox with the host's own iptables (both backends,
+// every extension), nft and iproute2's ip and tc, with their libraries, so
+// that runc and Berth run the same binaries. Its /etc/passwd has a mesh
+// proxy's user (uid 1337, as Istio's).
+const netToolsImage = "docker.io/library/nettools:berth"
 
-var netfilterTools = []string{"/usr/sbin/xtables-nft-multi", "/usr/sbin/xtables-legacy-multi", "/usr/sbin/nft"}
+var netTools = []string{"/usr/sbin/xtables-nft-multi", "/usr/sbin/xtables-legacy-multi", "/usr/sbin/nft", "/usr/sbin/ip", "/usr/sbin/tc"}
 
 const xtablesExtensions = "/usr/lib/x86_64-linux-gnu/xtables"
 
-var netfilterOnce struct {
+var netToolsOnce struct {
 	sync.Once
 	err error
 }
 
-// importNetfilterImage builds and imports netfilterImage once per test
+// importNetToolsImage builds and imports netToolsImage once per test
 // binary.
-func importNetfilterImage(t *testing.T) {
+func importNetToolsImage(t *testing.T) {
 	t.Helper()
 	containerd(t)
-	netfilterOnce.Do(func() { netfilterOnce.err = buildNetfilterImage() })
-	if netfilterOnce.err != nil {
-		t.Fatalf("netfilter test image: %v", netfilterOnce.err)
+	netToolsOnce.Do(func() { netToolsOnce.err = buildNetToolsImage() })
+	if netToolsOnce.err != nil {
+		t.Fatalf("network tools test image: %v", netToolsOnce.err)
 	}
 }
 
-func buildNetfilterImage() error {
-	dir, err := os.MkdirTemp("", "berth-netfilter-rootfs-")
+func buildNetToolsImage() error {
+	dir, err := os.MkdirTemp("", "berth-nettools-rootfs-")
 	if err != nil {
 		return err
 	}
@@ -106,12 +106,12 @@ func buildNetfilterImage() error {
 	if err != nil || len(exts) == 0 {
 		return fmt.Errorf("no iptables extensions in %s: apt-get install iptables (scripts/install-deps.sh)", xtablesExtensions)
 	}
-	files := append(append([]string{}, netfilterTools...), exts...)
+	files := append(append([]string{}, netTools...), exts...)
 	libs := map[string]bool{}
 	for _, f := range files {
 		deps, err := sharedLibraries(f)
 		if err != nil {
-			return fmt.Errorf("%w: apt-get install iptables nftables (scripts/install-deps.sh)", err)
+			return fmt.Errorf("%w: apt-get install iptables nftables iproute2 (scripts/install-deps.sh)", err)
 		}
 		for _, l := range deps {
 			libs[l] = true
@@ -140,7 +140,7 @@ func buildNetfilterImage() error {
 	if err := os.WriteFile(filepath.Join(dir, "etc/group"), []byte("root:x:0:\nproxy:x:1337:\n"), 0o644); err != nil {
 		return err
 	}
-	return importImage(netfilterImage, dir, []string{"/bin/sh"})
+	return importImage(netToolsImage, dir, []string{"/bin/sh"})
 }
 
 // sharedLibraries lists the libraries (and the dynamic loader) that bin
@@ -284,11 +284,11 @@ true`
 // and the rules act on packets: root's connections are redirected, the
 // mesh proxy's uid is exempt, and a rejected port refuses.
 func TestCtrIptablesInPodAsUnderRunc(t *testing.T) {
-	importNetfilterImage(t)
+	importNetToolsImage(t)
 	defer assertNoLeaks(t)
 	script := "rules() {\n" + netfilterRulesProbe + "\n}\npackets() {\n" + netfilterPacketsProbe + "\n}\n" +
 		"rules legacy; rules nft\n" + nftRulesProbe + "\nfor b in legacy nft nft-native; do packets $b; nft flush ruleset; iptables-legacy -t nat -F; iptables-legacy -F; done\n"
-	out := underRuncAndBerthWithNetAdmin(t, netfilterImage, "netfilter", script)
+	out := underRuncAndBerthWithNetAdmin(t, netToolsImage, "netfilter", script)
 	if out[berthRuntime] != out[runcRuntime] {
 		t.Errorf("under berth:\n%s\nunder runc:\n%s", out[berthRuntime], out[runcRuntime])
 	}
@@ -304,5 +304,47 @@ func TestCtrIptablesInPodAsUnderRunc(t *testing.T) {
 				t.Errorf("under berth, want line %q:\n%s", want, out[berthRuntime])
 			}
 		}
+	}
+}
+
+// linksAndQdiscsProbe sets up, in the container's network namespace, the
+// links and traffic control pods commonly set up themselves, printing each
+// step's name and exit status. iproute2's ip and tc by path: busybox's tc
+// knows no qdisc options.
+const linksAndQdiscsProbe = `step() { n=$1; shift; "$@" >/tmp/err 2>&1; r=$?; echo "$n=$r"; [ $r = 0 ] || sed "s/^/$n: /" /tmp/err >&2; }
+step wireguard /usr/sbin/ip link add wg0 type wireguard
+step dummy /usr/sbin/ip link add d0 type dummy
+step dummy-up /usr/sbin/ip link set d0 up
+step ifb /usr/sbin/ip link add ifb0 type ifb
+step geneve /usr/sbin/ip link add gnv0 type geneve id 7 remote 10.0.0.1
+step netem /usr/sbin/tc qdisc add dev lo root netem delay 1ms
+step htb /usr/sbin/tc qdisc add dev d0 root handle 1: htb default 10
+step htb-class /usr/sbin/tc class add dev d0 parent 1: classid 1:10 htb rate 10mbit
+step sfq /usr/sbin/tc qdisc add dev d0 parent 1:10 handle 10: sfq
+step fw-filter /usr/sbin/tc filter add dev d0 parent 1: protocol ip handle 1 fw flowid 1:10
+step matchall-gact /usr/sbin/tc filter add dev d0 parent 1: matchall action pass
+step tbf /usr/sbin/tc qdisc add dev ifb0 root tbf rate 1mbit burst 32kbit latency 400ms
+step fq /usr/sbin/tc qdisc add dev wg0 root fq
+step prio /usr/sbin/tc qdisc add dev gnv0 root prio
+step clsact /usr/sbin/tc qdisc add dev lo clsact
+step sctp test -d /proc/net/sctp`
+
+// TestCtrLinksAndQdiscsPodsUseWorkInTheGuest: a container with NET_ADMIN
+// creates WireGuard, dummy, ifb and geneve links and shapes or delays
+// traffic with tc in its network namespace, and has SCTP, in the guest.
+// runc on this host cannot do several of these (its kernel lacks
+// wireguard, dummy, geneve and netem), so runc's result is logged, not
+// compared.
+func TestCtrLinksAndQdiscsPodsUseWorkInTheGuest(t *testing.T) {
+	importNetToolsImage(t)
+	defer assertNoLeaks(t)
+	out := underRuncAndBerthWithNetAdmin(t, netToolsImage, "links", linksAndQdiscsProbe)
+	for _, line := range strings.Split(out[berthRuntime], "\n") {
+		if !strings.HasSuffix(line, "=0") {
+			t.Errorf("under berth: %s", line)
+		}
+	}
+	if n := strings.Count(out[berthRuntime], "=0"); n != strings.Count(linksAndQdiscsProbe, "\nstep ") {
+		t.Errorf("under berth, %d steps passed:\n%s", n, out[berthRuntime])
 	}
 }
