@@ -407,3 +407,44 @@ func tail(path string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// TestCRICrashedContainerRestartsInTheSameVM: the kubelet restarts a
+// container that crashed (restartPolicy Always, CrashLoopBackOff) by
+// creating the next attempt in the same pod sandbox while the dead one's
+// record is kept for its status. The new attempt runs in the pod's VM,
+// and the dead one still reports its exit code.
+func TestCRICrashedContainerRestartsInTheSameVM(t *testing.T) {
+	c := newCRI(t)
+	defer assertNoLeaks(t)
+	pod := c.runPod(t, "restart")
+	defer c.removePod(t, pod.id)
+	const probe = "echo vm $(cat /proc/sys/kernel/random/boot_id)"
+	attempt := func(n uint32, exit string) string {
+		id, _ := c.createContainerWith(t, pod, fmt.Sprintf("app-%d", n), func(cc *cri.ContainerConfig) {
+			cc.Metadata = &cri.ContainerMetadata{Name: "app", Attempt: n}
+		}, "sh", "-c", probe+"; "+exit)
+		c.startContainer(t, id)
+		return id
+	}
+	first := attempt(0, "exit 3")
+	st := c.waitExited(t, first, time.Minute)
+	if st.ExitCode != 3 {
+		t.Errorf("the crashed attempt exited %d, want 3", st.ExitCode)
+	}
+	second := attempt(1, "exec sleep 1000")
+	vm0 := waitLogLine(t, filepath.Join(pod.logDir, "app-0.log"), "", time.Minute)
+	vm1 := waitLogLine(t, filepath.Join(pod.logDir, "app-1.log"), "", time.Minute)
+	if vm0 != vm1 || !strings.HasPrefix(vm1, "vm ") {
+		t.Errorf("the restarted attempt ran in another VM: %q, then %q", vm0, vm1)
+	}
+	if st := c.waitExited(t, first, time.Second); st.ExitCode != 3 {
+		t.Errorf("the crashed attempt's status after the restart: exit %d, want 3", st.ExitCode)
+	}
+	s2, err := c.rt.ContainerStatus(criCtx(t, time.Minute), &cri.ContainerStatusRequest{ContainerId: second})
+	if err != nil || s2.Status.State != cri.ContainerState_CONTAINER_RUNNING || s2.Status.Metadata.GetAttempt() != 1 {
+		t.Errorf("the restarted attempt: %v %+v, want RUNNING, attempt 1", err, s2.GetStatus())
+	}
+	if pids := qemuPids(); len(pids) != 1 {
+		t.Errorf("QEMU pids %v, want the pod's one", pids)
+	}
+}
