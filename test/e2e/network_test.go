@@ -180,14 +180,20 @@ func (c *criClient) execOut(t *testing.T, id string, cmd ...string) string {
 	return strings.TrimSpace(string(ex.Stdout))
 }
 
-// podIP is the pod's IPv4 address as CRI reports it.
-func (c *criClient) podIP(t *testing.T, id string) string {
+// podNetwork is the pod's network status as CRI reports it.
+func (c *criClient) podNetwork(t *testing.T, id string) *cri.PodSandboxNetworkStatus {
 	t.Helper()
 	st, err := c.rt.PodSandboxStatus(criCtx(t, time.Minute), &cri.PodSandboxStatusRequest{PodSandboxId: id})
 	if err != nil {
 		t.Fatalf("PodSandboxStatus: %v", err)
 	}
-	ip := st.GetStatus().GetNetwork().GetIp()
+	return st.GetStatus().GetNetwork()
+}
+
+// podIP is the pod's IPv4 address as CRI reports it.
+func (c *criClient) podIP(t *testing.T, id string) string {
+	t.Helper()
+	ip := c.podNetwork(t, id).GetIp()
 	if ip == "" {
 		t.Fatalf("pod %s has no IP", id)
 	}
@@ -530,16 +536,13 @@ func TestCRIPortForward(t *testing.T) {
 // range: the private network is dual-stack).
 func (c *criClient) podIPv6(t *testing.T, id string) string {
 	t.Helper()
-	st, err := c.rt.PodSandboxStatus(criCtx(t, time.Minute), &cri.PodSandboxStatusRequest{PodSandboxId: id})
-	if err != nil {
-		t.Fatalf("PodSandboxStatus: %v", err)
-	}
-	for _, ip := range st.GetStatus().GetNetwork().GetAdditionalIps() {
+	nw := c.podNetwork(t, id)
+	for _, ip := range nw.GetAdditionalIps() {
 		if strings.Contains(ip.GetIp(), ":") {
 			return ip.GetIp()
 		}
 	}
-	t.Fatalf("pod %s has no IPv6 address: %+v", id, st.GetStatus().GetNetwork())
+	t.Fatalf("pod %s has no IPv6 address: %+v", id, nw)
 	return ""
 }
 
