@@ -27,28 +27,32 @@ type GuestSpecOptions struct {
 }
 
 // NamespaceByPath reports whether spec joins an existing namespace of type
-// t by path, and HasOwnNamespace whether it makes a new one.
+// t by path.
 func NamespaceByPath(spec *specs.Spec, t specs.LinuxNamespaceType) bool {
-	ns, ok := namespace(spec, t)
+	ns, ok := Namespace(spec, t)
 	return ok && ns.Path != ""
 }
 
 // HasOwnNamespace reports whether spec makes a new namespace of type t.
 func HasOwnNamespace(spec *specs.Spec, t specs.LinuxNamespaceType) bool {
-	ns, ok := namespace(spec, t)
+	ns, ok := Namespace(spec, t)
 	return ok && ns.Path == ""
 }
 
-func namespace(spec *specs.Spec, t specs.LinuxNamespaceType) (specs.LinuxNamespace, bool) {
+// Namespace returns spec's entry for namespace type t, the last one if the
+// spec repeats it, and whether there is one.
+func Namespace(spec *specs.Spec, t specs.LinuxNamespaceType) (specs.LinuxNamespace, bool) {
+	var found specs.LinuxNamespace
+	ok := false
 	if spec == nil || spec.Linux == nil {
-		return specs.LinuxNamespace{}, false
+		return found, false
 	}
 	for _, ns := range spec.Linux.Namespaces {
 		if ns.Type == t {
-			return ns, true
+			found, ok = ns, true
 		}
 	}
-	return specs.LinuxNamespace{}, false
+	return found, ok
 }
 
 // ForGuest returns a copy of spec adapted to run inside the guest. What

@@ -32,14 +32,9 @@ func CheckHostNamespaces(spec *specs.Spec, joinsSandbox bool) error {
 		return nil
 	}
 	for _, h := range hostSharable {
-		var entry *specs.LinuxNamespace
-		for i := range spec.Linux.Namespaces {
-			if spec.Linux.Namespaces[i].Type == h.ns {
-				entry = &spec.Linux.Namespaces[i]
-			}
-		}
+		entry, ok := Namespace(spec, h.ns)
 		switch {
-		case entry == nil:
+		case !ok:
 			return fmt.Errorf("the spec has no %s namespace, which asks for the host's (Kubernetes %s: true); a Berth container runs in a VM and cannot share the host's %s namespace: run the pod without %s, or with a runc runtime class",
 				h.ns, h.field, h.ns, h.field)
 		case entry.Path != "" && !joinsSandbox:

@@ -34,14 +34,8 @@ var ErrHostNetwork = errors.New("a VM runtime cannot share the host's network na
 // which a VM cannot serve: its containers would run in the guest's network
 // namespace, not the host's, and silently see another network.
 func PodNetNS(spec *specs.Spec) (string, error) {
-	path := ""
-	if spec.Linux != nil {
-		for _, ns := range spec.Linux.Namespaces {
-			if ns.Type == specs.NetworkNamespace {
-				path = ns.Path
-			}
-		}
-	}
+	ns, _ := oci.Namespace(spec, specs.NetworkNamespace)
+	path := ns.Path
 	if path == "" && oci.IsPodSandbox(spec.Annotations) {
 		return "", fmt.Errorf("hostNetwork pods are not supported by Berth: %w (use a runc runtime class for this pod): %w", ErrHostNetwork, errdefs.ErrNotImplemented)
 	}
