@@ -63,26 +63,11 @@ func FormatCPUList(cpus []int) string {
 
 // UnionCPULists is the cpuset list of every CPU in any of lists.
 func UnionCPULists(lists ...string) (string, error) {
-	var all []int
-	for _, l := range lists {
-		cpus, err := ParseCPUList(l)
-		if err != nil {
-			return "", err
-		}
-		all = append(all, cpus...)
+	cpus, err := ParseCPUList(strings.Join(lists, ","))
+	if err != nil {
+		return "", err
 	}
-	return FormatCPUList(dedupSorted(all)), nil
-}
-
-func dedupSorted(cpus []int) []int {
-	sort.Ints(cpus)
-	out := cpus[:0]
-	for i, c := range cpus {
-		if i == 0 || c != cpus[i-1] {
-			out = append(out, c)
-		}
-	}
-	return out
+	return FormatCPUList(cpus), nil
 }
 
 // cpuMask is systemd's AllowedCPUs for a cpuset list: a little-endian
