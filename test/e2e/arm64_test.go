@@ -445,7 +445,7 @@ func TestArm64DIMMHotplugWithFirmwareIsOnlined(t *testing.T) {
 	}
 	dir := arm64Dir(t, "uefi")
 	vars := filepath.Join(dir, "efivars.fd")
-	if err := copyFileForTest(pf[1], vars); err != nil {
+	if err := copyFileForTest(pf[1], vars, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	m := arm64Machine(kernel, initramfs, dir)
@@ -511,13 +511,18 @@ func TestArm64DIMMHotplugWithFirmwareIsOnlined(t *testing.T) {
 	t.Logf("UnplugDIMM: guest released it and MemTotal is back to %d kB after %s", before, time.Since(unplug).Round(time.Millisecond))
 }
 
-func copyFileForTest(src, dst string) error {
+// copyFileForTest copies the file src resolves to into dst with mode
+// perm, creating dst's directory.
+func copyFileForTest(src, dst string, perm os.FileMode) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
 	if err != nil {
 		return err
 	}

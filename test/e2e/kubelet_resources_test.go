@@ -4,36 +4,23 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/opencontainers/cgroups"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // hostHugepageSizes are the huge page sizes of the host, named as the
-// kubelet names them ("2MB", "1GB").
+// kubelet names them ("2MB", "1GB"): it reads them with the same
+// function.
 func hostHugepageSizes(t *testing.T) []string {
 	t.Helper()
-	entries, err := os.ReadDir("/sys/kernel/mm/hugepages")
-	if err != nil {
-		t.Fatalf("host huge page sizes: %v", err)
-	}
-	var out []string
-	for _, e := range entries {
-		kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(e.Name(), "hugepages-"), "kB"), 10, 64)
-		switch {
-		case err != nil:
-		case kb >= 1<<20:
-			out = append(out, strconv.FormatUint(kb>>20, 10)+"GB")
-		default:
-			out = append(out, strconv.FormatUint(kb>>10, 10)+"MB")
-		}
-	}
-	if len(out) == 0 {
+	sizes := cgroups.HugePageSizes()
+	if len(sizes) == 0 {
 		t.Fatal("the host has no huge page sizes: a kubelet here would send no huge page limits, so this test would show nothing")
 	}
-	return out
+	return sizes
 }
 
 // kubeletShapedSpec is containerd's default spec with the resources a

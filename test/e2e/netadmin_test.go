@@ -121,7 +121,7 @@ func buildNetToolsImage() error {
 		files = append(files, l)
 	}
 	for _, f := range files {
-		if err := copyExecutable(f, filepath.Join(dir, f)); err != nil {
+		if err := copyFileForTest(f, filepath.Join(dir, f), 0o755); err != nil {
 			return err
 		}
 	}
@@ -161,19 +161,6 @@ func sharedLibraries(bin string) ([]string, error) {
 		}
 	}
 	return libs, nil
-}
-
-// copyExecutable copies the file src resolves to into dst, creating its
-// directory.
-func copyExecutable(src, dst string) error {
-	b, err := os.ReadFile(src)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
-	}
-	return os.WriteFile(dst, b, 0o755)
 }
 
 // netfilterRulesProbe installs, with one backend of iptables ($1: nft or
