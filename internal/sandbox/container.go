@@ -416,15 +416,6 @@ func (p *Process) Start(ctx context.Context) error {
 	return nil
 }
 
-// CloseStdin closes the process's stdin in the guest (containerd's
-// CloseIO): the program reads EOF.
-func (p *Process) CloseStdin(ctx context.Context) error {
-	if _, err := p.sb.agent.CloseIO(ctx, &api.CloseIORequest{ContainerId: p.containerID, ExecId: p.execID}); err != nil {
-		return p.sb.rpcError("close stdin", err)
-	}
-	return nil
-}
-
 // Signal sends sig to the process.
 func (p *Process) Signal(ctx context.Context, sig syscall.Signal) error {
 	return p.Kill(ctx, sig, false)

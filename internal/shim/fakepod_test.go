@@ -177,7 +177,6 @@ func (p *fakeProc) Kill(_ context.Context, sig syscall.Signal, _ bool) error {
 	return nil
 }
 func (p *fakeProc) Resize(context.Context, uint32, uint32) error { return nil }
-func (p *fakeProc) CloseStdin(context.Context) error             { return nil }
 
 // recordingPublisher keeps the topics the shim published.
 type recordingPublisher struct {

@@ -28,9 +28,25 @@ type stdioPaths struct {
 type hostIO struct {
 	sandbox.IO
 	closers []io.Closer
+	// stdinHold is the shim's own write end of the stdin FIFO, as runc's
+	// shim keeps one: the copy to the guest sees EOF only once it is
+	// closed (containerd's CloseIO) and every client's end is closed too,
+	// so a client that detaches or a containerd that restarts does not
+	// end the program's input, and a CloseIO that races ahead of data
+	// still in the FIFO does not lose it.
+	stdinHold io.Closer
 	// wait, if set, waits for a logging binary to finish after the
 	// output writers were closed.
 	wait func()
+}
+
+// CloseStdinHold lets the program's stdin end: the copy to the guest
+// reads what the clients wrote, then EOF, and closes the stream, which
+// the guest turns into EOF for the program.
+func (h *hostIO) CloseStdinHold() {
+	if h.stdinHold != nil {
+		h.stdinHold.Close()
+	}
 }
 
 // Close closes every end the shim opened.
@@ -59,6 +75,12 @@ func openStdio(ctx context.Context, p stdioPaths, containerID, namespace string)
 		}
 		h.Stdin = f
 		h.closers = append(h.closers, f)
+		hold, err := fifo.OpenFifo(ctx, p.stdin, syscall.O_WRONLY|syscall.O_NONBLOCK, 0)
+		if err != nil {
+			return nil, fmt.Errorf("open stdin %s for writing: %w", p.stdin, err)
+		}
+		h.stdinHold = hold
+		h.closers = append(h.closers, hold)
 	}
 	u, err := url.Parse(p.stdout)
 	if err == nil && (u.Scheme == "binary" || u.Scheme == "file") {

@@ -65,7 +65,6 @@ type guestProcess interface {
 	Wait(ctx context.Context) (sandbox.ExitStatus, error)
 	Kill(ctx context.Context, sig syscall.Signal, all bool) error
 	Resize(ctx context.Context, width, height uint32) error
-	CloseStdin(ctx context.Context) error
 }
 
 // bootFunc boots a pod's VM; service.boot is bootSandbox outside tests.

@@ -893,16 +893,19 @@ func (s *service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.Pi
 	return &taskAPI.PidsResponse{Processes: []*task.ProcessInfo{{Pid: s.vmmPid()}}}, nil
 }
 
-// CloseIO closes a process's stdin.
+// CloseIO closes a process's stdin as runc's shim does: it closes the
+// shim's hold on the stdin FIFO, and the program reads EOF once what the
+// clients wrote before closing their ends has reached it. Closing stdin in
+// the guest at once would drop data still on its way (containerd's CRI
+// closes its end and calls CloseIO right after writing the last byte:
+// `kubectl cp` into a pod lost its tar stream).
 func (s *service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*emptypb.Empty, error) {
 	_, p, err := s.getProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	if r.Stdin {
-		if err := p.sp.CloseStdin(ctx); err != nil && !p.hasExited() {
-			return nil, toGRPC(err)
-		}
+	if r.Stdin && p.io != nil {
+		p.io.CloseStdinHold()
 	}
 	return &emptypb.Empty{}, nil
 }

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -15,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moby/spdystream"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -446,32 +444,7 @@ func TestCRIShimKilledLeavesNoNetwork(t *testing.T) {
 // sends request and returns what comes back until the server closes.
 func portForward(t *testing.T, url string, port int32, request string) string {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := net.DialTimeout("tcp", req.URL.Host, 10*time.Second)
-	if err != nil {
-		t.Fatalf("dial the streaming server: %v", err)
-	}
-	defer conn.Close()
-	req.Header.Set("Connection", "Upgrade")
-	req.Header.Set("Upgrade", "SPDY/3.1")
-	req.Header.Set("X-Stream-Protocol-Version", "portforward.k8s.io")
-	if err := req.Write(conn); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, req)
-	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("upgrade to SPDY: %v %v", err, resp)
-	}
-	sc, err := spdystream.NewConnection(&bufferedConn{Conn: conn, r: br}, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sc.Close()
-	go sc.Serve(spdystream.NoOpStreamHandler)
+	sc := dialSPDY(t, url, "portforward.k8s.io")
 	hdr := func(kind string) http.Header {
 		return http.Header{"Streamtype": {kind}, "Port": {fmt.Sprint(port)}, "Requestid": {"0"}}
 	}
@@ -502,13 +475,6 @@ func portForward(t *testing.T, url string, port int32, request string) string {
 		return ""
 	}
 }
-
-type bufferedConn struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // CRI PortForward (kubectl port-forward) to a Berth pod's port returns
 // the server's reply.
