@@ -285,6 +285,9 @@ func (s *Service) create(ctx context.Context, req *api.CreateRequest) (int, erro
 	if err := mountPodShm(spec.Mounts); err != nil {
 		return 0, err
 	}
+	if err := reachSharedVolumes(spec.Mounts); err != nil {
+		return 0, fmt.Errorf("container %q: %w", id, err)
+	}
 	if sharesAgentNetNS(&spec) {
 		if err := applyPodNetSysctls("/proc/sys", &spec); err != nil {
 			return 0, fmt.Errorf("container %q: %w", id, err)
@@ -899,6 +902,37 @@ func oomKillCount(dir string) (uint64, bool) {
 		return 0, false
 	}
 	return parseFlatKeyed(strings.NewReader(string(b)))["oom_kill"], true
+}
+
+// reachSharedVolumes mounts, in the agent's own mount namespace, the
+// virtio-fs submounts of the volumes the host shared for several
+// containers (oci.GuestVolumePath). The kernel mounts an announced
+// submount when a path first crosses it, in the namespace of whoever
+// crosses it: left to runc, each container would cross it in its own new
+// namespace and get a superblock of its own, so the containers of a pod
+// would see one volume through different inodes (a unix socket in an
+// emptyDir refused the other container's connect). Crossed here first,
+// every container's namespace, copied from the agent's, has the same one.
+func reachSharedVolumes(mounts []specs.Mount) error {
+	prefix := oci.GuestVolumePath("") + "/"
+	for _, m := range mounts {
+		if !strings.HasPrefix(m.Source, prefix) {
+			continue
+		}
+		// stat(2) does not cross an automount point it ends on (Linux
+		// 4.14+); opening the directory does. Files are never submounts.
+		st, err := os.Stat(m.Source)
+		if err == nil && st.IsDir() {
+			var f *os.File
+			if f, err = os.Open(m.Source); err == nil {
+				f.Close()
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("shared volume for %s: %v: %w", m.Destination, err, errdefs.ErrFailedPrecondition)
+		}
+	}
+	return nil
 }
 
 // mountPodShm mounts the pod's shared /dev/shm tmpfs the first time a

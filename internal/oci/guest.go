@@ -157,10 +157,11 @@ func IsReadOnly(m specs.Mount) bool {
 	return ro
 }
 
-// GuestMountPath is where the guest sees the i-th shared mount of a
-// container.
-func GuestMountPath(containerID string, i int, source string) string {
-	return path.Join(GuestSharedDir, containerID, "mounts", fmt.Sprintf("%d-%s", i, path.Base(source)))
+// GuestVolumePath is where the guest sees a host source shared for the
+// containers of a sandbox that mount it. Container ids cannot start with
+// '.', so the directory cannot be a container's.
+func GuestVolumePath(name string) string {
+	return path.Join(GuestSharedDir, ".volumes", name)
 }
 
 // SandboxIDAnnotations name the pod a container belongs to, in the order

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path"
 	"slices"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -183,9 +182,10 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (_ *P
 }
 
 // shareMounts makes the spec's bind mounts of host paths reachable in the
-// guest: each source is bind-mounted under the container's directory in
-// the virtio-fs share and the mount's source rewritten to the guest path.
-// Only what the spec names is shared. The pod's /dev/shm (a host tmpfs that
+// guest: each source is bind-mounted into the virtio-fs share, once for
+// all the containers of the sandbox that mount it (sharedVolumes), and
+// the mount's source rewritten to the guest path. Only what the spec names
+// is shared. The pod's /dev/shm (a host tmpfs that
 // CRI binds into every container) is kept inside the guest instead:
 // sharing memory through virtio-fs would be slow and pointless. Every
 // container of the pod binds one guest tmpfs (oci.GuestPodShm, mounted by
@@ -203,17 +203,14 @@ func (s *Sandbox) shareMounts(id string, spec *specs.Spec, diskMounts map[int]bo
 			spec.Mounts[i].Source = oci.GuestPodShm(s.id)
 			continue
 		}
-		guestPath := oci.GuestMountPath(id, i, m.Source)
-		rel := strings.TrimPrefix(guestPath, oci.GuestSharedDir+"/")
 		// A `ro` mount is read-only on the host already: the guest's
 		// own remount is not what keeps it read-only.
-		bind, err := s.tree.Bind(m.Source, rel, hostmount.BindOptions{
+		guestPath, err := s.volumes.share(s.tree, id, m.Source, hostmount.BindOptions{
 			Recursive: slices.Contains(m.Options, "rbind"), ReadOnly: oci.IsReadOnly(m), RecursiveReadOnly: slices.Contains(m.Options, "rro"),
 		})
 		if err != nil {
 			return fmt.Errorf("share mount %s: %w", m.Destination, err)
 		}
-		s.addMount(id, bind)
 		spec.Mounts[i].Source = guestPath
 		if rel := readOnlySubmounts(m); rel != nil {
 			subs[i] = rel
@@ -320,13 +317,13 @@ func (s *Sandbox) releaseMounts(id string) error {
 	mnts := s.mounts[id]
 	delete(s.mounts, id)
 	s.mu.Unlock()
-	var errs []error
+	errs := []error{s.volumes.release(s.tree, id)}
 	for i := len(mnts) - 1; i >= 0; i-- {
 		if err := s.tree.Unmount(mnts[i]); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if len(errs) == 0 && mnts != nil {
+	if errors.Join(errs...) == nil && mnts != nil {
 		errs = append(errs, s.tree.RemoveAll(id))
 	}
 	return errors.Join(errs...)

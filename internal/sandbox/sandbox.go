@@ -101,6 +101,7 @@ type Sandbox struct {
 	// tree is the host-only mount tree and its read-only share.
 	tree       *hostmount.Tree
 	mounts     map[string][]hostmount.Mount // container id -> binds, in mount order
+	volumes    sharedVolumes                // host sources bound once for every container that mounts them
 	vmMiB      int                          // the VM's memory, which sizes the cgroup
 	lastMemMiB [2]int                       // current and requested memory at the last metrics sample
 	cpu        map[string]cpuLimit          // container id -> its CPU limits

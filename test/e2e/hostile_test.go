@@ -95,7 +95,8 @@ func hostMounts(t *testing.T, dir string) []string {
 // victim is a host directory outside every sandbox that an attacker would
 // like the host to unmount, delete or write: it holds files, a
 // "rootfs" directory with a tmpfs mounted on it (what a redirected unmount
-// of <container>/rootfs would hit) and a "mounts" directory likewise.
+// of <container>/rootfs would hit) and a ".volumes" directory likewise
+// (where the share keeps the pod's volumes).
 type victim struct {
 	dir    string
 	digest string
@@ -105,7 +106,7 @@ type victim struct {
 func newVictim(t *testing.T) *victim {
 	t.Helper()
 	v := &victim{dir: filepath.Join(t.TempDir(), "victim")}
-	for _, d := range []string{"rootfs", "mounts"} {
+	for _, d := range []string{"rootfs", ".volumes"} {
 		p := filepath.Join(v.dir, d)
 		os.MkdirAll(p, 0o755)
 		if err := unix.Mount("tmpfs", p, "tmpfs", 0, "size=1m"); err != nil {
@@ -178,18 +179,19 @@ func TestHostileGuestSymlinkSwapsAroundMountPoints(t *testing.T) {
 		$B ln -s `+v.dir+` $S/`+c2+` && echo PLANTED-NEXT
 		$B mv $S/`+pod+` $S/`+pod+`.moved && echo MOVED
 		$B ln -s `+v.dir+` $S/`+pod+` && echo PLANTED
-		$B mv $S/`+pod+`/mounts $S/`+pod+`/mounts.moved && echo MOVED-MOUNTS
-		$B rmdir $S/`+pod+`/mounts/* && echo REMOVED-MOUNTS
+		$B mv $S/.volumes $S/.volumes.moved && echo MOVED-MOUNTS
+		$B rmdir $S/.volumes/* && echo REMOVED-MOUNTS
+		$B ln -s `+v.dir+`/.volumes $S/.volumes/planted && echo PLANTED-IN-VOLUMES
 		$B mkdir $S/evil && echo MKDIR
 		$B mount -o remount,rw $S; echo remount=$?
 		$B ln -s `+v.dir+` $S/`+c2+`-after-remount && echo PLANTED-AFTER-REMOUNT
-		$B ls $S/`+pod+`/mounts
+		$B ls $S/.volumes
 		echo done`)
 	t.Logf("guest attack before create: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	if !strings.Contains(r.stdout, "done") {
 		t.Fatalf("the guest script did not run: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
-	for _, bad := range []string{"PLANTED-NEXT", "MOVED\n", "PLANTED\n", "MOVED-MOUNTS", "REMOVED-MOUNTS", "MKDIR", "PLANTED-AFTER-REMOUNT"} {
+	for _, bad := range []string{"PLANTED-NEXT", "MOVED\n", "PLANTED\n", "MOVED-MOUNTS", "REMOVED-MOUNTS", "PLANTED-IN-VOLUMES", "MKDIR", "PLANTED-AFTER-REMOUNT"} {
 		if strings.Contains(r.stdout, bad) {
 			t.Errorf("the guest changed the share's structure (%s)", strings.TrimSpace(bad))
 		}
@@ -205,7 +207,7 @@ func TestHostileGuestSymlinkSwapsAroundMountPoints(t *testing.T) {
 		"--mount", "type=bind,src="+vol+",dst=/vol,options=rbind:rw", busyboxImage, c2, "sleep", "1000")
 	defer cleanupTask(t, c2)
 	if r := ctr(t, "task", "exec", "--exec-id", "e1", c2, "cat", "/vol/data"); r.stdout != "volume" {
-		g := guestRoot(t, cfg, pod, pod, "$B ls -laR $S/"+c2+"/mounts; $B cat /proc/mounts")
+		g := guestRoot(t, cfg, pod, pod, "$B ls -laR $S/.volumes; $B cat /proc/mounts")
 		t.Errorf("second container reads %q from its volume (%s); guest:\n%s%s\nhost:\n%s", r.stdout, r.stderr, g.stdout, g.stderr,
 			strings.Join(hostMounts(t, filepath.Join(env.runDir, "sandboxes", pod)), "\n"))
 	}
@@ -254,10 +256,10 @@ func TestHostileGuestCannotWriteReadOnly(t *testing.T) {
 	}
 	r = guestRoot(t, cfg, id, id, `
 		$B mount -o remount,rw $S; echo remount=$?
-		for f in $($B ls -d $S/`+id+`/mounts/*)/pwned $S/`+id+`/rootfs/pwned $S/`+id+`/rootfs/bin/busybox; do
+		for f in $($B ls -d $S/.volumes/*)/pwned $S/`+id+`/rootfs/pwned $S/`+id+`/rootfs/bin/busybox; do
 			echo x >> $f && echo WROTE $f
 		done
-		$B rm $S/`+id+`/mounts/*/data && echo REMOVED
+		$B rm $S/.volumes/*/data && echo REMOVED
 		$B chmod 777 $S/`+id+`/rootfs/bin && echo CHMOD
 		echo done`)
 	t.Logf("guest: exit %d\n%s%s", r.code, r.stdout, r.stderr)
@@ -290,7 +292,7 @@ func TestHostileGuestSetuidAndDeviceNodesInHostPath(t *testing.T) {
 		"--mount", "type=bind,src="+hp+",dst=/hp,options=rbind:rw", busyboxImage, id, "sleep", "1000")
 	defer cleanupTask(t, id)
 	r := guestRoot(t, cfg, id, id, `
-		d=$($B ls -d $S/`+id+`/mounts/*)
+		d=$($B ls -d $S/.volumes/*)
 		$B mknod $d/sda b 8 0 && echo MKNOD-BLOCK
 		$B mknod $d/mem c 1 1 && echo MKNOD-CHAR
 		$B mkfifo $d/fifo && echo FIFO
