@@ -180,7 +180,8 @@ func (p *process) handle() procHandle {
 }
 
 // markStarted records the pid and starts the goroutine that reaps the
-// process (through libcontainer, or os.Process for a holder).
+// process (through libcontainer, or os.Process for a holder). onExit, if
+// set, runs after the process is reaped and before its exit is recorded.
 func (p *process) markStarted(onExit func()) error {
 	h := p.handle()
 	pid, err := h.Pid()
@@ -195,13 +196,13 @@ func (p *process) markStarted(onExit func()) error {
 		status := exitStatus(state, err)
 		// Output may still be in flight; the host waits for the stdio
 		// streams to end on its own, so the exit is recorded at once.
+		if onExit != nil {
+			onExit()
+		}
 		p.mu.Lock()
 		p.status, p.exitedAt = status, time.Now()
 		p.mu.Unlock()
 		close(p.exited)
-		if onExit != nil {
-			onExit()
-		}
 	}()
 	return nil
 }

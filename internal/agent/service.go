@@ -341,13 +341,22 @@ func (s *Service) create(ctx context.Context, req *api.CreateRequest) (int, erro
 		return 0, classifyExecFailure(fmt.Errorf("start init of container %q: %w", id, err))
 	}
 	c := &container{id: id, lc: lc, init: p, execs: map[string]*process{}, privatePidNS: lcConfig.Namespaces.IsPrivate(configs.NEWPID)}
-	if err := p.markStarted(nil); err != nil {
+	if st, err := lc.State(); err == nil {
+		c.cgroupPaths = st.CgroupPaths
+	}
+	// Without a pid namespace of its own, the init's exit kills nothing
+	// else: what it left running (a background child, a daemon) would
+	// hold its stdout open, so the host would never see the container
+	// end. runc's shim kills the rest of the cgroup then
+	// (ShouldKillAllOnExit); so does the agent, before the exit is seen.
+	var onExit func()
+	if !c.privatePidNS {
+		onExit = func() { killAll(c, unix.SIGKILL) }
+	}
+	if err := p.markStarted(onExit); err != nil {
 		p.release()
 		lc.Destroy()
 		return 0, err
-	}
-	if st, err := lc.State(); err == nil {
-		c.cgroupPaths = st.CgroupPaths
 	}
 	s.mu.Lock()
 	s.containers[id] = c
@@ -493,15 +502,12 @@ func (s *Service) Kill(ctx context.Context, req *api.KillRequest) (*emptypb.Empt
 		return nil, toGRPC(err)
 	}
 	sig := unix.Signal(req.Signal)
-	if p.hasExited() && !req.All {
+	if p.hasExited() && !req.All && req.ExecId != "" {
 		return &emptypb.Empty{}, nil
 	}
 	switch {
 	case req.All:
-		pids, _ := c.processes()
-		for _, pid := range pids {
-			unix.Kill(pid, sig)
-		}
+		killAll(c, sig)
 	case req.ExecId == "":
 		if err := signalInit(c, p, sig); err != nil {
 			return nil, toGRPC(err)

@@ -19,8 +19,14 @@ import (
 // (SIGKILL of pid 1 then kills nothing else), every process of its cgroup,
 // which is what Container.Signal does, minus the lock.
 
-// signalInit sends sig to a container's init.
+// signalInit sends sig to a container's init. A SIGKILL of a container
+// without its own pid namespace reaches the whole cgroup even when the
+// init has already gone: what the init left behind is what the host is
+// waiting for.
 func signalInit(c *container, p *process, sig unix.Signal) error {
+	if sig == unix.SIGKILL && !c.privatePidNS {
+		defer killAll(c, sig)
+	}
 	err := p.handle().Signal(sig)
 	if errors.Is(err, os.ErrProcessDone) || p.hasExited() {
 		return nil
@@ -28,18 +34,33 @@ func signalInit(c *container, p *process, sig unix.Signal) error {
 	if err != nil {
 		return fmt.Errorf("signal container %q: %w", c.id, err)
 	}
-	if sig == unix.SIGKILL && !c.privatePidNS {
-		killAll(c, sig)
-	}
 	return nil
 }
 
+// killAllRounds bounds killAll's SIGKILL rounds: a process that forks
+// between the read of the cgroup and the signal escapes one round, never
+// every round of a fork loop that runs at the speed of a guest vCPU.
+const killAllRounds = 10
+
 // killAll sends sig to every process in the container's cgroup (read
-// without libcontainer's lock).
+// without libcontainer's lock). A SIGKILL is sent again while the cgroup
+// still lists processes that were not signalled yet, so children forked
+// meanwhile die too.
 func killAll(c *container, sig unix.Signal) {
-	pids, _ := c.processes()
-	for _, pid := range pids {
-		unix.Kill(pid, sig)
+	signalled := map[int]bool{}
+	for round := 0; round < killAllRounds; round++ {
+		pids, _ := c.processes()
+		fresh := 0
+		for _, pid := range pids {
+			if !signalled[pid] {
+				signalled[pid] = true
+				fresh++
+				unix.Kill(pid, sig)
+			}
+		}
+		if fresh == 0 || sig != unix.SIGKILL {
+			return
+		}
 	}
 }
 

@@ -448,3 +448,45 @@ func TestCRICrashedContainerRestartsInTheSameVM(t *testing.T) {
 		t.Errorf("QEMU pids %v, want the pod's one", pids)
 	}
 }
+
+// TestCRIContainerInThePodsPidNamespaceEndsWithItsInit: a container that
+// shares the pod's pid namespace (shareProcessNamespace: true) ends when
+// its init ends, whatever its init left running, as under runc (whose
+// shim kills the rest of the cgroup then): the init exiting on its own
+// leaves a background child that would hold stdout open, and StopContainer
+// with no grace SIGKILLs an init whose child ignores SIGTERM. Berth used
+// to signal only the init, so the child kept the container RUNNING and
+// the pod could not be removed (StopPodSandbox timed out waiting for the
+// kill, the VM stayed).
+func TestCRIContainerInThePodsPidNamespaceEndsWithItsInit(t *testing.T) {
+	c := newCRI(t)
+	defer assertNoLeaks(t)
+	for _, handler := range []string{"runc", criHandler} {
+		t.Run(handler, func(t *testing.T) {
+			config := podConfig(t, "pidns-"+handler, nil)
+			config.Linux.SecurityContext.NamespaceOptions.Pid = cri.NamespaceMode_POD
+			pod := c.runPodConfig(t, config, handler)
+			defer c.removePod(t, pod.id)
+
+			exits, _ := c.createContainer(t, pod, "exits", "sh", "-c", "sleep 100000 & echo started; exit 7")
+			c.startContainer(t, exits)
+			if st := c.waitExited(t, exits, time.Minute); st.ExitCode != 7 {
+				t.Errorf("the init that exited on its own: exit %d, want 7", st.ExitCode)
+			}
+
+			stubborn, _ := c.createContainer(t, pod, "stubborn", "sh", "-c", `trap "" TERM; sleep 100000 & echo started; wait; sleep 100000`)
+			c.startContainer(t, stubborn)
+			waitLogLine(t, filepath.Join(pod.logDir, "stubborn.log"), "started", time.Minute)
+			if _, err := c.rt.StopContainer(criCtx(t, time.Minute), &cri.StopContainerRequest{ContainerId: stubborn, Timeout: 0}); err != nil {
+				t.Fatalf("StopContainer with no grace: %v", err)
+			}
+			if st := c.waitExited(t, stubborn, 10*time.Second); st.ExitCode != 137 {
+				t.Errorf("the SIGKILLed init: exit %d, want 137", st.ExitCode)
+			}
+			ctx := criCtx(t, time.Minute)
+			if _, err := c.rt.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: pod.id}); err != nil {
+				t.Errorf("StopPodSandbox: %v", err)
+			}
+		})
+	}
+}
