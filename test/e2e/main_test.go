@@ -266,3 +266,21 @@ func pidsMatching(match func(cmdline string) bool) []int {
 	}
 	return pids
 }
+
+// eventually retries check every 100 ms until it returns nil, and fails
+// the test, naming what it waited for and check's last error, once limit
+// has passed.
+func eventually(t *testing.T, limit time.Duration, what string, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v: %v", what, limit, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
