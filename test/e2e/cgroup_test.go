@@ -120,16 +120,16 @@ func assertVMMInCgroup(t *testing.T, want string, limitBytes int64) string {
 
 func waitGoneDir(t *testing.T, dir string, limit time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	for {
-		if _, err := os.Stat(dir); os.IsNotExist(err) {
-			return
+	eventually(t, limit, "cgroup "+dir+" removed after the sandbox ended", func() error {
+		_, err := os.Stat(dir)
+		if os.IsNotExist(err) {
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("cgroup %s still exists %v after the sandbox ended", dir, limit)
+		if err != nil {
+			return err
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return fmt.Errorf("%s still exists", dir)
+	})
 }
 
 const defaultLimitBytes = int64(defaultVMMiB+defaultOverheadMiB) << 20

@@ -221,17 +221,12 @@ func TestCtrDetachedExecMetricsPauseKillDelete(t *testing.T) {
 
 func waitStatus(t *testing.T, id, want string, limit time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	for {
-		st := taskStatus(t, id)
-		if st == want {
-			return
+	eventually(t, limit, fmt.Sprintf("task %s status %q", id, want), func() error {
+		if st := taskStatus(t, id); st != want {
+			return fmt.Errorf("task %s status %q, want %q", id, st, want)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("task %s status %q, want %q within %v", id, st, want, limit)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestCtrQEMUKilledReportsExit(t *testing.T) {
@@ -281,13 +276,12 @@ func TestCtrShimKilledLeavesNothing(t *testing.T) {
 	}
 	// containerd 1.6 deletes the task of a dead shim itself; a newer one
 	// may report it stopped first.
-	deadline = time.Now().Add(10 * time.Second)
-	for st := taskStatus(t, id); st == "RUNNING"; st = taskStatus(t, id) {
-		if time.Now().After(deadline) {
-			t.Fatalf("task still RUNNING 10s after its shim was killed")
+	eventually(t, 10*time.Second, "task "+id+" no longer RUNNING after its shim was killed", func() error {
+		if st := taskStatus(t, id); st == "RUNNING" {
+			return fmt.Errorf("task %s still %s", id, st)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 	ctr(t, "task", "delete", id)
 	mustCtr(t, "container", "rm", id)
 }
@@ -359,13 +353,12 @@ func TestCtrOOMKillPublishesTaskOOM(t *testing.T) {
 	if r.code == 0 {
 		t.Fatalf("the container survived its memory limit: %q", r.stdout)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for ev := out.String(); !strings.Contains(ev, "/tasks/oom") || !strings.Contains(ev, "/tasks/exit"); ev = out.String() {
-		if time.Now().After(deadline) {
-			t.Fatalf("no /tasks/oom event, or no /tasks/exit; exit %d; events:\n%s", r.code, ev)
+	eventually(t, 5*time.Second, "/tasks/oom and /tasks/exit events", func() error {
+		if ev := out.String(); !strings.Contains(ev, "/tasks/oom") || !strings.Contains(ev, "/tasks/exit") {
+			return fmt.Errorf("no /tasks/oom event, or no /tasks/exit; exit %d; events:\n%s", r.code, ev)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 	// As under runc: the kill is reported before the exit it caused, so
 	// that CRI records the container as OOMKilled.
 	if ev := out.String(); strings.Index(ev, "/tasks/oom") > strings.Index(ev, "/tasks/exit") {

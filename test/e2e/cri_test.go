@@ -48,17 +48,16 @@ func newCRI(t *testing.T) *criClient {
 	// The images were imported with ctr into k8s.io; CRI learns of them
 	// from containerd's events, so give it a moment.
 	for _, ref := range []string{busyboxImage, pauseImage} {
-		deadline := time.Now().Add(10 * time.Second)
-		for {
+		eventually(t, 10*time.Second, "CRI knows image "+ref, func() error {
 			st, err := c.img.ImageStatus(ctx, &cri.ImageStatusRequest{Image: &cri.ImageSpec{Image: ref}})
-			if err == nil && st.Image != nil {
-				break
+			if err != nil {
+				return fmt.Errorf("CRI does not know image %s: %v", ref, err)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("CRI does not know image %s: %v", ref, err)
+			if st.Image == nil {
+				return fmt.Errorf("CRI does not know image %s: ImageStatus has no image", ref)
 			}
-			time.Sleep(100 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	return c
 }
@@ -211,23 +210,20 @@ func (c *criClient) startContainer(t *testing.T, id string) {
 // content.
 func waitLogLine(t *testing.T, path, suffix string, limit time.Duration) string {
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	var last string
-	for {
+	var line string
+	eventually(t, limit, fmt.Sprintf("a stdout line ending in %q in %s", suffix, path), func() error {
 		b, _ := os.ReadFile(path)
-		last = string(b)
-		sc := bufio.NewScanner(strings.NewReader(last))
+		sc := bufio.NewScanner(strings.NewReader(string(b)))
 		for sc.Scan() {
 			f := strings.SplitN(sc.Text(), " ", 4)
 			if len(f) == 4 && f[1] == "stdout" && f[2] == "F" && strings.HasSuffix(f[3], suffix) {
-				return f[3]
+				line = f[3]
+				return nil
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no stdout line ending in %q in %s within %v; log:\n%s", suffix, path, limit, last)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return fmt.Errorf("no such line; log:\n%s", b)
+	})
+	return line
 }
 
 func TestCRIPodWithTwoContainersSharesOneVM(t *testing.T) {

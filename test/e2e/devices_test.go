@@ -232,13 +232,12 @@ func TestDeviceCRIDeviceAsXda(t *testing.T) {
 	// The container has ended: its disk is unplugged and back with the
 	// host, before the kubelet gets round to removing the container.
 	d.checkPattern(t, pat)
-	deadline = time.Now().Add(30 * time.Second)
-	for qemuHolds(d.dev) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the pod's QEMU still holds %s 30s after the container exited", d.dev)
+	eventually(t, 30*time.Second, "the pod's QEMU releases "+d.dev+" after the container exited", func() error {
+		if qemuHolds(d.dev) {
+			return fmt.Errorf("the pod's QEMU still holds %s", d.dev)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 	if _, err := c.rt.RemoveContainer(criCtx(t, time.Minute), &cri.RemoveContainerRequest{ContainerId: id}); err != nil {
 		t.Fatalf("RemoveContainer: %v", err)
 	}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,20 +27,19 @@ const hogScript = "dd if=/dev/zero of=/dev/null bs=1500M count=1"
 // waitExited waits for a CRI container to exit and returns its status.
 func (c *criClient) waitExited(t *testing.T, id string, limit time.Duration) *cri.ContainerStatus {
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	for {
+	var status *cri.ContainerStatus
+	eventually(t, limit, "container "+id+" exited", func() error {
 		st, err := c.rt.ContainerStatus(criCtx(t, time.Minute), &cri.ContainerStatusRequest{ContainerId: id})
 		if err != nil {
 			t.Fatalf("ContainerStatus %s: %v", id, err)
 		}
-		if st.Status.State == cri.ContainerState_CONTAINER_EXITED {
-			return st.Status
+		if st.Status.State != cri.ContainerState_CONTAINER_EXITED {
+			return fmt.Errorf("container %s still %v", id, st.Status.State)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("container %s still %v after %v", id, st.Status.State, limit)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+		status = st.Status
+		return nil
+	})
+	return status
 }
 
 func elasticOf(t *testing.T, st sandbox.Status) *sandbox.ElasticStatus {

@@ -84,17 +84,14 @@ func TestMetricsEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { mon.Process.Kill(); mon.Wait() }()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			break
+	eventually(t, 10*time.Second, "berth monitor listens on "+addr, func() error {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("berth monitor does not listen on %s", addr)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		c.Close()
+		return nil
+	})
 	body = curl(t, "http://"+addr+"/metrics")
 	assertFamilies(t, "berth monitor", body, id)
 	if !strings.Contains(body, "berth_monitor_sandboxes 1") || !strings.Contains(body, "berth_monitor_scrape_errors 0") {

@@ -413,13 +413,12 @@ func TestCRIShimKilledLeavesNoNetwork(t *testing.T) {
 		t.Fatalf("shim pids %v, want one", shims)
 	}
 	syscall.Kill(shims[0], syscall.SIGKILL)
-	deadline := time.Now().Add(15 * time.Second)
-	for len(qemuPids()) > 0 && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
-	}
-	if p := qemuPids(); len(p) > 0 {
-		t.Fatalf("QEMU %v outlived its shim", p)
-	}
+	eventually(t, 15*time.Second, "QEMU exits with its killed shim", func() error {
+		if p := qemuPids(); len(p) > 0 {
+			return fmt.Errorf("QEMU %v outlived its shim", p)
+		}
+		return nil
+	})
 	left, _ := network.Residue(pod.netns)
 	t.Logf("in the pod netns once QEMU was gone: %v", left)
 	// The next sandbox's shim collects what the dead one left, if
@@ -427,7 +426,7 @@ func TestCRIShimKilledLeavesNoNetwork(t *testing.T) {
 	other := c.runPod(t, "net-after-kill")
 	defer c.removePod(t, other.id)
 	var res []string
-	for deadline = time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
 		var err error
 		if res, err = network.Residue(pod.netns); err == nil && len(res) == 0 {
 			break

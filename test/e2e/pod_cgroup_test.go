@@ -365,27 +365,23 @@ func TestPodCgroupRemovedAfterShimKilled(t *testing.T) {
 		t.Fatalf("shim pids %v", shims)
 	}
 	syscall.Kill(shims[0], syscall.SIGKILL)
-	deadline := time.Now().Add(30 * time.Second)
-	for len(children()) > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("30 s after the shim was killed the pod cgroup still holds %v", children())
+	eventually(t, 30*time.Second, "the pod cgroup emptied after the shim was killed", func() error {
+		if got := children(); len(got) > 0 {
+			return fmt.Errorf("the pod cgroup still holds %v", got)
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	})
 	if !exists(dir) {
 		t.Errorf("the kubelet's pod cgroup %s was removed", dir)
 	}
 	// containerd learns of the exit through the dead shim's Wait; the
 	// kubelet removes the pod only after that (it retries), and so does
 	// this test.
-	for deadline := time.Now().Add(30 * time.Second); ; {
+	eventually(t, 30*time.Second, "CRI reports the app container EXITED after the shim was killed", func() error {
 		st, err := c.rt.ContainerStatus(criCtx(t, time.Minute), &cri.ContainerStatusRequest{ContainerId: app})
 		if err == nil && st.GetStatus().GetState() == cri.ContainerState_CONTAINER_EXITED {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("30 s after the shim was killed CRI still reports the app container %v (%v)", st.GetStatus().GetState(), err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return fmt.Errorf("CRI still reports the app container %v (%v)", st.GetStatus().GetState(), err)
+	})
 }

@@ -198,19 +198,15 @@ func TestCtrBadDefaultConfigFailsEveryCreate(t *testing.T) {
 		t.Errorf("a shim panicked:\n%s", b)
 	}
 	// Its shims exit once containerd has given up on the tasks.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	eventually(t, 10*time.Second, "the shims exit after their failed creates", func() error {
 		left := pidsMatching(func(c string) bool {
 			return strings.Contains(c, "containerd-shim-berth-v2") && strings.Contains(c, sock)
 		})
-		if len(left) == 0 {
-			break
+		if len(left) > 0 {
+			return fmt.Errorf("shims %v outlived their failed creates", left)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("shims %v outlived their failed creates", left)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // TestCtrMemoryLimitBounds: a container limit above what the VM can ever

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -39,14 +40,13 @@ func TestStaleSandboxCleanedByNextRun(t *testing.T) {
 	// berth, so CleanupStale below sees its pid as gone, not as a zombie.
 	waitCmd(t, cmd, br, 15*time.Second)
 
-	deadline := time.Now().Add(5 * time.Second)
-	for len(vmmProcesses()) > 0 && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
-	}
-	if p := vmmProcesses(); len(p) > 0 {
-		t.Fatalf("QEMU or virtiofsd outlived the killed berth run by 5s:\n  %s\nberth stderr:\n%s",
-			strings.Join(p, "\n  "), stderr)
-	}
+	eventually(t, 5*time.Second, "QEMU and virtiofsd exit after the killed berth run", func() error {
+		if p := vmmProcesses(); len(p) > 0 {
+			return fmt.Errorf("QEMU or virtiofsd outlived the killed berth run:\n  %s\nberth stderr:\n%s",
+				strings.Join(p, "\n  "), stderr)
+		}
+		return nil
+	})
 
 	// What is left must be exactly what CleanupStale is for: a sandbox
 	// directory and mounts, among them the user's root file system. If
