@@ -82,6 +82,7 @@ type Service struct {
 
 	memory   *memoryOnliner
 	pressure *pressureWatch
+	volumes  volumeMounts
 }
 
 type container struct {
@@ -99,6 +100,9 @@ type container struct {
 	// cgroupPaths are libcontainer's cgroup directories, read once at
 	// create: Stats and WaitOOM then never wait for libcontainer's lock.
 	cgroupPaths map[string]string
+	// volumes are the shared volumes it holds in the agent's namespace
+	// (volumes.go).
+	volumes []string
 }
 
 // New returns the agent service.
@@ -285,9 +289,15 @@ func (s *Service) create(ctx context.Context, req *api.CreateRequest) (int, erro
 	if err := mountPodShm(spec.Mounts); err != nil {
 		return 0, err
 	}
-	if err := reachSharedVolumes(spec.Mounts); err != nil {
+	volumes, err := s.volumes.reach(spec.Mounts)
+	if err != nil {
 		return 0, fmt.Errorf("container %q: %w", id, err)
 	}
+	defer func() {
+		if !ok {
+			s.volumes.release(volumes)
+		}
+	}()
 	if sharesAgentNetNS(&spec) {
 		if err := applyPodNetSysctls("/proc/sys", &spec); err != nil {
 			return 0, fmt.Errorf("container %q: %w", id, err)
@@ -340,7 +350,7 @@ func (s *Service) create(ctx context.Context, req *api.CreateRequest) (int, erro
 		lc.Destroy()
 		return 0, classifyExecFailure(fmt.Errorf("start init of container %q: %w", id, err))
 	}
-	c := &container{id: id, lc: lc, init: p, execs: map[string]*process{}, privatePidNS: lcConfig.Namespaces.IsPrivate(configs.NEWPID)}
+	c := &container{id: id, lc: lc, init: p, execs: map[string]*process{}, privatePidNS: lcConfig.Namespaces.IsPrivate(configs.NEWPID), volumes: volumes}
 	if st, err := lc.State(); err == nil {
 		c.cgroupPaths = st.CgroupPaths
 	}
@@ -609,6 +619,7 @@ func (s *Service) Delete(ctx context.Context, req *api.DeleteRequest) (*api.Dele
 		if err := c.destroy(); err != nil {
 			log(ctx).WithError(err).WithField("container", c.id).Warn("destroy container")
 		}
+		s.volumes.release(c.volumes)
 	}
 	p.release()
 	p.mu.Lock()
@@ -908,37 +919,6 @@ func oomKillCount(dir string) (uint64, bool) {
 		return 0, false
 	}
 	return parseFlatKeyed(strings.NewReader(string(b)))["oom_kill"], true
-}
-
-// reachSharedVolumes mounts, in the agent's own mount namespace, the
-// virtio-fs submounts of the volumes the host shared for several
-// containers (oci.GuestVolumePath). The kernel mounts an announced
-// submount when a path first crosses it, in the namespace of whoever
-// crosses it: left to runc, each container would cross it in its own new
-// namespace and get a superblock of its own, so the containers of a pod
-// would see one volume through different inodes (a unix socket in an
-// emptyDir refused the other container's connect). Crossed here first,
-// every container's namespace, copied from the agent's, has the same one.
-func reachSharedVolumes(mounts []specs.Mount) error {
-	prefix := oci.GuestVolumePath("") + "/"
-	for _, m := range mounts {
-		if !strings.HasPrefix(m.Source, prefix) {
-			continue
-		}
-		// stat(2) does not cross an automount point it ends on (Linux
-		// 4.14+); opening the directory does. Files are never submounts.
-		st, err := os.Stat(m.Source)
-		if err == nil && st.IsDir() {
-			var f *os.File
-			if f, err = os.Open(m.Source); err == nil {
-				f.Close()
-			}
-		}
-		if err != nil {
-			return fmt.Errorf("shared volume for %s: %v: %w", m.Destination, err, errdefs.ErrFailedPrecondition)
-		}
-	}
-	return nil
 }
 
 // mountPodShm mounts the pod's shared /dev/shm tmpfs the first time a

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
@@ -37,16 +38,26 @@ func signalInit(c *container, p *process, sig unix.Signal) error {
 	return nil
 }
 
-// killAllRounds bounds killAll's SIGKILL rounds: a process that forks
-// between the read of the cgroup and the signal escapes one round, never
-// every round of a fork loop that runs at the speed of a guest vCPU.
+// killAllRounds bounds killAll's SIGKILL rounds where the guest's cgroup
+// has no cgroup.kill (cgroup v1): a process that forks between the read
+// of the cgroup and the signal escapes one round, never every round of a
+// fork loop that runs at the speed of a guest vCPU.
 const killAllRounds = 10
 
 // killAll sends sig to every process in the container's cgroup (read
-// without libcontainer's lock). A SIGKILL is sent again while the cgroup
-// still lists processes that were not signalled yet, so children forked
-// meanwhile die too.
+// without libcontainer's lock). A SIGKILL goes through cgroup.kill where
+// the cgroup has one (v2, Linux 5.14+), which the kernel applies to the
+// whole cgroup at once, forks in flight included, as runc's
+// signalAllProcesses does; otherwise it is sent again while the cgroup
+// lists processes not signalled yet, so children forked meanwhile die too.
 func killAll(c *container, sig unix.Signal) {
+	if sig == unix.SIGKILL {
+		if dir := c.cgroupPaths[""]; dir != "" {
+			if err := os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0); err == nil {
+				return
+			}
+		}
+	}
 	signalled := map[int]bool{}
 	for round := 0; round < killAllRounds; round++ {
 		pids, _ := c.processes()

@@ -61,3 +61,40 @@ func TestCRIPodContainersShareAVolumesSockets(t *testing.T) {
 		})
 	}
 }
+
+// TestCtrDeletedContainersVolumeLeavesNoGuestMount: the guest holds a
+// shared volume's submount while a container mounts it and lets go of it
+// when the last such container is deleted, so containers restarted
+// against a volume (a crash loop: a fresh bind from the host each time)
+// do not pile up mounts in the guest.
+func TestCtrDeletedContainersVolumeLeavesNoGuestMount(t *testing.T) {
+	containerd(t)
+	defer assertNoLeaks(t)
+	cfg := hostileConfig(t)
+	vol := t.TempDir()
+	const pod = "vol-release"
+	mustCtr(t, "run", "-d", "--runtime", berthRuntime, "--runtime-config-path", cfg, busyboxImage, pod, "sleep", "1000")
+	defer cleanupTask(t, pod)
+	guestVolumeMounts := func() string {
+		r := guestRoot(t, cfg, pod, pod, "$B grep -c ' /run/berth/shared/.volumes/' /proc/self/mountinfo")
+		return strings.TrimSpace(r.stdout)
+	}
+	for i, id := range []string{"vol-release-1", "vol-release-2"} {
+		mustCtr(t, "run", "-d", "--runtime", berthRuntime, "--runtime-config-path", cfg,
+			"--annotation", "io.kubernetes.cri.sandbox-id="+pod, "--annotation", "io.kubernetes.cri.container-type=container",
+			"--mount", "type=bind,src="+vol+",dst=/vol,options=rbind:rw", busyboxImage, id, "sh", "-c", fmt.Sprintf("echo %d > /vol/run; sleep 1000", i))
+		eventually(t, 30*time.Second, "the container writes to its volume", func() error {
+			if b, _ := os.ReadFile(filepath.Join(vol, "run")); strings.TrimSpace(string(b)) != fmt.Sprint(i) {
+				return fmt.Errorf("volume holds %q", b)
+			}
+			return nil
+		})
+		if n := guestVolumeMounts(); n != "1" {
+			t.Errorf("container %d running: %s shared-volume mounts in the agent's namespace, want 1", i, n)
+		}
+		cleanupTask(t, id)
+		if n := guestVolumeMounts(); n != "0" {
+			t.Errorf("container %d deleted: %s shared-volume mounts in the agent's namespace, want 0", i, n)
+		}
+	}
+}
