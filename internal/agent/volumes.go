@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/containerd/errdefs"
+	"github.com/moby/sys/mountinfo"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -33,6 +34,16 @@ import (
 // fresh bind from the host at each restart, and the old automounts would
 // pile up in the guest (and keep virtiofsd's descriptors to the host's
 // unmounted binds open).
+//
+// The agent's copy is a shared mount (a bind of itself first, where the
+// host's bind did not reach the guest as a submount of its own), so mount
+// propagation between the pod's containers works as on one host: a mount
+// a container makes in a Bidirectional (rshared) volume reaches the
+// agent's copy and, from there, every container that mounts the volume
+// HostToContainer (rslave) or Bidirectional; runc applies each mount's own
+// propagation to its bind, so a container with None (rprivate) sees none
+// of it. Mounts made in the guest never reach the host: that boundary is
+// the VM's.
 type volumeMounts struct {
 	mu    sync.Mutex
 	users map[string]int // guest path -> containers holding it
@@ -40,6 +51,8 @@ type volumeMounts struct {
 	unmount func(path string) error
 	// cross mounts a submount by opening it; crossDir if nil.
 	cross func(path string) (bool, error)
+	// share makes the crossed directory a shared mount; shareMount if nil.
+	share func(path string) error
 }
 
 // reach crosses the shared volumes among a container's mounts and counts
@@ -47,9 +60,12 @@ type volumeMounts struct {
 // release when the container is deleted (or its create fails).
 func (v *volumeMounts) reach(mounts []specs.Mount) ([]string, error) {
 	prefix := oci.GuestVolumePath("") + "/"
-	cross := v.cross
+	cross, share := v.cross, v.share
 	if cross == nil {
 		cross = crossDir
+	}
+	if share == nil {
+		share = shareMount
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -65,6 +81,12 @@ func (v *volumeMounts) reach(mounts []specs.Mount) ([]string, error) {
 		}
 		if !dir {
 			continue // files are never submounts
+		}
+		if v.users[m.Source] == 0 {
+			if err := share(m.Source); err != nil {
+				v.releaseLocked(held)
+				return nil, fmt.Errorf("shared volume for %s: %w", m.Destination, err)
+			}
 		}
 		if v.users == nil {
 			v.users = map[string]int{}
@@ -114,4 +136,21 @@ func crossDir(path string) (bool, error) {
 		return false, err
 	}
 	return true, f.Close()
+}
+
+// shareMount makes path a shared mount of its own.
+func shareMount(path string) error {
+	mounted, err := mountinfo.Mounted(path)
+	if err != nil {
+		return err
+	}
+	if !mounted {
+		if err := unix.Mount(path, path, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind %s onto itself: %w", path, err)
+		}
+	}
+	if err := unix.Mount("", path, "", unix.MS_SHARED, ""); err != nil {
+		return fmt.Errorf("make %s a shared mount: %w", path, err)
+	}
+	return nil
 }

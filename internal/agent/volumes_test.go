@@ -17,7 +17,7 @@ import (
 // gives back what it took.
 func TestSharedVolumeDetachedWhenItsLastContainerGoes(t *testing.T) {
 	vol, other, file := oci.GuestVolumePath("1-data"), oci.GuestVolumePath("2-cache"), oci.GuestVolumePath("3-hosts")
-	var detached []string
+	var detached, shared []string
 	v := &volumeMounts{
 		cross: func(p string) (bool, error) {
 			if p == oci.GuestVolumePath("4-gone") {
@@ -26,6 +26,7 @@ func TestSharedVolumeDetachedWhenItsLastContainerGoes(t *testing.T) {
 			return p != file, nil
 		},
 		unmount: func(p string) error { detached = append(detached, p); return nil },
+		share:   func(p string) error { shared = append(shared, p); return nil },
 	}
 	mounts := func(srcs ...string) []specs.Mount {
 		var ms []specs.Mount
@@ -44,6 +45,9 @@ func TestSharedVolumeDetachedWhenItsLastContainerGoes(t *testing.T) {
 	}
 	if _, err := v.reach(mounts(other, oci.GuestVolumePath("4-gone"))); err == nil {
 		t.Fatal("reach of a volume missing in the guest succeeded")
+	}
+	if want := []string{vol, other}; !slices.Equal(shared, want) {
+		t.Errorf("made shared %v, want each directory once: %v", shared, want)
 	}
 	v.release(a)
 	if len(detached) != 0 {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -96,5 +97,80 @@ func TestCtrDeletedContainersVolumeLeavesNoGuestMount(t *testing.T) {
 		if n := guestVolumeMounts(); n != "0" {
 			t.Errorf("container %d deleted: %s shared-volume mounts in the agent's namespace, want 0", i, n)
 		}
+	}
+}
+
+// TestCRIMountPropagationBetweenAPodsContainers: mount propagation among
+// the containers of a pod works as under runc. A mount a container makes
+// in a Bidirectional volume (a FUSE sidecar mounting a bucket for the
+// main container, say) reaches the pod's HostToContainer containers and
+// not its None ones; a mount the host makes in a HostToContainer volume
+// reaches the container. The one difference is the VM's boundary: a mount
+// made in the guest stays in the guest (under runc the host sees it).
+func TestCRIMountPropagationBetweenAPodsContainers(t *testing.T) {
+	c := newCRI(t)
+	defer assertNoLeaks(t)
+	for _, handler := range []string{"runc", criHandler} {
+		t.Run(handler, func(t *testing.T) {
+			// CRI wants a Bidirectional source on a shared mount, as the
+			// kubelet's directory is.
+			vol := t.TempDir()
+			if err := unix.Mount(vol, vol, "", unix.MS_BIND, ""); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { unix.Unmount(vol, unix.MNT_DETACH) })
+			if err := unix.Mount("", vol, "", unix.MS_SHARED, ""); err != nil {
+				t.Fatal(err)
+			}
+			config := podConfig(t, "propagation-"+handler, nil)
+			config.Linux.SecurityContext.Privileged = true
+			pod := c.runPodConfig(t, config, handler)
+			defer c.removePod(t, pod.id)
+			withVolume := func(p cri.MountPropagation) func(*cri.ContainerConfig) {
+				return func(cc *cri.ContainerConfig) {
+					cc.Mounts = append(cc.Mounts, &cri.Mount{ContainerPath: "/vol", HostPath: vol, Propagation: p})
+					cc.Linux.SecurityContext.Privileged = true
+				}
+			}
+			ids := map[string]string{}
+			for name, p := range map[string]cri.MountPropagation{
+				"bidirectional":     cri.MountPropagation_PROPAGATION_BIDIRECTIONAL,
+				"host-to-container": cri.MountPropagation_PROPAGATION_HOST_TO_CONTAINER,
+				"none":              cri.MountPropagation_PROPAGATION_PRIVATE,
+			} {
+				ids[name], _ = c.createContainerWith(t, pod, name, withVolume(p), "sleep", "100000")
+				c.startContainer(t, ids[name])
+			}
+			seen := func(id, file string) string {
+				return c.execOut(t, id, "sh", "-c", "cat "+file+" 2>/dev/null || echo absent")
+			}
+
+			c.execOut(t, ids["bidirectional"], "sh", "-c", "mkdir -p /vol/in-pod && mount -t tmpfs pod /vol/in-pod && echo made-in-the-pod > /vol/in-pod/f")
+			defer unix.Unmount(filepath.Join(vol, "in-pod"), unix.MNT_DETACH) // runc's propagates to the host
+			for name, want := range map[string]string{"bidirectional": "made-in-the-pod", "host-to-container": "made-in-the-pod", "none": "absent"} {
+				if got := seen(ids[name], "/vol/in-pod/f"); got != want {
+					t.Errorf("the %s container reads %q from the Bidirectional container's mount, want %q", name, got, want)
+				}
+			}
+			hostWants := map[string]string{"runc": "made-in-the-pod", criHandler: "absent"}[handler]
+			b, err := os.ReadFile(filepath.Join(vol, "in-pod", "f"))
+			if got := strings.TrimSpace(string(b)); (err == nil) != (hostWants != "absent") || (err == nil && got != hostWants) {
+				t.Errorf("the host reads %q (%v) from the pod's mount, want %s", got, err, hostWants)
+			}
+
+			hostMount := filepath.Join(vol, "from-host")
+			os.Mkdir(hostMount, 0o755)
+			if err := unix.Mount("host", hostMount, "tmpfs", 0, ""); err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Unmount(hostMount, unix.MNT_DETACH)
+			os.WriteFile(filepath.Join(hostMount, "f"), []byte("made-on-the-host"), 0o644)
+			eventually(t, 10*time.Second, "the host's mount in the HostToContainer container", func() error {
+				if got := seen(ids["host-to-container"], "/vol/from-host/f"); got != "made-on-the-host" {
+					return fmt.Errorf("it reads %q", got)
+				}
+				return nil
+			})
+		})
 	}
 }
