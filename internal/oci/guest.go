@@ -24,6 +24,9 @@ type GuestSpecOptions struct {
 	// it names, because every task of a pod reports the VM's pid; the
 	// shim works the target out (shim.pidNamespaceTarget).
 	PIDNamespacePid uint32
+	// Rlimits are the limits the container's process inherits where the
+	// spec sets none (OwnRlimits).
+	Rlimits []specs.POSIXRlimit
 }
 
 // NamespaceByPath reports whether spec joins an existing namespace of type
@@ -70,7 +73,9 @@ func Namespace(spec *specs.Spec, t specs.LinuxNamespaceType) (specs.LinuxNamespa
 //   - hooks name host binaries and are dropped (they run on the host side
 //     of containerd, not in the guest);
 //   - AppArmor and SELinux labels name host policies the guest does not
-//     load; the VM is the boundary.
+//     load; the VM is the boundary;
+//   - the resource limits the spec leaves out are o.Rlimits, the ones
+//     runc's process would inherit on the host (rlimits.go).
 //
 // Bind mounts of host paths are handled by the sandbox, which shares them.
 func ForGuest(spec *specs.Spec, o GuestSpecOptions) (*specs.Spec, error) {
@@ -84,6 +89,7 @@ func ForGuest(spec *specs.Spec, o GuestSpecOptions) (*specs.Spec, error) {
 	proc := *spec.Process
 	proc.ApparmorProfile = ""
 	proc.SelinuxLabel = ""
+	proc.Rlimits = InheritRlimits(spec.Process.Rlimits, o.Rlimits)
 	g.Process = &proc
 	g.Hooks = nil
 	g.Mounts = slices.Clone(spec.Mounts)

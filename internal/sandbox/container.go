@@ -106,7 +106,9 @@ func (s *Sandbox) CreateContainer(ctx context.Context, cc ContainerConfig) (_ *P
 	if cc.Spec == nil || cc.Spec.Process == nil || cc.Spec.Root == nil {
 		return nil, fmt.Errorf("spec needs process and root: %w", errdefs.ErrInvalidArgument)
 	}
-	guestSpec, err := oci.ForGuest(cc.Spec, oci.GuestSpecOptions{ContainerID: id, SandboxInitPid: cc.SandboxInitPid, PIDNamespacePid: cc.PIDNamespacePid})
+	guestSpec, err := oci.ForGuest(cc.Spec, oci.GuestSpecOptions{
+		ContainerID: id, SandboxInitPid: cc.SandboxInitPid, PIDNamespacePid: cc.PIDNamespacePid, Rlimits: oci.OwnRlimits(),
+	})
 	if err != nil {
 		return nil, fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
 	}
@@ -253,6 +255,7 @@ func (s *Sandbox) Exec(ctx context.Context, containerID, execID string, process 
 	}
 	proc := *process
 	proc.Terminal = stdio.Terminal
+	proc.Rlimits = oci.InheritRlimits(process.Rlimits, oci.OwnRlimits()) // as runc exec's would (oci.OwnRlimits)
 	b, err := json.Marshal(&proc)
 	if err != nil {
 		return nil, err
