@@ -52,6 +52,7 @@ var KernelFeatures = []KernelFeature{
 	{"unix, inet, IPv6 sockets", []string{"CONFIG_UNIX", "CONFIG_INET", "CONFIG_IPV6"}, true, nil},
 	{"virtio-balloon free page reporting", []string{"CONFIG_VIRTIO_BALLOON", "CONFIG_PAGE_REPORTING"}, false, nil},
 	{"pressure stall information (elastic memory)", []string{"CONFIG_PSI"}, false, nil},
+	{"full-sized core tables (pid_max above 32768, futex hash)", []string{"CONFIG_BASE_FULL"}, false, nil},
 	{"PVH entry (boots uncompressed)", []string{"CONFIG_PVH"}, false, nil},
 	{"root image on virtio-pmem (erofs, DAX; guest.root)", RootImageOptions, false, nil},
 	{"qemu_fw_cfg", []string{"CONFIG_FW_CFG_SYSFS"}, false, nil},

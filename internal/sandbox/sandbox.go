@@ -223,6 +223,8 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 		return nil, err
 	}
 	s.memory.limits = memoryLayout(cfg, &m)
+	// First: hypervisor.kernel_params, which come later, can override it.
+	m.KernelParams = kernelTableParams(s.memory.limits.MaxMiB) + " " + m.KernelParams
 	topo, cold, err := planTopology(cfg, &m, opts.ColdPlugVFIO)
 	if err != nil {
 		return nil, err
