@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -47,6 +48,14 @@ var annotatable = map[string]annotationRule{
 	},
 	"hypervisor.virtiofs_cache": func(c *Config, v string) error {
 		c.Hypervisor.VirtiofsCache = v
+		return nil
+	},
+	"hypervisor.virtiofs_xattr": func(c *Config, v string) error {
+		on, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("must be true or false, not %q", v)
+		}
+		c.Hypervisor.VirtiofsXattr = on
 		return nil
 	},
 }

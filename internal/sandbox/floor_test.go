@@ -25,13 +25,17 @@ func TestMemoryFloor(t *testing.T) {
 	}
 }
 
-func TestSubmountArgsFromHelp(t *testing.T) {
+func TestVirtiofsdFeatureArgsFromHelp(t *testing.T) {
 	for help, want := range map[string]string{
 		"    -o announce_submounts      Announce sub-mount points to the guest":         "-o announce_submounts",
 		"      --announce-submounts  Tell the guest which directories are mount points": "--announce-submounts",
 		"usage: virtiofsd [options]": "",
+		// QEMU 7.2's C virtiofsd
+		"    -o announce_submounts      Announce sub-mount points to the guest\n    -o xattr|no_xattr          enable/disable xattr": "-o announce_submounts -o xattr",
+		// the Rust one
+		"      --xattr  Enable support for extended attributes\n      --announce-submounts  Tell the guest": "--announce-submounts --xattr",
 	} {
-		if got := strings.Join(submountArgsFromHelp(help), " "); got != want {
+		if got := strings.Join(featuresFromHelp(help).args(true), " "); got != want {
 			t.Errorf("%q: %q, want %q", help, got, want)
 		}
 	}

@@ -45,7 +45,7 @@ type virtiofsd struct {
 // disconnects.
 // Its log is capped at logMaxBytes (hypervisor.log_max_kib): virtiofsd
 // logs about requests the guest makes.
-func startVirtiofsd(ctx context.Context, bin, socket, source, cache string, logMaxBytes int64) (*virtiofsd, error) {
+func startVirtiofsd(ctx context.Context, bin, socket, source, cache string, xattr bool, logMaxBytes int64) (*virtiofsd, error) {
 	logPath := strings.TrimSuffix(socket, ".sock") + ".log"
 	logFile, err := logcap.Create(logPath, logMaxBytes)
 	if err != nil {
@@ -54,7 +54,7 @@ func startVirtiofsd(ctx context.Context, bin, socket, source, cache string, logM
 	// modcaps=-mknod: the guest cannot create device nodes on the host
 	// (in a hostPath volume, say) through virtiofsd. FIFOs and sockets
 	// need no capability and still work.
-	args := append([]string{"--socket-path=" + socket, "-o", "source=" + source, "-o", "cache=" + cache, "-o", "modcaps=-mknod"}, announceSubmountsArgs(bin)...)
+	args := append([]string{"--socket-path=" + socket, "-o", "source=" + source, "-o", "cache=" + cache, "-o", "modcaps=-mknod"}, virtiofsdFeatureArgs(bin, xattr)...)
 	cmd := exec.Command(bin, args...)
 	// Through a pipe that exec copies into the capped log; Wait returns
 	// once the copy is done, or a second after virtiofsd exited.

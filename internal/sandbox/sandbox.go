@@ -245,7 +245,7 @@ func Create(ctx context.Context, cfg *config.Config, opts Options) (_ *Sandbox, 
 		}
 	})
 
-	fsd, err := startVirtiofsd(ctx, cfg.Hypervisor.VirtiofsdPath, s.path(fsSocketName), shared, cfg.Hypervisor.VirtiofsCache, cfg.Hypervisor.LogMaxBytes())
+	fsd, err := startVirtiofsd(ctx, cfg.Hypervisor.VirtiofsdPath, s.path(fsSocketName), shared, cfg.Hypervisor.VirtiofsCache, cfg.Hypervisor.VirtiofsXattr, cfg.Hypervisor.LogMaxBytes())
 	if err != nil {
 		return nil, err
 	}

@@ -22,14 +22,25 @@ import (
 // different host file systems do not share one inode space in the guest.
 // QEMU 7.2's C virtiofsd takes "-o announce_submounts", the Rust one
 // "--announce-submounts"; the binary's --help says which.
+//
+// Extended attributes are on too (off by default in both virtiofsds), as
+// a container's file system has them under runc: file capabilities
+// (security.capability: an image's non-root nginx that binds port 80 with
+// cap_net_bind_service, iputils' ping with cap_net_raw) are read from
+// them at exec, and without them the binary runs with none; user.* and
+// ACLs are kept. What the guest can set is what root in a runc container
+// can: virtiofsd lacks CAP_SYS_ADMIN, so trusted.* (overlayfs's own) stays
+// out of reach. With FUSE_HANDLE_KILLPRIV_V2 (on by default where the
+// guest has it, as 6.1 does) writes cost no extra xattr round trip.
 
-var submountFlags sync.Map // virtiofsd path -> []string
+var virtiofsdFlags sync.Map // virtiofsd path -> virtiofsdFeatures
 
-// announceSubmountsArgs returns the arguments that turn announcement on
-// for the virtiofsd at bin, or nil if it does not support it.
-func announceSubmountsArgs(bin string) []string {
-	if v, ok := submountFlags.Load(bin); ok {
-		return v.([]string)
+// virtiofsdFeatureArgs returns the arguments that turn on submount
+// announcement and, with xattr (hypervisor.virtiofs_xattr), extended
+// attributes for the virtiofsd at bin, each that it supports.
+func virtiofsdFeatureArgs(bin string, xattr bool) []string {
+	if v, ok := virtiofsdFlags.Load(bin); ok {
+		return v.(virtiofsdFeatures).args(xattr)
 	}
 	cmd := exec.Command(bin, "--help")
 	var out strings.Builder
@@ -44,19 +55,37 @@ func announceSubmountsArgs(bin string) []string {
 		}
 		<-done
 	}
-	args := submountArgsFromHelp(out.String())
-	submountFlags.Store(bin, args)
-	return args
+	f := featuresFromHelp(out.String())
+	virtiofsdFlags.Store(bin, f)
+	return f.args(xattr)
 }
 
-func submountArgsFromHelp(help string) []string {
+// virtiofsdFeatures are one virtiofsd's spellings of the options Berth
+// turns on, empty where it lacks them.
+type virtiofsdFeatures struct{ submounts, xattr []string }
+
+func (f virtiofsdFeatures) args(xattr bool) []string {
+	if !xattr {
+		return f.submounts
+	}
+	return append(slices.Clone(f.submounts), f.xattr...)
+}
+
+func featuresFromHelp(help string) virtiofsdFeatures {
+	var f virtiofsdFeatures
 	switch {
 	case strings.Contains(help, "--announce-submounts"):
-		return []string{"--announce-submounts"}
+		f.submounts = []string{"--announce-submounts"}
 	case strings.Contains(help, "announce_submounts"):
-		return []string{"-o", "announce_submounts"}
+		f.submounts = []string{"-o", "announce_submounts"}
 	}
-	return nil
+	switch {
+	case strings.Contains(help, "--xattr"):
+		f.xattr = []string{"--xattr"}
+	case strings.Contains(help, "-o xattr"):
+		f.xattr = []string{"-o", "xattr"}
+	}
+	return f
 }
 
 // Announcing submounts is not enough for a read-only volume: the guest
