@@ -23,7 +23,8 @@ import (
 // otherwise make every create fail; the guest gets at most this.
 const guestNrOpen = 1 << 20
 
-// rlimitNames are the OCI names of the limits a process inherits.
+// rlimitNames are the OCI names of the kernel's resource limits: the ones
+// a process inherits, and every one a spec may set.
 var rlimitNames = []struct {
 	name     string
 	resource int
@@ -34,6 +35,17 @@ var rlimitNames = []struct {
 	{"RLIMIT_NOFILE", unix.RLIMIT_NOFILE}, {"RLIMIT_NPROC", unix.RLIMIT_NPROC}, {"RLIMIT_RSS", unix.RLIMIT_RSS},
 	{"RLIMIT_RTPRIO", unix.RLIMIT_RTPRIO}, {"RLIMIT_RTTIME", unix.RLIMIT_RTTIME}, {"RLIMIT_SIGPENDING", unix.RLIMIT_SIGPENDING},
 	{"RLIMIT_STACK", unix.RLIMIT_STACK},
+}
+
+// RlimitResource returns the kernel's resource number for an OCI rlimit
+// type ("RLIMIT_NOFILE"), false for a name it does not know.
+func RlimitResource(name string) (int, bool) {
+	for _, r := range rlimitNames {
+		if r.name == name {
+			return r.resource, true
+		}
+	}
+	return 0, false
 }
 
 // OwnRlimits returns this process's resource limits as OCI rlimits, the

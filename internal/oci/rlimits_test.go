@@ -31,6 +31,13 @@ func TestUnsetRlimitsComeFromTheHostProcess(t *testing.T) {
 		}
 	}
 
+	if r, ok := RlimitResource("RLIMIT_NPROC"); !ok || r != unix.RLIMIT_NPROC {
+		t.Errorf("RlimitResource(RLIMIT_NPROC) = %d, %v", r, ok)
+	}
+	if _, ok := RlimitResource("RLIMIT_BOGUS"); ok {
+		t.Error("RlimitResource knows RLIMIT_BOGUS")
+	}
+
 	set := []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Soft: 100, Hard: 200}}
 	got := InheritRlimits(set, []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Soft: 1, Hard: 1}, {Type: "RLIMIT_NPROC", Soft: 5, Hard: 6}})
 	want := []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Soft: 100, Hard: 200}, {Type: "RLIMIT_NPROC", Soft: 5, Hard: 6}}
