@@ -30,8 +30,11 @@ import (
 // them at exec, and without them the binary runs with none; user.* and
 // ACLs are kept. What the guest can set is what root in a runc container
 // can: virtiofsd lacks CAP_SYS_ADMIN, so trusted.* (overlayfs's own) stays
-// out of reach. With FUSE_HANDLE_KILLPRIV_V2 (on by default where the
-// guest has it, as 6.1 does) writes cost no extra xattr round trip.
+// out of reach. The cost is a round trip to virtiofsd on every write(2),
+// the guest kernel asking for security.capability before it writes
+// (measured under TCG: 4 KiB writes ~75% slower, 64 KiB writes no
+// different; docs/configuration.md), so hypervisor.virtiofs_xattr can
+// turn it off.
 
 var virtiofsdFlags sync.Map // virtiofsd path -> virtiofsdFeatures
 
