@@ -205,19 +205,29 @@ func (c *criClient) startContainer(t *testing.T, id string) {
 	}
 }
 
-// waitLogLine waits for a line of a CRI log file ("<time> <stream> <tag>
-// <line>") from stdout that has the given suffix and returns the line's
-// content.
+// stdoutLines returns the content of a CRI log file's ("<time> <stream>
+// <tag> <line>") full stdout lines, and the file as read.
+func stdoutLines(path string) ([]string, []byte) {
+	b, _ := os.ReadFile(path)
+	var lines []string
+	for sc := bufio.NewScanner(strings.NewReader(string(b))); sc.Scan(); {
+		if f := strings.SplitN(sc.Text(), " ", 4); len(f) == 4 && f[1] == "stdout" && f[2] == "F" {
+			lines = append(lines, f[3])
+		}
+	}
+	return lines, b
+}
+
+// waitLogLine waits for a stdout line of a CRI log file that has the
+// given suffix and returns the line's content.
 func waitLogLine(t *testing.T, path, suffix string, limit time.Duration) string {
 	t.Helper()
 	var line string
 	eventually(t, limit, fmt.Sprintf("a stdout line ending in %q in %s", suffix, path), func() error {
-		b, _ := os.ReadFile(path)
-		sc := bufio.NewScanner(strings.NewReader(string(b)))
-		for sc.Scan() {
-			f := strings.SplitN(sc.Text(), " ", 4)
-			if len(f) == 4 && f[1] == "stdout" && f[2] == "F" && strings.HasSuffix(f[3], suffix) {
-				line = f[3]
+		lines, b := stdoutLines(path)
+		for _, l := range lines {
+			if strings.HasSuffix(l, suffix) {
+				line = l
 				return nil
 			}
 		}

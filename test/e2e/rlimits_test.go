@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"bufio"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -36,13 +34,7 @@ func TestCRIContainerGetsTheLimitsRuncWould(t *testing.T) {
 			id, _ := c.createContainer(t, pod, "limits", "sh", "-c", limitsScript+"; exec sleep 100000")
 			c.startContainer(t, id)
 			waitLogLine(t, filepath.Join(pod.logDir, "limits.log"), "signals", time.Minute)
-			b, _ := os.ReadFile(filepath.Join(pod.logDir, "limits.log"))
-			var initOut []string
-			for sc := bufio.NewScanner(strings.NewReader(string(b))); sc.Scan(); {
-				if f := strings.SplitN(sc.Text(), " ", 4); len(f) == 4 {
-					initOut = append(initOut, f[3])
-				}
-			}
+			initOut, _ := stdoutLines(filepath.Join(pod.logDir, "limits.log"))
 			got[handler+" init"] = parseLimits(t, strings.Join(initOut, "\n"))
 			got[handler+" exec"] = parseLimits(t, c.execOut(t, id, "sh", "-c", limitsScript))
 		})
