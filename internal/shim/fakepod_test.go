@@ -35,6 +35,26 @@ type fakePod struct {
 	procs map[string]*fakeProc // "container/exec"
 	// statsOOMKills is the OOM-kill count ContainerStats reports.
 	statsOOMKills uint64
+	// mem, when set, gives the VM resizable (virtio-mem) memory;
+	// without it the VM's memory is fixed.
+	mem *fakeMemory
+}
+
+// fakeMemory is a VM's virtio-mem memory: ResizeMemory moves it, one
+// resize at a time, as the sandbox's own lock does.
+type fakeMemory struct {
+	resizing sync.Mutex
+	mu       sync.Mutex
+	current  int // MiB
+	// shrinkGate, when set, holds every shrink until it is closed: a
+	// guest whose memory is still in use.
+	shrinkGate chan struct{}
+}
+
+func (m *fakeMemory) currentMiB() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.current
 }
 
 func newFakePod() *fakePod {
@@ -131,9 +151,27 @@ func (f *fakePod) WaitOOM(ctx context.Context, _ string, _ uint64) (uint64, erro
 }
 
 func (f *fakePod) HostMemoryStatus() sandbox.MemoryStatus {
+	if f.mem != nil {
+		cur := f.mem.currentMiB()
+		return sandbox.MemoryStatus{Mechanism: memory.VirtioMem, GuestAtBootMiB: 256, MaxGuestMiB: 16384, GuestCurrentMiB: cur, GuestRequestedMiB: cur}
+	}
 	return sandbox.MemoryStatus{Mechanism: memory.None, GuestAtBootMiB: 256, MaxGuestMiB: 256, GuestCurrentMiB: 256, GuestRequestedMiB: 256}
 }
-func (f *fakePod) ResizeMemory(context.Context, int) (sandbox.MemoryStatus, error) {
+func (f *fakePod) ResizeMemory(ctx context.Context, targetMiB int) (sandbox.MemoryStatus, error) {
+	if m := f.mem; m != nil {
+		m.resizing.Lock()
+		defer m.resizing.Unlock()
+		if targetMiB < m.currentMiB() && m.shrinkGate != nil {
+			select {
+			case <-m.shrinkGate:
+			case <-ctx.Done():
+				return f.HostMemoryStatus(), ctx.Err()
+			}
+		}
+		m.mu.Lock()
+		m.current = targetMiB
+		m.mu.Unlock()
+	}
 	return f.HostMemoryStatus(), nil
 }
 func (f *fakePod) SetElasticBounds(int, int) {}

@@ -90,22 +90,29 @@ func (s *service) updateElastic(cfg *config.Config, sb podVM, overrideID string,
 	return target, ceiling
 }
 
-// growFor makes room for a container's new limit before it takes effect.
+// growFor makes room for container c's new limit before it takes effect,
+// and records the limit if it is higher than c's: from then on every
+// shrink leaves room for it. A lower limit is recorded by the caller once
+// the guest has applied it.
 //
 // A limit the VM could not give the container even alone is refused: it
 // used to be clamped silently, and the container then OOM-killed below
 // its limit.
-func (s *service) growFor(ctx context.Context, cfg *config.Config, sb podVM, id string, limit int64) error {
+func (s *service) growFor(ctx context.Context, cfg *config.Config, sb podVM, c *container, limit int64) error {
+	s.sizeMu.Lock()
+	defer s.sizeMu.Unlock()
 	st := sb.HostMemoryStatus()
-	if err := limitFits(st, cfg.Hypervisor.MemoryOverheadMiB, id, limit); st.Mechanism != memory.None && err != nil {
+	if err := limitFits(st, cfg.Hypervisor.MemoryOverheadMiB, c.id, limit); st.Mechanism != memory.None && err != nil {
 		return err
 	}
-	target, _ := s.updateElastic(cfg, sb, id, limit)
-	if st.Mechanism == memory.None || target <= st.GuestCurrentMiB {
-		return nil
+	target, _ := s.updateElastic(cfg, sb, c.id, limit)
+	if st.Mechanism != memory.None && target > st.GuestCurrentMiB {
+		if _, err := sb.ResizeMemory(ctx, target); err != nil {
+			return fmt.Errorf("grow the pod's VM to %d MiB for container %s: %w", target, c.id, err)
+		}
 	}
-	if _, err := sb.ResizeMemory(ctx, target); err != nil {
-		return fmt.Errorf("grow the pod's VM to %d MiB for container %s: %w", target, id, err)
+	if limit > c.memLimit() {
+		c.setMemLimit(limit)
 	}
 	return nil
 }
@@ -146,6 +153,11 @@ func (s *service) memoryFloor(sb podVM) int {
 // target: it gives memory back once it is idle, not while it may be in
 // use.
 func (s *service) shrinkToFit(ctx context.Context, cfg *config.Config, sb podVM) {
+	s.sizeMu.Lock()
+	defer s.sizeMu.Unlock()
+	if isDone(sb.Done()) {
+		return // the pod ended while this waited for sizeMu
+	}
 	target, ceiling := s.updateElastic(cfg, sb, "", 0)
 	if sb.ElasticEnabled() && ceiling > target {
 		return
@@ -154,7 +166,7 @@ func (s *service) shrinkToFit(ctx context.Context, cfg *config.Config, sb podVM)
 	if st.Mechanism == memory.None || target >= st.GuestCurrentMiB {
 		return
 	}
-	if _, err := sb.ResizeMemory(ctx, target); err != nil {
+	if _, err := sb.ResizeMemory(ctx, target); err != nil && !isDone(sb.Done()) {
 		log.G(ctx).WithError(err).WithField("target_mib", target).Warn("shrink pod VM")
 	}
 }

@@ -1,11 +1,19 @@
 package shim
 
 import (
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/berth-runtime/berth/internal/config"
+	"github.com/berth-runtime/berth/internal/oci"
 	"github.com/berth-runtime/berth/internal/sandbox"
 )
 
@@ -32,5 +40,81 @@ func TestLimitFits(t *testing.T) {
 		if err != nil && (!errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "hypervisor.default_maxmemory")) {
 			t.Errorf("%s: %v: want InvalidArgument naming hypervisor.default_maxmemory", tc.name, err)
 		}
+	}
+}
+
+// writeLimitedBundle writes the bundle of a container of pod sandboxID
+// with a memory limit.
+func writeLimitedBundle(t *testing.T, sandboxID string, limitBytes int64) string {
+	t.Helper()
+	dir := t.TempDir()
+	spec := specs.Spec{Version: specs.Version, Root: &specs.Root{Path: "rootfs"}, Process: &specs.Process{Args: []string{"true"}},
+		Annotations: map[string]string{oci.SandboxIDAnnotations[0]: sandboxID, oci.ContainerTypeAnnotations[0]: "container"},
+		Linux: &specs.Linux{Resources: &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limitBytes}},
+			Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace}, {Type: specs.MountNamespace}}}}
+	b, err := json.Marshal(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Mkdir(filepath.Join(dir, "rootfs"), 0o755)
+	return dir
+}
+
+// TestDeleteRepliesWhileTheVMShrinks: deleting a container replies while
+// the VM is still giving its memory back (a guest whose memory is in use
+// holds a shrink for seconds, and containerd's exit handler, which
+// deletes the task and which CRI's StopContainer waits for, gives up
+// after 10 s). A container created meanwhile keeps the memory its limit
+// needs, whichever of the shrink and its grow runs first.
+func TestDeleteRepliesWhileTheVMShrinks(t *testing.T) {
+	s, pod, ctx := newTestService(t)
+	pod.mem = &fakeMemory{current: 256}
+	if _, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: cid, Bundle: testBundle(t)}); err != nil {
+		t.Fatalf("create the sandbox container: %v", err)
+	}
+	overhead := config.Default().Hypervisor.MemoryOverheadMiB
+	if _, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: "big", Bundle: writeLimitedBundle(t, cid, 1<<30)}); err != nil {
+		t.Fatalf("create a 1 GiB container: %v", err)
+	}
+	if got, want := pod.mem.currentMiB(), 256+overhead+1024; got != want {
+		t.Fatalf("VM at %d MiB with a 1 GiB container, want %d", got, want)
+	}
+
+	pod.mem.shrinkGate = make(chan struct{})
+	deleted := make(chan error, 1)
+	go func() {
+		_, err := s.Delete(ctx, &taskAPI.DeleteRequest{ID: "big"})
+		deleted <- err
+	}()
+	select {
+	case err := <-deleted:
+		if err != nil {
+			t.Fatalf("delete: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		close(pod.mem.shrinkGate)
+		t.Fatal("Delete waited for the VM to shrink")
+	}
+
+	created := make(chan error, 1)
+	go func() {
+		_, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: "next", Bundle: writeLimitedBundle(t, cid, 512<<20)})
+		created <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // let the create reach the VM's sizing
+	close(pod.mem.shrinkGate)
+	if err := <-created; err != nil {
+		t.Fatalf("create a 512 MiB container during the shrink: %v", err)
+	}
+	want := 256 + overhead + 512
+	deadline := time.Now().Add(5 * time.Second)
+	for pod.mem.currentMiB() != want && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := pod.mem.currentMiB(); got != want {
+		t.Errorf("VM at %d MiB after the shrink and the 512 MiB container's grow, want %d (boot + overhead + its limit)", got, want)
 	}
 }

@@ -79,6 +79,14 @@ type service struct {
 	// configuration of their own (Update, Delete) use it.
 	podCfg     *config.Config
 	containers map[string]*container
+
+	// sizeMu serializes sizing the pod's VM: a target is computed from
+	// the containers' limits and resized to under it, and growFor
+	// records a container's limit before releasing it. Without it a
+	// shrink after one container's delete, computed before a new
+	// container's grow, could land after that grow and take the new
+	// container's memory away.
+	sizeMu sync.Mutex
 }
 
 type event struct {
@@ -324,11 +332,10 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ u
 	if spec.Linux != nil {
 		limit = memoryLimit(spec.Linux.Resources)
 	}
-	if err := s.growFor(ctx, cfg, sb, r.ID, limit); err != nil {
+	if err := s.growFor(ctx, cfg, sb, c, limit); err != nil {
 		s.destroySandboxIfEmpty(ctx, c)
 		return 0, err
 	}
-	c.setMemLimit(limit)
 	ns, _ := namespaces.Namespace(ctx)
 	paths := stdioPaths{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}
 	hio, err := openStdio(ctx, paths, r.ID, ns)
@@ -687,7 +694,12 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 			// Publish the delete before the slow VM teardown.
 			defer sb.Destroy(context.WithoutCancel(ctx))
 		} else if vmAlive && (c.memLimit() > 0 || sb.ElasticEnabled()) {
-			defer s.shrinkToFit(context.WithoutCancel(ctx), s.podConfig(), sb)
+			// After the reply, not before it: a guest that cannot give
+			// the memory back yet (still in use) holds a shrink for
+			// seconds, and containerd's exit handler, which deletes the
+			// task and which CRI's StopContainer waits for, gives up
+			// after 10 s.
+			go s.shrinkToFit(context.WithoutCancel(ctx), s.podConfig(), sb)
 		}
 	}
 	status, at := p.exit()
@@ -941,7 +953,7 @@ func (s *service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*em
 	// shrink it after lowering.
 	newLimit, oldLimit := memoryLimit(res), c.memLimit()
 	if res.Memory != nil && res.Memory.Limit != nil {
-		if err := s.growFor(ctx, s.podConfig(), sb, r.ID, newLimit); err != nil {
+		if err := s.growFor(ctx, s.podConfig(), sb, c, newLimit); err != nil {
 			return nil, toGRPC(err)
 		}
 	}
