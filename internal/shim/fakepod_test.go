@@ -273,8 +273,13 @@ func newTestService(t *testing.T) (*service, *fakePod, context.Context) {
 // testBundle writes a bundle with a minimal OCI spec.
 func testBundle(t *testing.T) string {
 	t.Helper()
+	return specBundle(t, specs.Spec{Version: specs.Version, Root: &specs.Root{Path: "rootfs"}, Process: &specs.Process{Args: []string{"/bin/true"}, Cwd: "/"}})
+}
+
+// specBundle writes a bundle, rootfs directory included, with spec.
+func specBundle(t *testing.T, spec specs.Spec) string {
+	t.Helper()
 	dir := t.TempDir()
-	spec := specs.Spec{Version: specs.Version, Root: &specs.Root{Path: "rootfs"}, Process: &specs.Process{Args: []string{"/bin/true"}, Cwd: "/"}}
 	b, err := json.Marshal(spec)
 	if err != nil {
 		t.Fatal(err)

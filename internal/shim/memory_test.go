@@ -1,9 +1,6 @@
 package shim
 
 import (
-	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -47,20 +44,10 @@ func TestLimitFits(t *testing.T) {
 // with a memory limit.
 func writeLimitedBundle(t *testing.T, sandboxID string, limitBytes int64) string {
 	t.Helper()
-	dir := t.TempDir()
-	spec := specs.Spec{Version: specs.Version, Root: &specs.Root{Path: "rootfs"}, Process: &specs.Process{Args: []string{"true"}},
+	return specBundle(t, specs.Spec{Version: specs.Version, Root: &specs.Root{Path: "rootfs"}, Process: &specs.Process{Args: []string{"true"}},
 		Annotations: map[string]string{oci.SandboxIDAnnotations[0]: sandboxID, oci.ContainerTypeAnnotations[0]: "container"},
 		Linux: &specs.Linux{Resources: &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limitBytes}},
-			Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace}, {Type: specs.MountNamespace}}}}
-	b, err := json.Marshal(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "config.json"), b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	os.Mkdir(filepath.Join(dir, "rootfs"), 0o755)
-	return dir
+			Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace}, {Type: specs.MountNamespace}}}})
 }
 
 // TestDeleteRepliesWhileTheVMShrinks: deleting a container replies while
