@@ -16,22 +16,26 @@ ROOTFS    ?= $(BIN)/rootfs-busybox
 # unpacked from the initramfs at each boot.
 AGENT_TAGS    := osusergo netgo seccomp runc_nocriu
 AGENT_LDFLAGS := -s -w -extldflags -static
-SOURCES := $(shell find . \( -name '*.go' -o -name '*.c' \) -not -path './bin/*' 2>/dev/null)
 
-.PHONY: help build deps guest rootfs demo install test test-unit test-e2e test-e2e-containerd2 bench bench-ctr bench-stats bench-net bench-devices bench-memory bench-firmware bench-pods proto clean
+.PHONY: FORCE help build deps guest rootfs demo install test test-unit test-e2e test-e2e-containerd2 bench bench-ctr bench-stats bench-net bench-devices bench-memory bench-firmware bench-pods proto clean
 
 help: ## list targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z0-9_-]+:.*## /{printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: $(BIN)/berth $(BIN)/berth-agent $(BIN)/containerd-shim-berth-v2 ## build the binaries into bin/
 
-$(BIN)/berth: $(SOURCES) go.mod $(wildcard guest/kernel/*.config)
+# The binaries are always handed to go build, whose cache knows what
+# changed: make's timestamps miss a deleted source file (nothing is newer
+# than the binary), which left a stale agent behind.
+FORCE:
+
+$(BIN)/berth: FORCE
 	$(GO) build -o $@ ./cmd/berth
 
-$(BIN)/containerd-shim-berth-v2: $(SOURCES) go.mod
+$(BIN)/containerd-shim-berth-v2: FORCE
 	$(GO) build -o $@ ./cmd/containerd-shim-berth-v2
 
-$(BIN)/berth-agent: $(SOURCES) go.mod Makefile
+$(BIN)/berth-agent: FORCE
 	@mkdir -p $(BIN)
 	@# glibc's static-linking warnings are expected; show output only on failure.
 	CGO_ENABLED=1 $(GO) build -tags "$(AGENT_TAGS)" -ldflags "$(AGENT_LDFLAGS)" -o $@ ./cmd/berth-agent 2>$(BIN)/.agent-build.log || { cat $(BIN)/.agent-build.log; exit 1; }
@@ -39,7 +43,7 @@ $(BIN)/berth-agent: $(SOURCES) go.mod Makefile
 # The hostile-guest e2e tests' agent (test/e2e/evilagent): the real agent
 # plus attacks on the host, built like it. Never part of a real image; the
 # tests build it (through this rule) and put it into an initramfs of their own.
-$(BIN)/berth-evil-agent: $(SOURCES) go.mod
+$(BIN)/berth-evil-agent: FORCE
 	@mkdir -p $(BIN)
 	CGO_ENABLED=1 $(GO) build -tags "$(AGENT_TAGS)" -ldflags "$(AGENT_LDFLAGS)" -o $@ ./test/e2e/evilagent 2>$(BIN)/.evil-agent-build.log || { cat $(BIN)/.evil-agent-build.log; exit 1; }
 
