@@ -234,6 +234,20 @@ func (p ElasticPolicy) Decide(st ElasticState, s GuestSample, now time.Time) Dec
 	return d
 }
 
+// ShrinkFloorMiB is the least a VM of currentMiB whose guest reports
+// availMiB available may shrink to: what the guest uses, plus the free
+// memory an elastic shrink keeps (reserve, grow margin and keep margin).
+// A shrink below what the guest uses makes its kernel OOM-kill a
+// container: seen with a container without a limit that used memory
+// another container's limit had grown the VM for, once that container
+// was deleted. A guest reporting less than it has only keeps memory the
+// VM already holds.
+func ShrinkFloorMiB(l Limits, currentMiB, availMiB int) int {
+	keep := DefaultGuestReserveMiB + DefaultGrowMarginMiB + DefaultKeepMarginMiB
+	floor := max(currentMiB-max(availMiB-keep, 0), l.BootMiB)
+	return min(RoundUp(floor-l.BootMiB, l.Align())+l.BootMiB, currentMiB)
+}
+
 // Sanitize bounds a guest's report by what the host knows: the guest
 // cannot have more memory than the VM, nor more available than it has.
 // A hostile guest can still lie within these bounds; the ceiling, the

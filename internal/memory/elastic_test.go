@@ -130,3 +130,29 @@ func TestSanitize(t *testing.T) {
 		t.Errorf("Sanitize = %d %d %d %v", total, avail, minAvail, psi)
 	}
 }
+
+// TestShrinkFloorKeepsWhatTheGuestUses: a shrink stops at the guest's use
+// plus the free memory an elastic shrink keeps, rounded up to the
+// mechanism's granularity, never below the boot memory nor above the
+// VM's size.
+func TestShrinkFloorKeepsWhatTheGuestUses(t *testing.T) {
+	vmem := Limits{Mechanism: VirtioMem, BootMiB: 256, MaxMiB: 16384}
+	dimm := Limits{Mechanism: DIMM, BootMiB: 256, MaxMiB: 16384, Slots: 8}
+	// The free memory kept is 112 + 24 + 16 = 152 MiB.
+	for _, c := range []struct {
+		name           string
+		l              Limits
+		current, avail int
+		want           int
+	}{
+		{"a guest using 718 MiB of 1280 keeps 562 - 152", vmem, 1280, 562, 870},
+		{"an idle guest goes back to its boot memory", vmem, 1280, 1200, 256},
+		{"odd sizes round up to a 2 MiB block", vmem, 1280, 427, 1006},
+		{"a guest that reports nothing free keeps its size", vmem, 1280, 0, 1280},
+		{"DIMMs go in whole 128 MiB", dimm, 1280, 600, 896},
+	} {
+		if got := ShrinkFloorMiB(c.l, c.current, c.avail); got != c.want {
+			t.Errorf("%s: ShrinkFloorMiB(%d MiB, %d available) = %d, want %d", c.name, c.current, c.avail, got, c.want)
+		}
+	}
+}

@@ -324,6 +324,17 @@ func (s *Sandbox) MemoryStatus(ctx context.Context) MemoryStatus {
 // view costs an agent round trip in which the guest reads every memory
 // block's sysfs files (~25 ms under TCG), and a container create sizes
 // the VM twice (its own fit check and the elastic bounds).
+// GuestAvailableMiB is the guest's MemAvailable, bounded by the VM's
+// size (memory.Sanitize).
+func (s *Sandbox) GuestAvailableMiB(ctx context.Context) (int, error) {
+	info, err := s.agent.OnlineMemory(ctx, &emptypb.Empty{})
+	if err != nil {
+		return 0, s.rpcError("read guest memory", err)
+	}
+	_, avail, _, _ := memory.Sanitize(s.HostMemoryStatus().GuestCurrentMiB, info.MemTotalBytes, info.MemAvailableBytes, 0, 0)
+	return avail, nil
+}
+
 func (s *Sandbox) HostMemoryStatus() MemoryStatus {
 	s.memory.mu.Lock()
 	defer s.memory.mu.Unlock()

@@ -157,6 +157,12 @@ func (f *fakePod) HostMemoryStatus() sandbox.MemoryStatus {
 	}
 	return sandbox.MemoryStatus{Mechanism: memory.None, GuestAtBootMiB: 256, MaxGuestMiB: 256, GuestCurrentMiB: 256, GuestRequestedMiB: 256}
 }
+
+// GuestAvailableMiB: the fake guest uses nothing.
+func (f *fakePod) GuestAvailableMiB(context.Context) (int, error) {
+	return f.HostMemoryStatus().GuestCurrentMiB, nil
+}
+
 func (f *fakePod) ResizeMemory(ctx context.Context, targetMiB int) (sandbox.MemoryStatus, error) {
 	if m := f.mem; m != nil {
 		m.resizing.Lock()

@@ -166,6 +166,25 @@ func (s *service) shrinkToFit(ctx context.Context, cfg *config.Config, sb podVM)
 	if st.Mechanism == memory.None || target >= st.GuestCurrentMiB {
 		return
 	}
+	// Never below what the guest uses: a container without a limit may
+	// use memory that a deleted container's limit had grown the VM for
+	// (elastic memory off), and the guest would OOM-kill it.
+	avail, err := sb.GuestAvailableMiB(ctx)
+	if err != nil {
+		if !isDone(sb.Done()) {
+			log.G(ctx).WithError(err).Warn("shrink pod VM: not without the guest's memory use")
+		}
+		return
+	}
+	l := memory.Limits{Mechanism: st.Mechanism, BootMiB: st.GuestAtBootMiB, MaxMiB: st.MaxGuestMiB}
+	if floor := memory.ShrinkFloorMiB(l, st.GuestCurrentMiB, avail); target < floor {
+		log.G(ctx).WithField("target_mib", target).WithField("floor_mib", floor).WithField("guest_available_mib", avail).
+			Info("shrink pod VM: not below what the guest uses")
+		target = floor
+	}
+	if target >= st.GuestCurrentMiB {
+		return
+	}
 	if _, err := sb.ResizeMemory(ctx, target); err != nil && !isDone(sb.Done()) {
 		log.G(ctx).WithError(err).WithField("target_mib", target).Warn("shrink pod VM")
 	}

@@ -51,6 +51,9 @@ type podMemory interface {
 	// HostMemoryStatus: sizing needs only the host's bookkeeping, not
 	// the guest's view (an agent round trip).
 	HostMemoryStatus() sandbox.MemoryStatus
+	// GuestAvailableMiB is the guest's MemAvailable (an agent round
+	// trip), which bounds a shrink.
+	GuestAvailableMiB(ctx context.Context) (int, error)
 	ResizeMemory(ctx context.Context, targetMiB int) (sandbox.MemoryStatus, error)
 	SetElasticBounds(floorMiB, ceilingMiB int)
 	ElasticEnabled() bool

@@ -115,10 +115,12 @@ func importImage(ref, rootfs string, cmd []string) error {
 }
 
 // containerdEnv is the environment of the private containerd: its shims
-// read the test configuration, and handler berth-split reads the one with
-// per-container host cgroups.
+// read the test configuration, handler berth-split reads the one with
+// per-container host cgroups, and berth-fixed-memory the one without
+// elastic memory.
 func containerdEnv() []string {
-	return append(os.Environ(), "BERTH_CONFIG="+env.config, "BERTH_RUNTIME_CONFIGS="+criSplitHandler+"="+env.configSplit,
+	return append(os.Environ(), "BERTH_CONFIG="+env.config,
+		"BERTH_RUNTIME_CONFIGS="+criSplitHandler+"="+env.configSplit+" "+criFixedMemoryHandler+"="+env.configFixedMemory,
 		"BERTH_SHIM_SANDBOXER_HANDLER="+criSandboxAPIHandler)
 }
 

@@ -28,7 +28,9 @@ var env struct {
 	config   string // config file pointing at runDir
 	// configSplit is config with cgroup.sandbox_cgroup_only = false.
 	configSplit string
-	rootfs      string // busybox root file system
+	// configFixedMemory is config with memory.elastic = false.
+	configFixedMemory string
+	rootfs            string // busybox root file system
 	// cgroupParent is cgroup.parent of the test configuration: private to
 	// this test binary, so that its leak check sees only its sandboxes.
 	cgroupParent string
@@ -106,6 +108,11 @@ func setup() error {
 	// handler "berth-split" passes it as the shim's ConfigPath.
 	env.configSplit = filepath.Join(tmp, "config-split.toml")
 	if err := os.WriteFile(env.configSplit, []byte(cfg+"sandbox_cgroup_only = false\n"), 0o644); err != nil {
+		return err
+	}
+	// Without elastic memory: handler "berth-fixed-memory".
+	env.configFixedMemory = filepath.Join(tmp, "config-fixed-memory.toml")
+	if err := os.WriteFile(env.configFixedMemory, []byte(cfg+"[memory]\nelastic = false\n"), 0o644); err != nil {
 		return err
 	}
 	env.rootfs = filepath.Join(tmp, "rootfs")

@@ -337,3 +337,64 @@ func TestFreedGuestMemoryLeavesQEMU(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	}
 }
+
+// criFixedMemoryHandler is the CRI runtime handler whose shims read
+// env.configFixedMemory: memory.elastic = false.
+const criFixedMemoryHandler = "berth-fixed-memory"
+
+// TestCRIShrinkAfterADeleteSparesWhatTheGuestUses: with elastic memory
+// off, a container without a limit may use memory that another
+// container's limit grew the VM for. Deleting that other container shrinks
+// the VM, but not below what the guest uses: the guest used to OOM-kill
+// the first container's process (dd holding 700 MiB), or shrink until it
+// had no memory left. The stop replies at once, the VM settles with
+// memory to spare, and the process runs on.
+func TestCRIShrinkAfterADeleteSparesWhatTheGuestUses(t *testing.T) {
+	c := newCRI(t)
+	defer assertNoLeaks(t)
+	pod := c.runPodWith(t, "shrink-held", criFixedMemoryHandler, nil)
+	defer c.removePod(t, pod.id)
+	big := c.createLimitedContainer(t, pod, "big", gib, "sleep", "1000")
+	c.startContainer(t, big)
+	// dd touches its 700 MiB buffer, then blocks writing it into a pipe
+	// nobody reads: the memory stays in use.
+	holder, _ := c.createContainer(t, pod, "holder", "sh", "-c", "dd if=/dev/zero bs=700M count=1 | sleep 1000")
+	c.startContainer(t, holder)
+	eventually(t, 2*time.Minute, "the holder touching 700 MiB", func() error {
+		out := c.execOut(t, holder, "cat", "/proc/meminfo")
+		total, avail := memInfoKiB(t, out, "MemTotal"), memInfoKiB(t, out, "MemAvailable")
+		if total-avail < 700<<10 {
+			return fmt.Errorf("guest MemTotal %d KiB, MemAvailable %d KiB", total, avail)
+		}
+		return nil
+	})
+	before := berthStatusWith(t, env.configFixedMemory, pod.id).Memory
+
+	t0 := time.Now()
+	if _, err := c.rt.StopContainer(criCtx(t, time.Minute), &cri.StopContainerRequest{ContainerId: big, Timeout: 0}); err != nil {
+		t.Fatalf("StopContainer: %v", err)
+	}
+	t.Logf("StopContainer of the 1 GiB container took %v; memory before: current %d MiB", time.Since(t0).Round(time.Millisecond), before.GuestCurrentMiB)
+	if _, err := c.rt.RemoveContainer(criCtx(t, time.Minute), &cri.RemoveContainerRequest{ContainerId: big}); err != nil {
+		t.Fatalf("RemoveContainer: %v", err)
+	}
+	eventually(t, time.Minute, "the VM shrinking after the delete", func() error {
+		m := berthStatusWith(t, env.configFixedMemory, pod.id).Memory
+		if m.GuestCurrentMiB != m.GuestRequestedMiB || m.GuestCurrentMiB >= before.GuestCurrentMiB {
+			return fmt.Errorf("memory now: current %d, requested %d MiB; before the stop %d MiB: want it smaller, and settled", m.GuestCurrentMiB, m.GuestRequestedMiB, before.GuestCurrentMiB)
+		}
+		return nil
+	})
+	m := berthStatusWith(t, env.configFixedMemory, pod.id).Memory
+	ps := c.execOut(t, holder, "ps", "-o", "comm")
+	t.Logf("after the shrink: current %d MiB, guest MemTotal %d MiB; holder's processes: %q", m.GuestCurrentMiB, m.GuestMemTotalMiB, ps)
+	if !strings.Contains(ps, "dd") {
+		t.Errorf("the holder's dd is gone: the shrink to %d MiB took the 700 MiB it used (guest log: OOM kill)", m.GuestCurrentMiB)
+	}
+	// What elastic memory keeps free (reserve, grow and keep margins,
+	// 152 MiB) less slack for the guest's own accounting: a guest shrunk
+	// to the last page OOM-kills at its next allocation.
+	if avail := memInfoKiB(t, c.execOut(t, holder, "cat", "/proc/meminfo"), "MemAvailable") >> 10; avail < 100 {
+		t.Errorf("after the shrink to %d MiB the guest has %d MiB available, want >= 100: the shrink took memory the guest uses", m.GuestCurrentMiB, avail)
+	}
+}

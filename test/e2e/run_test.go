@@ -23,9 +23,16 @@ import (
 
 func memTotalKiB(t *testing.T, meminfo string) int {
 	t.Helper()
-	m := regexp.MustCompile(`MemTotal:\s+(\d+) kB`).FindStringSubmatch(meminfo)
+	return memInfoKiB(t, meminfo, "MemTotal")
+}
+
+// memInfoKiB reads field (MemTotal, MemAvailable, ...) of /proc/meminfo
+// text.
+func memInfoKiB(t *testing.T, meminfo, field string) int {
+	t.Helper()
+	m := regexp.MustCompile(regexp.QuoteMeta(field) + `:\s+(\d+) kB`).FindStringSubmatch(meminfo)
 	if m == nil {
-		t.Fatalf("no MemTotal in %q", meminfo)
+		t.Fatalf("no %s in %q", field, meminfo)
 	}
 	v, _ := strconv.Atoi(m[1])
 	return v
