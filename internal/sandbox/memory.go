@@ -318,14 +318,9 @@ func (s *Sandbox) MemoryStatus(ctx context.Context) MemoryStatus {
 	return s.memoryStatusLocked(ctx)
 }
 
-// HostMemoryStatus is MemoryStatus with only the host's bookkeeping: the
-// mechanism, the boot size, the ceiling and what was requested and
-// plugged. Sizing the VM for a container needs no more, and the guest's
-// view costs an agent round trip in which the guest reads every memory
-// block's sysfs files (~25 ms under TCG), and a container create sizes
-// the VM twice (its own fit check and the elastic bounds).
 // GuestAvailableMiB is the guest's MemAvailable, bounded by the VM's
-// size (memory.Sanitize).
+// size (memory.Sanitize). It costs the agent round trip HostMemoryStatus
+// avoids; a shrink, which it bounds, is rare and not on a create's path.
 func (s *Sandbox) GuestAvailableMiB(ctx context.Context) (int, error) {
 	info, err := s.agent.OnlineMemory(ctx, &emptypb.Empty{})
 	if err != nil {
@@ -335,6 +330,12 @@ func (s *Sandbox) GuestAvailableMiB(ctx context.Context) (int, error) {
 	return avail, nil
 }
 
+// HostMemoryStatus is MemoryStatus with only the host's bookkeeping: the
+// mechanism, the boot size, the ceiling and what was requested and
+// plugged. Sizing the VM for a container needs no more, and the guest's
+// view costs an agent round trip in which the guest reads every memory
+// block's sysfs files (~25 ms under TCG), and a container create sizes
+// the VM twice (its own fit check and the elastic bounds).
 func (s *Sandbox) HostMemoryStatus() MemoryStatus {
 	s.memory.mu.Lock()
 	defer s.memory.mu.Unlock()
