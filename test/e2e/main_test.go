@@ -93,14 +93,16 @@ func setup() error {
 	// Pods may size their VM (the stats tests need room for a 200 MB
 	// page cache); nothing else is annotatable.
 	env.cgroupParent = fmt.Sprintf("/berth-e2e-%d", os.Getpid())
-	cfg := fmt.Sprintf("state_dir = %q\nrun_dir = %q\n[runtime]\nenable_annotations = [\"hypervisor.default_memory\"]\n[cgroup]\nparent = %q\n",
-		env.stateDir, env.runDir, env.cgroupParent)
+	cfg := fmt.Sprintf("state_dir = %q\nrun_dir = %q\n[runtime]\nenable_annotations = [\"hypervisor.default_memory\"]\n",
+		env.stateDir, env.runDir)
 	// BERTH_E2E_KERNEL_SOURCE says which kernel the state directory's
 	// guest image was built from (guest.kernel_source), so that `berth
 	// check` judges the image against the configuration that built it.
 	if ks := os.Getenv("BERTH_E2E_KERNEL_SOURCE"); ks != "" {
 		cfg += fmt.Sprintf("[guest]\nkernel_source = %q\n", ks)
 	}
+	// [cgroup] last: the split variant below adds a key to it.
+	cfg += fmt.Sprintf("[cgroup]\nparent = %q\n", env.cgroupParent)
 	if err := os.WriteFile(env.config, []byte(cfg), 0o644); err != nil {
 		return err
 	}
