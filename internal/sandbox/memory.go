@@ -318,6 +318,13 @@ func (s *Sandbox) MemoryStatus(ctx context.Context) MemoryStatus {
 	return s.memoryStatusLocked(ctx)
 }
 
+// Limits are the status's mechanism, boot size and ceiling, the bounds
+// memory.Target and memory.ShrinkFloorMiB size within. DIMM slots are not
+// part of the status and stay 0.
+func (st MemoryStatus) Limits() memory.Limits {
+	return memory.Limits{Mechanism: st.Mechanism, BootMiB: st.GuestAtBootMiB, MaxMiB: st.MaxGuestMiB}
+}
+
 // GuestAvailableMiB is the guest's MemAvailable, bounded by the VM's
 // size (memory.Sanitize). It costs the agent round trip HostMemoryStatus
 // avoids; a shrink, which it bounds, is rare and not on a create's path.

@@ -62,8 +62,7 @@ func (s *service) memoryBounds(cfg *config.Config, sb podVM, overrideID string, 
 		limits = append(limits, overrideLimit)
 	}
 	st := sb.HostMemoryStatus()
-	l := memory.Limits{Mechanism: st.Mechanism, BootMiB: st.GuestAtBootMiB, MaxMiB: st.MaxGuestMiB}
-	target = memory.Target(l, cfg.Hypervisor.MemoryOverheadMiB, limits)
+	target = memory.Target(st.Limits(), cfg.Hypervisor.MemoryOverheadMiB, limits)
 	ceiling = target
 	if unlimited {
 		ceiling = st.MaxGuestMiB
@@ -176,8 +175,7 @@ func (s *service) shrinkToFit(ctx context.Context, cfg *config.Config, sb podVM)
 		}
 		return
 	}
-	l := memory.Limits{Mechanism: st.Mechanism, BootMiB: st.GuestAtBootMiB, MaxMiB: st.MaxGuestMiB}
-	if floor := memory.ShrinkFloorMiB(l, st.GuestCurrentMiB, avail); target < floor {
+	if floor := memory.ShrinkFloorMiB(st.Limits(), st.GuestCurrentMiB, avail); target < floor {
 		log.G(ctx).WithField("target_mib", target).WithField("floor_mib", floor).WithField("guest_available_mib", avail).
 			Info("shrink pod VM: not below what the guest uses")
 		target = floor
