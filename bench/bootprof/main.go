@@ -17,6 +17,14 @@
 //
 //	go run ./bench/bootprof -seconds 3 [-system-map FILE] [-agent-symbols FILE] [-params "..."]
 //
+// With -attach SOCKET it boots nothing and samples a VM Berth started,
+// through a second QMP socket that a wrapper script named as
+// hypervisor.path adds to QEMU's command line (`exec qemu-system-x86_64
+// "$@" -qmp unix:SOCKET,server=on,wait=off`, for the TCG VM only, not
+// the accelerator probe): that profiles a whole `berth run` or pod
+// start, container create included. -after limits the run's list to
+// the samples after a point, such as the agent answering.
+//
 // Run as root, like the other benchmarks. -agent-symbols takes the output
 // of `go tool nm -n` of the agent built as `make build` does but without
 // -s -w (the text layout is the same).
@@ -39,6 +47,7 @@ import (
 	"github.com/berth-runtime/berth/bench/internal/floor"
 	"github.com/berth-runtime/berth/internal/config"
 	"github.com/berth-runtime/berth/internal/qemu"
+	"github.com/berth-runtime/berth/internal/qemu/qmp"
 )
 
 func main() {
@@ -50,6 +59,8 @@ func main() {
 	agentSyms := flag.String("agent-symbols", "", "`go tool nm -n` output of an unstripped agent")
 	params := flag.String("params", "", "extra kernel parameters")
 	top := flag.Int("top", 30, "functions listed for the whole run")
+	after := flag.Duration("after", 0, "count only samples this long after the start in the whole run's list (the windows still show everything)")
+	attach := flag.String("attach", "", "sample the VM behind this QMP `socket` instead of booting one (waits for it to appear)")
 	flag.Parse()
 
 	cfg, err := config.Load(*configPath, config.Overrides{StateDir: *stateDir})
@@ -75,7 +86,13 @@ func main() {
 		}
 	}
 
-	samples, err := sample(context.Background(), cfg, *params, time.Duration(*seconds*float64(time.Second)), *interval)
+	d := time.Duration(*seconds * float64(time.Second))
+	var samples []sampleAt
+	if *attach != "" {
+		samples, err = sampleAttached(context.Background(), *attach, d, *interval)
+	} else {
+		samples, err = sample(context.Background(), cfg, *params, d, *interval)
+	}
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -97,7 +114,9 @@ func main() {
 		}
 		n := name(s.rip)
 		windows[w][n]++
-		total[n]++
+		if s.at >= *after {
+			total[n]++
+		}
 	}
 	fmt.Printf("%d samples over %.1f s (kernel symbols %s)\n\n", len(samples), *seconds, *systemMap)
 	var ws []int
@@ -142,10 +161,39 @@ func sample(ctx context.Context, cfg *config.Config, params string, d, interval 
 		return nil, err
 	}
 	defer vm.Kill()
+	return sampleRIP(ctx, vm.QMP(), start, d, interval)
+}
+
+// sampleAttached samples the VM whose extra QMP socket is at path: one a
+// wrapper around QEMU (hypervisor.path) added with `-qmp
+// unix:PATH,server=on,wait=off`, so that a whole `berth run` or pod start
+// is profiled, not only the raw boot. The clock starts when the socket
+// answers, a few milliseconds after QEMU starts.
+func sampleAttached(ctx context.Context, path string, d, interval time.Duration) ([]sampleAt, error) {
+	var c *qmp.Client
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Millisecond) {
+		var err error
+		if c, err = qmp.Dial(ctx, path); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("no QMP at %s: %w", path, err)
+		}
+	}
+	defer c.Close()
+	return sampleRIP(ctx, c, time.Now(), d, interval)
+}
+
+// sampleRIP asks QEMU for the vCPU's registers every interval until d
+// has passed since start, or QEMU goes away.
+func sampleRIP(ctx context.Context, c *qmp.Client, start time.Time, d, interval time.Duration) ([]sampleAt, error) {
 	var out []sampleAt
 	for time.Since(start) < d {
 		var regs string
-		if err := vm.QMP().Execute(ctx, "human-monitor-command", map[string]string{"command-line": "info registers"}, &regs); err != nil {
+		if err := c.Execute(ctx, "human-monitor-command", map[string]string{"command-line": "info registers"}, &regs); err != nil {
+			if len(out) > 0 {
+				return out, nil // the VM ended: what was sampled stands
+			}
 			return nil, fmt.Errorf("info registers: %w", err)
 		}
 		if mm := ripRE.FindStringSubmatch(regs); mm != nil {
