@@ -54,9 +54,22 @@ func TestMain(m *testing.M) {
 		defer os.RemoveAll(filepath.Dir(env.runDir))
 		defer removeCgroupParent()
 		defer stopContainerd()
-		return m.Run()
+		before := sharedImageManifest()
+		code := m.Run()
+		if after := sharedImageManifest(); after != before {
+			fmt.Fprintf(os.Stderr, "FAIL: the tests changed the shared guest image in %s/guest (manifest.json differs); a test must build its own image into a state directory of its own\n", env.stateDir)
+			code = 1
+		}
+		return code
 	}()
 	os.Exit(code)
+}
+
+// sharedImageManifest is the shared guest image's manifest.json: the
+// suite must leave the image it was given as it found it.
+func sharedImageManifest() string {
+	b, _ := os.ReadFile(filepath.Join(env.stateDir, "guest", "manifest.json"))
+	return string(b)
 }
 
 func repoRoot() string {
@@ -74,6 +87,13 @@ func setup() error {
 	if env.stateDir == "" {
 		env.stateDir = "/var/lib/berth"
 	}
+	// Every child (berth, containerd and so its shims) takes the state
+	// directory from its configuration file, which names env.stateDir.
+	// An inherited BERTH_STATE_DIR would override every configuration's
+	// own state_dir: the evil guest's build then wrote the evil agent
+	// over the shared image, and every later test, and whatever ran
+	// after the suite, booted it.
+	os.Unsetenv("BERTH_STATE_DIR")
 	if _, err := os.Stat(filepath.Join(env.stateDir, "guest", "initramfs.img")); err != nil {
 		return fmt.Errorf("guest image missing in %s: run `make guest`", env.stateDir)
 	}
