@@ -41,7 +41,10 @@ func (v *VM) VirtioMemSizeMiB(ctx context.Context, id string) (int, error) {
 // ResizeVirtioMem sets the requested size of virtio-mem device id and
 // waits for the guest driver: until the plugged size equals the request,
 // or until it has not changed for settle (the guest cannot go further,
-// e.g. memory in use blocks a shrink). It returns the size reached.
+// e.g. memory in use blocks a shrink), or until ctx is done. It returns
+// the size reached; once the request is set, a done ctx only ends the
+// wait early (the size it returns is still true), so a caller that gave
+// up can settle the device where the guest got to.
 //
 // It polls the device's size rather than waiting for
 // MEMORY_DEVICE_SIZE_CHANGE alone: QEMU rate-limits that event to one per
@@ -67,7 +70,7 @@ func (v *VM) ResizeVirtioMem(ctx context.Context, id string, sizeMiB int, settle
 		sub.Wait(wctx)
 		cancel()
 		if ctx.Err() != nil {
-			return size, ctx.Err()
+			break // the caller stopped waiting: report where the guest is
 		}
 		n, err := v.VirtioMemSizeMiB(ctx, id)
 		if err != nil {

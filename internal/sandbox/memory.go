@@ -141,7 +141,8 @@ func (s *Sandbox) resizeMemoryLocked(ctx context.Context, targetMiB int) (Memory
 	case m.limits.Mechanism == memory.DIMM:
 		err = s.resizeDIMM(ctx, targetMiB)
 	}
-	if cerr := s.SetVMMemory(ctx, m.currentMiB); cerr != nil && err == nil {
+	// Also when ctx is done: the cgroup follows the size the VM has.
+	if cerr := s.SetVMMemory(context.WithoutCancel(ctx), m.currentMiB); cerr != nil && err == nil {
 		err = fmt.Errorf("set the sandbox cgroup's memory limit: %w", cerr)
 	}
 	return s.memoryStatusLocked(ctx), err
@@ -174,6 +175,9 @@ func (s *Sandbox) resizeVirtioMem(ctx context.Context, targetMiB int) error {
 			return fmt.Errorf("grow virtio-mem to %d MiB: %w", step, err)
 		}
 		if m.currentMiB < step {
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("grow to %d MiB stopped at %d MiB: %w", targetMiB, m.currentMiB, err)
+			}
 			return fmt.Errorf("grow to %d MiB: the guest plugged only %d MiB: %w", targetMiB, m.currentMiB, ErrPartialResize)
 		}
 		if err := s.waitGuestSees(ctx, m.currentMiB); err != nil {
@@ -188,9 +192,14 @@ func (s *Sandbox) resizeVirtioMem(ctx context.Context, targetMiB int) error {
 		m.currentMiB = boot + reached
 		if m.currentMiB > targetMiB {
 			// Stop the driver from retrying forever: settle where the
-			// guest got to. Containers keep running.
-			m.hp.ResizeVirtioMem(ctx, virtioMemID, reached, time.Second)
+			// guest got to, also when the caller stopped waiting (a
+			// grow preempts the shim's shrink), so that the device's
+			// request and the bookkeeping agree. Containers keep running.
+			m.hp.ResizeVirtioMem(context.WithoutCancel(ctx), virtioMemID, reached, time.Second)
 			m.requestedMiB = m.currentMiB
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("shrink to %d MiB stopped at %d MiB: %w", targetMiB, m.currentMiB, err)
+			}
 			return fmt.Errorf("shrink to %d MiB reached %d MiB: the guest could not free more (memory in use): %w", targetMiB, m.currentMiB, ErrPartialResize)
 		}
 	}
@@ -235,11 +244,19 @@ func (s *Sandbox) resizeDIMM(ctx context.Context, targetMiB int) error {
 		if m.currentMiB-d.SizeMiB < targetMiB {
 			continue
 		}
+		if err := ctx.Err(); err != nil {
+			// The caller stopped waiting (a grow preempts the shim's
+			// shrink): stop between DIMMs, never in an unplug.
+			m.requestedMiB = m.currentMiB
+			return fmt.Errorf("shrink to %d MiB stopped at %d MiB: %w", targetMiB, m.currentMiB, err)
+		}
 		if err := s.dimmRemovable(ctx, d); err != nil {
 			stuck = err
 			continue
 		}
-		uctx, cancel := context.WithTimeout(ctx, resizeTimeout(d.SizeMiB))
+		// Not cancelled with ctx: an ejection QEMU has begun completes
+		// in the guest anyway, and the DIMM list must say so.
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), resizeTimeout(d.SizeMiB))
 		err := m.hp.UnplugDIMM(uctx, d.ID)
 		cancel()
 		if err != nil {

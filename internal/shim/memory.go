@@ -2,6 +2,7 @@ package shim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/containerd/errdefs"
@@ -98,8 +99,14 @@ func (s *service) updateElastic(cfg *config.Config, sb podVM, overrideID string,
 // used to be clamped silently, and the container then OOM-killed below
 // its limit.
 func (s *service) growFor(ctx context.Context, cfg *config.Config, sb podVM, c *container, limit int64) error {
+	preempted := s.preemptShrink()
 	s.sizeMu.Lock()
 	defer s.sizeMu.Unlock()
+	if preempted {
+		// The stopped shrink runs again after this grow, to a target
+		// that includes the limit recorded below.
+		defer func() { go s.shrinkToFit(context.WithoutCancel(ctx), cfg, sb) }()
+	}
 	st := sb.HostMemoryStatus()
 	if err := limitFits(st, cfg.Hypervisor.MemoryOverheadMiB, c.id, limit); st.Mechanism != memory.None && err != nil {
 		return err
@@ -146,17 +153,45 @@ func (s *service) memoryFloor(sb podVM) int {
 	return s.memoryTarget(s.podConfig(), sb, "", 0)
 }
 
+// errShrinkPreempted is the cause a grow gives the shrink it stops.
+var errShrinkPreempted = errors.New("a grow preempted the shrink")
+
+// preemptShrink stops the shrink in progress, if any, and says whether
+// there was one. The shrink settles where the guest got to; the grow
+// starts it again once it is done.
+func (s *service) preemptShrink() bool {
+	s.shrinkMu.Lock()
+	defer s.shrinkMu.Unlock()
+	if s.cancelShrink == nil {
+		return false
+	}
+	s.cancelShrink(errShrinkPreempted)
+	return true
+}
+
 // shrinkToFit returns memory no container needs any more. Failure is
 // logged, not returned: the containers run either way. While a container
 // without a limit runs, elastic memory owns the VM's size above the
 // target: it gives memory back once it is idle, not while it may be in
-// use.
+// use. A grow that arrives meanwhile preempts it (growFor).
 func (s *service) shrinkToFit(ctx context.Context, cfg *config.Config, sb podVM) {
 	s.sizeMu.Lock()
 	defer s.sizeMu.Unlock()
 	if isDone(sb.Done()) {
 		return // the pod ended while this waited for sizeMu
 	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	s.shrinkMu.Lock()
+	s.cancelShrink = cancel
+	s.shrinkMu.Unlock()
+	defer func() {
+		s.shrinkMu.Lock()
+		s.cancelShrink = nil
+		s.shrinkMu.Unlock()
+		cancel(nil)
+	}()
+	preemptedNow := func() bool { return errors.Is(context.Cause(ctx), errShrinkPreempted) }
+
 	target, ceiling := s.updateElastic(cfg, sb, "", 0)
 	if sb.ElasticEnabled() && ceiling > target {
 		return
@@ -170,7 +205,7 @@ func (s *service) shrinkToFit(ctx context.Context, cfg *config.Config, sb podVM)
 	// (elastic memory off), and the guest would OOM-kill it.
 	avail, err := sb.GuestAvailableMiB(ctx)
 	if err != nil {
-		if !isDone(sb.Done()) {
+		if !preemptedNow() && !isDone(sb.Done()) {
 			log.G(ctx).WithError(err).Warn("shrink pod VM: not without the guest's memory use")
 		}
 		return
@@ -183,7 +218,13 @@ func (s *service) shrinkToFit(ctx context.Context, cfg *config.Config, sb podVM)
 	if target >= st.GuestCurrentMiB {
 		return
 	}
-	if _, err := sb.ResizeMemory(ctx, target); err != nil && !isDone(sb.Done()) {
-		log.G(ctx).WithError(err).WithField("target_mib", target).Warn("shrink pod VM")
+	if _, err := sb.ResizeMemory(ctx, target); err != nil {
+		if preemptedNow() {
+			log.G(ctx).WithError(err).WithField("target_mib", target).Info("shrink pod VM: preempted by a grow, which starts it again")
+			return
+		}
+		if !isDone(sb.Done()) {
+			log.G(ctx).WithError(err).WithField("target_mib", target).Warn("shrink pod VM")
+		}
 	}
 }

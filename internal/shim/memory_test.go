@@ -1,6 +1,7 @@
 package shim
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -50,19 +51,17 @@ func writeLimitedBundle(t *testing.T, sandboxID string, limitBytes int64) string
 			Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace}, {Type: specs.MountNamespace}}}})
 }
 
-// TestDeleteRepliesWhileTheVMShrinks: deleting a container replies while
-// the VM is still giving its memory back (a guest whose memory is in use
-// holds a shrink for seconds, and containerd's exit handler, which
-// deletes the task and which CRI's StopContainer waits for, gives up
-// after 10 s). A container created meanwhile keeps the memory its limit
-// needs, whichever of the shrink and its grow runs first.
-func TestDeleteRepliesWhileTheVMShrinks(t *testing.T) {
-	s, pod, ctx := newTestService(t)
+// deleteDuringAStuckShrink makes a pod whose 1 GiB container has been
+// deleted while the guest cannot give its memory back: the shrink after
+// the delete waits at pod.mem.shrinkGate, and the delete must have
+// replied anyway. It returns the memory overhead per VM.
+func deleteDuringAStuckShrink(t *testing.T, s *service, pod *fakePod, ctx context.Context) (overhead int) {
+	t.Helper()
 	pod.mem = &fakeMemory{current: 256}
 	if _, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: cid, Bundle: testBundle(t)}); err != nil {
 		t.Fatalf("create the sandbox container: %v", err)
 	}
-	overhead := config.Default().Hypervisor.MemoryOverheadMiB
+	overhead = config.Default().Hypervisor.MemoryOverheadMiB
 	if _, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: "big", Bundle: writeLimitedBundle(t, cid, 1<<30)}); err != nil {
 		t.Fatalf("create a 1 GiB container: %v", err)
 	}
@@ -70,7 +69,15 @@ func TestDeleteRepliesWhileTheVMShrinks(t *testing.T) {
 		t.Fatalf("VM at %d MiB with a 1 GiB container, want %d", got, want)
 	}
 
-	pod.mem.shrinkGate = make(chan struct{})
+	gate := make(chan struct{})
+	pod.mem.shrinkGate = gate
+	t.Cleanup(func() {
+		select {
+		case <-gate:
+		default:
+			close(gate)
+		}
+	})
 	deleted := make(chan error, 1)
 	go func() {
 		_, err := s.Delete(ctx, &taskAPI.DeleteRequest{ID: "big"})
@@ -82,10 +89,32 @@ func TestDeleteRepliesWhileTheVMShrinks(t *testing.T) {
 			t.Fatalf("delete: %v", err)
 		}
 	case <-time.After(5 * time.Second):
-		close(pod.mem.shrinkGate)
 		t.Fatal("Delete waited for the VM to shrink")
 	}
+	return overhead
+}
 
+// waitForVMSize waits up to 5 s for the fake VM to reach want MiB.
+func waitForVMSize(t *testing.T, pod *fakePod, want int, what string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for pod.mem.currentMiB() != want && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := pod.mem.currentMiB(); got != want {
+		t.Errorf("VM at %d MiB %s, want %d", got, what, want)
+	}
+}
+
+// TestDeleteRepliesWhileTheVMShrinks: deleting a container replies while
+// the VM is still giving its memory back (a guest whose memory is in use
+// holds a shrink for seconds, and containerd's exit handler, which
+// deletes the task and which CRI's StopContainer waits for, gives up
+// after 10 s). A container created meanwhile keeps the memory its limit
+// needs, whichever of the shrink and its grow runs first.
+func TestDeleteRepliesWhileTheVMShrinks(t *testing.T) {
+	s, pod, ctx := newTestService(t)
+	overhead := deleteDuringAStuckShrink(t, s, pod, ctx)
 	created := make(chan error, 1)
 	go func() {
 		_, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: "next", Bundle: writeLimitedBundle(t, cid, 512<<20)})
@@ -96,12 +125,37 @@ func TestDeleteRepliesWhileTheVMShrinks(t *testing.T) {
 	if err := <-created; err != nil {
 		t.Fatalf("create a 512 MiB container during the shrink: %v", err)
 	}
-	want := 256 + overhead + 512
-	deadline := time.Now().Add(5 * time.Second)
-	for pod.mem.currentMiB() != want && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
+	waitForVMSize(t, pod, 256+overhead+512, "after the shrink and the 512 MiB container's grow (boot + overhead + its limit)")
+}
+
+// TestAGrowDoesNotWaitForAStuckShrink: a container created while the
+// guest cannot give a deleted container's memory back does not wait for
+// that shrink to settle: its grow preempts it. The shrink runs again
+// after the grow, to a target that keeps the new container's memory.
+func TestAGrowDoesNotWaitForAStuckShrink(t *testing.T) {
+	s, pod, ctx := newTestService(t)
+	overhead := deleteDuringAStuckShrink(t, s, pod, ctx)
+	time.Sleep(50 * time.Millisecond) // let the shrink reach the guest
+	created := make(chan error, 1)
+	go func() {
+		_, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: "next", Bundle: writeLimitedBundle(t, cid, 2<<30)})
+		created <- err
+	}()
+	select {
+	case err := <-created:
+		if err != nil {
+			t.Fatalf("create a 2 GiB container during the shrink: %v", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the 2 GiB container's create waited for the stuck shrink")
 	}
+	want := 256 + overhead + 2048
 	if got := pod.mem.currentMiB(); got != want {
-		t.Errorf("VM at %d MiB after the shrink and the 512 MiB container's grow, want %d (boot + overhead + its limit)", got, want)
+		t.Errorf("VM at %d MiB once the 2 GiB container is created, want %d (boot + overhead + its limit)", got, want)
+	}
+	close(pod.mem.shrinkGate)
+	time.Sleep(100 * time.Millisecond) // the shrink that ran again, if any
+	if got := pod.mem.currentMiB(); got != want {
+		t.Errorf("VM at %d MiB after the shrink was let through, want %d", got, want)
 	}
 }

@@ -87,6 +87,12 @@ type service struct {
 	// container's grow, could land after that grow and take the new
 	// container's memory away.
 	sizeMu sync.Mutex
+	// shrinkMu guards cancelShrink, which stops the shrink that holds
+	// sizeMu: a grow does not wait behind a shrink the guest cannot
+	// finish yet (memory still in use), which holds sizeMu until it
+	// settles (sandbox's shrinkSettle).
+	shrinkMu     sync.Mutex
+	cancelShrink context.CancelCauseFunc
 }
 
 type event struct {

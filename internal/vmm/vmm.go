@@ -76,8 +76,8 @@ type DeviceHotplugger interface {
 // through the Spec's virtio-mem region or DIMM slots.
 type MemoryHotplugger interface {
 	// ResizeVirtioMem asks for sizeMiB plugged in the virtio-mem device
-	// id and waits up to settle for the guest; it returns what the guest
-	// reached.
+	// id and waits up to settle for the guest, or until ctx is done; it
+	// returns what the guest reached.
 	ResizeVirtioMem(ctx context.Context, id string, sizeMiB int, settle time.Duration) (int, error)
 	PlugDIMM(ctx context.Context, d DIMM) error
 	// UnplugDIMM ejects a DIMM and waits until the guest has given it up.
