@@ -154,6 +154,11 @@ func run(ctx context.Context, o options) (retErr error) {
 	if err != nil {
 		return err
 	}
+	// The image measured is this build's (a -compare-state-dir image is
+	// another on purpose).
+	if err := guest.CheckAgent(filepath.Dir(cfg.ResolvedInitrd()), filepath.Join(filepath.Dir(o.berth), "berth-agent")); err != nil {
+		return err
+	}
 	var cfg2 *config.Config
 	var cfgPath2 string
 	if o.compareStateDir != "" || o.compareConfig != "" {

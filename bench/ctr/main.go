@@ -23,6 +23,7 @@ import (
 	"github.com/berth-runtime/berth/bench/internal/benchtab"
 	"github.com/berth-runtime/berth/bench/internal/floor"
 	"github.com/berth-runtime/berth/internal/config"
+	"github.com/berth-runtime/berth/internal/guest"
 	"github.com/berth-runtime/berth/internal/ociimage"
 	"github.com/berth-runtime/berth/internal/qemu"
 )
@@ -64,6 +65,9 @@ func main() {
 
 	cfg, err := config.Load("", config.Overrides{StateDir: *stateDir})
 	if err != nil {
+		fatal(err)
+	}
+	if err := guest.CheckAgent(filepath.Dir(cfg.ResolvedInitrd()), filepath.Join(bin, "berth-agent")); err != nil {
 		fatal(err)
 	}
 	var runc, berth, bootFloor []time.Duration

@@ -418,3 +418,27 @@ func TestBuildWritesRootImageForAKernelThatBootsIt(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckAgentRefusesAnImageOfAnotherAgent(t *testing.T) {
+	dir := t.TempDir()
+	for name, content := range map[string]string{"vmlinuz": "kernel", "initramfs.img": "initrd", "config": "cfg"} {
+		os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644)
+	}
+	agent := filepath.Join(t.TempDir(), "berth-agent")
+	os.WriteFile(agent, []byte("the agent"), 0o755)
+	sum, _ := fileSHA256(agent)
+	a := &Artefacts{
+		Kernel: filepath.Join(dir, "vmlinuz"), Initrd: filepath.Join(dir, "initramfs.img"), Config: filepath.Join(dir, "config"),
+		KernelSize: 6, InitrdSize: 6, AgentSHA256: sum,
+	}
+	if err := writeManifest(dir, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckAgent(dir, agent); err != nil {
+		t.Fatalf("the image's own agent: %v", err)
+	}
+	os.WriteFile(agent, []byte("another agent"), 0o755)
+	if err := CheckAgent(dir, agent); err == nil || !strings.Contains(err.Error(), "berth guest build") {
+		t.Errorf("another agent: %v, want an error naming the rebuild", err)
+	}
+}

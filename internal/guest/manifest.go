@@ -208,3 +208,23 @@ func syncDir(dir string) error {
 	defer d.Close()
 	return d.Sync()
 }
+
+// CheckAgent reports an error unless the image in outDir holds
+// agentBinary, byte for byte, as its agent. A benchmark calls it before
+// measuring: a state directory can hold an image built from another
+// agent (an older build, or a test's hostile one), and its figures would
+// then describe that agent, not the build beside it.
+func CheckAgent(outDir, agentBinary string) error {
+	a, err := Inspect(outDir)
+	if err != nil {
+		return err
+	}
+	sum, err := fileSHA256(agentBinary)
+	if err != nil {
+		return fmt.Errorf("hash the agent %s: %w", agentBinary, err)
+	}
+	if sum != a.AgentSHA256 {
+		return fmt.Errorf("the guest image in %s holds an agent with sha256 %.12s, not %s (sha256 %.12s): rebuild it with `berth guest build` (make guest)", outDir, a.AgentSHA256, agentBinary, sum)
+	}
+	return nil
+}

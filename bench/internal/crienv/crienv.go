@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/berth-runtime/berth/internal/guest"
 	"github.com/berth-runtime/berth/internal/ociimage"
 )
 
@@ -84,6 +85,9 @@ func Start(ctx context.Context, name string, p Paths) (*Env, error) {
 	bin, err := filepath.Abs(p.Bin)
 	if err != nil {
 		return nil, err
+	}
+	if err := guest.CheckAgent(filepath.Join(stateDir, "guest"), filepath.Join(bin, "berth-agent")); err != nil {
+		return nil, fmt.Errorf("-state-dir %s: %w", stateDir, err)
 	}
 	tmp, err := os.MkdirTemp("", "berth-bench-"+name+"-")
 	if err != nil {
