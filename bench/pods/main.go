@@ -6,7 +6,9 @@
 //   - the host memory of one idle Berth pod: the proportional set size
 //     (PSS, /proc/<pid>/smaps_rollup) of its QEMU, virtiofsd and shim,
 //     after -idle of idling, split into anonymous, shared-memory (guest
-//     RAM) and file pages;
+//     RAM) and file pages, and the host CPU it used over the second half
+//     of the idling (an idle pod should cost next to none: a guest agent
+//     that polls shows here);
 //   - -parallel Berth pods started at once: every start's time, p50, p99
 //     and max against the single start's median of the same run, how
 //     close the slowest came to hypervisor.boot_timeout, their PSS per
@@ -117,8 +119,7 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("idle pod: %w", err)
 	}
 	fmt.Fprintf(os.Stderr, "idle pod started in %s; idling %v\n", benchtab.MS(d), o.idle)
-	time.Sleep(o.idle)
-	pss, err := podPSS(env.RunDir)
+	pssHalf, pss, err := idlePSS(env.RunDir, o.idle)
 	env.RemovePod(id)
 	if err != nil {
 		return err
@@ -160,10 +161,9 @@ func run(ctx context.Context, o options) error {
 	// kernel and root image) are shared, as on a node, rather than
 	// counted whole for one pod alone.
 	started := o.parallel - failed
-	var allPSS []procPSS
+	var allHalf, allPSS []procPSS
 	if started > 0 {
-		time.Sleep(o.idle)
-		if allPSS, err = podPSS(env.RunDir); err != nil {
+		if allHalf, allPSS, err = idlePSS(env.RunDir, o.idle); err != nil {
 			return err
 		}
 	}
@@ -196,13 +196,14 @@ func run(ctx context.Context, o options) error {
 	} else {
 		fmt.Printf("after removal: LEFT: %s\n", strings.Join(left, "; "))
 	}
-	fmt.Printf("\nidle Berth pod after %v, host PSS (anonymous, shared memory and file pages; file pages are shared with every other pod of the host, so one pod alone counts them whole) and the CPU time each process used from its start:\n\n| process | PSS | anon | shmem | file | CPU |\n|---|--:|--:|--:|--:|--:|\n", o.idle)
+	window := o.idle - o.idle/2
+	fmt.Printf("\nidle Berth pod after %v, host PSS (anonymous, shared memory and file pages; file pages are shared with every other pod of the host, so one pod alone counts them whole), the CPU time each process used from its start, and its share of one host CPU over the last %v of idling:\n\n| process | PSS | anon | shmem | file | CPU | idle CPU |\n|---|--:|--:|--:|--:|--:|--:|\n", o.idle, window)
 	var cpu time.Duration
 	for _, p := range pss {
-		fmt.Printf("| %s | %s | %s |\n", p.name, pssMiB(p.mem), benchtab.MS(p.cpu))
+		fmt.Printf("| %s | %s | %s | %s |\n", p.name, pssMiB(p.mem), benchtab.MS(p.cpu), cpuShare(p.cpu-cpuOf(pssHalf, p.name), window))
 		cpu += p.cpu
 	}
-	fmt.Printf("| **total** | %s | %s |\n", pssMiB(sumPSS(pss)), benchtab.MS(cpu))
+	fmt.Printf("| **total** | %s | %s | %s |\n", pssMiB(sumPSS(pss)), benchtab.MS(cpu), cpuShare(cpu-cpuOf(pssHalf, ""), window))
 	if started > 0 {
 		t, n := sumPSS(allPSS), uint64(started)
 		per := stats.SmapsRollup{Pss: t.Pss / n, PssAnon: t.PssAnon / n, PssShmem: t.PssShmem / n, PssFile: t.PssFile / n}
@@ -210,12 +211,44 @@ func run(ctx context.Context, o options) error {
 		for _, p := range allPSS {
 			cpu += p.cpu
 		}
-		fmt.Printf("| **per pod, %d pods idle side by side** | %s | %s |\n", started, pssMiB(per), benchtab.MS(cpu/time.Duration(n)))
+		idle := (cpu - cpuOf(allHalf, "")) / time.Duration(n)
+		fmt.Printf("| **per pod, %d pods idle side by side** | %s | %s | %s |\n", started, pssMiB(per), benchtab.MS(cpu/time.Duration(n)), cpuShare(idle, window))
 	}
 	if failed > 0 || len(left) > 0 {
 		return errors.New("some pods failed to start or left something behind")
 	}
 	return nil
+}
+
+// idlePSS lets the pods below runDir idle for d and reads their
+// processes twice: halfway, and at the end, whose PSS the table shows;
+// the CPU used between the two is what the pods cost the host while
+// idle, the start behind them.
+func idlePSS(runDir string, d time.Duration) (half, end []procPSS, err error) {
+	time.Sleep(d / 2)
+	if half, err = podPSS(runDir); err != nil {
+		return nil, nil, err
+	}
+	time.Sleep(d - d/2)
+	end, err = podPSS(runDir)
+	return half, end, err
+}
+
+// cpuOf is the CPU time of the process named name in ps, or of all of
+// them for "".
+func cpuOf(ps []procPSS, name string) time.Duration {
+	var t time.Duration
+	for _, p := range ps {
+		if name == "" || p.name == name {
+			t += p.cpu
+		}
+	}
+	return t
+}
+
+// cpuShare is used as a share of one host CPU over window.
+func cpuShare(used, window time.Duration) string {
+	return fmt.Sprintf("%.1f%%", 100*used.Seconds()/window.Seconds())
 }
 
 type procPSS struct {
