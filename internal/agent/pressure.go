@@ -136,6 +136,11 @@ func (w *pressureWatch) start() {
 
 // run samples until the watch is stopped, fast near pressure and slowly
 // far from it, and at once when the containers are throttled.
+//
+// A slow cycle arms one timer, not two: every timer that fires wakes the
+// idle guest (the Go runtime's netpoller and sysmon with it), and under
+// TCG each wake-up costs the host. An idle pod used to wake twice a
+// second here, for the rate limit and then for the slow sample.
 func (w *pressureWatch) run() {
 	events := newFileWatch(filepath.Join(w.sysRoot, containersCgroup, "memory.events"))
 	defer events.close()
@@ -143,33 +148,39 @@ func (w *pressureWatch) run() {
 	defer t.Stop()
 	var prev pressureSample
 	for {
-		s := w.sampleOnce(time.Now())
+		at := time.Now()
+		s := w.sampleOnce(at)
 		w.mu.Lock()
 		growBelow := w.growBelow
 		w.mu.Unlock()
 		slow := events.ok() && farFromPressure(s, prev, growBelow)
 		prev = s
-		// Never more than one sample per pressureSampleEvery: under
-		// steady throttling the kernel marks memory.events modified up
-		// to every 10 ms, and sampling that often would take the CPU
-		// the throttled workload needs.
-		t.Reset(pressureSampleEvery)
+		var changed <-chan struct{} // nil (never ready) unless slow
+		next := pressureSampleEvery
+		if slow {
+			changed, next = events.changed, pressureSampleIdle
+		}
+		// Reset discards an expiry not yet received (Go 1.23+ timers),
+		// so no drain is needed.
+		t.Reset(next)
 		select {
 		case <-t.C:
-		case <-w.stopped:
-			return
-		}
-		if !slow {
 			continue
-		}
-		t.Reset(pressureSampleIdle - pressureSampleEvery)
-		select {
-		case <-t.C:
-		case <-events.changed:
-			// Reset discards an expiry not yet received (Go 1.23+
-			// timers), so no drain is needed.
+		case <-changed:
 		case <-w.stopped:
 			return
+		}
+		// Throttled: sample at once, but never more than once per
+		// pressureSampleEvery: under steady throttling the kernel marks
+		// memory.events modified up to every 10 ms, and sampling that
+		// often would take the CPU the throttled workload needs.
+		if wait := pressureSampleEvery - time.Since(at); wait > 0 {
+			t.Reset(wait)
+			select {
+			case <-t.C:
+			case <-w.stopped:
+				return
+			}
 		}
 	}
 }

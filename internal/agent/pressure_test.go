@@ -139,3 +139,48 @@ func TestThrottleLapsesWithoutHost(t *testing.T) {
 		t.Errorf("memory.high = %s after the lease ended", b)
 	}
 }
+
+// seqOf is the number of the watch's last sample.
+func seqOf(w *pressureWatch) uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.last.seq
+}
+
+func TestSlowSamplerWakesForThrottlingAtMostEvery100ms(t *testing.T) {
+	root := fakePressureRoot(t, 150)
+	w := newPressureWatch(root)
+	t.Cleanup(w.stop)
+	w.mu.Lock()
+	w.growBelow = 100 << 20 // 150 MiB available is far from it: slow
+	w.mu.Unlock()
+	w.start()
+	time.Sleep(300 * time.Millisecond)
+	slow := seqOf(w)
+	if slow == 0 {
+		t.Fatal("no first sample")
+	}
+	// memory.events modified in place, as the kernel does when it
+	// throttles: a sample at once, not at the next second.
+	events := filepath.Join(root, containersCgroup, "memory.events")
+	start := time.Now()
+	if err := os.WriteFile(events, []byte("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for seqOf(w) == slow {
+		if time.Since(start) > 400*time.Millisecond {
+			t.Fatalf("no sample %v after memory.events changed (slow samples are 1 s apart)", time.Since(start))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Modified every 10 ms for a second: at most one sample per 100 ms.
+	before, flood := seqOf(w), time.Now()
+	for i := 0; i < 100; i++ {
+		os.WriteFile(events, []byte("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n"), 0o644)
+		time.Sleep(10 * time.Millisecond)
+	}
+	n, most := seqOf(w)-before, uint64(time.Since(flood)/pressureSampleEvery)+2
+	if n > most || n < 3 {
+		t.Errorf("%d samples while memory.events changed every 10 ms for %v, want 3 to %d (one per 100 ms)", n, time.Since(flood).Round(time.Millisecond), most)
+	}
+}
