@@ -57,6 +57,7 @@ var KernelFeatures = []KernelFeature{
 	{"root image on virtio-pmem (erofs, DAX; guest.root)", RootImageOptions, false, nil},
 	{"qemu_fw_cfg", []string{"CONFIG_FW_CFG_SYSFS"}, false, nil},
 	{"bridge, veth, tun", []string{"CONFIG_BRIDGE", "CONFIG_VETH", "CONFIG_TUN"}, false, []string{"bridge", "veth", "tun"}},
+	{"loop devices (losetup, mount -o loop)", []string{"CONFIG_BLK_DEV_LOOP"}, false, []string{"loop"}},
 	{"netfilter (iptables, nftables, NAT, conntrack)", []string{"CONFIG_NETFILTER", "CONFIG_NF_CONNTRACK", "CONFIG_NF_NAT",
 		"CONFIG_NF_TABLES", "CONFIG_IP_NF_IPTABLES", "CONFIG_IP_NF_NAT"}, false,
 		[]string{"nf_conntrack", "nf_nat", "nf_tables", "ip_tables", "iptable_nat"}},

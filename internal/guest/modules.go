@@ -42,13 +42,15 @@ var DefaultModules = []string{
 	"veth",
 	"tun",
 	"8021q",
+	// Loop devices for privileged containers (losetup, mount -o loop).
+	"loop",
 }
 
 // optionalModules may be missing from a kernel without failing a build that
 // uses DefaultModules: a guest without virtio-scsi still runs containers.
 // Modules the user names explicitly are always required.
 var optionalModules = map[string]bool{"virtio_scsi": true, "virtio_balloon": true,
-	"bridge": true, "veth": true, "tun": true, "8021q": true}
+	"bridge": true, "veth": true, "tun": true, "8021q": true, "loop": true}
 
 // moduleName turns a module file path into the kernel's name for the module:
 // the base name without the .ko suffix (and any compression suffix), with
