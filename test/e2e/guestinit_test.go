@@ -12,6 +12,16 @@ import (
 	"github.com/berth-runtime/berth/internal/guest"
 )
 
+// startGuestRootPod runs a sleeping busybox container id with [debug]
+// guest_exec on, for guestRoot, and returns that configuration; the
+// caller removes it (cleanupTask) before its leak check.
+func startGuestRootPod(t *testing.T, id string) (cfg string) {
+	t.Helper()
+	cfg = hostileConfig(t)
+	mustCtr(t, "run", "-d", "--runtime", berthRuntime, "--runtime-config-path", cfg, busyboxImage, id, "sleep", "1000")
+	return cfg
+}
+
 // TestGuestPID1ReapsOrphans: the guest's PID 1 (the C reaper of
 // internal/agent/pid1) is not the agent service but its parent, and a
 // process orphaned in the guest's root PID namespace is re-parented to it
@@ -19,9 +29,8 @@ import (
 func TestGuestPID1ReapsOrphans(t *testing.T) {
 	containerd(t)
 	defer assertNoLeaks(t)
-	cfg := hostileConfig(t)
 	const id = "pid1-reaps"
-	mustCtr(t, "run", "-d", "--runtime", berthRuntime, "--runtime-config-path", cfg, busyboxImage, id, "sleep", "1000")
+	cfg := startGuestRootPod(t, id)
 	defer cleanupTask(t, id)
 
 	// The debug exec shell is a child of the service ($PPID). Its inner
@@ -62,9 +71,8 @@ func TestGuestRootImageIsReadOnlyToTheGuest(t *testing.T) {
 		t.Skipf("the guest image has no root image (%v): its kernel lacks %v", err, guest.RootImageOptions)
 	}
 	before := fileDigest(t, img)
-	cfg := hostileConfig(t)
 	const id = "root-image-ro"
-	mustCtr(t, "run", "-d", "--runtime", berthRuntime, "--runtime-config-path", cfg, busyboxImage, id, "sleep", "1000")
+	cfg := startGuestRootPod(t, id)
 	defer cleanupTask(t, id)
 
 	r := guestRoot(t, cfg, id, id, `
@@ -120,9 +128,8 @@ func fileDigest(t *testing.T, path string) string {
 func TestGuestKernelHasLoopDevices(t *testing.T) {
 	containerd(t)
 	defer assertNoLeaks(t)
-	cfg := hostileConfig(t)
 	const id = "loop-devices"
-	mustCtr(t, "run", "-d", "--runtime", berthRuntime, "--runtime-config-path", cfg, busyboxImage, id, "sleep", "1000")
+	cfg := startGuestRootPod(t, id)
 	defer cleanupTask(t, id)
 	r := guestRoot(t, cfg, id, id, `
 		img=/run/loop-img
