@@ -196,7 +196,7 @@ func run(ctx context.Context, o options) error {
 	} else {
 		fmt.Printf("after removal: LEFT: %s\n", strings.Join(left, "; "))
 	}
-	window := o.idle - o.idle/2
+	window := idleWindow(o.idle)
 	fmt.Printf("\nidle Berth pod after %v, host PSS (anonymous, shared memory and file pages; file pages are shared with every other pod of the host, so one pod alone counts them whole), the CPU time each process used from its start, and its share of one host CPU over the last %v of idling:\n\n| process | PSS | anon | shmem | file | CPU | idle CPU |\n|---|--:|--:|--:|--:|--:|--:|\n", o.idle, window)
 	var cpu time.Duration
 	for _, p := range pss {
@@ -225,14 +225,18 @@ func run(ctx context.Context, o options) error {
 // the CPU used between the two is what the pods cost the host while
 // idle, the start behind them.
 func idlePSS(runDir string, d time.Duration) (half, end []procPSS, err error) {
-	time.Sleep(d / 2)
+	time.Sleep(d - idleWindow(d))
 	if half, err = podPSS(runDir); err != nil {
 		return nil, nil, err
 	}
-	time.Sleep(d - d/2)
+	time.Sleep(idleWindow(d))
 	end, err = podPSS(runDir)
 	return half, end, err
 }
+
+// idleWindow is the part of an idling of d over which idlePSS measures
+// the CPU: its second half.
+func idleWindow(d time.Duration) time.Duration { return d - d/2 }
 
 // cpuOf is the CPU time of the process named name in ps, or of all of
 // them for "".
