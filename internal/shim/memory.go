@@ -156,41 +156,56 @@ func (s *service) memoryFloor(sb podVM) int {
 // errShrinkPreempted is the cause a grow gives the shrink it stops.
 var errShrinkPreempted = errors.New("a grow preempted the shrink")
 
-// preemptShrink stops the shrink in progress, if any, and says whether
-// there was one. The shrink settles where the guest got to; the grow
-// starts it again once it is done.
+// preemptShrink stops the shrinks in progress or waiting for sizeMu, if
+// any, and says whether there were any. A running shrink settles where
+// the guest got to; the grow starts one again once it is done.
 func (s *service) preemptShrink() bool {
 	s.shrinkMu.Lock()
 	defer s.shrinkMu.Unlock()
-	if s.cancelShrink == nil {
-		return false
+	for _, cancel := range s.shrinks {
+		cancel(errShrinkPreempted)
 	}
-	s.cancelShrink(errShrinkPreempted)
-	return true
+	return len(s.shrinks) > 0
+}
+
+// registerShrink makes a shrink's context, which a grow cancels, and
+// returns it with the function that ends the registration.
+func (s *service) registerShrink(ctx context.Context) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	s.shrinkMu.Lock()
+	if s.shrinks == nil {
+		s.shrinks = make(map[uint64]context.CancelCauseFunc)
+	}
+	id := s.nextShrink
+	s.nextShrink++
+	s.shrinks[id] = cancel
+	s.shrinkMu.Unlock()
+	return ctx, func() {
+		s.shrinkMu.Lock()
+		delete(s.shrinks, id)
+		s.shrinkMu.Unlock()
+		cancel(nil)
+	}
 }
 
 // shrinkToFit returns memory no container needs any more. Failure is
 // logged, not returned: the containers run either way. While a container
 // without a limit runs, elastic memory owns the VM's size above the
 // target: it gives memory back once it is idle, not while it may be in
-// use. A grow that arrives meanwhile preempts it (growFor).
+// use. A grow that arrives meanwhile preempts it (growFor), even while it
+// still waits for sizeMu.
 func (s *service) shrinkToFit(ctx context.Context, cfg *config.Config, sb podVM) {
+	ctx, done := s.registerShrink(ctx)
+	defer done()
 	s.sizeMu.Lock()
 	defer s.sizeMu.Unlock()
 	if isDone(sb.Done()) {
 		return // the pod ended while this waited for sizeMu
 	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	s.shrinkMu.Lock()
-	s.cancelShrink = cancel
-	s.shrinkMu.Unlock()
-	defer func() {
-		s.shrinkMu.Lock()
-		s.cancelShrink = nil
-		s.shrinkMu.Unlock()
-		cancel(nil)
-	}()
 	preemptedNow := func() bool { return errors.Is(context.Cause(ctx), errShrinkPreempted) }
+	if preemptedNow() {
+		return // a grow came first; it starts a shrink again after itself
+	}
 
 	target, ceiling := s.updateElastic(cfg, sb, "", 0)
 	if sb.ElasticEnabled() && ceiling > target {

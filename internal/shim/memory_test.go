@@ -159,3 +159,61 @@ func TestAGrowDoesNotWaitForAStuckShrink(t *testing.T) {
 		t.Errorf("VM at %d MiB after the shrink was let through, want %d", got, want)
 	}
 }
+
+// TestAGrowPreemptsAShrinkStillWaitingForTheVMsSizing: a shrink that has
+// not reached the VM yet (another resize holds the sizing lock) is
+// preempted too: once the lock is free it gives way to the grow rather
+// than start a shrink the guest cannot finish and hold the grow behind it.
+func TestAGrowPreemptsAShrinkStillWaitingForTheVMsSizing(t *testing.T) {
+	s, pod, ctx := newTestService(t)
+	pod.mem = &fakeMemory{current: 256}
+	if _, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: cid, Bundle: testBundle(t)}); err != nil {
+		t.Fatalf("create the sandbox container: %v", err)
+	}
+	overhead := config.Default().Hypervisor.MemoryOverheadMiB
+	if _, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: "big", Bundle: writeLimitedBundle(t, cid, 1<<30)}); err != nil {
+		t.Fatalf("create a 1 GiB container: %v", err)
+	}
+	gate := make(chan struct{})
+	pod.mem.shrinkGate = gate // a shrink that reaches the VM never ends
+	defer close(gate)
+
+	s.sizeMu.Lock() // another resize in progress
+	if _, err := s.Delete(ctx, &taskAPI.DeleteRequest{ID: "big"}); err != nil {
+		s.sizeMu.Unlock()
+		t.Fatalf("delete: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s.shrinkMu.Lock()
+		waiting := len(s.shrinks)
+		s.shrinkMu.Unlock()
+		if waiting > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			s.sizeMu.Unlock()
+			t.Fatal("the delete started no shrink")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond) // let the shrink queue on sizeMu
+	created := make(chan error, 1)
+	go func() {
+		_, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: "next", Bundle: writeLimitedBundle(t, cid, 2<<30)})
+		created <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // let the create queue behind it
+	s.sizeMu.Unlock()
+	select {
+	case err := <-created:
+		if err != nil {
+			t.Fatalf("create a 2 GiB container: %v", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the 2 GiB container's create waited for a shrink that was still waiting to start when it arrived")
+	}
+	if got, want := pod.mem.currentMiB(), 256+overhead+2048; got != want {
+		t.Errorf("VM at %d MiB once the 2 GiB container is created, want %d (boot + overhead + its limit)", got, want)
+	}
+}

@@ -87,12 +87,15 @@ type service struct {
 	// container's grow, could land after that grow and take the new
 	// container's memory away.
 	sizeMu sync.Mutex
-	// shrinkMu guards cancelShrink, which stops the shrink that holds
-	// sizeMu: a grow does not wait behind a shrink the guest cannot
-	// finish yet (memory still in use), which holds sizeMu until it
-	// settles (sandbox's shrinkSettle).
-	shrinkMu     sync.Mutex
-	cancelShrink context.CancelCauseFunc
+	// shrinkMu guards shrinks, which stop the shrinks that hold or
+	// wait for sizeMu: a grow does not wait behind a shrink the guest
+	// cannot finish yet (memory still in use), which holds sizeMu until
+	// it settles (sandbox's shrinkSettle). A shrink registers before it
+	// asks for sizeMu, so one still waiting for it is stopped too and
+	// gives way as soon as it gets it.
+	shrinkMu   sync.Mutex
+	shrinks    map[uint64]context.CancelCauseFunc
+	nextShrink uint64
 }
 
 type event struct {
