@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sirupsen/logrus"
+
 	api "github.com/berth-runtime/berth/api/agent/v1"
 )
 
@@ -96,6 +98,8 @@ type pressureWatch struct {
 	throttle bool
 	reserve  uint64
 	leaseEnd time.Time
+	// lapseLogged: the lapse of the current lease was logged.
+	lapseLogged bool
 	// growBelow is the latest request's grow threshold (0: none).
 	growBelow uint64
 	// highSet is the memory.high the agent wrote (0: "max").
@@ -200,8 +204,17 @@ func (w *pressureWatch) sampleOnce(now time.Time) pressureSample {
 	s.seq = w.last.seq + 1
 	s.at = now
 	throttle := w.throttle && now.Before(w.leaseEnd)
+	lapsed := w.throttle && !throttle && !w.lapseLogged
+	w.lapseLogged = w.lapseLogged || lapsed
+	leaseEnd := w.leaseEnd
 	reserve := w.reserve
 	w.mu.Unlock()
+	if lapsed {
+		// Said on the console: a container the guest OOM-kills after
+		// this was not braked, and a test failure must show why.
+		logrus.WithField("lease_ended", leaseEnd.Format(time.RFC3339Nano)).
+			Warn("elastic memory: the host stopped asking for pressure, lifting the containers' soft limit")
+	}
 
 	var high uint64
 	if throttle {
@@ -334,6 +347,7 @@ func (w *pressureWatch) wait(ctx context.Context, req *api.WaitMemoryPressureReq
 	w.mu.Lock()
 	w.throttle, w.reserve, w.growBelow = req.Throttle, req.ReserveBytes, req.GrowBelowBytes
 	w.leaseEnd = deadline.Add(throttleLease)
+	w.lapseLogged = false
 	w.mu.Unlock()
 	w.start()
 

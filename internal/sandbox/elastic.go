@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -45,6 +46,11 @@ const (
 	throttleSlackBytes = 16 << 20
 	// elasticMaxBackoff bounds the wait after failed polls.
 	elasticMaxBackoff = 30 * time.Second
+	// elasticLeaseRenew is how often a resize renews the agent's
+	// throttle lease (10 s past each poll's timeout, see the agent's
+	// throttleLease): well inside it, so that the brake holds through
+	// a grow the guest is slow to take.
+	elasticLeaseRenew = 3 * time.Second
 )
 
 // ElasticEvent is one grow, shrink or refusal.
@@ -274,9 +280,53 @@ func (s *Sandbox) runElastic() {
 			return
 		}
 		seq = resp.Seq
-		s.elasticStep(ctx, resp)
+		s.elasticStep(ctx, req, resp)
 	}
 }
+
+// holdThrottleLease renews the agent's throttle lease every renew until
+// the returned function is called. The controller polls nothing while it
+// resizes the VM, and a grow the guest is slow to take (its kernel short
+// of memory for the page structures) can outlast the lease: the agent
+// would then lift the containers' soft limit in the middle of the grow,
+// just when the brake is what keeps its OOM killer away. Each renewal is
+// a poll that cannot report (AfterSeq beyond any sample) and returns
+// after the agent's shortest wait.
+func (s *Sandbox) holdThrottleLease(ctx context.Context, req *api.WaitMemoryPressureRequest, renew time.Duration) (stop func()) {
+	if !req.Throttle {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	renewal := &api.WaitMemoryPressureRequest{
+		AfterSeq:       math.MaxUint64,
+		GrowBelowBytes: req.GrowBelowBytes, PsiSomeAvg10Above: req.PsiSomeAvg10Above,
+		TimeoutMs: uint32(minAgentPressureWait / time.Millisecond),
+		Throttle:  true, ReserveBytes: req.ReserveBytes,
+	}
+	go func() {
+		defer close(done)
+		t := time.NewTicker(renew)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			cctx, ccancel := context.WithTimeout(ctx, renew)
+			_, err := s.agent.WaitMemoryPressure(cctx, renewal)
+			ccancel()
+			if err != nil && ctx.Err() == nil {
+				logrus.WithField("sandbox", s.id).WithError(err).Debug("elastic memory: renew the throttle lease")
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// minAgentPressureWait is the agent's shortest WaitMemoryPressure wait.
+const minAgentPressureWait = 100 * time.Millisecond
 
 // elasticState reads the sandbox's sizes and the host's free memory.
 func (s *Sandbox) elasticState(now time.Time) memory.ElasticState {
@@ -295,7 +345,7 @@ func (s *Sandbox) elasticState(now time.Time) memory.ElasticState {
 }
 
 // elasticStep decides on one sample and carries the decision out.
-func (s *Sandbox) elasticStep(ctx context.Context, resp *api.MemoryPressure) {
+func (s *Sandbox) elasticStep(ctx context.Context, req *api.WaitMemoryPressureRequest, resp *api.MemoryPressure) {
 	e := s.elastic
 	now := time.Now()
 	st := s.elasticState(now)
@@ -328,7 +378,9 @@ func (s *Sandbox) elasticStep(ctx context.Context, resp *api.MemoryPressure) {
 		e.record(ElasticEvent{At: now, Action: d.Action, FromMiB: d.FromMiB, ToMiB: d.FromMiB, Reason: d.Reason})
 	case memory.Grow, memory.Shrink:
 		log.WithField("reason", d.Reason).Infof("elastic memory: %s", d.Action)
+		stopLease := s.holdThrottleLease(ctx, req, elasticLeaseRenew)
 		ms, err := s.elasticResize(ctx, d)
+		stopLease()
 		if ctx.Err() != nil || errors.Is(err, errElasticStale) {
 			return // the sandbox is being destroyed, or the decision is stale
 		}

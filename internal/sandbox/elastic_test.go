@@ -1,6 +1,10 @@
 package sandbox
 
 import (
+	"context"
+	api "github.com/berth-runtime/berth/api/agent/v1"
+	"math"
+	"sync"
 	"testing"
 	"time"
 
@@ -94,4 +98,59 @@ func TestSetElasticBoundsClamps(t *testing.T) {
 		t.Errorf("bounds %d..%d, want the ceiling raised to the floor", st.FloorMiB, st.CeilingMiB)
 	}
 	(&Sandbox{}).SetElasticBounds(1, 2) // no controller: no panic
+}
+
+// leaseAgent records the WaitMemoryPressure calls it gets.
+type leaseAgent struct {
+	api.AgentService
+	mu    sync.Mutex
+	calls []*api.WaitMemoryPressureRequest
+}
+
+func (a *leaseAgent) WaitMemoryPressure(_ context.Context, r *api.WaitMemoryPressureRequest) (*api.MemoryPressure, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.calls = append(a.calls, r)
+	return &api.MemoryPressure{}, nil
+}
+
+func (a *leaseAgent) count() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.calls)
+}
+
+// A resize renews the agent's throttle lease while it lasts, with polls
+// that keep the brake on and cannot report a sample the controller would
+// not read, and stops renewing when it ends; without a brake to keep
+// (the host cannot grow) it renews nothing.
+func TestAResizeKeepsTheGuestsBrakeOnUntilItEnds(t *testing.T) {
+	agent := &leaseAgent{}
+	s := &Sandbox{id: "lease", agent: agent}
+	req := &api.WaitMemoryPressureRequest{AfterSeq: 7, GrowBelowBytes: 136 << 20, Throttle: true, ReserveBytes: 112 << 20, TimeoutMs: 1000}
+	stop := s.holdThrottleLease(context.Background(), req, 10*time.Millisecond)
+	time.Sleep(100 * time.Millisecond)
+	stop()
+	n := agent.count()
+	if n < 3 {
+		t.Fatalf("%d lease renewals in 100 ms at one per 10 ms, want several", n)
+	}
+	for _, r := range agent.calls {
+		if !r.Throttle || r.ReserveBytes != req.ReserveBytes || r.GrowBelowBytes != req.GrowBelowBytes || r.AfterSeq != math.MaxUint64 || r.TimeoutMs > 1000 {
+			t.Fatalf("renewal %+v: want the brake's settings, AfterSeq beyond any sample and a short wait", r)
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	if after := agent.count(); after != n {
+		t.Errorf("%d renewals after the resize ended", after-n)
+	}
+
+	idle := &leaseAgent{}
+	s.agent = idle
+	stop = s.holdThrottleLease(context.Background(), &api.WaitMemoryPressureRequest{Throttle: false}, 10*time.Millisecond)
+	time.Sleep(50 * time.Millisecond)
+	stop()
+	if n := idle.count(); n != 0 {
+		t.Errorf("%d renewals of a lease that throttles nothing", n)
+	}
 }

@@ -42,6 +42,35 @@ func (c *criClient) waitExited(t *testing.T, id string, limit time.Duration) *cr
 	return status
 }
 
+// elasticSummary prints an elastic status with its last events, which
+// %+v shows as pointers.
+func elasticSummary(e *sandbox.ElasticStatus) string {
+	if e == nil {
+		return "none"
+	}
+	ev := func(x *sandbox.ElasticEvent) string {
+		if x == nil {
+			return "none"
+		}
+		return fmt.Sprintf("%+v", *x)
+	}
+	return fmt.Sprintf("%d grows, %d shrinks, %d refusals, soft limit %d MiB, guest available %d MiB; last grow %s; last shrink %s; last refusal %s",
+		e.Grows, e.Shrinks, e.Refusals, e.SoftLimitMiB, e.GuestAvailableMiB, ev(e.LastGrow), ev(e.LastShrink), ev(e.LastRefusal))
+}
+
+// elasticLogLines is what containerd's log says of a sandbox's elastic
+// memory (the shim logs there).
+func elasticLogLines(sandboxID string) string {
+	b, _ := os.ReadFile(filepath.Join(ctrd.dir, "containerd.log"))
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, sandboxID) && (strings.Contains(line, "elastic") || strings.Contains(line, "memory")) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 func elasticOf(t *testing.T, st sandbox.Status) *sandbox.ElasticStatus {
 	t.Helper()
 	if st.Memory.Elastic == nil {
@@ -74,7 +103,9 @@ func TestElasticPodWithoutLimitsGrowsAndShrinks(t *testing.T) {
 	freed := time.Now()
 	t.Logf("1.5 GiB workload ran %v: exit %d %s", freed.Sub(start).Round(time.Millisecond), st.ExitCode, st.Reason)
 	if st.ExitCode != 0 || st.Reason == "OOMKilled" {
-		t.Fatalf("workload exit %d (%s), want 0: a pod without limits must get the memory it touches; berth status: %+v", st.ExitCode, st.Reason, berthStatus(t, pod.id).Memory)
+		m := berthStatus(t, pod.id).Memory
+		t.Fatalf("workload exit %d (%s), want 0: a pod without limits must get the memory it touches; memory: requested %d MiB, current %d MiB, MemTotal %d MiB; elastic: %s\nelastic lines in containerd's log:\n%s",
+			st.ExitCode, st.Reason, m.GuestRequestedMiB, m.GuestCurrentMiB, m.GuestMemTotalMiB, elasticSummary(m.Elastic), elasticLogLines(pod.id)+"\nguest console:\n"+tail(filepath.Join(env.runDir, "sandboxes", pod.id, "console.log"), 60))
 	}
 	after := berthStatus(t, pod.id)
 	e = elasticOf(t, after)
