@@ -45,8 +45,13 @@ import (
 // every 100 ms kept an idle pod's QEMU at 7-9% of a host core, against
 // 0.6% without elastic memory. Far from pressure (MemAvailable at least
 // farMargin above the grow threshold, no stall, no new throttling) it
-// samples every pressureSampleIdle; otherwise every pressureSampleEvery.
-// A fast allocation between two slow samples is caught by the brake:
+// samples slowly; otherwise every pressureSampleEvery. How slowly follows
+// the host's poll: a VM above its floor is polled every second, and the
+// host sizes a shrink by the lowest MemAvailable of those samples, so the
+// slow cycle is then pressureSampleIdle; a VM at its floor is polled
+// every 5 s and only pressure matters there, which the brake below
+// reports at once, so the slow cycle stretches to the host's timeout (at
+// most pressureSampleIdleMax). A fast allocation between two slow samples is caught by the brake:
 // above memory.high the kernel throttles and notifies memory.events,
 // which the sampler watches (inotify) and answers with a sample at once.
 // Without that watch (no containers' cgroup yet, or inotify failed) it
@@ -54,9 +59,11 @@ import (
 const (
 	pressureSampleEvery = 100 * time.Millisecond
 	pressureSampleIdle  = time.Second
-	farMargin           = 16 << 20
-	minPressureTimeout  = 100 * time.Millisecond
-	maxPressureTimeout  = 60 * time.Second
+	// pressureSampleIdleMax bounds the slow cycle of a VM at its floor.
+	pressureSampleIdleMax = 5 * time.Second
+	farMargin             = 16 << 20
+	minPressureTimeout    = 100 * time.Millisecond
+	maxPressureTimeout    = 60 * time.Second
 	// throttleLease is how long a throttle request outlives its call.
 	throttleLease = 10 * time.Second
 	// minContainersHigh is the smallest soft limit set: a tiny limit
@@ -100,6 +107,10 @@ type pressureWatch struct {
 	leaseEnd time.Time
 	// lapseLogged: the lapse of the current lease was logged.
 	lapseLogged bool
+	// idleEvery is the slow cycle the latest request asks for (see
+	// pressureSampleIdleMax); retime wakes the sampler when it shortens.
+	idleEvery time.Duration
+	retime    chan struct{}
 	// growBelow is the latest request's grow threshold (0: none).
 	growBelow uint64
 	// highSet is the memory.high the agent wrote (0: "max").
@@ -110,7 +121,7 @@ type pressureWatch struct {
 }
 
 func newPressureWatch(sysRoot string) *pressureWatch {
-	w := &pressureWatch{sysRoot: sysRoot, stopped: make(chan struct{})}
+	w := &pressureWatch{sysRoot: sysRoot, stopped: make(chan struct{}), retime: make(chan struct{}, 1), idleEvery: pressureSampleIdle}
 	w.cond = sync.NewCond(&w.mu)
 	return w
 }
@@ -155,14 +166,14 @@ func (w *pressureWatch) run() {
 		at := time.Now()
 		s := w.sampleOnce(at)
 		w.mu.Lock()
-		growBelow := w.growBelow
+		growBelow, idleEvery := w.growBelow, w.idleEvery
 		w.mu.Unlock()
 		slow := events.ok() && farFromPressure(s, prev, growBelow)
 		prev = s
 		var changed <-chan struct{} // nil (never ready) unless slow
 		next := pressureSampleEvery
 		if slow {
-			changed, next = events.changed, pressureSampleIdle
+			changed, next = events.changed, idleEvery
 		}
 		// Reset discards an expiry not yet received (Go 1.23+ timers),
 		// so no drain is needed.
@@ -170,6 +181,8 @@ func (w *pressureWatch) run() {
 		select {
 		case <-t.C:
 			continue
+		case <-w.retime:
+			continue // the host polls more often now: sample, re-arm
 		case <-changed:
 		case <-w.stopped:
 			return
@@ -348,7 +361,16 @@ func (w *pressureWatch) wait(ctx context.Context, req *api.WaitMemoryPressureReq
 	w.throttle, w.reserve, w.growBelow = req.Throttle, req.ReserveBytes, req.GrowBelowBytes
 	w.leaseEnd = deadline.Add(throttleLease)
 	w.lapseLogged = false
+	idleEvery := min(max(timeout, pressureSampleIdle), pressureSampleIdleMax)
+	shorter := idleEvery < w.idleEvery
+	w.idleEvery = idleEvery
 	w.mu.Unlock()
+	if shorter {
+		select {
+		case w.retime <- struct{}{}:
+		default: // already pending
+		}
+	}
 	w.start()
 
 	// Wake the condition variable when the call's context ends or its

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -182,5 +183,43 @@ func TestSlowSamplerWakesForThrottlingAtMostEvery100ms(t *testing.T) {
 	n, most := seqOf(w)-before, uint64(time.Since(flood)/pressureSampleEvery)+2
 	if n > most || n < 3 {
 		t.Errorf("%d samples while memory.events changed every 10 ms for %v, want 3 to %d (one per 100 ms)", n, time.Since(flood).Round(time.Millisecond), most)
+	}
+}
+
+// A VM at its floor, which the host polls every 5 s, is sampled that
+// slowly far from pressure; once the host polls every second (the VM
+// grew and may shrink, and the host sizes the shrink by these samples)
+// the sampler samples at once and then every second.
+func TestSlowCycleFollowsTheHostsPoll(t *testing.T) {
+	root := fakePressureRoot(t, 150)
+	w := newPressureWatch(root)
+	t.Cleanup(w.stop)
+	poll := func(timeoutMs uint32) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		defer cancel()
+		w.wait(ctx, &api.WaitMemoryPressureRequest{AfterSeq: math.MaxUint64, GrowBelowBytes: 100 << 20, TimeoutMs: timeoutMs})
+	}
+	poll(5000)
+	time.Sleep(300 * time.Millisecond)
+	atFloor := seqOf(w)
+	if atFloor == 0 {
+		t.Fatal("no first sample")
+	}
+	time.Sleep(2 * time.Second)
+	if n := seqOf(w) - atFloor; n != 0 {
+		t.Errorf("%d samples in 2 s far from pressure while the host polls every 5 s, want none", n)
+	}
+	start := time.Now()
+	poll(1000)
+	for seqOf(w) == atFloor {
+		if time.Since(start) > 500*time.Millisecond {
+			t.Fatalf("no sample %v after the host began polling every second", time.Since(start))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	retimed := seqOf(w)
+	time.Sleep(2200 * time.Millisecond)
+	if n := seqOf(w) - retimed; n < 2 || n > 3 {
+		t.Errorf("%d samples in 2.2 s while the host polls every second, want 2 or 3", n)
 	}
 }

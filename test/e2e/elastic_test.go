@@ -174,11 +174,12 @@ func TestElasticGrowRefusedWhenHostIsFull(t *testing.T) {
 	cfg := writeConfigVariant(t, "[memory]\nhost_reserve = 1073741824\n")
 	const id = "elastic-refused"
 	mustCtr(t, "run", "-d", "--runtime", berthRuntime, "--runtime-config-path", cfg, busyboxImage, id,
-		// dd holds its 100 MiB buffer for all 50 copies (seconds): the
-		// agent samples every second while the guest is far from
-		// pressure, and without a soft limit (the host cannot grow the
-		// VM) nothing wakes it sooner, so a sub-second dip goes unseen.
-		"sh", "-c", "dd if=/dev/zero of=/dev/null bs=100M count=50 && echo done > /tmp/done; sleep 1000")
+		// dd holds its 100 MiB buffer for all 100 copies (over 10 s
+		// here): at its floor the VM is sampled every 5 s while far
+		// from pressure (the host's poll), and without a soft limit
+		// (the host cannot grow the VM) nothing wakes the sampler
+		// sooner, so a shorter dip can go unseen.
+		"sh", "-c", "dd if=/dev/zero of=/dev/null bs=100M count=100 && echo done > /tmp/done; sleep 1000")
 	defer cleanupTask(t, id)
 
 	deadline := time.Now().Add(3 * time.Minute)
