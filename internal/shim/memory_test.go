@@ -78,20 +78,33 @@ func deleteDuringAStuckShrink(t *testing.T, s *service, pod *fakePod, ctx contex
 			close(gate)
 		}
 	})
-	deleted := make(chan error, 1)
-	go func() {
+	deleted := inBackground(func() error {
 		_, err := s.Delete(ctx, &taskAPI.DeleteRequest{ID: "big"})
-		deleted <- err
-	}()
-	select {
-	case err := <-deleted:
-		if err != nil {
-			t.Fatalf("delete: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Delete waited for the VM to shrink")
-	}
+		return err
+	})
+	replyWithin(t, deleted, 5*time.Second, "delete", "Delete waited for the VM to shrink")
 	return overhead
+}
+
+// inBackground runs call in a goroutine and returns its error's channel.
+func inBackground(call func() error) <-chan error {
+	done := make(chan error, 1)
+	go func() { done <- call() }()
+	return done
+}
+
+// replyWithin fails the test unless done yields nil within limit: what
+// names the call, late says what a late reply means.
+func replyWithin(t *testing.T, done <-chan error, limit time.Duration, what, late string) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	case <-time.After(limit):
+		t.Fatal(late)
+	}
 }
 
 // waitForVMSize waits up to 5 s for the fake VM to reach want MiB.
@@ -136,19 +149,11 @@ func TestAGrowDoesNotWaitForAStuckShrink(t *testing.T) {
 	s, pod, ctx := newTestService(t)
 	overhead := deleteDuringAStuckShrink(t, s, pod, ctx)
 	time.Sleep(50 * time.Millisecond) // let the shrink reach the guest
-	created := make(chan error, 1)
-	go func() {
+	created := inBackground(func() error {
 		_, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: "next", Bundle: writeLimitedBundle(t, cid, 2<<30)})
-		created <- err
-	}()
-	select {
-	case err := <-created:
-		if err != nil {
-			t.Fatalf("create a 2 GiB container during the shrink: %v", err)
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("the 2 GiB container's create waited for the stuck shrink")
-	}
+		return err
+	})
+	replyWithin(t, created, 2*time.Second, "create a 2 GiB container during the shrink", "the 2 GiB container's create waited for the stuck shrink")
 	want := 256 + overhead + 2048
 	if got := pod.mem.currentMiB(); got != want {
 		t.Errorf("VM at %d MiB once the 2 GiB container is created, want %d (boot + overhead + its limit)", got, want)
@@ -198,21 +203,13 @@ func TestAGrowPreemptsAShrinkStillWaitingForTheVMsSizing(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	time.Sleep(20 * time.Millisecond) // let the shrink queue on sizeMu
-	created := make(chan error, 1)
-	go func() {
+	created := inBackground(func() error {
 		_, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: "next", Bundle: writeLimitedBundle(t, cid, 2<<30)})
-		created <- err
-	}()
+		return err
+	})
 	time.Sleep(20 * time.Millisecond) // let the create queue behind it
 	s.sizeMu.Unlock()
-	select {
-	case err := <-created:
-		if err != nil {
-			t.Fatalf("create a 2 GiB container: %v", err)
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("the 2 GiB container's create waited for a shrink that was still waiting to start when it arrived")
-	}
+	replyWithin(t, created, 2*time.Second, "create a 2 GiB container", "the 2 GiB container's create waited for a shrink that was still waiting to start when it arrived")
 	if got, want := pod.mem.currentMiB(), 256+overhead+2048; got != want {
 		t.Errorf("VM at %d MiB once the 2 GiB container is created, want %d (boot + overhead + its limit)", got, want)
 	}
