@@ -41,7 +41,9 @@ type Hooks struct {
 // ServeHooked is Serve with hooks.
 func ServeHooked(ctx context.Context, hooks Hooks) error {
 	logrus.SetOutput(os.Stderr)
-	logrus.SetFormatter(&logrus.TextFormatter{DisableTimestamp: true})
+	// No colours: the console is a terminal, but its reader is the
+	// host's console.log, where escape codes only get in the way of grep.
+	logrus.SetFormatter(&logrus.TextFormatter{DisableTimestamp: true, DisableColors: true})
 	cmdline, _ := os.ReadFile("/proc/cmdline")
 	kind := transport.Kind(cmdlineValue(string(cmdline), CmdlineTransport))
 	if kind == "" {
