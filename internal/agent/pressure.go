@@ -51,11 +51,11 @@ import (
 // slow cycle is then pressureSampleIdle; a VM at its floor is polled
 // every 5 s and only pressure matters there, which the brake below
 // reports at once, so the slow cycle stretches to the host's timeout (at
-// most pressureSampleIdleMax). A fast allocation between two slow samples is caught by the brake:
-// above memory.high the kernel throttles and notifies memory.events,
-// which the sampler watches (inotify) and answers with a sample at once.
-// Without that watch (no containers' cgroup yet, or inotify failed) it
-// samples fast, as before.
+// most pressureSampleIdleMax). A fast allocation between two slow samples
+// is caught by the brake: above memory.high the kernel throttles and
+// notifies memory.events, which the sampler watches (inotify) and answers
+// with a sample at once. Without that watch (no containers' cgroup yet,
+// or inotify failed) it samples fast, as before.
 const (
 	pressureSampleEvery = 100 * time.Millisecond
 	pressureSampleIdle  = time.Second

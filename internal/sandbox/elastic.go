@@ -301,7 +301,9 @@ func (s *Sandbox) holdThrottleLease(ctx context.Context, req *api.WaitMemoryPres
 	renewal := &api.WaitMemoryPressureRequest{
 		AfterSeq:       math.MaxUint64,
 		GrowBelowBytes: req.GrowBelowBytes, PsiSomeAvg10Above: req.PsiSomeAvg10Above,
-		TimeoutMs: uint32(minAgentPressureWait / time.Millisecond),
+		// TimeoutMs 0: the agent's shortest wait, to which it clamps
+		// every request.
+		TimeoutMs: 0,
 		Throttle:  true, ReserveBytes: req.ReserveBytes,
 	}
 	go func() {
@@ -324,9 +326,6 @@ func (s *Sandbox) holdThrottleLease(ctx context.Context, req *api.WaitMemoryPres
 	}()
 	return func() { cancel(); <-done }
 }
-
-// minAgentPressureWait is the agent's shortest WaitMemoryPressure wait.
-const minAgentPressureWait = 100 * time.Millisecond
 
 // elasticState reads the sandbox's sizes and the host's free memory.
 func (s *Sandbox) elasticState(now time.Time) memory.ElasticState {

@@ -2,12 +2,12 @@ package sandbox
 
 import (
 	"context"
-	api "github.com/berth-runtime/berth/api/agent/v1"
 	"math"
 	"sync"
 	"testing"
 	"time"
 
+	api "github.com/berth-runtime/berth/api/agent/v1"
 	"github.com/berth-runtime/berth/internal/memory"
 )
 
